@@ -1,0 +1,170 @@
+//! Retry budget: retries may add at most a share of recent requests, plus a minimum rate.
+//!
+//! Not `tower::retry::budget::TpsBudget`: that reads `std::time::Instant::now()` itself, so a
+//! test cannot drive it with a paused clock, and it panics on out-of-range settings. This one
+//! takes the time from the caller and validates its config.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::error::{FieldError, FieldResult};
+
+/// The window is kept as this many buckets.
+const BUCKETS: usize = 10;
+
+/// An unvalidated retry budget; `None` fields take their defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct RetryBudgetSpec {
+    /// Retries allowed as a percentage of requests in the window (default 20, 0..=1000).
+    pub retry_percent: Option<f64>,
+    /// Retries always allowed per second regardless of traffic (default 10).
+    pub min_retries_per_second: Option<u32>,
+    /// How far back requests and retries count (default 10 s, 1 s..=60 s).
+    pub window: Option<Duration>,
+}
+
+/// A validated retry budget config.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryBudgetConfig {
+    ratio: f64,
+    min_per_second: u32,
+    window: Duration,
+}
+
+impl Default for RetryBudgetConfig {
+    fn default() -> Self {
+        Self {
+            ratio: 0.2,
+            min_per_second: 10,
+            window: Duration::from_secs(10),
+        }
+    }
+}
+
+impl RetryBudgetConfig {
+    /// Validates a spec.
+    pub fn new(spec: &RetryBudgetSpec) -> FieldResult<Self> {
+        let d = Self::default();
+        let percent = spec.retry_percent.unwrap_or(d.ratio * 100.0);
+        if !(0.0..=1000.0).contains(&percent) {
+            return Err(FieldError::new(
+                "retry_percent",
+                format!("{percent} is not in 0..=1000"),
+            ));
+        }
+        let window = spec.window.unwrap_or(d.window);
+        if !(Duration::from_secs(1)..=Duration::from_secs(60)).contains(&window) {
+            return Err(FieldError::new(
+                "window",
+                format!("{window:?} is not between 1s and 60s"),
+            ));
+        }
+        Ok(Self {
+            ratio: percent / 100.0,
+            min_per_second: spec.min_retries_per_second.unwrap_or(d.min_per_second),
+            window,
+        })
+    }
+
+    /// Retries allowed per request (0.2 for 20%).
+    pub fn ratio(&self) -> f64 {
+        self.ratio
+    }
+
+    /// Retries always allowed per second.
+    pub fn min_per_second(&self) -> u32 {
+        self.min_per_second
+    }
+
+    /// The window.
+    pub fn window(&self) -> Duration {
+        self.window
+    }
+
+    /// Retries allowed in any window regardless of traffic.
+    pub fn reserve(&self) -> f64 {
+        f64::from(self.min_per_second) * self.window.as_secs_f64()
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Bucket {
+    epoch: u64,
+    requests: u64,
+    retries: u64,
+}
+
+#[derive(Debug)]
+struct Window {
+    origin: Option<Instant>,
+    buckets: [Bucket; BUCKETS],
+}
+
+/// A retry budget for one cluster (or route), shared by its requests.
+///
+/// Invariant: in every span of [`BUCKETS`] consecutive buckets, allowed retries ≤
+/// `ratio × requests + reserve`, because each withdrawal is checked against exactly the
+/// buckets that end with its own.
+#[derive(Debug)]
+pub struct RetryBudget {
+    config: RetryBudgetConfig,
+    bucket_nanos: u64,
+    window: Mutex<Window>,
+}
+
+impl RetryBudget {
+    /// An empty budget.
+    pub fn new(config: RetryBudgetConfig) -> Self {
+        Self {
+            bucket_nanos: (config.window.as_nanos() / BUCKETS as u128).max(1) as u64,
+            config,
+            window: Mutex::new(Window {
+                origin: None,
+                buckets: [Bucket::default(); BUCKETS],
+            }),
+        }
+    }
+
+    /// The config.
+    pub fn config(&self) -> &RetryBudgetConfig {
+        &self.config
+    }
+
+    fn with_bucket<T>(&self, now: Instant, f: impl FnOnce(&mut [Bucket; BUCKETS], usize, u64) -> T) -> T {
+        let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
+        let origin = *w.origin.get_or_insert(now);
+        let epoch = (now.saturating_duration_since(origin).as_nanos() / u128::from(self.bucket_nanos)) as u64;
+        let slot = (epoch % BUCKETS as u64) as usize;
+        if w.buckets[slot].epoch != epoch {
+            w.buckets[slot] = Bucket {
+                epoch,
+                ..Bucket::default()
+            };
+        }
+        f(&mut w.buckets, slot, epoch)
+    }
+
+    /// Records a first attempt (not a retry).
+    pub fn deposit(&self, now: Instant) {
+        self.with_bucket(now, |b, slot, _| b[slot].requests += 1);
+    }
+
+    /// Takes one retry from the budget if it allows one, and records it.
+    pub fn try_withdraw(&self, now: Instant) -> bool {
+        let ratio = self.config.ratio;
+        let reserve = self.config.reserve();
+        self.with_bucket(now, |b, slot, epoch| {
+            let (mut requests, mut retries) = (0u64, 0u64);
+            for bucket in b.iter().filter(|x| x.epoch <= epoch && epoch - x.epoch < BUCKETS as u64) {
+                requests += bucket.requests;
+                retries += bucket.retries;
+            }
+            if (retries + 1) as f64 <= ratio * requests as f64 + reserve {
+                b[slot].retries += 1;
+                true
+            } else {
+                false
+            }
+        })
+    }
+}

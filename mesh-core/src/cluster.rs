@@ -1,0 +1,210 @@
+//! Clusters (CDS): load-balancing policy, circuit breakers, outlier detection, retry budget, TLS.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::breaker::{CircuitBreakerSpec, Thresholds};
+use crate::budget::{RetryBudgetConfig, RetryBudgetSpec};
+use crate::error::{ConfigError, FieldError, ResourceKind};
+use crate::lb::{LbConfig, LbPolicySpec, PickerOptions};
+use crate::matcher::{StringMatcher, StringMatcherSpec};
+use crate::outlier::{OutlierDetectionConfig, OutlierDetectionSpec};
+
+/// An unvalidated upstream TLS context.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct UpstreamTlsSpec {
+    /// SNI to send (at most 255 bytes).
+    pub sni: Option<String>,
+    /// Accept the peer if any SAN matches any of these; empty accepts any verified peer.
+    pub san_matchers: Vec<StringMatcherSpec>,
+    /// Certificate-provider instance for our identity (Istio: `default`).
+    pub identity_provider: Option<String>,
+    /// Certificate-provider instance for the roots (Istio: `default`, name `ROOTCA`).
+    pub root_provider: Option<String>,
+}
+
+/// A validated upstream TLS context.
+#[derive(Debug, Clone)]
+pub struct UpstreamTls {
+    /// SNI to send.
+    pub sni: Option<Box<str>>,
+    /// SAN matchers.
+    pub san_matchers: Box<[StringMatcher]>,
+    /// Identity certificate-provider instance.
+    pub identity_provider: Option<Box<str>>,
+    /// Root certificate-provider instance.
+    pub root_provider: Option<Box<str>>,
+}
+
+impl UpstreamTls {
+    /// Whether a peer presenting these SANs is accepted (any matcher on any non-empty SAN).
+    pub fn accepts_sans<'a>(&self, sans: impl IntoIterator<Item = &'a str> + Clone) -> bool {
+        self.san_matchers.is_empty()
+            || self
+                .san_matchers
+                .iter()
+                .any(|m| sans.clone().into_iter().any(|s| !s.is_empty() && m.matches(s)))
+    }
+}
+
+/// An unvalidated CDS cluster.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ClusterSpec {
+    /// Name, e.g. `outbound|9080|v1|reviews.default.svc.cluster.local`.
+    pub name: String,
+    /// EDS service name; `None` means the cluster name.
+    pub eds_service_name: Option<String>,
+    /// Load-balancing policy.
+    pub lb_policy: LbPolicySpec,
+    /// Circuit-breaker thresholds.
+    pub circuit_breakers: CircuitBreakerSpec,
+    /// Outlier detection; `None` disables it.
+    pub outlier_detection: Option<OutlierDetectionSpec>,
+    /// Retry budget; `None` uses the default budget (20% + 10/s over 10 s).
+    pub retry_budget: Option<RetryBudgetSpec>,
+    /// Upstream TLS; `None` is plaintext.
+    pub tls: Option<UpstreamTlsSpec>,
+    /// Pick a locality by weight first.
+    pub locality_weighted: bool,
+    /// Panic threshold in percent; `None` means 50.
+    pub panic_threshold_percent: Option<u32>,
+    /// Connection timeout; `None` means 5 s.
+    pub connect_timeout: Option<Duration>,
+}
+
+/// A validated cluster.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    name: Arc<str>,
+    eds_service_name: Arc<str>,
+    lb: LbConfig,
+    thresholds: Thresholds,
+    outlier_detection: Option<OutlierDetectionConfig>,
+    retry_budget: RetryBudgetConfig,
+    tls: Option<UpstreamTls>,
+    picker_options: PickerOptions,
+    connect_timeout: Duration,
+}
+
+impl Cluster {
+    /// Validates a spec.
+    pub fn new(spec: &ClusterSpec) -> Result<Self, ConfigError> {
+        let err = |e: FieldError| e.resource(ResourceKind::Cluster, &spec.name);
+        if spec.name.is_empty() {
+            return Err(err(FieldError::new("name", "must not be empty")));
+        }
+        let lb = LbConfig::new(&spec.lb_policy).map_err(err)?;
+        let outlier_detection = spec
+            .outlier_detection
+            .as_ref()
+            .map(OutlierDetectionConfig::new)
+            .transpose()
+            .map_err(|e| err(e.within("outlier_detection")))?;
+        let retry_budget = RetryBudgetConfig::new(&spec.retry_budget.unwrap_or_default())
+            .map_err(|e| err(e.within("circuit_breakers.retry_budget")))?;
+        let tls = match &spec.tls {
+            None => None,
+            Some(t) => {
+                if t.sni.as_ref().is_some_and(|s| s.len() > 255) {
+                    return Err(err(FieldError::new(
+                        "transport_socket.sni",
+                        "is longer than 255 bytes",
+                    )));
+                }
+                let san_matchers = t
+                    .san_matchers
+                    .iter()
+                    .enumerate()
+                    .map(|(i, m)| {
+                        StringMatcher::new(m).map_err(|e| {
+                            err(e.within(format!(
+                                "transport_socket.validation_context.match_subject_alt_names[{i}]"
+                            )))
+                        })
+                    })
+                    .collect::<Result<_, _>>()?;
+                Some(UpstreamTls {
+                    sni: t.sni.as_deref().map(Into::into),
+                    san_matchers,
+                    identity_provider: t.identity_provider.as_deref().map(Into::into),
+                    root_provider: t.root_provider.as_deref().map(Into::into),
+                })
+            }
+        };
+        let panic_threshold = spec.panic_threshold_percent.unwrap_or(50);
+        if panic_threshold > 100 {
+            return Err(err(FieldError::new(
+                "common_lb_config.healthy_panic_threshold",
+                format!("{panic_threshold} is greater than 100"),
+            )));
+        }
+        let connect_timeout = spec.connect_timeout.unwrap_or(Duration::from_secs(5));
+        if connect_timeout.is_zero() {
+            return Err(err(FieldError::new("connect_timeout", "must be greater than 0")));
+        }
+        Ok(Self {
+            name: spec.name.as_str().into(),
+            eds_service_name: spec
+                .eds_service_name
+                .as_deref()
+                .filter(|s| !s.is_empty())
+                .unwrap_or(&spec.name)
+                .into(),
+            lb,
+            thresholds: Thresholds::new(&spec.circuit_breakers),
+            outlier_detection,
+            retry_budget,
+            tls,
+            picker_options: PickerOptions {
+                locality_weighted: spec.locality_weighted,
+                panic_threshold,
+            },
+            connect_timeout,
+        })
+    }
+
+    /// The cluster name.
+    pub fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    /// The EDS resource that holds its endpoints.
+    pub fn eds_service_name(&self) -> &Arc<str> {
+        &self.eds_service_name
+    }
+
+    /// The load-balancing policy.
+    pub fn lb(&self) -> &LbConfig {
+        &self.lb
+    }
+
+    /// Circuit-breaker thresholds.
+    pub fn thresholds(&self) -> &Thresholds {
+        &self.thresholds
+    }
+
+    /// Outlier detection, if enabled.
+    pub fn outlier_detection(&self) -> Option<&OutlierDetectionConfig> {
+        self.outlier_detection.as_ref()
+    }
+
+    /// The retry budget.
+    pub fn retry_budget(&self) -> &RetryBudgetConfig {
+        &self.retry_budget
+    }
+
+    /// Upstream TLS, if any.
+    pub fn tls(&self) -> Option<&UpstreamTls> {
+        self.tls.as_ref()
+    }
+
+    /// Locality weighting and panic threshold for pickers.
+    pub fn picker_options(&self) -> PickerOptions {
+        self.picker_options
+    }
+
+    /// The connection timeout.
+    pub fn connect_timeout(&self) -> Duration {
+        self.connect_timeout
+    }
+}

@@ -1,0 +1,246 @@
+//! The whole configuration one client sees at one moment, shared as `Arc<MeshSnapshot>`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use rand::RngCore;
+
+use crate::cluster::Cluster;
+use crate::endpoint::EndpointSet;
+use crate::error::ResourceKind;
+use crate::listener::{Listener, RouteSource};
+use crate::request::RouteRequest;
+use crate::route::{NoRoute, Route, RouteAction, RouteConfig, VirtualHost};
+
+/// Listeners, route configurations, clusters and endpoints, each looked up by name in O(1).
+///
+/// Immutable once published: the xDS client clones it (the maps hold `Arc`s, so a clone
+/// copies pointers, not resources), applies a change, and publishes the new one whole.
+#[derive(Debug, Clone, Default)]
+pub struct MeshSnapshot {
+    listeners: HashMap<Arc<str>, Arc<Listener>>,
+    route_configs: HashMap<Arc<str>, Arc<RouteConfig>>,
+    clusters: HashMap<Arc<str>, Arc<Cluster>>,
+    endpoints: HashMap<Arc<str>, Arc<EndpointSet>>,
+}
+
+/// A reference from one resource to another that the snapshot does not hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dangling {
+    /// The kind of the referring resource.
+    pub from_kind: ResourceKind,
+    /// Its name.
+    pub from: String,
+    /// The kind of the missing resource.
+    pub missing_kind: ResourceKind,
+    /// The missing name.
+    pub missing: String,
+}
+
+impl std::fmt::Display for Dangling {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {:?} refers to {} {:?}, which is missing",
+            self.from_kind, self.from, self.missing_kind, self.missing
+        )
+    }
+}
+
+/// The outcome of routing one request.
+#[derive(Debug, Clone, Copy)]
+pub struct Routed<'a> {
+    /// The listener.
+    pub listener: &'a Listener,
+    /// Its route configuration.
+    pub route_config: &'a RouteConfig,
+    /// The selected virtual host.
+    pub virtual_host: &'a VirtualHost,
+    /// The first matching route.
+    pub route: &'a Route,
+    /// The chosen cluster (weighted choice made), or `None` for a non-forwarding route.
+    pub cluster: Option<&'a Arc<str>>,
+}
+
+impl MeshSnapshot {
+    /// An empty snapshot.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds or replaces a listener.
+    pub fn insert_listener(&mut self, listener: Listener) {
+        self.listeners.insert(listener.name().clone(), Arc::new(listener));
+    }
+
+    /// Adds or replaces a route configuration.
+    pub fn insert_route_config(&mut self, rc: RouteConfig) {
+        self.route_configs.insert(rc.name().clone(), Arc::new(rc));
+    }
+
+    /// Adds or replaces a cluster.
+    pub fn insert_cluster(&mut self, cluster: Cluster) {
+        self.clusters.insert(cluster.name().clone(), Arc::new(cluster));
+    }
+
+    /// Adds or replaces the endpoints of an EDS service.
+    pub fn insert_endpoints(&mut self, set: EndpointSet) {
+        self.endpoints.insert(set.cluster_name().clone(), Arc::new(set));
+    }
+
+    /// Removes a listener.
+    pub fn remove_listener(&mut self, name: &str) -> Option<Arc<Listener>> {
+        self.listeners.remove(name)
+    }
+
+    /// Removes a route configuration.
+    pub fn remove_route_config(&mut self, name: &str) -> Option<Arc<RouteConfig>> {
+        self.route_configs.remove(name)
+    }
+
+    /// Removes a cluster.
+    pub fn remove_cluster(&mut self, name: &str) -> Option<Arc<Cluster>> {
+        self.clusters.remove(name)
+    }
+
+    /// Removes the endpoints of an EDS service.
+    pub fn remove_endpoints(&mut self, name: &str) -> Option<Arc<EndpointSet>> {
+        self.endpoints.remove(name)
+    }
+
+    /// A listener by name.
+    pub fn listener(&self, name: &str) -> Option<&Arc<Listener>> {
+        self.listeners.get(name)
+    }
+
+    /// A route configuration by name.
+    pub fn route_config(&self, name: &str) -> Option<&Arc<RouteConfig>> {
+        self.route_configs.get(name)
+    }
+
+    /// A cluster by name.
+    pub fn cluster(&self, name: &str) -> Option<&Arc<Cluster>> {
+        self.clusters.get(name)
+    }
+
+    /// Endpoints by EDS service name.
+    pub fn endpoints(&self, eds_service_name: &str) -> Option<&Arc<EndpointSet>> {
+        self.endpoints.get(eds_service_name)
+    }
+
+    /// The endpoints of a cluster.
+    pub fn cluster_endpoints(&self, cluster: &Cluster) -> Option<&Arc<EndpointSet>> {
+        self.endpoints.get(&**cluster.eds_service_name())
+    }
+
+    /// Every listener.
+    pub fn listeners(&self) -> impl Iterator<Item = &Arc<Listener>> {
+        self.listeners.values()
+    }
+
+    /// Every route configuration.
+    pub fn route_configs(&self) -> impl Iterator<Item = &Arc<RouteConfig>> {
+        self.route_configs.values()
+    }
+
+    /// Every cluster.
+    pub fn clusters(&self) -> impl Iterator<Item = &Arc<Cluster>> {
+        self.clusters.values()
+    }
+
+    /// Every endpoint set.
+    pub fn endpoint_sets(&self) -> impl Iterator<Item = &Arc<EndpointSet>> {
+        self.endpoints.values()
+    }
+
+    /// The route configuration a listener uses.
+    pub fn listener_routes<'a>(&'a self, listener: &'a Listener) -> Option<&'a RouteConfig> {
+        match listener.routes() {
+            RouteSource::Inline(rc) => Some(rc),
+            RouteSource::Rds(name) => self.route_configs.get(&**name).map(|rc| &**rc),
+        }
+    }
+
+    /// Routes a request arriving on `listener`: route configuration, virtual host by the
+    /// request's authority, first matching route, then the weighted cluster choice.
+    #[inline]
+    pub fn route<'a, R: RngCore + ?Sized>(
+        &'a self,
+        listener: &str,
+        req: &RouteRequest<'_>,
+        rng: &mut R,
+    ) -> Result<Routed<'a>, NoRoute> {
+        let listener = self.listeners.get(listener).ok_or(NoRoute::NoListener)?;
+        let route_config = self.listener_routes(listener).ok_or(NoRoute::NoRouteConfig)?;
+        let virtual_host = route_config
+            .virtual_host(req.authority())
+            .ok_or(NoRoute::NoVirtualHost)?;
+        let route = virtual_host.route(req, rng).ok_or(NoRoute::NoRouteMatched)?;
+        let cluster = match route.action() {
+            RouteAction::Forward(f) => Some(f.destination.pick(rng)),
+            RouteAction::NonForwarding => None,
+        };
+        Ok(Routed {
+            listener,
+            route_config,
+            virtual_host,
+            route,
+            cluster,
+        })
+    }
+
+    /// Every reference to a resource the snapshot lacks: listener → route configuration,
+    /// route → cluster (destinations and mirrors), cluster → endpoints. Sorted, for stable
+    /// messages. An empty list means the snapshot is complete.
+    pub fn dangling(&self) -> Vec<Dangling> {
+        let mut out = Vec::new();
+        let check_routes = |from_kind, from: &str, rc: &RouteConfig, out: &mut Vec<Dangling>| {
+            for vh in rc.virtual_hosts() {
+                for r in vh.routes() {
+                    let Some(f) = r.forward() else { continue };
+                    let mirrors = f.mirrors.iter().map(|m| &m.cluster);
+                    for c in f.destination.clusters().chain(mirrors) {
+                        if !self.clusters.contains_key(c) {
+                            out.push(Dangling {
+                                from_kind,
+                                from: from.to_string(),
+                                missing_kind: ResourceKind::Cluster,
+                                missing: c.to_string(),
+                            });
+                        }
+                    }
+                }
+            }
+        };
+        for l in self.listeners.values() {
+            match l.routes() {
+                RouteSource::Rds(name) if !self.route_configs.contains_key(name) => {
+                    out.push(Dangling {
+                        from_kind: ResourceKind::Listener,
+                        from: l.name().to_string(),
+                        missing_kind: ResourceKind::RouteConfiguration,
+                        missing: name.to_string(),
+                    })
+                }
+                RouteSource::Rds(_) => {}
+                RouteSource::Inline(rc) => check_routes(ResourceKind::Listener, l.name(), rc, &mut out),
+            }
+        }
+        for rc in self.route_configs.values() {
+            check_routes(ResourceKind::RouteConfiguration, rc.name(), rc, &mut out);
+        }
+        for c in self.clusters.values() {
+            if !self.endpoints.contains_key(c.eds_service_name()) {
+                out.push(Dangling {
+                    from_kind: ResourceKind::Cluster,
+                    from: c.name().to_string(),
+                    missing_kind: ResourceKind::ClusterLoadAssignment,
+                    missing: c.eds_service_name().to_string(),
+                });
+            }
+        }
+        out.sort_by(|a, b| (&a.from, &a.missing).cmp(&(&b.from, &b.missing)));
+        out.dedup();
+        out
+    }
+}
