@@ -422,3 +422,203 @@ impl PathMatcher {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::{HeaderMap, HeaderValue, Method, Uri};
+    use proptest::prelude::*;
+
+    fn req_with<'a>(method: &'a Method, uri: &'a Uri, headers: &'a HeaderMap) -> RouteRequest<'a> {
+        RouteRequest::new(method, uri, headers)
+    }
+
+    fn header(name: &str, m: HeaderMatchSpec, invert: bool) -> HeaderMatcher {
+        HeaderMatcher::new(&HeaderMatcherSpec {
+            invert,
+            ..HeaderMatcherSpec::new(name, m)
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn string_matchers() {
+        let m = |s: StringMatcherSpec| StringMatcher::new(&s).unwrap();
+        assert!(m(StringMatcherSpec::exact("abc")).matches("abc"));
+        assert!(!m(StringMatcherSpec::exact("abc")).matches("ABC"));
+        assert!(m(StringMatcherSpec::exact("abc").ignoring_case()).matches("AbC"));
+        assert!(m(StringMatcherSpec::prefix("/api").ignoring_case()).matches("/API/v1"));
+        assert!(m(StringMatcherSpec::suffix(".com")).matches("a.com"));
+        assert!(!m(StringMatcherSpec::suffix(".com")).matches("com"));
+        assert!(m(StringMatcherSpec::contains("ell").ignoring_case()).matches("HELLO"));
+        // Regexes must match the whole value, and ignore_case does not apply to them.
+        assert!(m(StringMatcherSpec::regex("v[0-9]+")).matches("v12"));
+        assert!(!m(StringMatcherSpec::regex("v[0-9]+")).matches("xv12"));
+        assert!(!m(StringMatcherSpec::regex("v[0-9]+").ignoring_case()).matches("V12"));
+        assert!(m(StringMatcherSpec::regex("a|b")).matches("b"));
+    }
+
+    #[test]
+    fn invalid_string_matchers_name_the_field() {
+        let e = StringMatcher::new(&StringMatcherSpec::prefix("")).unwrap_err();
+        assert_eq!(e, FieldError::new("prefix", "must not be empty"));
+        let e = StringMatcher::new(&StringMatcherSpec::regex("(a")).unwrap_err();
+        assert_eq!(e.field, "safe_regex");
+        assert!(e.reason.starts_with("invalid regex \"(a\": "), "{}", e.reason);
+        let e = HeaderMatcher::new(&HeaderMatcherSpec::new(":status", HeaderMatchSpec::Present(true)))
+            .unwrap_err();
+        assert_eq!(e.field, "name");
+        assert!(e.reason.starts_with("unsupported pseudo-header \":status\""));
+        let e = HeaderMatcher::new(&HeaderMatcherSpec::new("bad header", HeaderMatchSpec::Present(true)))
+            .unwrap_err();
+        assert_eq!(e.reason, "\"bad header\" is not a valid header name");
+    }
+
+    #[test]
+    fn header_matchers_follow_envoy_on_missing_headers() {
+        let (m, u) = (Method::GET, Uri::from_static("http://svc:80/p"));
+        let empty = HeaderMap::new();
+        let r = req_with(&m, &u, &empty);
+        // A missing header matches only present:false, or present:true inverted.
+        assert!(header("x", HeaderMatchSpec::Present(false), false).matches(&r));
+        assert!(!header("x", HeaderMatchSpec::Present(true), false).matches(&r));
+        assert!(header("x", HeaderMatchSpec::Present(true), true).matches(&r));
+        assert!(!header("x", HeaderMatchSpec::Present(false), true).matches(&r));
+        let exact = HeaderMatchSpec::String(StringMatcherSpec::exact("v"));
+        assert!(!header("x", exact.clone(), false).matches(&r));
+        assert!(!header("x", exact.clone(), true).matches(&r));
+        // Treated as empty, the inverted exact match succeeds.
+        let spec = HeaderMatcherSpec {
+            invert: true,
+            treat_missing_as_empty: true,
+            ..HeaderMatcherSpec::new("x", exact)
+        };
+        assert!(HeaderMatcher::new(&spec).unwrap().matches(&r));
+    }
+
+    #[test]
+    fn header_values_join_ignore_bin_and_see_pseudo_headers() {
+        let (m, u) = (Method::POST, Uri::from_static("http://Svc:80/p?q=1"));
+        let mut h = HeaderMap::new();
+        h.append("x-v", HeaderValue::from_static("a"));
+        h.append("x-v", HeaderValue::from_static("b"));
+        h.insert("x-id-bin", HeaderValue::from_static("AAAA"));
+        h.insert("x-n", HeaderValue::from_static("42"));
+        let r = req_with(&m, &u, &h);
+        let s = |v: &str| HeaderMatchSpec::String(StringMatcherSpec::exact(v));
+        assert!(header("x-v", s("a,b"), false).matches(&r));
+        assert!(header("x-id-bin", HeaderMatchSpec::Present(false), false).matches(&r));
+        assert!(header(":method", s("POST"), false).matches(&r));
+        assert!(header(":authority", s("Svc:80"), false).matches(&r));
+        assert!(header(":path", s("/p"), false).matches(&r));
+        let range = |start, end| HeaderMatchSpec::Range { start, end };
+        assert!(header("x-n", range(40, 43), false).matches(&r));
+        assert!(!header("x-n", range(0, 42), false).matches(&r));
+        assert!(header("x-n", range(0, 42), true).matches(&r));
+        assert!(!header("x-v", range(0, 42), false).matches(&r));
+    }
+
+    #[test]
+    fn path_matchers() {
+        let p = |s: PathMatchSpec, cs| PathMatcher::new(&s, cs).unwrap();
+        assert!(p(PathMatchSpec::Prefix("".into()), true).matches("/anything"));
+        assert!(p(PathMatchSpec::Prefix("/Orders".into()), false).matches("/orders/1"));
+        assert!(!p(PathMatchSpec::Prefix("/Orders".into()), true).matches("/orders/1"));
+        assert!(p(PathMatchSpec::Exact("/a".into()), true).matches("/a"));
+        assert!(!p(PathMatchSpec::Exact("/a".into()), true).matches("/a/"));
+        let sep = p(PathMatchSpec::PathSeparatedPrefix("/api".into()), true);
+        assert!(sep.matches("/api") && sep.matches("/api/x"));
+        assert!(!sep.matches("/apix"));
+        assert!(p(PathMatchSpec::Regex("/u/[0-9]+".into()), true).matches("/u/7"));
+        let e = PathMatcher::new(&PathMatchSpec::PathSeparatedPrefix("/api/".into()), true).unwrap_err();
+        assert_eq!(e.field, "path_separated_prefix");
+    }
+
+    #[test]
+    fn query_params() {
+        let (m, u, h) = (Method::GET, Uri::from_static("/p?a=1&b&c=xyz"), HeaderMap::new());
+        let r = req_with(&m, &u, &h);
+        let q = |name: &str, value: Option<StringMatcherSpec>| {
+            QueryParamMatcher::new(&QueryParamMatcherSpec {
+                name: name.into(),
+                value,
+            })
+            .unwrap()
+        };
+        assert!(q("a", Some(StringMatcherSpec::exact("1"))).matches(&r));
+        assert!(q("b", None).matches(&r));
+        assert!(q("c", Some(StringMatcherSpec::prefix("xy"))).matches(&r));
+        assert!(!q("d", None).matches(&r));
+        assert!(!q("a", Some(StringMatcherSpec::exact("2"))).matches(&r));
+    }
+
+    /// A straightforward reference: lowercase both sides with `to_ascii_lowercase`.
+    fn reference(pattern: &StringPattern, ignore_case: bool, value: &str) -> bool {
+        let fold = |s: &str| if ignore_case { s.to_ascii_lowercase() } else { s.to_string() };
+        let v = fold(value);
+        match pattern {
+            StringPattern::Exact(p) => v == fold(p),
+            StringPattern::Prefix(p) => v.starts_with(&fold(p)),
+            StringPattern::Suffix(p) => v.ends_with(&fold(p)),
+            StringPattern::Contains(p) => v.contains(&fold(p)),
+            StringPattern::Regex(_) => unreachable!(),
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn string_matchers_agree_with_reference(
+            kind in 0..4u8,
+            pattern in "[a-cA-C/]{1,4}",
+            value in "[a-cA-C/]{0,8}",
+            ignore_case: bool,
+        ) {
+            let pattern = match kind {
+                0 => StringPattern::Exact(pattern),
+                1 => StringPattern::Prefix(pattern),
+                2 => StringPattern::Suffix(pattern),
+                _ => StringPattern::Contains(pattern),
+            };
+            let spec = StringMatcherSpec { pattern: pattern.clone(), ignore_case };
+            let m = StringMatcher::new(&spec).unwrap();
+            prop_assert_eq!(m.matches(&value), reference(&pattern, ignore_case, &value));
+        }
+
+        #[test]
+        fn path_matchers_agree_with_reference(
+            prefix in "(/[a-cA-C]{1,3}){1,2}",
+            path in "(/[a-cA-C]{0,3}){0,3}",
+            case_sensitive: bool,
+        ) {
+            let fold = |s: &str| if case_sensitive { s.to_string() } else { s.to_ascii_lowercase() };
+            let (fp, fpath) = (fold(&prefix), fold(&path));
+            let m = PathMatcher::new(&PathMatchSpec::Prefix(prefix.clone()), case_sensitive).unwrap();
+            prop_assert_eq!(m.matches(&path), fpath.starts_with(&fp));
+            let m = PathMatcher::new(&PathMatchSpec::Exact(prefix.clone()), case_sensitive).unwrap();
+            prop_assert_eq!(m.matches(&path), fpath == fp);
+            let m = PathMatcher::new(&PathMatchSpec::PathSeparatedPrefix(prefix.clone()), case_sensitive).unwrap();
+            let segments_ref = fpath == fp || fpath.starts_with(&format!("{fp}/"));
+            prop_assert_eq!(m.matches(&path), segments_ref);
+        }
+
+        #[test]
+        fn header_matchers_agree_with_reference(
+            value in proptest::option::of("[a-c0-9]{0,4}"),
+            pattern in "[a-c0-9]{1,2}",
+            invert: bool,
+        ) {
+            let (m, u) = (Method::GET, Uri::from_static("/"));
+            let mut h = HeaderMap::new();
+            if let Some(v) = &value {
+                h.insert("x-k", HeaderValue::from_str(v).unwrap());
+            }
+            let r = req_with(&m, &u, &h);
+            let hm = header("x-k", HeaderMatchSpec::String(StringMatcherSpec::prefix(pattern.clone())), invert);
+            let expected = match &value {
+                None => false,
+                Some(v) => v.starts_with(&pattern) != invert,
+            };
+            prop_assert_eq!(hm.matches(&r), expected);
+        }
+    }
+}

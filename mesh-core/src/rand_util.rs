@@ -16,9 +16,3 @@ pub(crate) fn below_u64<R: RngCore + ?Sized>(rng: &mut R, n: u64) -> u64 {
     debug_assert!(n > 0);
     ((u128::from(rng.next_u64()) * u128::from(n)) >> 64) as u64
 }
-
-/// A uniform `f64` in `[0, 1)`.
-#[inline]
-pub(crate) fn unit<R: RngCore + ?Sized>(rng: &mut R) -> f64 {
-    (rng.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
-}

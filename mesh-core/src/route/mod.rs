@@ -445,3 +445,6 @@ impl Route {
             && self.runtime_ppm.is_none_or(|ppm| sample_per_million(ppm, rng))
     }
 }
+
+#[cfg(test)]
+mod tests;
