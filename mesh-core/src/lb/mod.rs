@@ -475,3 +475,6 @@ impl EndpointPicker {
         })
     }
 }
+
+#[cfg(test)]
+mod tests;

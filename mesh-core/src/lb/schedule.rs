@@ -63,12 +63,17 @@ fn smooth_schedule(targets: &[(u32, u32)]) -> Box<[u32]> {
         targets.iter().map(|t| u64::from(t.1)).collect()
     };
     let slots: u64 = weights.iter().sum();
-    // Deadlines are k / w; compared as fractions scaled by the lcm-free product trick:
-    // k * L / w with L = slots keeps integers exact enough, ties broken by index.
+    // Earliest deadline first: target i's k-th turn is due at (k - 1 + φᵢ) / wᵢ of the cycle.
+    // The phase φᵢ (golden-ratio steps) keeps equal deadlines of different targets apart, so
+    // light targets interleave with heavy ones instead of queueing behind them.
+    let phase = |i: usize| ((0.5 + i as f64 * 0.618_033_988_75).fract() * (1u64 << 20) as f64) as u128;
+    let due = |k: u64, i: usize, w: u64| -> u128 {
+        ((u128::from(k - 1) << 20) + phase(i)) * u128::from(slots) / u128::from(w)
+    };
     let mut heap: BinaryHeap<Reverse<(u128, usize)>> = weights
         .iter()
         .enumerate()
-        .map(|(i, &w)| Reverse((deadline(1, w, slots), i)))
+        .map(|(i, &w)| Reverse((due(1, i, w), i)))
         .collect();
     let mut taken = vec![0u64; weights.len()];
     let mut schedule = Vec::with_capacity(slots as usize);
@@ -76,15 +81,10 @@ fn smooth_schedule(targets: &[(u32, u32)]) -> Box<[u32]> {
         schedule.push(i as u32);
         taken[i] += 1;
         if taken[i] < weights[i] {
-            heap.push(Reverse((deadline(taken[i] + 1, weights[i], slots), i)));
+            heap.push(Reverse((due(taken[i] + 1, i, weights[i]), i)));
         }
     }
     schedule.into()
-}
-
-/// The k-th deadline of a target with weight w, as a fixed-point number: k·S·2^20 / w.
-fn deadline(k: u64, w: u64, slots: u64) -> u128 {
-    (u128::from(k) * u128::from(slots) << 20) / u128::from(w)
 }
 
 /// Weighted random choice in O(1) with Vose's alias method (uniform when weights are equal).
