@@ -139,7 +139,10 @@ impl CircuitBreaker {
 
     /// Takes a permit, or reports the threshold that is full.
     #[inline]
-    pub fn try_acquire(self: &Arc<Self>, resource: BreakerResource) -> Result<BreakerPermit, Overflow> {
+    pub fn try_acquire(
+        self: &Arc<Self>,
+        resource: BreakerResource,
+    ) -> Result<BreakerPermit, Overflow> {
         let i = slot(resource);
         let limit = self.limits[i].load(Ordering::Relaxed);
         let previous = self.in_use[i].fetch_add(1, Ordering::AcqRel);
@@ -164,5 +167,79 @@ pub struct BreakerPermit {
 impl Drop for BreakerPermit {
     fn drop(&mut self) {
         self.breaker.in_use[self.slot].fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn permits_are_limited_and_released_on_drop() {
+        let b = CircuitBreaker::new(Thresholds::new(&CircuitBreakerSpec {
+            max_requests: Some(2),
+            ..Default::default()
+        }));
+        let p1 = b.try_acquire(BreakerResource::Requests).unwrap();
+        let _p2 = b.try_acquire(BreakerResource::Requests).unwrap();
+        let overflow = b.try_acquire(BreakerResource::Requests).unwrap_err();
+        assert_eq!(
+            overflow.to_string(),
+            "circuit breaker: max_requests (2) reached"
+        );
+        assert_eq!(b.in_use(BreakerResource::Requests), 2);
+        drop(p1);
+        assert_eq!(b.in_use(BreakerResource::Requests), 1);
+        assert!(b.try_acquire(BreakerResource::Requests).is_ok());
+        // Other resources are independent; Envoy's defaults apply.
+        assert_eq!(b.in_use(BreakerResource::Retries), 0);
+        let retries: Vec<_> = (0..3)
+            .map(|_| b.try_acquire(BreakerResource::Retries).unwrap())
+            .collect();
+        assert!(b.try_acquire(BreakerResource::Retries).is_err());
+        drop(retries);
+    }
+
+    #[test]
+    fn lowering_a_limit_keeps_what_is_in_flight() {
+        let b = CircuitBreaker::new(Thresholds::default());
+        let held: Vec<_> = (0..5)
+            .map(|_| b.try_acquire(BreakerResource::Connections).unwrap())
+            .collect();
+        b.set_thresholds(Thresholds::new(&CircuitBreakerSpec {
+            max_connections: Some(3),
+            ..Default::default()
+        }));
+        assert_eq!(b.in_use(BreakerResource::Connections), 5);
+        assert!(b.try_acquire(BreakerResource::Connections).is_err());
+        drop(held);
+        assert_eq!(b.in_use(BreakerResource::Connections), 0);
+        assert!(b.try_acquire(BreakerResource::Connections).is_ok());
+    }
+
+    #[test]
+    fn concurrent_acquires_never_exceed_the_limit() {
+        let b = CircuitBreaker::new(Thresholds::new(&CircuitBreakerSpec {
+            max_pending_requests: Some(10),
+            ..Default::default()
+        }));
+        let max_seen = std::sync::atomic::AtomicU32::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for _ in 0..20_000 {
+                        if let Ok(p) = b.try_acquire(BreakerResource::PendingRequests) {
+                            max_seen.fetch_max(
+                                b.in_use(BreakerResource::PendingRequests),
+                                Ordering::Relaxed,
+                            );
+                            drop(p);
+                        }
+                    }
+                });
+            }
+        });
+        assert!(max_seen.load(Ordering::Relaxed) <= 10);
+        assert_eq!(b.in_use(BreakerResource::PendingRequests), 0);
     }
 }

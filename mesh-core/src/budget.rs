@@ -102,9 +102,8 @@ struct Window {
 
 /// A retry budget for one cluster (or route), shared by its requests.
 ///
-/// Invariant: in every span of [`BUCKETS`] consecutive buckets, allowed retries ≤
-/// `ratio × requests + reserve`, because each withdrawal is checked against exactly the
-/// buckets that end with its own.
+/// Invariant: for every retry it allows, the window of [`BUCKETS`] buckets ending with that
+/// retry's bucket holds at most `ratio × requests + reserve` retries, itself included.
 #[derive(Debug)]
 pub struct RetryBudget {
     config: RetryBudgetConfig,
@@ -130,10 +129,15 @@ impl RetryBudget {
         &self.config
     }
 
-    fn with_bucket<T>(&self, now: Instant, f: impl FnOnce(&mut [Bucket; BUCKETS], usize, u64) -> T) -> T {
+    fn with_bucket<T>(
+        &self,
+        now: Instant,
+        f: impl FnOnce(&mut [Bucket; BUCKETS], usize, u64) -> T,
+    ) -> T {
         let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
         let origin = *w.origin.get_or_insert(now);
-        let epoch = (now.saturating_duration_since(origin).as_nanos() / u128::from(self.bucket_nanos)) as u64;
+        let epoch = (now.saturating_duration_since(origin).as_nanos()
+            / u128::from(self.bucket_nanos)) as u64;
         let slot = (epoch % BUCKETS as u64) as usize;
         if w.buckets[slot].epoch != epoch {
             w.buckets[slot] = Bucket {
@@ -155,7 +159,10 @@ impl RetryBudget {
         let reserve = self.config.reserve();
         self.with_bucket(now, |b, slot, epoch| {
             let (mut requests, mut retries) = (0u64, 0u64);
-            for bucket in b.iter().filter(|x| x.epoch <= epoch && epoch - x.epoch < BUCKETS as u64) {
+            for bucket in b
+                .iter()
+                .filter(|x| x.epoch <= epoch && epoch - x.epoch < BUCKETS as u64)
+            {
                 requests += bucket.requests;
                 retries += bucket.retries;
             }
@@ -166,5 +173,112 @@ impl RetryBudget {
                 false
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn budget(percent: f64, min: u32, window_s: u64) -> RetryBudget {
+        RetryBudget::new(
+            RetryBudgetConfig::new(&RetryBudgetSpec {
+                retry_percent: Some(percent),
+                min_retries_per_second: Some(min),
+                window: Some(Duration::from_secs(window_s)),
+            })
+            .unwrap(),
+        )
+    }
+
+    #[test]
+    fn validation() {
+        let e = RetryBudgetConfig::new(&RetryBudgetSpec {
+            retry_percent: Some(-1.0),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert_eq!(e, FieldError::new("retry_percent", "-1 is not in 0..=1000"));
+        let e = RetryBudgetConfig::new(&RetryBudgetSpec {
+            retry_percent: Some(f64::NAN),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert_eq!(e.field, "retry_percent");
+        let e = RetryBudgetConfig::new(&RetryBudgetSpec {
+            window: Some(Duration::from_millis(10)),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert_eq!(
+            e,
+            FieldError::new("window", "10ms is not between 1s and 60s")
+        );
+        let d = RetryBudgetConfig::default();
+        assert_eq!(
+            (d.ratio(), d.min_per_second(), d.reserve()),
+            (0.2, 10, 100.0)
+        );
+    }
+
+    #[test]
+    fn reserve_then_ratio() {
+        let b = budget(20.0, 1, 10);
+        let t = Instant::now();
+        // With no traffic, only the reserve: 1/s × 10 s.
+        assert_eq!((0..50).filter(|_| b.try_withdraw(t)).count(), 10);
+        // 100 requests buy 20 more.
+        for _ in 0..100 {
+            b.deposit(t);
+        }
+        assert_eq!((0..50).filter(|_| b.try_withdraw(t)).count(), 20);
+        // A window later everything has expired and the reserve is back.
+        let later = t + Duration::from_secs(10);
+        assert_eq!((0..50).filter(|_| b.try_withdraw(later)).count(), 10);
+    }
+
+    proptest! {
+        #![proptest_config(crate::test_support::proptest_config(128))]
+
+        /// For every allowed retry, the ten buckets ending with its own hold at most
+        /// ratio × requests + reserve retries.
+        #[test]
+        fn never_allows_more_than_its_share(
+            events in proptest::collection::vec((0u64..3000, any::<bool>()), 1..2000),
+            percent in 0.0f64..100.0,
+            min in 0u32..5,
+        ) {
+            let b = budget(percent, min, 1);
+            let t0 = Instant::now();
+            let mut events = events;
+            events.sort_by_key(|e| e.0);
+            // The budget's buckets start at its first event.
+            let first = events[0].0;
+            // Per 100 ms bucket: (requests, allowed retries).
+            let mut per_bucket = std::collections::BTreeMap::<u64, (u64, u64)>::new();
+            for (ms, is_retry) in events {
+                let now = t0 + Duration::from_millis(ms);
+                let e = per_bucket.entry((ms - first) / 100).or_default();
+                if is_retry {
+                    if b.try_withdraw(now) {
+                        e.1 += 1;
+                    }
+                } else {
+                    b.deposit(now);
+                    e.0 += 1;
+                }
+            }
+            let with_retries: Vec<u64> = per_bucket.iter().filter(|(_, v)| v.1 > 0).map(|(k, _)| *k).collect();
+            for end in with_retries {
+                let (mut req, mut ret) = (0u64, 0u64);
+                for (_, (q, r)) in per_bucket.range(end.saturating_sub(9)..=end) {
+                    req += q;
+                    ret += r;
+                }
+                let limit = percent / 100.0 * req as f64 + f64::from(min);
+                prop_assert!(ret as f64 <= limit + 1e-9, "window ending {}: {} retries for {} requests", end, ret, req);
+            }
+        }
     }
 }

@@ -40,10 +40,11 @@ impl UpstreamTls {
     /// Whether a peer presenting these SANs is accepted (any matcher on any non-empty SAN).
     pub fn accepts_sans<'a>(&self, sans: impl IntoIterator<Item = &'a str> + Clone) -> bool {
         self.san_matchers.is_empty()
-            || self
-                .san_matchers
-                .iter()
-                .any(|m| sans.clone().into_iter().any(|s| !s.is_empty() && m.matches(s)))
+            || self.san_matchers.iter().any(|m| {
+                sans.clone()
+                    .into_iter()
+                    .any(|s| !s.is_empty() && m.matches(s))
+            })
     }
 }
 
@@ -140,7 +141,10 @@ impl Cluster {
         }
         let connect_timeout = spec.connect_timeout.unwrap_or(Duration::from_secs(5));
         if connect_timeout.is_zero() {
-            return Err(err(FieldError::new("connect_timeout", "must be greater than 0")));
+            return Err(err(FieldError::new(
+                "connect_timeout",
+                "must be greater than 0",
+            )));
         }
         Ok(Self {
             name: spec.name.as_str().into(),
@@ -206,5 +210,96 @@ impl Cluster {
     /// The connection timeout.
     pub fn connect_timeout(&self) -> Duration {
         self.connect_timeout
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lb::MAX_RING_SIZE;
+
+    #[test]
+    fn defaults() {
+        let c = Cluster::new(&ClusterSpec {
+            name: "outbound|9080|v1|reviews.default.svc.cluster.local".into(),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(
+            &**c.eds_service_name(),
+            "outbound|9080|v1|reviews.default.svc.cluster.local"
+        );
+        assert_eq!(c.lb(), &LbConfig::RoundRobin);
+        assert_eq!(c.thresholds().max_requests, 1024);
+        assert_eq!(c.thresholds().max_retries, 3);
+        assert!(c.outlier_detection().is_none());
+        assert_eq!(c.retry_budget().ratio(), 0.2);
+        assert_eq!(c.picker_options(), PickerOptions::default());
+        assert_eq!(c.connect_timeout(), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn errors_name_cluster_and_field() {
+        let e = Cluster::new(&ClusterSpec {
+            name: "c".into(),
+            lb_policy: LbPolicySpec::RingHash {
+                min_ring_size: Some(MAX_RING_SIZE * 2),
+                max_ring_size: None,
+            },
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "cluster \"c\": ring_hash_lb_config.minimum_ring_size: 16777216 is not in 1..=8388608"
+        );
+        let e = Cluster::new(&ClusterSpec {
+            name: "c".into(),
+            outlier_detection: Some(OutlierDetectionSpec {
+                enforcing_success_rate: Some(200),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "cluster \"c\": outlier_detection.enforcing_success_rate: 200 is greater than 100"
+        );
+        let e = Cluster::new(&ClusterSpec {
+            name: "c".into(),
+            tls: Some(UpstreamTlsSpec {
+                san_matchers: vec![StringMatcherSpec::regex("(")],
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(e.to_string().starts_with(
+            "cluster \"c\": transport_socket.validation_context.match_subject_alt_names[0].safe_regex: invalid regex"
+        ));
+    }
+
+    #[test]
+    fn san_matching() {
+        let c = Cluster::new(&ClusterSpec {
+            name: "c".into(),
+            tls: Some(UpstreamTlsSpec {
+                san_matchers: vec![
+                    StringMatcherSpec::exact("spiffe://cluster.local/ns/default/sa/reviews"),
+                    StringMatcherSpec::prefix("spiffe://cluster.local/ns/prod/"),
+                ],
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .unwrap();
+        let tls = c.tls().unwrap();
+        assert!(tls.accepts_sans([
+            "dns.example",
+            "spiffe://cluster.local/ns/default/sa/reviews"
+        ]));
+        assert!(tls.accepts_sans(["spiffe://cluster.local/ns/prod/sa/x"]));
+        assert!(!tls.accepts_sans(["spiffe://cluster.local/ns/default/sa/other", ""]));
     }
 }

@@ -157,7 +157,8 @@ impl EndpointSet {
     /// 0, no locality twice in a priority, no address twice, endpoint weights non-zero, weight
     /// sums within `u32`.
     pub fn new(spec: &ClusterLoadAssignmentSpec) -> Result<Self, ConfigError> {
-        let err = |e: FieldError| e.resource(ResourceKind::ClusterLoadAssignment, &spec.cluster_name);
+        let err =
+            |e: FieldError| e.resource(ResourceKind::ClusterLoadAssignment, &spec.cluster_name);
         if spec.cluster_name.is_empty() {
             return Err(err(FieldError::new("cluster_name", "must not be empty")));
         }
@@ -199,7 +200,10 @@ impl EndpointSet {
             if !locality_seen.insert((l.priority, &l.locality)) {
                 return Err(at(FieldError::new(
                     "locality",
-                    format!("locality {} appears twice in priority {}", l.locality, l.priority),
+                    format!(
+                        "locality {} appears twice in priority {}",
+                        l.locality, l.priority
+                    ),
                 )));
             }
             let sum = &mut locality_weight_sum[l.priority as usize];
@@ -207,7 +211,11 @@ impl EndpointSet {
             if *sum > u64::from(u32::MAX) {
                 return Err(at(FieldError::new(
                     "load_balancing_weight",
-                    format!("locality weights of priority {} sum to more than {}", l.priority, u32::MAX),
+                    format!(
+                        "locality weights of priority {} sum to more than {}",
+                        l.priority,
+                        u32::MAX
+                    ),
                 )));
             }
             let group = localities.len();
@@ -218,7 +226,10 @@ impl EndpointSet {
                 let weight = match e.weight {
                     None => 1,
                     Some(0) => {
-                        return Err(at(FieldError::new("load_balancing_weight", "must be greater than 0")));
+                        return Err(at(FieldError::new(
+                            "load_balancing_weight",
+                            "must be greater than 0",
+                        )));
                     }
                     Some(w) => w,
                 };
@@ -226,11 +237,17 @@ impl EndpointSet {
                 if endpoint_weight_sum > u64::from(u32::MAX) {
                     return Err(at(FieldError::new(
                         "load_balancing_weight",
-                        format!("endpoint weights of the locality sum to more than {}", u32::MAX),
+                        format!(
+                            "endpoint weights of the locality sum to more than {}",
+                            u32::MAX
+                        ),
                     )));
                 }
                 if e.address.port() == 0 {
-                    return Err(at(FieldError::new("endpoint.address.socket_address.port_value", "must not be 0")));
+                    return Err(at(FieldError::new(
+                        "endpoint.address.socket_address.port_value",
+                        "must not be 0",
+                    )));
                 }
                 if by_address.insert(e.address, endpoints.len()).is_some() {
                     return Err(at(FieldError::new(
@@ -324,5 +341,106 @@ impl EndpointSet {
     /// Whether there are no endpoints.
     pub fn is_empty(&self) -> bool {
         self.endpoints.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ep(last: u8) -> EndpointSpec {
+        EndpointSpec::new(SocketAddr::from(([10, 0, 0, last], 8080)))
+    }
+
+    fn loc(zone: &str, priority: u32, endpoints: Vec<EndpointSpec>) -> LocalityEndpointsSpec {
+        LocalityEndpointsSpec {
+            locality: Locality {
+                region: "r".into(),
+                zone: zone.into(),
+                sub_zone: String::new(),
+            },
+            weight: Some(1),
+            priority,
+            endpoints,
+        }
+    }
+
+    fn cla(localities: Vec<LocalityEndpointsSpec>) -> ClusterLoadAssignmentSpec {
+        ClusterLoadAssignmentSpec {
+            cluster_name: "outbound|80||ui".into(),
+            localities,
+            ..Default::default()
+        }
+    }
+
+    fn error(spec: &ClusterLoadAssignmentSpec) -> String {
+        EndpointSet::new(spec).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn orders_by_priority_and_indexes_addresses() {
+        let s = EndpointSet::new(&cla(vec![
+            loc("b", 1, vec![ep(3)]),
+            loc("a", 0, vec![ep(1), ep(2)]),
+        ]))
+        .unwrap();
+        assert_eq!(s.priority_count(), 2);
+        let zones: Vec<Vec<&str>> = s
+            .priorities()
+            .map(|g| g.iter().map(|l| l.locality.zone.as_str()).collect())
+            .collect();
+        assert_eq!(zones, [vec!["a"], vec!["b"]]);
+        assert_eq!(s.endpoints()[2].priority, 1);
+        assert_eq!(s.index_of(SocketAddr::from(([10, 0, 0, 3], 8080))), Some(2));
+        assert_eq!(s.overprovisioning_factor(), 140);
+        assert_eq!(s.localities()[1].endpoints, 2..3);
+    }
+
+    #[test]
+    fn rejects_what_xds_rejects() {
+        assert_eq!(
+            error(&cla(vec![
+                loc("a", 0, vec![ep(1)]),
+                loc("b", 2, vec![ep(2)])
+            ])),
+            "cluster load assignment \"outbound|80||ui\": endpoints: priorities must be contiguous from 0, but priority 1 has no locality while 2 has"
+        );
+        assert_eq!(
+            error(&cla(vec![
+                loc("a", 0, vec![ep(1)]),
+                loc("a", 0, vec![ep(2)])
+            ])),
+            "cluster load assignment \"outbound|80||ui\": endpoints[1].locality: locality r/a/ appears twice in priority 0"
+        );
+        assert_eq!(
+            error(&cla(vec![
+                loc("a", 0, vec![ep(1)]),
+                loc("b", 1, vec![ep(1)])
+            ])),
+            "cluster load assignment \"outbound|80||ui\": endpoints[1].lb_endpoints[0].endpoint.address: 10.0.0.1:8080 appears more than once in the cluster"
+        );
+        let mut zero = ep(1);
+        zero.weight = Some(0);
+        assert_eq!(
+            error(&cla(vec![loc("a", 0, vec![zero])])),
+            "cluster load assignment \"outbound|80||ui\": endpoints[0].lb_endpoints[0].load_balancing_weight: must be greater than 0"
+        );
+        let mut heavy = loc("a", 0, vec![ep(1)]);
+        heavy.weight = Some(u32::MAX);
+        assert!(
+            error(&cla(vec![heavy, loc("b", 0, vec![ep(2)])]))
+                .ends_with("locality weights of priority 0 sum to more than 4294967295")
+        );
+        assert_eq!(
+            error(&ClusterLoadAssignmentSpec::default()),
+            "cluster load assignment \"\": cluster_name: must not be empty"
+        );
+    }
+
+    #[test]
+    fn empty_assignment_is_valid() {
+        let s = EndpointSet::new(&cla(vec![])).unwrap();
+        assert!(s.is_empty());
+        assert_eq!(s.priority_count(), 0);
     }
 }

@@ -26,8 +26,12 @@ mod rand_util;
 pub mod request;
 pub mod route;
 pub mod snapshot;
+#[cfg(test)]
+mod test_support;
 
-pub use breaker::{BreakerPermit, BreakerResource, CircuitBreaker, CircuitBreakerSpec, Overflow, Thresholds};
+pub use breaker::{
+    BreakerPermit, BreakerResource, CircuitBreaker, CircuitBreakerSpec, Overflow, Thresholds,
+};
 pub use budget::{RetryBudget, RetryBudgetConfig, RetryBudgetSpec};
 pub use cluster::{Cluster, ClusterSpec, UpstreamTls, UpstreamTlsSpec};
 pub use endpoint::{
@@ -38,7 +42,7 @@ pub use error::{ConfigError, FieldError, ResourceKind};
 pub use fraction::{Denominator, Fraction};
 pub use lb::{ClusterPicker, EndpointLoad, LbConfig, LbPolicySpec, PickerOptions};
 pub use listener::{Listener, ListenerSpec, RouteSource, RouteSourceSpec};
-pub use outlier::{OutlierDetectionConfig, OutlierDetectionSpec, OutlierDetector, Outcome};
+pub use outlier::{Outcome, OutlierDetectionConfig, OutlierDetectionSpec, OutlierDetector};
 pub use request::RouteRequest;
 pub use route::{
     NoRoute, Route, RouteAction, RouteActionSpec, RouteConfig, RouteConfigSpec, RouteMatchSpec,

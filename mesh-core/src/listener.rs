@@ -61,14 +61,14 @@ impl Listener {
                 )));
             }
             RouteSourceSpec::Rds(n) => RouteSource::Rds(n.as_str().into()),
-            RouteSourceSpec::Inline(rc) => RouteSource::Inline(Arc::new(
-                RouteConfig::new(rc).map_err(|e| {
+            RouteSourceSpec::Inline(rc) => {
+                RouteSource::Inline(Arc::new(RouteConfig::new(rc).map_err(|e| {
                     err(FieldError::new(
                         format!("api_listener.route_config.{}", e.field),
                         e.reason,
                     ))
-                })?,
-            )),
+                })?))
+            }
         };
         Ok(Self {
             name: spec.name.as_str().into(),

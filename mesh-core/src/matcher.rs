@@ -287,9 +287,9 @@ impl HeaderMatcher {
                 let value = value.as_deref().unwrap_or("");
                 let hit = match &self.kind {
                     HeaderKind::Present(p) => *p,
-                    HeaderKind::Range(start, end) => value
-                        .parse::<i64>()
-                        .is_ok_and(|v| *start <= v && v < *end),
+                    HeaderKind::Range(start, end) => {
+                        value.parse::<i64>().is_ok_and(|v| *start <= v && v < *end)
+                    }
                     HeaderKind::String(m) => m.matches(value),
                 };
                 hit != self.invert
@@ -464,13 +464,26 @@ mod tests {
         assert_eq!(e, FieldError::new("prefix", "must not be empty"));
         let e = StringMatcher::new(&StringMatcherSpec::regex("(a")).unwrap_err();
         assert_eq!(e.field, "safe_regex");
-        assert!(e.reason.starts_with("invalid regex \"(a\": "), "{}", e.reason);
-        let e = HeaderMatcher::new(&HeaderMatcherSpec::new(":status", HeaderMatchSpec::Present(true)))
-            .unwrap_err();
+        assert!(
+            e.reason.starts_with("invalid regex \"(a\": "),
+            "{}",
+            e.reason
+        );
+        let e = HeaderMatcher::new(&HeaderMatcherSpec::new(
+            ":status",
+            HeaderMatchSpec::Present(true),
+        ))
+        .unwrap_err();
         assert_eq!(e.field, "name");
-        assert!(e.reason.starts_with("unsupported pseudo-header \":status\""));
-        let e = HeaderMatcher::new(&HeaderMatcherSpec::new("bad header", HeaderMatchSpec::Present(true)))
-            .unwrap_err();
+        assert!(
+            e.reason
+                .starts_with("unsupported pseudo-header \":status\"")
+        );
+        let e = HeaderMatcher::new(&HeaderMatcherSpec::new(
+            "bad header",
+            HeaderMatchSpec::Present(true),
+        ))
+        .unwrap_err();
         assert_eq!(e.reason, "\"bad header\" is not a valid header name");
     }
 
@@ -530,13 +543,18 @@ mod tests {
         assert!(sep.matches("/api") && sep.matches("/api/x"));
         assert!(!sep.matches("/apix"));
         assert!(p(PathMatchSpec::Regex("/u/[0-9]+".into()), true).matches("/u/7"));
-        let e = PathMatcher::new(&PathMatchSpec::PathSeparatedPrefix("/api/".into()), true).unwrap_err();
+        let e = PathMatcher::new(&PathMatchSpec::PathSeparatedPrefix("/api/".into()), true)
+            .unwrap_err();
         assert_eq!(e.field, "path_separated_prefix");
     }
 
     #[test]
     fn query_params() {
-        let (m, u, h) = (Method::GET, Uri::from_static("/p?a=1&b&c=xyz"), HeaderMap::new());
+        let (m, u, h) = (
+            Method::GET,
+            Uri::from_static("/p?a=1&b&c=xyz"),
+            HeaderMap::new(),
+        );
         let r = req_with(&m, &u, &h);
         let q = |name: &str, value: Option<StringMatcherSpec>| {
             QueryParamMatcher::new(&QueryParamMatcherSpec {
@@ -554,7 +572,13 @@ mod tests {
 
     /// A straightforward reference: lowercase both sides with `to_ascii_lowercase`.
     fn reference(pattern: &StringPattern, ignore_case: bool, value: &str) -> bool {
-        let fold = |s: &str| if ignore_case { s.to_ascii_lowercase() } else { s.to_string() };
+        let fold = |s: &str| {
+            if ignore_case {
+                s.to_ascii_lowercase()
+            } else {
+                s.to_string()
+            }
+        };
         let v = fold(value);
         match pattern {
             StringPattern::Exact(p) => v == fold(p),
@@ -566,6 +590,8 @@ mod tests {
     }
 
     proptest! {
+        #![proptest_config(crate::test_support::proptest_config(128))]
+
         #[test]
         fn string_matchers_agree_with_reference(
             kind in 0..4u8,

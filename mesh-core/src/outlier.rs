@@ -107,17 +107,26 @@ impl OutlierDetectionConfig {
         Ok(Self {
             interval: positive(spec.interval, 10, "interval")?,
             base_ejection_time: base,
-            max_ejection_time: positive(spec.max_ejection_time, 300, "max_ejection_time")?.max(base),
+            max_ejection_time: positive(spec.max_ejection_time, 300, "max_ejection_time")?
+                .max(base),
             max_ejection_percent: percent(spec.max_ejection_percent, 10, "max_ejection_percent")?,
             consecutive_5xx: spec.consecutive_5xx.unwrap_or(5),
-            enforcing_consecutive_5xx: percent(spec.enforcing_consecutive_5xx, 100, "enforcing_consecutive_5xx")?,
+            enforcing_consecutive_5xx: percent(
+                spec.enforcing_consecutive_5xx,
+                100,
+                "enforcing_consecutive_5xx",
+            )?,
             consecutive_gateway_failure: spec.consecutive_gateway_failure.unwrap_or(5),
             enforcing_consecutive_gateway_failure: percent(
                 spec.enforcing_consecutive_gateway_failure,
                 0,
                 "enforcing_consecutive_gateway_failure",
             )?,
-            enforcing_success_rate: percent(spec.enforcing_success_rate, 100, "enforcing_success_rate")?,
+            enforcing_success_rate: percent(
+                spec.enforcing_success_rate,
+                100,
+                "enforcing_success_rate",
+            )?,
             success_rate_minimum_hosts: spec.success_rate_minimum_hosts.unwrap_or(5),
             success_rate_request_volume: spec.success_rate_request_volume.unwrap_or(100),
             success_rate_stdev_factor: spec.success_rate_stdev_factor.unwrap_or(1900),
@@ -225,12 +234,18 @@ impl OutlierDetector {
             next.insert(a, h);
         }
         self.hosts = next;
-        self.ejected = self.hosts.values().filter(|h| h.ejected_until.is_some()).count();
+        self.ejected = self
+            .hosts
+            .values()
+            .filter(|h| h.ejected_until.is_some())
+            .count();
     }
 
     /// Whether `address` is ejected.
     pub fn is_ejected(&self, address: &SocketAddr) -> bool {
-        self.hosts.get(address).is_some_and(|h| h.ejected_until.is_some())
+        self.hosts
+            .get(address)
+            .is_some_and(|h| h.ejected_until.is_some())
     }
 
     /// The number of ejected hosts.
@@ -244,7 +259,12 @@ impl OutlierDetector {
             || (self.ejected + 1) * 100 <= self.config.max_ejection_percent as usize * total
     }
 
-    fn eject(&mut self, address: SocketAddr, reason: EjectionReason, now: Instant) -> Option<Change> {
+    fn eject(
+        &mut self,
+        address: SocketAddr,
+        reason: EjectionReason,
+        now: Instant,
+    ) -> Option<Change> {
         if !self.may_eject() {
             return None;
         }
@@ -358,7 +378,12 @@ impl OutlierDetector {
         if c.enforcing_failure_percentage > 0 {
             let hosts: Vec<(SocketAddr, f64)> = self
                 .volume_hosts(u64::from(c.failure_percentage_request_volume))
-                .map(|(a, h)| (a, 100.0 * h.failures as f64 / (h.successes + h.failures) as f64))
+                .map(|(a, h)| {
+                    (
+                        a,
+                        100.0 * h.failures as f64 / (h.successes + h.failures) as f64,
+                    )
+                })
                 .collect();
             if hosts.len() >= c.failure_percentage_minimum_hosts.max(1) as usize {
                 candidates.extend(
@@ -393,12 +418,335 @@ impl OutlierDetector {
     fn volume_hosts(&self, volume: u64) -> impl Iterator<Item = (SocketAddr, &Host)> {
         self.hosts
             .iter()
-            .filter(move |(_, h)| h.ejected_until.is_none() && h.successes + h.failures >= volume.max(1))
+            .filter(move |(_, h)| {
+                h.ejected_until.is_none() && h.successes + h.failures >= volume.max(1)
+            })
             .map(|(a, h)| (*a, h))
     }
 
     /// The earliest time an ejected host is due back, to schedule the next sweep.
     pub fn next_return(&self) -> Option<Instant> {
         self.hosts.values().filter_map(|h| h.ejected_until).min()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use rand::SeedableRng;
+    use rand::rngs::SmallRng;
+
+    fn addr(i: u8) -> SocketAddr {
+        SocketAddr::from(([10, 0, 0, i], 80))
+    }
+
+    fn detector(spec: OutlierDetectionSpec, hosts: u8) -> OutlierDetector {
+        let mut d = OutlierDetector::new(OutlierDetectionConfig::new(&spec).unwrap());
+        d.set_hosts((1..=hosts).map(addr));
+        d
+    }
+
+    /// The seed talks' policy: consecutiveErrors 1, interval 5s, baseEjectionTime 5m, maxEjectionPercent 100.
+    fn istio_example() -> OutlierDetectionSpec {
+        OutlierDetectionSpec {
+            consecutive_5xx: Some(1),
+            interval: Some(Duration::from_secs(5)),
+            base_ejection_time: Some(Duration::from_secs(300)),
+            max_ejection_percent: Some(100),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn consecutive_errors_eject_until_the_first_sweep_after_the_ejection_time() {
+        let mut d = detector(istio_example(), 3);
+        let mut r = SmallRng::seed_from_u64(0);
+        let t0 = Instant::now();
+        assert_eq!(d.record(addr(1), Outcome::Success, t0, &mut r), None);
+        let change = d.record(addr(1), Outcome::ServerError(500), t0, &mut r);
+        assert_eq!(
+            change,
+            Some(Change::Ejected {
+                address: addr(1),
+                reason: EjectionReason::Consecutive5xx,
+                until: t0 + Duration::from_secs(300)
+            })
+        );
+        assert!(d.is_ejected(&addr(1)));
+        // Sweeps every 5 s; still out at 295 s, back at the 300 s sweep.
+        let mut t = t0;
+        while t < t0 + Duration::from_secs(295) {
+            t += Duration::from_secs(5);
+            let changes = d.tick(t, &mut r);
+            if t < t0 + Duration::from_secs(300) {
+                assert!(changes.is_empty(), "at {:?}", t - t0);
+            }
+        }
+        assert!(d.is_ejected(&addr(1)));
+        assert_eq!(
+            d.tick(t0 + Duration::from_secs(300), &mut r),
+            vec![Change::Returned(addr(1))]
+        );
+        assert!(!d.is_ejected(&addr(1)));
+        // A second ejection soon after lasts twice as long (capped by max_ejection_time = 300 s).
+        let t1 = t0 + Duration::from_secs(301);
+        match d.record(addr(1), Outcome::ServerError(503), t1, &mut r) {
+            Some(Change::Ejected { until, .. }) => assert_eq!(until - t1, Duration::from_secs(300)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn ejection_time_grows_and_the_multiplier_decays() {
+        let spec = OutlierDetectionSpec {
+            consecutive_5xx: Some(2),
+            interval: Some(Duration::from_secs(1)),
+            base_ejection_time: Some(Duration::from_secs(10)),
+            max_ejection_time: Some(Duration::from_secs(25)),
+            max_ejection_percent: Some(100),
+            ..Default::default()
+        };
+        let mut d = detector(spec, 2);
+        let mut r = SmallRng::seed_from_u64(0);
+        let mut t = Instant::now();
+        let mut eject = |d: &mut OutlierDetector, t: Instant| {
+            d.record(addr(1), Outcome::ServerError(500), t, &mut r);
+            match d.record(addr(1), Outcome::ServerError(500), t, &mut r) {
+                Some(Change::Ejected { until, .. }) => until - t,
+                other => panic!("{other:?}"),
+            }
+        };
+        let mut r2 = SmallRng::seed_from_u64(1);
+        for expected in [10, 20, 25] {
+            assert_eq!(eject(&mut d, t), Duration::from_secs(expected));
+            t += Duration::from_secs(expected);
+            assert_eq!(d.tick(t, &mut r2), vec![Change::Returned(addr(1))]);
+        }
+        // Three healthy sweeps bring the multiplier from 3 to 0: base time again.
+        for _ in 0..3 {
+            t += Duration::from_secs(1);
+            d.tick(t, &mut r2);
+        }
+        assert_eq!(eject(&mut d, t), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn max_ejection_percent_is_respected_but_one_may_always_go() {
+        let spec = OutlierDetectionSpec {
+            consecutive_5xx: Some(1),
+            ..Default::default()
+        };
+        let mut d = detector(spec, 3);
+        let mut r = SmallRng::seed_from_u64(0);
+        let t = Instant::now();
+        assert!(
+            d.record(addr(1), Outcome::ServerError(500), t, &mut r)
+                .is_some()
+        );
+        assert!(
+            d.record(addr(2), Outcome::ServerError(500), t, &mut r)
+                .is_none()
+        );
+        assert_eq!(d.ejected_count(), 1);
+    }
+
+    #[test]
+    fn gateway_failures_need_enforcement() {
+        let spec = OutlierDetectionSpec {
+            consecutive_5xx: Some(10),
+            consecutive_gateway_failure: Some(2),
+            max_ejection_percent: Some(100),
+            ..Default::default()
+        };
+        let mut r = SmallRng::seed_from_u64(0);
+        let t = Instant::now();
+        let mut d = detector(spec, 2);
+        for _ in 0..5 {
+            assert!(
+                d.record(addr(1), Outcome::LocalFailure, t, &mut r)
+                    .is_none()
+            );
+        }
+        let mut d = detector(
+            OutlierDetectionSpec {
+                enforcing_consecutive_gateway_failure: Some(100),
+                ..spec
+            },
+            2,
+        );
+        d.record(addr(1), Outcome::ServerError(502), t, &mut r);
+        match d.record(addr(1), Outcome::LocalFailure, t, &mut r) {
+            Some(Change::Ejected { reason, .. }) => {
+                assert_eq!(reason, EjectionReason::ConsecutiveGatewayFailure)
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn success_rate_and_failure_percentage_sweeps() {
+        let mut r = SmallRng::seed_from_u64(0);
+        let t = Instant::now();
+        let load = |d: &mut OutlierDetector, r: &mut SmallRng, bad_share: u32| {
+            for host in 1..=6u8 {
+                for i in 0..200u32 {
+                    let fail = host == 1 && i % 100 < bad_share;
+                    let o = if fail {
+                        Outcome::ServerError(500)
+                    } else {
+                        Outcome::Success
+                    };
+                    d.record(addr(host), o, t, r);
+                }
+            }
+        };
+        let base = OutlierDetectionSpec {
+            consecutive_5xx: Some(0),
+            max_ejection_percent: Some(50),
+            ..Default::default()
+        };
+        let mut d = detector(base, 6);
+        load(&mut d, &mut r, 30);
+        let changes = d.tick(t + Duration::from_secs(10), &mut r);
+        assert!(
+            matches!(changes[..], [Change::Ejected { address, reason: EjectionReason::SuccessRate, .. }] if address == addr(1)),
+            "{changes:?}"
+        );
+        // Too few hosts with volume: no success-rate ejection.
+        let mut d = detector(base, 6);
+        for i in 0..200u32 {
+            let o = if i % 2 == 0 {
+                Outcome::ServerError(500)
+            } else {
+                Outcome::Success
+            };
+            d.record(addr(1), o, t, &mut r);
+        }
+        assert!(d.tick(t + Duration::from_secs(10), &mut r).is_empty());
+        // Failure percentage: off by default, ejects at ≥ threshold when enforced.
+        let fp = OutlierDetectionSpec {
+            enforcing_success_rate: Some(0),
+            enforcing_failure_percentage: Some(100),
+            failure_percentage_threshold: Some(90),
+            ..base
+        };
+        let mut d = detector(fp, 6);
+        load(&mut d, &mut r, 89);
+        assert!(d.tick(t + Duration::from_secs(10), &mut r).is_empty());
+        let mut d = detector(fp, 6);
+        load(&mut d, &mut r, 90);
+        let changes = d.tick(t + Duration::from_secs(10), &mut r);
+        assert!(
+            matches!(
+                changes[..],
+                [Change::Ejected {
+                    reason: EjectionReason::FailurePercentage,
+                    ..
+                }]
+            ),
+            "{changes:?}"
+        );
+    }
+
+    #[test]
+    fn validation_and_host_sync() {
+        let e = OutlierDetectionConfig::new(&OutlierDetectionSpec {
+            max_ejection_percent: Some(101),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert_eq!(
+            e,
+            FieldError::new("max_ejection_percent", "101 is greater than 100")
+        );
+        let e = OutlierDetectionConfig::new(&OutlierDetectionSpec {
+            interval: Some(Duration::ZERO),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert_eq!(e, FieldError::new("interval", "must be greater than 0"));
+        let c = OutlierDetectionConfig::new(&OutlierDetectionSpec {
+            base_ejection_time: Some(Duration::from_secs(600)),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(
+            c.max_ejection_time,
+            Duration::from_secs(600),
+            "never below the base"
+        );
+
+        let mut d = detector(istio_example(), 3);
+        let mut r = SmallRng::seed_from_u64(0);
+        d.record(addr(2), Outcome::ServerError(500), Instant::now(), &mut r);
+        d.set_hosts([addr(2), addr(3), addr(4)]);
+        assert!(d.is_ejected(&addr(2)), "kept hosts keep their state");
+        assert_eq!(d.ejected_count(), 1);
+        d.set_hosts([addr(3)]);
+        assert_eq!(d.ejected_count(), 0);
+        assert_eq!(
+            d.record(addr(9), Outcome::ServerError(500), Instant::now(), &mut r),
+            None
+        );
+    }
+
+    proptest! {
+        #![proptest_config(crate::test_support::proptest_config(128))]
+
+        /// Whatever the timing, a host comes back at the first sweep at or after
+        /// `ejected + min(base × n, max)`, and never before.
+        #[test]
+        fn ejections_follow_the_schedule(
+            interval_ms in 100u64..5_000,
+            base_ms in 100u64..20_000,
+            errors_at in proptest::collection::vec(0u64..60_000, 1..30),
+        ) {
+            let spec = OutlierDetectionSpec {
+                consecutive_5xx: Some(1),
+                interval: Some(Duration::from_millis(interval_ms)),
+                base_ejection_time: Some(Duration::from_millis(base_ms)),
+                max_ejection_percent: Some(100),
+                ..Default::default()
+            };
+            let mut d = detector(spec, 1);
+            let mut r = SmallRng::seed_from_u64(0);
+            let t0 = Instant::now();
+            let mut errors_at = errors_at;
+            errors_at.sort_unstable();
+            let mut errors = errors_at.into_iter().peekable();
+            let mut until: Option<Instant> = None;
+            let mut sweep = 0u64;
+            while sweep < 200_000 {
+                let next_sweep = sweep + interval_ms;
+                while let Some(&e) = errors.peek().filter(|&&e| e < next_sweep) {
+                    errors.next();
+                    let at = t0 + Duration::from_millis(e);
+                    let change = d.record(addr(1), Outcome::ServerError(500), at, &mut r);
+                    match (until, change) {
+                        (None, Some(Change::Ejected { until: u, .. })) => {
+                            prop_assert!(u > at);
+                            until = Some(u);
+                        }
+                        (Some(_), None) => {}
+                        (u, c) => prop_assert!(false, "ejected until {:?}, change {:?}", u, c),
+                    }
+                }
+                sweep = next_sweep;
+                let now = t0 + Duration::from_millis(sweep);
+                let changes = d.tick(now, &mut r);
+                match until {
+                    Some(u) if now >= u => {
+                        prop_assert_eq!(changes, vec![Change::Returned(addr(1))]);
+                        until = None;
+                    }
+                    _ => prop_assert!(changes.is_empty()),
+                }
+                prop_assert_eq!(d.is_ejected(&addr(1)), until.is_some());
+                if errors.peek().is_none() && until.is_none() {
+                    break;
+                }
+            }
+        }
     }
 }

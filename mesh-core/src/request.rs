@@ -23,7 +23,11 @@ impl<'a> RouteRequest<'a> {
         let authority = uri
             .authority()
             .map(|a| a.as_str())
-            .or_else(|| headers.get(http::header::HOST).and_then(|h| h.to_str().ok()))
+            .or_else(|| {
+                headers
+                    .get(http::header::HOST)
+                    .and_then(|h| h.to_str().ok())
+            })
             .unwrap_or("");
         let path = match uri.path() {
             "" => "/",

@@ -70,7 +70,8 @@ impl MeshSnapshot {
 
     /// Adds or replaces a listener.
     pub fn insert_listener(&mut self, listener: Listener) {
-        self.listeners.insert(listener.name().clone(), Arc::new(listener));
+        self.listeners
+            .insert(listener.name().clone(), Arc::new(listener));
     }
 
     /// Adds or replaces a route configuration.
@@ -80,12 +81,14 @@ impl MeshSnapshot {
 
     /// Adds or replaces a cluster.
     pub fn insert_cluster(&mut self, cluster: Cluster) {
-        self.clusters.insert(cluster.name().clone(), Arc::new(cluster));
+        self.clusters
+            .insert(cluster.name().clone(), Arc::new(cluster));
     }
 
     /// Adds or replaces the endpoints of an EDS service.
     pub fn insert_endpoints(&mut self, set: EndpointSet) {
-        self.endpoints.insert(set.cluster_name().clone(), Arc::new(set));
+        self.endpoints
+            .insert(set.cluster_name().clone(), Arc::new(set));
     }
 
     /// Removes a listener.
@@ -171,11 +174,15 @@ impl MeshSnapshot {
         rng: &mut R,
     ) -> Result<Routed<'a>, NoRoute> {
         let listener = self.listeners.get(listener).ok_or(NoRoute::NoListener)?;
-        let route_config = self.listener_routes(listener).ok_or(NoRoute::NoRouteConfig)?;
+        let route_config = self
+            .listener_routes(listener)
+            .ok_or(NoRoute::NoRouteConfig)?;
         let virtual_host = route_config
             .virtual_host(req.authority())
             .ok_or(NoRoute::NoVirtualHost)?;
-        let route = virtual_host.route(req, rng).ok_or(NoRoute::NoRouteMatched)?;
+        let route = virtual_host
+            .route(req, rng)
+            .ok_or(NoRoute::NoRouteMatched)?;
         let cluster = match route.action() {
             RouteAction::Forward(f) => Some(f.destination.pick(rng)),
             RouteAction::NonForwarding => None,
@@ -223,7 +230,9 @@ impl MeshSnapshot {
                     })
                 }
                 RouteSource::Rds(_) => {}
-                RouteSource::Inline(rc) => check_routes(ResourceKind::Listener, l.name(), rc, &mut out),
+                RouteSource::Inline(rc) => {
+                    check_routes(ResourceKind::Listener, l.name(), rc, &mut out)
+                }
             }
         }
         for rc in self.route_configs.values() {
@@ -242,5 +251,138 @@ impl MeshSnapshot {
         out.sort_by(|a, b| (&a.from, &a.missing).cmp(&(&b.from, &b.missing)));
         out.dedup();
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::ClusterSpec;
+    use crate::endpoint::{ClusterLoadAssignmentSpec, EndpointSpec, LocalityEndpointsSpec};
+    use crate::listener::{ListenerSpec, RouteSourceSpec};
+    use crate::route::{
+        DestinationSpec, ForwardActionSpec, MirrorPolicySpec, RouteActionSpec, RouteConfigSpec,
+        RouteMatchSpec, RouteSpec, VirtualHostSpec,
+    };
+    use http::{HeaderMap, Method, Uri};
+    use rand::SeedableRng;
+    use rand::rngs::SmallRng;
+
+    fn snapshot() -> MeshSnapshot {
+        let mut s = MeshSnapshot::new();
+        s.insert_listener(
+            Listener::new(&ListenerSpec {
+                name: "ui:80".into(),
+                routes: RouteSourceSpec::Rds("outbound|80||ui".into()),
+                max_stream_duration: None,
+                fault_filter: true,
+            })
+            .unwrap(),
+        );
+        let mut action = ForwardActionSpec::to_cluster("unused");
+        action.destination = DestinationSpec::Weighted(vec![("v1".into(), 90), ("v2".into(), 10)]);
+        action.mirrors.push(MirrorPolicySpec {
+            cluster: "shadow".into(),
+            fraction: None,
+        });
+        s.insert_route_config(
+            RouteConfig::new(&RouteConfigSpec {
+                name: "outbound|80||ui".into(),
+                virtual_hosts: vec![VirtualHostSpec {
+                    name: "ui:80".into(),
+                    domains: vec!["ui".into(), "ui:80".into()],
+                    routes: vec![RouteSpec {
+                        name: "split".into(),
+                        matcher: RouteMatchSpec::prefix("/"),
+                        action: RouteActionSpec::Forward(Box::new(action)),
+                        fault: None,
+                    }],
+                    ..Default::default()
+                }],
+                ignore_port_in_host_matching: false,
+            })
+            .unwrap(),
+        );
+        for name in ["v1", "v2"] {
+            s.insert_cluster(
+                Cluster::new(&ClusterSpec {
+                    name: name.into(),
+                    ..Default::default()
+                })
+                .unwrap(),
+            );
+        }
+        s.insert_endpoints(
+            EndpointSet::new(&ClusterLoadAssignmentSpec {
+                cluster_name: "v1".into(),
+                localities: vec![LocalityEndpointsSpec {
+                    endpoints: vec![EndpointSpec::new(([127, 0, 0, 1], 8081).into())],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })
+            .unwrap(),
+        );
+        s
+    }
+
+    #[test]
+    fn routes_end_to_end() {
+        let s = snapshot();
+        let (m, h, u) = (
+            Method::GET,
+            HeaderMap::new(),
+            Uri::from_static("http://ui:80/x"),
+        );
+        let req = RouteRequest::new(&m, &u, &h);
+        let mut r = SmallRng::seed_from_u64(1);
+        let mut v2 = 0;
+        for _ in 0..10_000 {
+            let routed = s.route("ui:80", &req, &mut r).unwrap();
+            assert_eq!(routed.route.name(), "split");
+            assert_eq!(routed.virtual_host.name(), "ui:80");
+            v2 += usize::from(&**routed.cluster.unwrap() == "v2");
+        }
+        assert!((800..=1_200).contains(&v2), "{v2}");
+        assert_eq!(
+            s.route("other:80", &req, &mut r).unwrap_err(),
+            NoRoute::NoListener
+        );
+        let u = Uri::from_static("http://elsewhere/x");
+        let req = RouteRequest::new(&m, &u, &h);
+        assert_eq!(
+            s.route("ui:80", &req, &mut r).unwrap_err(),
+            NoRoute::NoVirtualHost
+        );
+    }
+
+    #[test]
+    fn dangling_references_are_listed() {
+        let mut s = snapshot();
+        let d: Vec<String> = s.dangling().iter().map(ToString::to_string).collect();
+        assert_eq!(
+            d,
+            [
+                "route configuration \"outbound|80||ui\" refers to cluster \"shadow\", which is missing",
+                "cluster \"v2\" refers to cluster load assignment \"v2\", which is missing",
+            ]
+        );
+        s.remove_route_config("outbound|80||ui");
+        assert_eq!(
+            s.dangling()[0].to_string(),
+            "listener \"ui:80\" refers to route configuration \"outbound|80||ui\", which is missing"
+        );
+    }
+
+    #[test]
+    fn clones_share_resources() {
+        let s = snapshot();
+        let mut t = s.clone();
+        assert!(Arc::ptr_eq(
+            s.cluster("v1").unwrap(),
+            t.cluster("v1").unwrap()
+        ));
+        t.remove_cluster("v1");
+        assert!(s.cluster("v1").is_some() && t.cluster("v1").is_none());
     }
 }

@@ -160,7 +160,9 @@ impl LbConfig {
                 if m > MAX_MAGLEV_TABLE_SIZE || !is_prime(m) {
                     return Err(FieldError::new(
                         "maglev_lb_config.table_size",
-                        format!("{m} must be a prime number no larger than {MAX_MAGLEV_TABLE_SIZE}"),
+                        format!(
+                            "{m} must be a prime number no larger than {MAX_MAGLEV_TABLE_SIZE}"
+                        ),
                     ));
                 }
                 Self::Maglev { table_size: m }
@@ -370,13 +372,20 @@ impl Level {
             // by locality weight when localities are weighted.
             let mut targets = Vec::new();
             for g in groups {
-                let lw = match (options.locality_weighted && config.is_hash_based(), g.weight) {
+                let lw = match (
+                    options.locality_weighted && config.is_hash_based(),
+                    g.weight,
+                ) {
                     (false, _) => 1,
                     (true, Some(w)) => u64::from(w),
                     (true, None) => continue,
                 };
                 for i in g.endpoints.clone().filter(|&i| take(i)) {
-                    targets.push((i as u32, u64::from(endpoints[i].weight) * lw, endpoints[i].address));
+                    targets.push((
+                        i as u32,
+                        u64::from(endpoints[i].weight) * lw,
+                        endpoints[i].address,
+                    ));
                 }
             }
             return Self {
@@ -392,7 +401,13 @@ impl Level {
                 .endpoints
                 .clone()
                 .filter(|&i| take(i))
-                .map(|i| (i as u32, u64::from(endpoints[i].weight), endpoints[i].address))
+                .map(|i| {
+                    (
+                        i as u32,
+                        u64::from(endpoints[i].weight),
+                        endpoints[i].address,
+                    )
+                })
                 .collect();
             if targets.is_empty() {
                 continue;
@@ -438,9 +453,10 @@ impl EndpointPicker {
             .map(|t| (t.0, u32::try_from(t.1).unwrap_or(u32::MAX)))
             .collect();
         match *config {
-            LbConfig::RoundRobin => {
-                Self::RoundRobin(RoundRobin::new(&weighted, (seed % targets.len() as u64) as usize))
-            }
+            LbConfig::RoundRobin => Self::RoundRobin(RoundRobin::new(
+                &weighted,
+                (seed % targets.len() as u64) as usize,
+            )),
             LbConfig::Random => Self::Random(WeightedRandom::new(&weighted)),
             LbConfig::LeastRequest { choice_count } => {
                 Self::LeastRequest(LeastRequest::new(&weighted, choice_count))

@@ -26,7 +26,11 @@ impl LeastRequest {
     }
 
     #[inline]
-    pub(crate) fn pick<R: RngCore + ?Sized>(&self, loads: &[Arc<EndpointLoad>], rng: &mut R) -> u32 {
+    pub(crate) fn pick<R: RngCore + ?Sized>(
+        &self,
+        loads: &[Arc<EndpointLoad>],
+        rng: &mut R,
+    ) -> u32 {
         let mut best = self.candidates.pick_position(rng);
         let mut best_target = self.candidates.target(best);
         let mut best_load = loads[best_target as usize].active();
@@ -61,7 +65,11 @@ impl PeakEwma {
     }
 
     #[inline]
-    pub(crate) fn pick<R: RngCore + ?Sized>(&self, loads: &[Arc<EndpointLoad>], rng: &mut R) -> u32 {
+    pub(crate) fn pick<R: RngCore + ?Sized>(
+        &self,
+        loads: &[Arc<EndpointLoad>],
+        rng: &mut R,
+    ) -> u32 {
         let a = self.candidates.pick(rng);
         let b = self.candidates.pick(rng);
         if a == b {

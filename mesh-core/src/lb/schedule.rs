@@ -66,7 +66,8 @@ fn smooth_schedule(targets: &[(u32, u32)]) -> Box<[u32]> {
     // Earliest deadline first: target i's k-th turn is due at (k - 1 + φᵢ) / wᵢ of the cycle.
     // The phase φᵢ (golden-ratio steps) keeps equal deadlines of different targets apart, so
     // light targets interleave with heavy ones instead of queueing behind them.
-    let phase = |i: usize| ((0.5 + i as f64 * 0.618_033_988_75).fract() * (1u64 << 20) as f64) as u128;
+    let phase =
+        |i: usize| ((0.5 + i as f64 * 0.618_033_988_75).fract() * (1u64 << 20) as f64) as u128;
     let due = |k: u64, i: usize, w: u64| -> u128 {
         ((u128::from(k - 1) << 20) + phase(i)) * u128::from(slots) / u128::from(w)
     };

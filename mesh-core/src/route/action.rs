@@ -217,7 +217,10 @@ impl HashPolicy {
                         Regex::new(re).map_err(|e| {
                             FieldError::new(
                                 "header.regex_rewrite.pattern",
-                                format!("invalid regex {re:?}: {}", e.to_string().replace('\n', " ")),
+                                format!(
+                                    "invalid regex {re:?}: {}",
+                                    e.to_string().replace('\n', " ")
+                                ),
                             )
                         })?,
                         sub.as_str().into(),
@@ -264,7 +267,11 @@ impl HashPolicy {
 /// The request hash for ring hash / Maglev: policies combined in order as
 /// `h = rotl(h, 1) ^ policy_hash`, stopping after a terminal policy that produced a hash;
 /// `None` when nothing produced one (the caller then uses a random hash).
-pub fn request_hash(policies: &[HashPolicy], req: &RouteRequest<'_>, channel_id: u64) -> Option<u64> {
+pub fn request_hash(
+    policies: &[HashPolicy],
+    req: &RouteRequest<'_>,
+    channel_id: u64,
+) -> Option<u64> {
     let mut hash: Option<u64> = None;
     for p in policies {
         if let Some(h) = p.hash(req, channel_id) {

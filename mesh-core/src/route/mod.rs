@@ -100,7 +100,7 @@ impl RouteMatchSpec {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RouteActionSpec {
     /// Forward to a cluster (client side).
-    Forward(ForwardActionSpec),
+    Forward(Box<ForwardActionSpec>),
     /// Serve locally (server side, `non_forwarding_action`).
     NonForwarding,
 }
@@ -361,7 +361,11 @@ impl VirtualHost {
 
     /// The first route that matches; later, more specific routes never win.
     #[inline]
-    pub fn route<R: RngCore + ?Sized>(&self, req: &RouteRequest<'_>, rng: &mut R) -> Option<&Route> {
+    pub fn route<R: RngCore + ?Sized>(
+        &self,
+        req: &RouteRequest<'_>,
+        rng: &mut R,
+    ) -> Option<&Route> {
         self.routes.iter().find(|r| r.matches(req, rng))
     }
 }
@@ -378,7 +382,9 @@ impl Route {
             .headers
             .iter()
             .enumerate()
-            .map(|(i, h)| HeaderMatcher::new(h).map_err(|e| e.within(format!("match.headers[{i}]"))))
+            .map(|(i, h)| {
+                HeaderMatcher::new(h).map_err(|e| e.within(format!("match.headers[{i}]")))
+            })
             .collect::<FieldResult<_>>()?;
         let query_params = m
             .query_params
@@ -442,7 +448,9 @@ impl Route {
         self.path.matches(req.path())
             && self.headers.iter().all(|h| h.matches(req))
             && self.query_params.iter().all(|q| q.matches(req))
-            && self.runtime_ppm.is_none_or(|ppm| sample_per_million(ppm, rng))
+            && self
+                .runtime_ppm
+                .is_none_or(|ppm| sample_per_million(ppm, rng))
     }
 }
 

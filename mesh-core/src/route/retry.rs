@@ -242,9 +242,7 @@ impl RetryPolicy {
                 };
                 on.contains(flag)
             }
-            AttemptFailure::Reset => {
-                on.contains(RetryOn::RESET) || on.contains(RetryOn::FIVE_XX)
-            }
+            AttemptFailure::Reset => on.contains(RetryOn::RESET) || on.contains(RetryOn::FIVE_XX),
             AttemptFailure::ResetBeforeRequest => {
                 on.contains(RetryOn::RESET_BEFORE_REQUEST)
                     || on.contains(RetryOn::RESET)

@@ -25,7 +25,7 @@ fn route(name: &str, matcher: RouteMatchSpec, cluster: &str) -> RouteSpec {
     RouteSpec {
         name: name.into(),
         matcher,
-        action: RouteActionSpec::Forward(ForwardActionSpec::to_cluster(cluster)),
+        action: RouteActionSpec::Forward(Box::new(ForwardActionSpec::to_cluster(cluster))),
         fault: None,
     }
 }
@@ -73,7 +73,12 @@ fn ports_are_matched_literally_unless_ignored() {
         virtual_hosts: vec![vhost("v", &["reviews"], routes)],
         ignore_port_in_host_matching: false,
     };
-    assert!(RouteConfig::new(&spec).unwrap().virtual_host("reviews:9080").is_none());
+    assert!(
+        RouteConfig::new(&spec)
+            .unwrap()
+            .virtual_host("reviews:9080")
+            .is_none()
+    );
     let rc = RouteConfig::new(&RouteConfigSpec {
         ignore_port_in_host_matching: true,
         ..spec
@@ -141,12 +146,24 @@ fn first_matching_route_wins() {
 
 #[test]
 fn no_route_is_reported() {
-    let rc = config(vec![vhost("v", &["ui"], vec![route("r", RouteMatchSpec::prefix("/api"), "c")])]);
+    let rc = config(vec![vhost(
+        "v",
+        &["ui"],
+        vec![route("r", RouteMatchSpec::prefix("/api"), "c")],
+    )]);
     let (m, h) = (Method::GET, HeaderMap::new());
     let u = Uri::from_static("http://ui/other");
-    assert_eq!(rc.route(&RouteRequest::new(&m, &u, &h), &mut rng()).unwrap_err(), NoRoute::NoRouteMatched);
+    assert_eq!(
+        rc.route(&RouteRequest::new(&m, &u, &h), &mut rng())
+            .unwrap_err(),
+        NoRoute::NoRouteMatched
+    );
     let u = Uri::from_static("http://nope/api");
-    assert_eq!(rc.route(&RouteRequest::new(&m, &u, &h), &mut rng()).unwrap_err(), NoRoute::NoVirtualHost);
+    assert_eq!(
+        rc.route(&RouteRequest::new(&m, &u, &h), &mut rng())
+            .unwrap_err(),
+        NoRoute::NoVirtualHost
+    );
 }
 
 #[test]
@@ -159,13 +176,18 @@ fn runtime_fraction_matches_its_share() {
     let rc = config(vec![vhost(
         "v",
         &["*"],
-        vec![route("half", half, "a"), route("rest", RouteMatchSpec::prefix("/"), "b")],
+        vec![
+            route("half", half, "a"),
+            route("rest", RouteMatchSpec::prefix("/"), "b"),
+        ],
     )]);
     let (m, h, u) = (Method::GET, HeaderMap::new(), Uri::from_static("/"));
     let req = RouteRequest::new(&m, &u, &h);
     let mut r = rng();
     let n = 20_000;
-    let hits = (0..n).filter(|_| rc.route(&req, &mut r).unwrap().name() == "half").count();
+    let hits = (0..n)
+        .filter(|_| rc.route(&req, &mut r).unwrap().name() == "half")
+        .count();
     // Binomial(20000, 0.5): sd ≈ 71; ±1000 is 14 sd.
     assert!((9_000..=11_000).contains(&hits), "{hits}");
 }
@@ -175,8 +197,12 @@ fn weighted_clusters_validate_and_split() {
     let err = WeightedClusters::new(&[("a".into(), 0), ("b".into(), 0)]).unwrap_err();
     assert_eq!(err, FieldError::new("clusters", "the sum of weights is 0"));
     let err = WeightedClusters::new(&[("a".into(), u32::MAX), ("b".into(), 1)]).unwrap_err();
-    assert_eq!(err.reason, "the sum of weights 4294967296 exceeds 4294967295");
-    let w = WeightedClusters::new(&[("v1".into(), 90), ("zero".into(), 0), ("v2".into(), 10)]).unwrap();
+    assert_eq!(
+        err.reason,
+        "the sum of weights 4294967296 exceeds 4294967295"
+    );
+    let w =
+        WeightedClusters::new(&[("v1".into(), 90), ("zero".into(), 0), ("v2".into(), 10)]).unwrap();
     assert_eq!(w.entries().len(), 2, "zero weights are skipped");
     let mut r = rng();
     let n = 100_000;
@@ -195,7 +221,10 @@ fn retry_policy_parsing_and_classification() {
         ..Default::default()
     })
     .unwrap();
-    assert_eq!(p.retry_on().names().collect::<Vec<_>>(), ["5xx", "retriable-status-codes", "unavailable"]);
+    assert_eq!(
+        p.retry_on().names().collect::<Vec<_>>(),
+        ["5xx", "retriable-status-codes", "unavailable"]
+    );
     assert_eq!(p.num_retries(), 3);
     assert!(p.is_retriable(AttemptFailure::HttpStatus(503)));
     assert!(p.is_retriable(AttemptFailure::HttpStatus(409)));
@@ -222,13 +251,22 @@ fn retry_policy_parsing_and_classification() {
     })
     .unwrap_err();
     assert_eq!(err.field, "retry_back_off.max_interval");
-    assert_eq!(err.reason, "50ms is less than base_interval 100ms; it must be at least the base");
+    assert_eq!(
+        err.reason,
+        "50ms is less than base_interval 100ms; it must be at least the base"
+    );
     let err = RetryPolicy::new(&RetryPolicySpec {
         retriable_status_codes: vec![200, 700],
         ..Default::default()
     })
     .unwrap_err();
-    assert_eq!(err, FieldError::new("retriable_status_codes[1]", "700 is not an HTTP status code (100..=599)"));
+    assert_eq!(
+        err,
+        FieldError::new(
+            "retriable_status_codes[1]",
+            "700 is not an HTTP status code (100..=599)"
+        )
+    );
 }
 
 #[test]
@@ -246,7 +284,10 @@ fn backoff_is_jittered_under_an_exponential_cap() {
         let max = samples.iter().max().unwrap();
         assert!(*max < Duration::from_millis(cap), "retry {retry}: {max:?}");
         // Full jitter: values spread over the range, not pinned to the cap.
-        assert!(*max > Duration::from_millis(cap) * 8 / 10, "retry {retry}: {max:?}");
+        assert!(
+            *max > Duration::from_millis(cap) * 8 / 10,
+            "retry {retry}: {max:?}"
+        );
         assert!(*samples.iter().min().unwrap() < Duration::from_millis(cap) / 5);
     }
 }
@@ -320,7 +361,10 @@ fn faults_draw_delay_and_abort_independently() {
         ..Default::default()
     })
     .unwrap_err();
-    assert_eq!(err, FieldError::new("abort.http_status", "700 is not in 200..600"));
+    assert_eq!(
+        err,
+        FieldError::new("abort.http_status", "700 is not in 200..600")
+    );
 }
 
 #[test]
@@ -350,7 +394,9 @@ fn header_controlled_faults_and_percentage_headers() {
     // ... but never raise it above the configured 50%.
     h.insert(ABORT_PERCENT_HEADER, HeaderValue::from_static("100"));
     let req = RouteRequest::new(&m, &u, &h);
-    let aborted = (0..10_000).filter(|_| f.decide(&req, &mut r).abort == Some(FaultAbort::Http(503))).count();
+    let aborted = (0..10_000)
+        .filter(|_| f.decide(&req, &mut r).abort == Some(FaultAbort::Http(503)))
+        .count();
     assert!((4_000..=6_000).contains(&aborted), "{aborted}");
     // gRPC status header when no HTTP one; malformed values are ignored.
     let mut h = HeaderMap::new();
@@ -371,16 +417,29 @@ fn timeouts_follow_envoy_and_a31() {
         timeout: Some(Duration::ZERO),
         ..Default::default()
     });
-    assert_eq!(t.effective(None, None), None, "0s disables the route timeout");
-    assert_eq!(t.effective(None, Some(Duration::from_secs(3))), Some(Duration::from_secs(3)));
+    assert_eq!(
+        t.effective(None, None),
+        None,
+        "0s disables the route timeout"
+    );
+    assert_eq!(
+        t.effective(None, Some(Duration::from_secs(3))),
+        Some(Duration::from_secs(3))
+    );
     let t = Timeouts::new(&TimeoutSpec {
         timeout: Some(Duration::from_secs(10)),
         max_stream_duration: Some(Duration::from_secs(4)),
         grpc_timeout_header_max: Some(Duration::from_secs(2)),
     });
     assert_eq!(t.effective(None, None), Some(Duration::from_secs(4)));
-    assert_eq!(t.effective(Some(Duration::from_secs(1)), None), Some(Duration::from_secs(1)));
-    assert_eq!(t.effective(Some(Duration::from_secs(9)), None), Some(Duration::from_secs(2)));
+    assert_eq!(
+        t.effective(Some(Duration::from_secs(1)), None),
+        Some(Duration::from_secs(1))
+    );
+    assert_eq!(
+        t.effective(Some(Duration::from_secs(9)), None),
+        Some(Duration::from_secs(2))
+    );
 }
 
 #[test]
@@ -396,13 +455,35 @@ fn hash_policies_combine_in_order() {
     h.insert("cookie", HeaderValue::from_static("a=1; session=s42"));
     let req = RouteRequest::new(&m, &u, &h);
     let xx = |s: &str| xxhash_rust::xxh64::xxh64(s.as_bytes(), 0);
-    assert_eq!(request_hash(&[hp(header("x-user"), false)], &req, 0), Some(xx("alice")));
+    assert_eq!(
+        request_hash(&[hp(header("x-user"), false)], &req, 0),
+        Some(xx("alice"))
+    );
     assert_eq!(request_hash(&[hp(header("missing"), false)], &req, 0), None);
-    let two = [hp(header("x-user"), false), hp(HashPolicyKind::QueryParameter { name: "user".into() }, false)];
-    assert_eq!(request_hash(&two, &req, 0), Some(xx("alice").rotate_left(1) ^ xx("bob")));
-    let terminal = [hp(header("x-user"), true), hp(HashPolicyKind::ChannelId, false)];
+    let two = [
+        hp(header("x-user"), false),
+        hp(
+            HashPolicyKind::QueryParameter {
+                name: "user".into(),
+            },
+            false,
+        ),
+    ];
+    assert_eq!(
+        request_hash(&two, &req, 0),
+        Some(xx("alice").rotate_left(1) ^ xx("bob"))
+    );
+    let terminal = [
+        hp(header("x-user"), true),
+        hp(HashPolicyKind::ChannelId, false),
+    ];
     assert_eq!(request_hash(&terminal, &req, 9), Some(xx("alice")));
-    let cookie = [hp(HashPolicyKind::Cookie { name: "session".into() }, false)];
+    let cookie = [hp(
+        HashPolicyKind::Cookie {
+            name: "session".into(),
+        },
+        false,
+    )];
     assert_eq!(request_hash(&cookie, &req, 0), Some(xx("s42")));
     let rewrite = HashPolicy::new(&HashPolicySpec {
         kind: HashPolicyKind::Header {
@@ -424,20 +505,31 @@ fn errors_name_the_route_and_field() {
     ));
     let err = RouteConfig::new(&RouteConfigSpec {
         name: "outbound|80||ui".into(),
-        virtual_hosts: vec![vhost("v", &["*"], vec![route("ok", RouteMatchSpec::prefix("/"), "c"), bad])],
+        virtual_hosts: vec![vhost(
+            "v",
+            &["*"],
+            vec![route("ok", RouteMatchSpec::prefix("/"), "c"), bad],
+        )],
         ignore_port_in_host_matching: false,
     })
     .unwrap_err();
     assert_eq!(err.kind, crate::ResourceKind::RouteConfiguration);
     assert_eq!(err.name, "outbound|80||ui");
-    assert_eq!(err.field, "virtual_hosts[0].routes[1].match.headers[0].string_match.safe_regex");
-    assert!(err.reason.starts_with("invalid regex \"[\""), "{}", err.reason);
+    assert_eq!(
+        err.field,
+        "virtual_hosts[0].routes[1].match.headers[0].string_match.safe_regex"
+    );
+    assert!(
+        err.reason.starts_with("invalid regex \"[\""),
+        "{}",
+        err.reason
+    );
 
     let mut weighted = route("w", RouteMatchSpec::prefix("/"), "c");
-    weighted.action = RouteActionSpec::Forward(ForwardActionSpec {
+    weighted.action = RouteActionSpec::Forward(Box::new(ForwardActionSpec {
         destination: DestinationSpec::Weighted(vec![("a".into(), 0)]),
         ..ForwardActionSpec::to_cluster("unused")
-    });
+    }));
     let err = RouteConfig::new(&RouteConfigSpec {
         name: "rc".into(),
         virtual_hosts: vec![vhost("v", &["*"], vec![weighted])],
