@@ -1,1 +1,206 @@
-fn main() {}
+//! mesh-core micro-benchmarks: endpoint picks, route matching, retry budget and breaker.
+//!
+//! `cargo bench --bench core`. Each group has a baseline measured in the same run, so the
+//! figures in BENCHMARKS.md are ratios as well as nanoseconds.
+
+use std::collections::HashMap;
+use std::hint::black_box;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use http::{HeaderMap, HeaderValue, Method, Uri};
+use mesh::core::lb::{MAX_RING_SIZE, PickerOptions};
+use mesh::core::matcher::{HeaderMatchSpec, HeaderMatcherSpec, PathMatchSpec, StringMatcherSpec};
+use mesh::core::route::ForwardActionSpec;
+use mesh::core::{
+    BreakerResource, CircuitBreaker, ClusterLoadAssignmentSpec, ClusterPicker, EndpointSet,
+    EndpointSpec, LbConfig, LocalityEndpointsSpec, RetryBudget, RetryBudgetConfig, RouteActionSpec,
+    RouteConfig, RouteConfigSpec, RouteMatchSpec, RouteRequest, RouteSpec, Thresholds,
+    VirtualHostSpec,
+};
+use rand::rngs::SmallRng;
+use rand::{Rng, RngCore, SeedableRng};
+
+fn endpoints(n: usize) -> EndpointSet {
+    EndpointSet::new(&ClusterLoadAssignmentSpec {
+        cluster_name: "bench".into(),
+        localities: vec![LocalityEndpointsSpec {
+            endpoints: (0..n)
+                .map(|i| {
+                    EndpointSpec::new(SocketAddr::from((
+                        [10, (i >> 16) as u8, (i >> 8) as u8, i as u8],
+                        8080,
+                    )))
+                })
+                .collect(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    })
+    .expect("valid endpoints")
+}
+
+fn lb_picks(c: &mut Criterion) {
+    let mut g = c.benchmark_group("lb_pick");
+    let policies = [
+        ("round_robin", LbConfig::RoundRobin),
+        ("random", LbConfig::Random),
+        (
+            "least_request_p2c",
+            LbConfig::LeastRequest { choice_count: 2 },
+        ),
+        (
+            "peak_ewma_p2c",
+            LbConfig::PeakEwma {
+                decay: Duration::from_secs(10),
+                default_rtt: Duration::from_millis(30),
+            },
+        ),
+        (
+            "ring_hash",
+            LbConfig::RingHash {
+                min_ring_size: 1024,
+                max_ring_size: MAX_RING_SIZE,
+            },
+        ),
+        ("maglev", LbConfig::Maglev { table_size: 65537 }),
+    ];
+    for n in [10usize, 1_000, 10_000] {
+        let set = endpoints(n);
+        let mut rng = SmallRng::seed_from_u64(1);
+        // Baseline: the cheapest possible pick, a uniform random index into the endpoints.
+        g.bench_with_input(BenchmarkId::new("baseline_random_index", n), &n, |b, &n| {
+            b.iter(|| black_box(rng.random_range(0..n)))
+        });
+        for (name, config) in &policies {
+            let picker =
+                ClusterPicker::new(config, &set, PickerOptions::default(), |_| true, None, 0);
+            let mut rng = SmallRng::seed_from_u64(1);
+            let hashed = config.is_hash_based();
+            g.bench_with_input(BenchmarkId::new(*name, n), &n, |b, _| {
+                b.iter(|| {
+                    let hash = hashed.then(|| rng.next_u64());
+                    black_box(picker.pick(hash, &mut rng))
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
+/// A 20-route virtual host: 18 prefix routes with a header each, one regex route, one default.
+fn route_config() -> RouteConfig {
+    let mut routes = Vec::new();
+    for i in 0..18 {
+        let mut m = RouteMatchSpec::prefix(format!("/api/v{i}/"));
+        m.headers.push(HeaderMatcherSpec::new(
+            "x-tenant",
+            HeaderMatchSpec::String(StringMatcherSpec::exact(format!("tenant-{i}"))),
+        ));
+        routes.push(RouteSpec {
+            name: format!("r{i}"),
+            matcher: m,
+            action: RouteActionSpec::Forward(Box::new(ForwardActionSpec::to_cluster(format!(
+                "c{i}"
+            )))),
+            fault: None,
+        });
+    }
+    let mut regex = RouteMatchSpec::prefix("");
+    regex.path = PathMatchSpec::Regex("/users/[0-9]+/orders(/.*)?".into());
+    for (name, m) in [("regex", regex), ("default", RouteMatchSpec::prefix("/"))] {
+        routes.push(RouteSpec {
+            name: name.into(),
+            matcher: m,
+            action: RouteActionSpec::Forward(Box::new(ForwardActionSpec::to_cluster("c"))),
+            fault: None,
+        });
+    }
+    RouteConfig::new(&RouteConfigSpec {
+        name: "bench".into(),
+        virtual_hosts: vec![VirtualHostSpec {
+            name: "svc".into(),
+            domains: vec!["svc.ns.svc.cluster.local:8080".into(), "*".into()],
+            routes,
+            ..Default::default()
+        }],
+        ignore_port_in_host_matching: false,
+    })
+    .expect("valid routes")
+}
+
+fn route_match(c: &mut Criterion) {
+    let mut g = c.benchmark_group("route_match");
+    let rc = route_config();
+    let mut headers = HeaderMap::new();
+    headers.insert("x-tenant", HeaderValue::from_static("tenant-17"));
+    headers.insert("user-agent", HeaderValue::from_static("bench"));
+    let mut rng = SmallRng::seed_from_u64(1);
+    // Baseline: one hash-map lookup of the path, the floor of any router.
+    let table: HashMap<String, usize> = (0..20).map(|i| (format!("/api/v{i}/items"), i)).collect();
+    g.bench_function("baseline_hashmap_path_lookup", |b| {
+        b.iter(|| black_box(table.get(black_box("/api/v17/items"))))
+    });
+    for (name, uri) in [
+        (
+            "route_18_of_20_header",
+            "http://svc.ns.svc.cluster.local:8080/api/v17/items",
+        ),
+        (
+            "route_19_of_20_regex",
+            "http://svc.ns.svc.cluster.local:8080/users/42/orders/7",
+        ),
+        (
+            "route_20_of_20_default",
+            "http://svc.ns.svc.cluster.local:8080/other",
+        ),
+    ] {
+        let uri: Uri = uri.parse().expect("uri");
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let req = RouteRequest::new(&Method::GET, &uri, &headers);
+                black_box(rc.route(&req, &mut rng).map(|r| r.name().len()))
+            })
+        });
+    }
+    g.finish();
+}
+
+fn budget_and_breaker(c: &mut Criterion) {
+    let mut g = c.benchmark_group("resilience");
+    let budget = RetryBudget::new(RetryBudgetConfig::default());
+    let t0 = Instant::now();
+    let mut i = 0u64;
+    // Baseline: reading the clock, which the stack does per request anyway.
+    g.bench_function("baseline_instant_now", |b| {
+        b.iter(|| black_box(Instant::now()))
+    });
+    g.bench_function("budget_deposit", |b| {
+        b.iter(|| {
+            i += 1;
+            budget.deposit(t0 + Duration::from_micros(i));
+        })
+    });
+    g.bench_function("budget_try_withdraw", |b| {
+        b.iter(|| {
+            i += 1;
+            black_box(budget.try_withdraw(t0 + Duration::from_micros(i)))
+        })
+    });
+    let breaker = CircuitBreaker::new(Thresholds::default());
+    g.bench_function("breaker_acquire_release", |b| {
+        b.iter(|| black_box(breaker.try_acquire(BreakerResource::Requests).is_ok()))
+    });
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+        .sample_size(50);
+    targets = lb_picks, route_match, budget_and_breaker
+}
+criterion_main!(benches);
