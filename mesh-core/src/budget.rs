@@ -102,7 +102,7 @@ struct Window {
 
 /// A retry budget for one cluster (or route), shared by its requests.
 ///
-/// Invariant: for every retry it allows, the window of [`BUCKETS`] buckets ending with that
+/// Invariant: for every retry it allows, the window of ten buckets ending with that
 /// retry's bucket holds at most `ratio × requests + reserve` retries, itself included.
 #[derive(Debug)]
 pub struct RetryBudget {

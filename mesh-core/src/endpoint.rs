@@ -171,12 +171,19 @@ impl EndpointSet {
                 "must be greater than 0",
             )));
         }
+        // Contiguity means every priority is below the number of localities; checking that
+        // first also bounds the allocation below by the input's size.
         let max_priority = spec.localities.iter().map(|l| l.priority).max();
-        let mut seen_priorities = vec![false; max_priority.map_or(0, |p| p as usize + 1)];
+        let priority_count = max_priority.map_or(0, |p| p as usize + 1);
+        let mut seen_priorities = vec![false; priority_count.min(spec.localities.len())];
         for l in &spec.localities {
-            seen_priorities[l.priority as usize] = true;
+            if let Some(seen) = seen_priorities.get_mut(l.priority as usize) {
+                *seen = true;
+            }
         }
-        if let Some(gap) = seen_priorities.iter().position(|s| !s) {
+        if let Some(gap) =
+            (0..priority_count).find(|&p| !seen_priorities.get(p).copied().unwrap_or(false))
+        {
             return Err(err(FieldError::new(
                 "endpoints",
                 format!(
@@ -434,6 +441,14 @@ mod tests {
         assert_eq!(
             error(&ClusterLoadAssignmentSpec::default()),
             "cluster load assignment \"\": cluster_name: must not be empty"
+        );
+    }
+
+    #[test]
+    fn a_huge_priority_is_a_gap_not_an_allocation() {
+        assert_eq!(
+            error(&cla(vec![loc("a", u32::MAX, vec![ep(1)])])),
+            "cluster load assignment \"outbound|80||ui\": endpoints: priorities must be contiguous from 0, but priority 0 has no locality while 4294967295 has"
         );
     }
 

@@ -278,7 +278,10 @@ impl OutlierDetector {
             .base_ejection_time
             .saturating_mul(host.multiplier)
             .min(c.max_ejection_time);
-        let until = now + time;
+        // A config can ask for an ejection longer than `Instant` can represent from now.
+        let until = now
+            .checked_add(time)
+            .unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600));
         host.ejected_until = Some(until);
         host.consecutive_5xx = 0;
         host.consecutive_gateway = 0;

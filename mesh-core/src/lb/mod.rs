@@ -92,8 +92,13 @@ pub enum LbConfig {
     },
 }
 
-/// The largest ring or table either consistent-hash policy may ask for.
+/// The largest ring xDS allows a cluster to ask for.
 pub const MAX_RING_SIZE: u64 = 8 * 1024 * 1024;
+/// The largest ring actually built, whatever the cluster asks: 1 Mi points (12 MiB). Rings
+/// grow to `max_ring_size` when endpoint weights are very uneven, and 8 Mi points per cluster
+/// would cost 96 MiB; gRPC caps rings locally for the same reason (at 4096, which is too few
+/// for clusters of thousands of endpoints).
+pub const RING_SIZE_CAP: u64 = 1024 * 1024;
 /// Envoy's largest Maglev table.
 pub const MAX_MAGLEV_TABLE_SIZE: u64 = 5_000_011;
 
@@ -467,7 +472,11 @@ impl EndpointPicker {
             LbConfig::RingHash {
                 min_ring_size,
                 max_ring_size,
-            } => Self::Ring(RingHash::new(targets, min_ring_size, max_ring_size)),
+            } => Self::Ring(RingHash::new(
+                targets,
+                min_ring_size.min(RING_SIZE_CAP),
+                max_ring_size.min(RING_SIZE_CAP),
+            )),
             LbConfig::Maglev { table_size } => Self::Maglev(Maglev::new(targets, table_size)),
         }
     }
