@@ -69,26 +69,27 @@ impl MeshSnapshot {
     }
 
     /// Adds or replaces a listener.
-    pub fn insert_listener(&mut self, listener: Listener) {
-        self.listeners
-            .insert(listener.name().clone(), Arc::new(listener));
+    pub fn insert_listener(&mut self, listener: impl Into<Arc<Listener>>) {
+        let listener = listener.into();
+        self.listeners.insert(listener.name().clone(), listener);
     }
 
     /// Adds or replaces a route configuration.
-    pub fn insert_route_config(&mut self, rc: RouteConfig) {
-        self.route_configs.insert(rc.name().clone(), Arc::new(rc));
+    pub fn insert_route_config(&mut self, rc: impl Into<Arc<RouteConfig>>) {
+        let rc = rc.into();
+        self.route_configs.insert(rc.name().clone(), rc);
     }
 
     /// Adds or replaces a cluster.
-    pub fn insert_cluster(&mut self, cluster: Cluster) {
-        self.clusters
-            .insert(cluster.name().clone(), Arc::new(cluster));
+    pub fn insert_cluster(&mut self, cluster: impl Into<Arc<Cluster>>) {
+        let cluster = cluster.into();
+        self.clusters.insert(cluster.name().clone(), cluster);
     }
 
     /// Adds or replaces the endpoints of an EDS service.
-    pub fn insert_endpoints(&mut self, set: EndpointSet) {
-        self.endpoints
-            .insert(set.cluster_name().clone(), Arc::new(set));
+    pub fn insert_endpoints(&mut self, set: impl Into<Arc<EndpointSet>>) {
+        let set = set.into();
+        self.endpoints.insert(set.cluster_name().clone(), set);
     }
 
     /// Removes a listener.

@@ -1,8 +1,10 @@
 //! mesh's xDS client.
 //!
-//! This crate will hold the gRPC xDS bootstrap loader, one ADS stream (SotW and Delta) to istiod
-//! or any xDS control plane, validation of Listener/RouteConfiguration/Cluster/
-//! ClusterLoadAssignment resources into the [`mesh_core`] model with ACK/NACK, reconnects, and a
-//! last-known-good snapshot cache. It publishes `Arc<mesh_core::MeshSnapshot>` through a
-//! `tokio::sync::watch` channel; it never depends on `mesh-tower`.
+//! Turns a control plane's resources into the [`mesh_core::MeshSnapshot`] that the tower stack
+//! reads: the gRPC xDS bootstrap ([`bootstrap`]), resource validation into `mesh-core` types
+//! ([`decode`]), and the ADS protocol. Snapshots are published through a
+//! `tokio::sync::watch`; this crate never depends on `mesh-tower`.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod decode;
