@@ -25,13 +25,23 @@ pub fn cluster_spec(c: &pb::Cluster) -> Result<ClusterSpec, ConfigError> {
     match &c.cluster_discovery_type {
         Some(pb::cluster::ClusterDiscoveryType::Type(t))
             if *t == pb::cluster::DiscoveryType::Eds as i32 => {}
-        _ => return Err(err(FieldError::new("type", "only EDS clusters are supported"))),
+        _ => {
+            return Err(err(FieldError::new(
+                "type",
+                "only EDS clusters are supported",
+            )));
+        }
     }
     let eds = c.eds_cluster_config.as_ref();
     if !is_ads(eds.and_then(|e| e.eds_config.as_ref())) {
-        return Err(err(FieldError::new("eds_cluster_config.eds_config", "must be ads or self")));
+        return Err(err(FieldError::new(
+            "eds_cluster_config.eds_config",
+            "must be ads or self",
+        )));
     }
-    let eds_service_name = eds.map(|e| e.service_name.clone()).filter(|s| !s.is_empty());
+    let eds_service_name = eds
+        .map(|e| e.service_name.clone())
+        .filter(|s| !s.is_empty());
     let lb_policy = lb_policy(c).map_err(err)?;
     let (circuit_breakers, retry_budget) = circuit_breakers(c.circuit_breakers.as_ref());
     let outlier_detection = c
@@ -40,9 +50,17 @@ pub fn cluster_spec(c: &pb::Cluster) -> Result<ClusterSpec, ConfigError> {
         .map(outlier_detection)
         .transpose()
         .map_err(|e| err(e.within("outlier_detection")))?;
-    let tls = c.transport_socket.as_ref().map(tls).transpose().map_err(|e| err(e.within("transport_socket")))?;
+    let tls = c
+        .transport_socket
+        .as_ref()
+        .map(tls)
+        .transpose()
+        .map_err(|e| err(e.within("transport_socket")))?;
     if !c.transport_socket_matches.is_empty() {
-        return Err(err(FieldError::new("transport_socket_matches", "are not supported")));
+        return Err(err(FieldError::new(
+            "transport_socket_matches",
+            "are not supported",
+        )));
     }
     let common = c.common_lb_config.as_ref();
     let panic_threshold_percent = common
@@ -73,7 +91,8 @@ pub fn cluster_spec(c: &pb::Cluster) -> Result<ClusterSpec, ConfigError> {
         tls,
         locality_weighted,
         panic_threshold_percent,
-        connect_timeout: opt_duration(c.connect_timeout.as_ref(), "connect_timeout").map_err(err)?,
+        connect_timeout: opt_duration(c.connect_timeout.as_ref(), "connect_timeout")
+            .map_err(err)?,
     })
 }
 
@@ -92,8 +111,12 @@ fn lb_policy(c: &pb::Cluster) -> FieldResult<LbPolicySpec> {
         Ok(LbPolicy::RingHash) => {
             let (mut min, mut max) = (None, None);
             if let Some(LbConfig::RingHashLbConfig(r)) = config {
-                if r.hash_function != pb::cluster::ring_hash_lb_config::HashFunction::XxHash as i32 {
-                    return Err(FieldError::new("ring_hash_lb_config.hash_function", "only XX_HASH is supported"));
+                if r.hash_function != pb::cluster::ring_hash_lb_config::HashFunction::XxHash as i32
+                {
+                    return Err(FieldError::new(
+                        "ring_hash_lb_config.hash_function",
+                        "only XX_HASH is supported",
+                    ));
                 }
                 min = r.minimum_ring_size.as_ref().map(|v| v.value);
                 max = r.maximum_ring_size.as_ref().map(|v| v.value);
@@ -119,7 +142,9 @@ fn lb_policy(c: &pb::Cluster) -> FieldResult<LbPolicySpec> {
 }
 
 /// The DEFAULT-priority thresholds (the first entry with priority DEFAULT).
-fn circuit_breakers(cb: Option<&pb::CircuitBreakers>) -> (CircuitBreakerSpec, Option<RetryBudgetSpec>) {
+fn circuit_breakers(
+    cb: Option<&pb::CircuitBreakers>,
+) -> (CircuitBreakerSpec, Option<RetryBudgetSpec>) {
     let t = cb.and_then(|cb| cb.thresholds.iter().find(|t| t.priority == 0));
     let Some(t) = t else {
         return (CircuitBreakerSpec::default(), None);
@@ -141,7 +166,8 @@ fn circuit_breakers(cb: Option<&pb::CircuitBreakers>) -> (CircuitBreakerSpec, Op
 }
 
 fn outlier_detection(o: &pb::OutlierDetection) -> FieldResult<OutlierDetectionSpec> {
-    let v = |x: &Option<envoy_types::pb::google::protobuf::UInt32Value>| x.as_ref().map(|x| x.value);
+    let v =
+        |x: &Option<envoy_types::pb::google::protobuf::UInt32Value>| x.as_ref().map(|x| x.value);
     Ok(OutlierDetectionSpec {
         interval: opt_duration(o.interval.as_ref(), "interval")?,
         base_ejection_time: opt_duration(o.base_ejection_time.as_ref(), "base_ejection_time")?,
@@ -164,10 +190,15 @@ fn outlier_detection(o: &pb::OutlierDetection) -> FieldResult<OutlierDetectionSp
 
 // istiod sends both the current and the deprecated provider fields (for older gRPC).
 #[allow(deprecated)]
-fn tls(ts: &envoy_types::pb::envoy::config::core::v3::TransportSocket) -> FieldResult<UpstreamTlsSpec> {
+fn tls(
+    ts: &envoy_types::pb::envoy::config::core::v3::TransportSocket,
+) -> FieldResult<UpstreamTlsSpec> {
     use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType;
     if ts.name != TLS_SOCKET {
-        return Err(FieldError::new("name", format!("unsupported transport socket {:?}", ts.name)));
+        return Err(FieldError::new(
+            "name",
+            format!("unsupported transport socket {:?}", ts.name),
+        ));
     }
     let Some(ConfigType::TypedConfig(any)) = &ts.config_type else {
         return Err(FieldError::new("typed_config", "is not set"));
@@ -175,9 +206,12 @@ fn tls(ts: &envoy_types::pb::envoy::config::core::v3::TransportSocket) -> FieldR
     let ctx: UpstreamTlsContext = unpack(any, UPSTREAM_TLS_TYPE, "typed_config")?;
     let common = ctx.common_tls_context.unwrap_or_default();
     let (validation, root_provider) = match &common.validation_context_type {
-        Some(ValidationContextType::ValidationContext(v)) => {
-            (Some(v.clone()), v.ca_certificate_provider_instance.as_ref().map(|p| p.instance_name.clone()))
-        }
+        Some(ValidationContextType::ValidationContext(v)) => (
+            Some(v.clone()),
+            v.ca_certificate_provider_instance
+                .as_ref()
+                .map(|p| p.instance_name.clone()),
+        ),
         Some(ValidationContextType::CombinedValidationContext(c)) => {
             let v = c.default_validation_context.clone();
             let root = v

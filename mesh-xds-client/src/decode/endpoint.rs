@@ -7,12 +7,16 @@ use envoy_types::pb::envoy::config::core::v3::{address::Address, socket_address:
 use envoy_types::pb::envoy::config::endpoint::v3 as pb;
 use envoy_types::pb::google::protobuf::value::Kind;
 use mesh_core::error::{ConfigError, FieldError, ResourceKind};
-use mesh_core::{ClusterLoadAssignmentSpec, EndpointSpec, HealthStatus, Locality, LocalityEndpointsSpec};
+use mesh_core::{
+    ClusterLoadAssignmentSpec, EndpointSpec, HealthStatus, Locality, LocalityEndpointsSpec,
+};
 
 use super::fraction;
 
 /// Maps a load assignment to a spec. Endpoint labels come from the `istio` filter metadata.
-pub fn load_assignment_spec(cla: &pb::ClusterLoadAssignment) -> Result<ClusterLoadAssignmentSpec, ConfigError> {
+pub fn load_assignment_spec(
+    cla: &pb::ClusterLoadAssignment,
+) -> Result<ClusterLoadAssignmentSpec, ConfigError> {
     let err = |e: FieldError| e.resource(ResourceKind::ClusterLoadAssignment, &cla.cluster_name);
     let mut localities = Vec::with_capacity(cla.endpoints.len());
     for (li, l) in cla.endpoints.iter().enumerate() {
@@ -39,12 +43,19 @@ pub fn load_assignment_spec(cla: &pb::ClusterLoadAssignment) -> Result<ClusterLo
     Ok(ClusterLoadAssignmentSpec {
         cluster_name: cla.cluster_name.clone(),
         localities,
-        overprovisioning_factor: policy.and_then(|p| p.overprovisioning_factor.as_ref()).map(|f| f.value),
+        overprovisioning_factor: policy
+            .and_then(|p| p.overprovisioning_factor.as_ref())
+            .map(|f| f.value),
         drop_overloads: policy
             .map(|p| {
                 p.drop_overloads
                     .iter()
-                    .map(|d| (d.category.clone(), d.drop_percentage.as_ref().map(fraction).unwrap_or_default()))
+                    .map(|d| {
+                        (
+                            d.category.clone(),
+                            d.drop_percentage.as_ref().map(fraction).unwrap_or_default(),
+                        )
+                    })
                     .collect()
             })
             .unwrap_or_default(),
@@ -59,7 +70,12 @@ fn endpoint(e: &pb::LbEndpoint) -> Result<EndpointSpec, FieldError> {
     };
     let sa = match ep.address.as_ref().and_then(|a| a.address.as_ref()) {
         Some(Address::SocketAddress(sa)) => sa,
-        _ => return Err(FieldError::new("endpoint.address.socket_address", "is not set")),
+        _ => {
+            return Err(FieldError::new(
+                "endpoint.address.socket_address",
+                "is not set",
+            ));
+        }
     };
     let ip: IpAddr = sa.address.parse().map_err(|_| {
         FieldError::new(
@@ -86,7 +102,11 @@ fn endpoint(e: &pb::LbEndpoint) -> Result<EndpointSpec, FieldError> {
         _ => HealthStatus::Unknown,
     };
     let mut labels = BTreeMap::new();
-    if let Some(istio) = e.metadata.as_ref().and_then(|m| m.filter_metadata.get("istio")) {
+    if let Some(istio) = e
+        .metadata
+        .as_ref()
+        .and_then(|m| m.filter_metadata.get("istio"))
+    {
         for (k, v) in &istio.fields {
             if let Some(Kind::StringValue(s)) = &v.kind {
                 labels.insert(k.clone(), s.clone());

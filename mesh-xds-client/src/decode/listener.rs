@@ -2,7 +2,9 @@
 
 use std::collections::HashSet;
 
-use envoy_types::pb::envoy::config::core::v3::{ConfigSource, config_source::ConfigSourceSpecifier};
+use envoy_types::pb::envoy::config::core::v3::{
+    ConfigSource, config_source::ConfigSourceSpecifier,
+};
 use envoy_types::pb::envoy::config::listener::v3::Listener as PbListener;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, http_connection_manager::RouteSpecifier, http_filter::ConfigType,
@@ -13,8 +15,7 @@ use mesh_core::{ListenerSpec, RouteSourceSpec};
 use super::{opt_duration, route::route_config_spec, unpack};
 
 /// The HttpConnectionManager type URL.
-pub const HCM_TYPE: &str =
-    "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
+pub const HCM_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
 const ROUTER_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router";
 /// The HTTP fault filter type URL.
 pub const FAULT_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault";
@@ -37,7 +38,12 @@ pub fn listener_spec(l: &PbListener) -> Result<ListenerSpec, ConfigError> {
         .api_listener
         .as_ref()
         .and_then(|a| a.api_listener.as_ref())
-        .ok_or_else(|| err(FieldError::new("api_listener", "is not set: only API listeners are supported on clients")))?;
+        .ok_or_else(|| {
+            err(FieldError::new(
+                "api_listener",
+                "is not set: only API listeners are supported on clients",
+            ))
+        })?;
     let hcm: HttpConnectionManager =
         unpack(any, HCM_TYPE, "api_listener.api_listener").map_err(err)?;
     let at = |e: FieldError| err(e.within("api_listener"));
@@ -45,23 +51,41 @@ pub fn listener_spec(l: &PbListener) -> Result<ListenerSpec, ConfigError> {
         return Err(at(FieldError::new("xff_num_trusted_hops", "must be 0")));
     }
     if !hcm.original_ip_detection_extensions.is_empty() {
-        return Err(at(FieldError::new("original_ip_detection_extensions", "must be empty")));
+        return Err(at(FieldError::new(
+            "original_ip_detection_extensions",
+            "must be empty",
+        )));
     }
     let fault_filter = http_filters(&hcm).map_err(at)?;
     let routes = match &hcm.route_specifier {
         Some(RouteSpecifier::Rds(rds)) => {
             if !is_ads(rds.config_source.as_ref()) {
-                return Err(at(FieldError::new("rds.config_source", "must be ads or self")));
+                return Err(at(FieldError::new(
+                    "rds.config_source",
+                    "must be ads or self",
+                )));
             }
             RouteSourceSpec::Rds(rds.route_config_name.clone())
         }
-        Some(RouteSpecifier::RouteConfig(rc)) => RouteSourceSpec::Inline(route_config_spec(rc).map_err(|e| {
-            err(FieldError::new(format!("api_listener.route_config.{}", e.field), e.reason))
-        })?),
-        _ => return Err(at(FieldError::new("route_specifier", "must be rds or route_config"))),
+        Some(RouteSpecifier::RouteConfig(rc)) => {
+            RouteSourceSpec::Inline(route_config_spec(rc).map_err(|e| {
+                err(FieldError::new(
+                    format!("api_listener.route_config.{}", e.field),
+                    e.reason,
+                ))
+            })?)
+        }
+        _ => {
+            return Err(at(FieldError::new(
+                "route_specifier",
+                "must be rds or route_config",
+            )));
+        }
     };
     let max_stream_duration = opt_duration(
-        hcm.common_http_protocol_options.as_ref().and_then(|o| o.max_stream_duration.as_ref()),
+        hcm.common_http_protocol_options
+            .as_ref()
+            .and_then(|o| o.max_stream_duration.as_ref()),
         "common_http_protocol_options.max_stream_duration",
     )
     .map_err(at)?;
@@ -84,7 +108,10 @@ fn http_filters(hcm: &HttpConnectionManager) -> Result<bool, FieldError> {
     for (i, f) in hcm.http_filters.iter().enumerate() {
         let field = format!("http_filters[{i}]");
         if !names.insert(f.name.as_str()) {
-            return Err(FieldError::new(field, format!("duplicate filter name {:?}", f.name)));
+            return Err(FieldError::new(
+                field,
+                format!("duplicate filter name {:?}", f.name),
+            ));
         }
         let type_url = match &f.config_type {
             Some(ConfigType::TypedConfig(any)) => any.type_url.as_str(),

@@ -188,14 +188,20 @@ pub(crate) fn duration(d: &PbDuration, field: &str) -> Result<Duration, FieldErr
     if d.seconds < 0 || d.nanos < 0 || d.nanos >= 1_000_000_000 {
         return Err(FieldError::new(
             field,
-            format!("{}s {}ns is not a valid non-negative duration", d.seconds, d.nanos),
+            format!(
+                "{}s {}ns is not a valid non-negative duration",
+                d.seconds, d.nanos
+            ),
         ));
     }
     Ok(Duration::new(d.seconds as u64, d.nanos as u32))
 }
 
 /// An optional protobuf duration.
-pub(crate) fn opt_duration(d: Option<&PbDuration>, field: &str) -> Result<Option<Duration>, FieldError> {
+pub(crate) fn opt_duration(
+    d: Option<&PbDuration>,
+    field: &str,
+) -> Result<Option<Duration>, FieldError> {
     d.map(|d| duration(d, field)).transpose()
 }
 
@@ -211,7 +217,10 @@ pub(crate) fn string_matcher(
         Some(MatchPattern::Contains(s)) => StringPattern::Contains(s.clone()),
         Some(MatchPattern::SafeRegex(r)) => StringPattern::Regex(r.regex.clone()),
         Some(MatchPattern::Custom(_)) => {
-            return Err(FieldError::new("custom", "custom string matchers are not supported"));
+            return Err(FieldError::new(
+                "custom",
+                "custom string matchers are not supported",
+            ));
         }
         None => return Err(FieldError::new("match_pattern", "is not set")),
     };
@@ -235,7 +244,11 @@ pub(crate) fn fraction(f: &envoy_types::pb::envoy::r#type::v3::FractionalPercent
 }
 
 /// Decodes an `Any` that must hold `M`, naming `field` on failure.
-pub(crate) fn unpack<M: Message + Default>(any: &Any, type_url: &str, field: &str) -> Result<M, FieldError> {
+pub(crate) fn unpack<M: Message + Default>(
+    any: &Any,
+    type_url: &str,
+    field: &str,
+) -> Result<M, FieldError> {
     if any.type_url != type_url {
         return Err(FieldError::new(
             field,

@@ -52,7 +52,12 @@ fn virtual_host(vh: &pb::VirtualHost) -> FieldResult<VirtualHostSpec> {
         name: vh.name.clone(),
         domains: vh.domains.clone(),
         routes,
-        retry_policy: vh.retry_policy.as_ref().map(retry_policy).transpose().map_err(|e| e.within("retry_policy"))?,
+        retry_policy: vh
+            .retry_policy
+            .as_ref()
+            .map(retry_policy)
+            .transpose()
+            .map_err(|e| e.within("retry_policy"))?,
         fault: fault_override(&vh.typed_per_filter_config)?,
     })
 }
@@ -60,13 +65,18 @@ fn virtual_host(vh: &pb::VirtualHost) -> FieldResult<VirtualHostSpec> {
 /// A route, or `None` when its action is one a client ignores (A28: redirects, direct
 /// responses, `cluster_header`, plugins).
 fn route(r: &pb::Route) -> FieldResult<Option<RouteSpec>> {
-    let m = r.r#match.as_ref().ok_or_else(|| FieldError::new("match", "is not set"))?;
+    let m = r
+        .r#match
+        .as_ref()
+        .ok_or_else(|| FieldError::new("match", "is not set"))?;
     let matcher = route_match(m).map_err(|e| e.within("match"))?;
     let action = match &r.action {
-        Some(pb::route::Action::Route(a)) => match route_action(a).map_err(|e| e.within("route"))? {
-            Some(a) => RouteActionSpec::Forward(Box::new(a)),
-            None => return Ok(None),
-        },
+        Some(pb::route::Action::Route(a)) => {
+            match route_action(a).map_err(|e| e.within("route"))? {
+                Some(a) => RouteActionSpec::Forward(Box::new(a)),
+                None => return Ok(None),
+            }
+        }
         Some(pb::route::Action::NonForwardingAction(_)) => RouteActionSpec::NonForwarding,
         _ => return Ok(None),
     };
@@ -84,8 +94,15 @@ fn route_match(m: &pb::RouteMatch) -> FieldResult<RouteMatchSpec> {
         Some(PathSpecifier::Prefix(p)) => PathMatchSpec::Prefix(p.clone()),
         Some(PathSpecifier::Path(p)) => PathMatchSpec::Exact(p.clone()),
         Some(PathSpecifier::SafeRegex(r)) => PathMatchSpec::Regex(r.regex.clone()),
-        Some(PathSpecifier::PathSeparatedPrefix(p)) => PathMatchSpec::PathSeparatedPrefix(p.clone()),
-        Some(_) => return Err(FieldError::new("path_specifier", "unsupported path specifier")),
+        Some(PathSpecifier::PathSeparatedPrefix(p)) => {
+            PathMatchSpec::PathSeparatedPrefix(p.clone())
+        }
+        Some(_) => {
+            return Err(FieldError::new(
+                "path_specifier",
+                "unsupported path specifier",
+            ));
+        }
         None => return Err(FieldError::new("path_specifier", "is not set")),
     };
     let headers = m
@@ -181,7 +198,11 @@ fn route_action(a: &pb::RouteAction) -> FieldResult<Option<ForwardActionSpec>> {
         .hash_policy
         .iter()
         .enumerate()
-        .filter_map(|(i, h)| hash_policy(h).map_err(|e| e.within(format!("hash_policy[{i}]"))).transpose())
+        .filter_map(|(i, h)| {
+            hash_policy(h)
+                .map_err(|e| e.within(format!("hash_policy[{i}]")))
+                .transpose()
+        })
         .collect::<FieldResult<_>>()?;
     let mirrors = a
         .request_mirror_policies
@@ -198,7 +219,12 @@ fn route_action(a: &pb::RouteAction) -> FieldResult<Option<ForwardActionSpec>> {
     Ok(Some(ForwardActionSpec {
         destination,
         timeouts,
-        retry_policy: a.retry_policy.as_ref().map(retry_policy).transpose().map_err(|e| e.within("retry_policy"))?,
+        retry_policy: a
+            .retry_policy
+            .as_ref()
+            .map(retry_policy)
+            .transpose()
+            .map_err(|e| e.within("retry_policy"))?,
         hash_policies,
         mirrors,
     }))
@@ -209,15 +235,24 @@ fn retry_policy(r: &pb::RetryPolicy) -> FieldResult<RetryPolicySpec> {
     if let Some(b) = backoff
         && b.base_interval.is_none()
     {
-        return Err(FieldError::new("retry_back_off.base_interval", "is required"));
+        return Err(FieldError::new(
+            "retry_back_off.base_interval",
+            "is required",
+        ));
     }
     Ok(RetryPolicySpec {
         retry_on: r.retry_on.clone(),
         num_retries: r.num_retries.as_ref().map(|n| n.value),
         per_try_timeout: opt_duration(r.per_try_timeout.as_ref(), "per_try_timeout")?,
         retriable_status_codes: r.retriable_status_codes.clone(),
-        backoff_base: opt_duration(backoff.and_then(|b| b.base_interval.as_ref()), "retry_back_off.base_interval")?,
-        backoff_max: opt_duration(backoff.and_then(|b| b.max_interval.as_ref()), "retry_back_off.max_interval")?,
+        backoff_base: opt_duration(
+            backoff.and_then(|b| b.base_interval.as_ref()),
+            "retry_back_off.base_interval",
+        )?,
+        backoff_max: opt_duration(
+            backoff.and_then(|b| b.max_interval.as_ref()),
+            "retry_back_off.max_interval",
+        )?,
     })
 }
 
@@ -227,13 +262,22 @@ fn hash_policy(h: &pb::route_action::HashPolicy) -> FieldResult<Option<HashPolic
     let kind = match &h.policy_specifier {
         Some(P::Header(hd)) => HashPolicyKind::Header {
             name: hd.header_name.clone(),
-            regex_rewrite: hd
-                .regex_rewrite
-                .as_ref()
-                .map(|r| (r.pattern.as_ref().map(|p| p.regex.clone()).unwrap_or_default(), r.substitution.clone())),
+            regex_rewrite: hd.regex_rewrite.as_ref().map(|r| {
+                (
+                    r.pattern
+                        .as_ref()
+                        .map(|p| p.regex.clone())
+                        .unwrap_or_default(),
+                    r.substitution.clone(),
+                )
+            }),
         },
-        Some(P::Cookie(c)) => HashPolicyKind::Cookie { name: c.name.clone() },
-        Some(P::QueryParameter(q)) => HashPolicyKind::QueryParameter { name: q.name.clone() },
+        Some(P::Cookie(c)) => HashPolicyKind::Cookie {
+            name: c.name.clone(),
+        },
+        Some(P::QueryParameter(q)) => HashPolicyKind::QueryParameter {
+            name: q.name.clone(),
+        },
         Some(P::ConnectionProperties(_)) => HashPolicyKind::SourceIp,
         Some(P::FilterState(f)) if f.key == "io.grpc.channel_id" => HashPolicyKind::ChannelId,
         _ => return Ok(None),
@@ -273,14 +317,23 @@ fn fault_override(configs: &HashMap<String, Any>) -> FieldResult<Option<FaultSpe
 fn fault(f: &HttpFault) -> FieldResult<FaultSpec> {
     use envoy_types::pb::envoy::extensions::filters::common::fault::v3::fault_delay::FaultDelaySecifier as D;
     use envoy_types::pb::envoy::extensions::filters::http::fault::v3::fault_abort::ErrorType as A;
-    let pct = |p: Option<&envoy_types::pb::envoy::r#type::v3::FractionalPercent>| p.map(fraction).unwrap_or(Fraction::percent(0));
+    let pct = |p: Option<&envoy_types::pb::envoy::r#type::v3::FractionalPercent>| {
+        p.map(fraction).unwrap_or(Fraction::percent(0))
+    };
     let delay = match &f.delay {
         None => None,
         Some(d) => Some(FaultDelaySpec {
             kind: match &d.fault_delay_secifier {
-                Some(D::FixedDelay(x)) => FaultDelayKind::Fixed(super::duration(x, "delay.fixed_delay")?),
+                Some(D::FixedDelay(x)) => {
+                    FaultDelayKind::Fixed(super::duration(x, "delay.fixed_delay")?)
+                }
                 Some(D::HeaderDelay(_)) => FaultDelayKind::HeaderControlled,
-                None => return Err(FieldError::new("delay", "has neither fixed_delay nor header_delay")),
+                None => {
+                    return Err(FieldError::new(
+                        "delay",
+                        "has neither fixed_delay nor header_delay",
+                    ));
+                }
             },
             percentage: pct(d.percentage.as_ref()),
         }),
