@@ -22,6 +22,7 @@ pub struct MeshSnapshot {
     route_configs: HashMap<Arc<str>, Arc<RouteConfig>>,
     clusters: HashMap<Arc<str>, Arc<Cluster>>,
     endpoints: HashMap<Arc<str>, Arc<EndpointSet>>,
+    stale: bool,
 }
 
 /// A reference from one resource to another that the snapshot does not hold.
@@ -66,6 +67,16 @@ impl MeshSnapshot {
     /// An empty snapshot.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Marks the snapshot as served from a cache the control plane has not confirmed yet.
+    pub fn set_stale(&mut self, stale: bool) {
+        self.stale = stale;
+    }
+
+    /// Whether the snapshot comes from a cache not yet confirmed by the control plane.
+    pub fn is_stale(&self) -> bool {
+        self.stale
     }
 
     /// Adds or replaces a listener.

@@ -9,3 +9,6 @@
 
 pub mod bootstrap;
 pub mod decode;
+pub mod state;
+#[doc(hidden)]
+pub mod testing;

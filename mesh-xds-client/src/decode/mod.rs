@@ -19,7 +19,7 @@ use prost::Message;
 
 pub use cluster::cluster_spec;
 pub use endpoint::load_assignment_spec;
-pub use listener::listener_spec;
+pub use listener::{FAULT_TYPE, HCM_TYPE, listener_spec};
 pub use route::route_config_spec;
 
 /// The four resource types of a proxyless client, in the order their dependencies cascade.

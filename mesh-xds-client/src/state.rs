@@ -1,0 +1,734 @@
+//! The ADS protocol core, sans I/O.
+//!
+//! Inputs are stream events (connected, a response, disconnected), subscription changes and
+//! clock ticks; outputs are requests to send and snapshots to publish. Nothing here touches a
+//! socket or reads a clock, so every protocol rule is unit-tested directly.
+//!
+//! Rules implemented: one stream for every type; SotW or Delta; ACK/NACK per gRFC A46 (valid
+//! resources are applied, the NACK carries the last accepted version, the response nonce and
+//! every rejected resource with its reason); nonces per stream; Delta versions kept across
+//! reconnects (`initial_resource_versions`); LDS/CDS absences delete in SotW, RDS/EDS absences
+//! never do; a NACKed resource keeps its last good value (A88); the does-not-exist timer starts
+//! when a request naming the resource is sent (A57); subscriptions cascade listener → route
+//! configuration → cluster → endpoints (A74); a snapshot is published only when every
+//! reference in it is resolved, so readers never see a route to a cluster that is not there.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use envoy_types::pb::envoy::config::core::v3::Node as PbNode;
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use envoy_types::pb::google::protobuf::Any;
+use envoy_types::pb::google::rpc::Status;
+use mesh_core::{MeshSnapshot, RouteSource};
+
+use crate::decode::{Decoded, ResourceType, decode};
+
+/// The gRFC A57 does-not-exist timeout.
+pub const DOES_NOT_EXIST_TIMEOUT: Duration = Duration::from_secs(15);
+/// gRPC status code INVALID_ARGUMENT, used in NACKs.
+const INVALID_ARGUMENT: i32 = 3;
+
+/// SotW or Delta ADS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Protocol {
+    /// State of the world (what gRPC and istio-agent use).
+    #[default]
+    Sotw,
+    /// Incremental.
+    Delta,
+}
+
+impl std::str::FromStr for Protocol {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "sotw" | "state-of-the-world" => Ok(Self::Sotw),
+            "delta" | "incremental" => Ok(Self::Delta),
+            _ => Err(format!(
+                "unknown xDS protocol {s:?} (expected \"sotw\" or \"delta\")"
+            )),
+        }
+    }
+}
+
+/// A request for the I/O layer to send on the current stream.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Request {
+    /// A SotW request.
+    Sotw(DiscoveryRequest),
+    /// A Delta request.
+    Delta(DeltaDiscoveryRequest),
+}
+
+impl Request {
+    /// The type URL.
+    pub fn type_url(&self) -> &str {
+        match self {
+            Self::Sotw(r) => &r.type_url,
+            Self::Delta(r) => &r.type_url,
+        }
+    }
+}
+
+/// What the state machine asks the I/O layer to do.
+#[derive(Debug, Clone)]
+pub enum Output {
+    /// Send this request.
+    Send(Request),
+    /// Publish this snapshot.
+    Publish(Arc<MeshSnapshot>),
+}
+
+/// Where a resource stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResourceState {
+    /// Asked for, nothing received yet.
+    Requested,
+    /// Loaded from the on-disk cache and not yet confirmed by the server.
+    Cached,
+    /// Accepted.
+    Acked,
+    /// The last version received was rejected; the last good value (if any) is kept.
+    Nacked {
+        /// The rejected version.
+        version: String,
+        /// Why.
+        error: String,
+    },
+    /// The server says (or the timer concluded) that it does not exist.
+    DoesNotExist,
+}
+
+/// One resource's status, for the status API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResourceStatus {
+    /// Its type.
+    pub resource_type: ResourceType,
+    /// Its name.
+    pub name: String,
+    /// The version of the value in use (empty when none).
+    pub version: String,
+    /// Where it stands.
+    pub state: ResourceState,
+    /// When its value or state last changed.
+    pub last_updated: Option<Instant>,
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    value: Option<Decoded>,
+    raw: Option<Any>,
+    version: String,
+    state: ResourceState,
+    last_updated: Option<Instant>,
+    /// When a request naming it went out with no value known: the does-not-exist timer.
+    requested_at: Option<Instant>,
+}
+
+impl Entry {
+    fn new() -> Self {
+        Self {
+            value: None,
+            raw: None,
+            version: String::new(),
+            state: ResourceState::Requested,
+            last_updated: None,
+            requested_at: None,
+        }
+    }
+
+    /// Whether references to it are settled: it has a value, or it is known to be missing.
+    fn resolved(&self) -> bool {
+        self.value.is_some()
+            || matches!(
+                self.state,
+                ResourceState::DoesNotExist | ResourceState::Nacked { .. }
+            )
+    }
+}
+
+#[derive(Debug, Default)]
+struct TypeState {
+    /// Names wanted now.
+    wanted: BTreeSet<String>,
+    /// Names the server knows we want on this stream (`None`: nothing sent yet).
+    sent: Option<BTreeSet<String>>,
+    /// Last accepted SotW version.
+    version: String,
+    /// Last nonce received on this stream.
+    nonce: String,
+    entries: BTreeMap<String, Entry>,
+}
+
+/// The protocol state of one client.
+#[derive(Debug)]
+pub struct AdsState {
+    protocol: Protocol,
+    node: PbNode,
+    delete_on_absence: bool,
+    dne_timeout: Duration,
+    listeners: BTreeSet<String>,
+    types: [TypeState; 4],
+    connected: bool,
+    node_sent: bool,
+    /// An entry's value changed since the last publication.
+    dirty: bool,
+    published: Option<Arc<MeshSnapshot>>,
+}
+
+fn index(t: ResourceType) -> usize {
+    t as usize
+}
+
+impl AdsState {
+    /// A state with no subscriptions. `delete_on_absence` is false when the server declared
+    /// `ignore_resource_deletion`.
+    pub fn new(protocol: Protocol, node: PbNode, delete_on_absence: bool) -> Self {
+        Self {
+            protocol,
+            node,
+            delete_on_absence,
+            dne_timeout: DOES_NOT_EXIST_TIMEOUT,
+            listeners: BTreeSet::new(),
+            types: Default::default(),
+            connected: false,
+            node_sent: false,
+            dirty: false,
+            published: None,
+        }
+    }
+
+    /// Changes the does-not-exist timeout (tests).
+    pub fn set_does_not_exist_timeout(&mut self, timeout: Duration) {
+        self.dne_timeout = timeout;
+    }
+
+    /// The protocol in use.
+    pub fn protocol(&self) -> Protocol {
+        self.protocol
+    }
+
+    /// The listeners the application asked for.
+    pub fn listeners(&self) -> &BTreeSet<String> {
+        &self.listeners
+    }
+
+    /// The last snapshot published.
+    pub fn published(&self) -> Option<&Arc<MeshSnapshot>> {
+        self.published.as_ref()
+    }
+
+    /// Whether a stream is up.
+    pub fn is_connected(&self) -> bool {
+        self.connected
+    }
+
+    /// The last nonce received for a type on this stream.
+    pub fn nonce(&self, t: ResourceType) -> &str {
+        &self.types[index(t)].nonce
+    }
+
+    /// The last accepted SotW version of a type.
+    pub fn version(&self, t: ResourceType) -> &str {
+        &self.types[index(t)].version
+    }
+
+    /// Every resource's status.
+    pub fn statuses(&self) -> Vec<ResourceStatus> {
+        ResourceType::ALL
+            .iter()
+            .flat_map(|&t| {
+                self.types[index(t)]
+                    .entries
+                    .iter()
+                    .map(move |(name, e)| ResourceStatus {
+                        resource_type: t,
+                        name: name.clone(),
+                        version: e.version.clone(),
+                        state: e.state.clone(),
+                        last_updated: e.last_updated,
+                    })
+            })
+            .collect()
+    }
+
+    /// Whether any resource in use came from the disk cache and is not yet confirmed.
+    pub fn is_stale(&self) -> bool {
+        self.types
+            .iter()
+            .any(|t| t.entries.values().any(|e| e.state == ResourceState::Cached))
+    }
+
+    /// Adds a listener (`host:port`, after the listener-name template).
+    pub fn subscribe_listener(&mut self, name: &str, now: Instant) -> Vec<Output> {
+        if !self.listeners.insert(name.to_string()) {
+            return Vec::new();
+        }
+        self.cascade(now, None)
+    }
+
+    /// Removes a listener.
+    pub fn unsubscribe_listener(&mut self, name: &str, now: Instant) -> Vec<Output> {
+        if !self.listeners.remove(name) {
+            return Vec::new();
+        }
+        self.cascade(now, None)
+    }
+
+    /// A new stream is up: nonces reset, every wanted name is requested again (Delta: with the
+    /// versions we hold).
+    pub fn on_connected(&mut self, now: Instant) -> Vec<Output> {
+        self.connected = true;
+        self.node_sent = false;
+        for t in &mut self.types {
+            t.nonce.clear();
+            t.sent = None;
+        }
+        let mut out = Vec::new();
+        for ty in ResourceType::ALL {
+            if !self.types[index(ty)].wanted.is_empty() {
+                out.push(Output::Send(self.request(ty, now, None)));
+            }
+        }
+        out
+    }
+
+    /// The stream went down: timers stop until requests go out again.
+    pub fn on_disconnected(&mut self) {
+        self.connected = false;
+        for t in &mut self.types {
+            for e in t.entries.values_mut() {
+                e.requested_at = None;
+            }
+        }
+    }
+
+    /// Fires does-not-exist timers that have run out.
+    pub fn on_tick(&mut self, now: Instant) -> Vec<Output> {
+        let mut changed = false;
+        for t in &mut self.types {
+            for e in t.entries.values_mut() {
+                if let Some(at) = e.requested_at
+                    && e.value.is_none()
+                    && e.state == ResourceState::Requested
+                    && now.saturating_duration_since(at) >= self.dne_timeout
+                {
+                    e.state = ResourceState::DoesNotExist;
+                    e.requested_at = None;
+                    e.last_updated = Some(now);
+                    changed = true;
+                }
+            }
+        }
+        if changed {
+            self.dirty = true;
+        }
+        self.maybe_publish().into_iter().collect()
+    }
+
+    /// Handles a SotW response.
+    pub fn on_sotw_response(&mut self, resp: DiscoveryResponse, now: Instant) -> Vec<Output> {
+        let Some(ty) = ResourceType::from_type_url(&resp.type_url) else {
+            // Not a type we asked for: ignore, but say so to the server.
+            return vec![Output::Send(Request::Sotw(DiscoveryRequest {
+                type_url: resp.type_url.clone(),
+                response_nonce: resp.nonce.clone(),
+                error_detail: Some(Status {
+                    code: INVALID_ARGUMENT,
+                    message: format!("unexpected type {:?}", resp.type_url),
+                    details: vec![],
+                }),
+                ..Default::default()
+            }))];
+        };
+        self.types[index(ty)].nonce = resp.nonce.clone();
+        let mut errors = Vec::new();
+        let mut seen = BTreeSet::new();
+        for (i, any) in resp.resources.iter().enumerate() {
+            match self.apply(ty, any, &resp.version_info, now) {
+                Ok(Some(name)) => {
+                    if !seen.insert(name.clone()) {
+                        errors.push(format!("resource {name:?} appears twice in the response"));
+                    }
+                }
+                Ok(None) => {}
+                Err((name, msg)) => {
+                    if let Some(n) = &name {
+                        seen.insert(n.clone());
+                    }
+                    errors.push(match name {
+                        Some(_) => msg,
+                        None => format!("resources[{i}]: {msg}"),
+                    });
+                }
+            }
+        }
+        if ty.absence_deletes() && self.delete_on_absence {
+            let t = &mut self.types[index(ty)];
+            for (name, e) in t.entries.iter_mut() {
+                if !seen.contains(name) && e.value.is_some() {
+                    e.value = None;
+                    e.raw = None;
+                    e.version.clear();
+                    e.state = ResourceState::DoesNotExist;
+                    e.last_updated = Some(now);
+                    self.dirty = true;
+                } else if !seen.contains(name) && e.state == ResourceState::Requested {
+                    // A SotW response for this type that omits a requested LDS/CDS name means
+                    // the server does not have it.
+                    e.state = ResourceState::DoesNotExist;
+                    e.requested_at = None;
+                    e.last_updated = Some(now);
+                    self.dirty = true;
+                }
+            }
+        }
+        let ack = if errors.is_empty() {
+            self.types[index(ty)].version = resp.version_info.clone();
+            None
+        } else {
+            let message = errors.join("; ");
+            tracing::warn!(type_url = %resp.type_url, version = %resp.version_info, nonce = %resp.nonce, "NACK: {message}");
+            Some(message)
+        };
+        self.cascade(now, Some((ty, ack)))
+    }
+
+    /// Handles a Delta response.
+    pub fn on_delta_response(&mut self, resp: DeltaDiscoveryResponse, now: Instant) -> Vec<Output> {
+        let Some(ty) = ResourceType::from_type_url(&resp.type_url) else {
+            return vec![Output::Send(Request::Delta(DeltaDiscoveryRequest {
+                type_url: resp.type_url.clone(),
+                response_nonce: resp.nonce.clone(),
+                error_detail: Some(Status {
+                    code: INVALID_ARGUMENT,
+                    message: format!("unexpected type {:?}", resp.type_url),
+                    details: vec![],
+                }),
+                ..Default::default()
+            }))];
+        };
+        self.types[index(ty)].nonce = resp.nonce.clone();
+        let mut errors = Vec::new();
+        for (i, r) in resp.resources.iter().enumerate() {
+            let Some(any) = &r.resource else {
+                errors.push(format!("resources[{i}] ({:?}): no resource body", r.name));
+                continue;
+            };
+            if let Err((name, msg)) = self.apply(ty, any, &r.version, now) {
+                errors.push(match name {
+                    Some(_) => msg,
+                    None => format!("resources[{i}] ({:?}): {msg}", r.name),
+                });
+            }
+        }
+        for name in &resp.removed_resources {
+            if let Some(e) = self.types[index(ty)].entries.get_mut(name) {
+                e.value = None;
+                e.raw = None;
+                e.version.clear();
+                e.state = ResourceState::DoesNotExist;
+                e.requested_at = None;
+                e.last_updated = Some(now);
+                self.dirty = true;
+            }
+        }
+        let ack = if errors.is_empty() {
+            None
+        } else {
+            let message = errors.join("; ");
+            tracing::warn!(type_url = %resp.type_url, nonce = %resp.nonce, "NACK: {message}");
+            Some(message)
+        };
+        self.cascade(now, Some((ty, ack)))
+    }
+
+    /// Decodes one resource and stores it if it was asked for. `Ok(Some(name))` when applied,
+    /// `Ok(None)` when ignored, `Err((name, reason))` when rejected.
+    fn apply(
+        &mut self,
+        ty: ResourceType,
+        any: &Any,
+        version: &str,
+        now: Instant,
+    ) -> Result<Option<String>, (Option<String>, String)> {
+        match decode(ty, any) {
+            Ok(decoded) => {
+                let name = decoded.name().to_string();
+                let t = &mut self.types[index(ty)];
+                // Servers may send what was not asked for; only wanted names are kept.
+                let Some(e) = t.entries.get_mut(&name) else {
+                    return Ok(None);
+                };
+                if e.raw.as_ref() != Some(any) || e.value.is_none() {
+                    e.value = Some(decoded);
+                    e.raw = Some(any.clone());
+                    self.dirty = true;
+                }
+                e.version = version.to_string();
+                e.state = ResourceState::Acked;
+                e.requested_at = None;
+                e.last_updated = Some(now);
+                Ok(Some(name))
+            }
+            Err(err) => {
+                let t = &mut self.types[index(ty)];
+                if let Some(name) = &err.name
+                    && let Some(e) = t.entries.get_mut(name)
+                {
+                    e.state = ResourceState::Nacked {
+                        version: version.to_string(),
+                        error: err.message.clone(),
+                    };
+                    e.requested_at = None;
+                    e.last_updated = Some(now);
+                    if e.value.is_none() {
+                        self.dirty = true;
+                    }
+                }
+                Err((err.name, err.message))
+            }
+        }
+    }
+
+    /// Recomputes what each type wants from what the types above hold, drops what is no
+    /// longer wanted, and emits: the ACK/NACK for `answered` first, then subscription changes,
+    /// then a snapshot if one is complete and new.
+    fn cascade(
+        &mut self,
+        now: Instant,
+        answered: Option<(ResourceType, Option<String>)>,
+    ) -> Vec<Output> {
+        let listeners = self.listeners.clone();
+        let (mut routes, mut clusters, mut endpoints) =
+            (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
+        for name in &listeners {
+            if let Some(Decoded::Listener(l)) = self.value(ResourceType::Listener, name) {
+                match l.routes() {
+                    RouteSource::Rds(rds) => {
+                        routes.insert(rds.to_string());
+                    }
+                    RouteSource::Inline(rc) => clusters.extend(route_clusters(rc)),
+                }
+            }
+        }
+        for name in &routes {
+            if let Some(Decoded::RouteConfig(rc)) =
+                self.value(ResourceType::RouteConfiguration, name)
+            {
+                clusters.extend(route_clusters(rc));
+            }
+        }
+        for name in &clusters {
+            if let Some(Decoded::Cluster(c)) = self.value(ResourceType::Cluster, name) {
+                endpoints.insert(c.eds_service_name().to_string());
+            }
+        }
+        let mut wanted = [listeners, routes, clusters, endpoints];
+        let mut out = Vec::new();
+        let answered_type = answered.as_ref().map(|a| a.0);
+        let mut nack = answered.and_then(|a| a.1);
+        for ty in ResourceType::ALL {
+            let t = &mut self.types[index(ty)];
+            let changed = t.wanted != wanted[index(ty)];
+            if changed {
+                let next = std::mem::take(&mut wanted[index(ty)]);
+                t.entries.retain(|name, e| {
+                    let keep = next.contains(name);
+                    if !keep && e.value.is_some() {
+                        // Removing a resource changes the snapshot.
+                        self.dirty = true;
+                    }
+                    keep
+                });
+                for name in &next {
+                    t.entries.entry(name.clone()).or_insert_with(Entry::new);
+                }
+                t.wanted = next;
+            }
+            if (changed && self.connected) || answered_type == Some(ty) {
+                let error = if answered_type == Some(ty) {
+                    nack.take()
+                } else {
+                    None
+                };
+                if self.connected {
+                    out.push(Output::Send(self.request(ty, now, error)));
+                }
+            }
+        }
+        out.extend(self.maybe_publish());
+        out
+    }
+
+    fn value(&self, ty: ResourceType, name: &str) -> Option<&Decoded> {
+        self.types[index(ty)].entries.get(name)?.value.as_ref()
+    }
+
+    /// Builds the request for a type from its current state; starts does-not-exist timers for
+    /// names it carries that have no value yet.
+    fn request(&mut self, ty: ResourceType, now: Instant, error: Option<String>) -> Request {
+        let node = if self.node_sent {
+            None
+        } else {
+            Some(self.node.clone())
+        };
+        self.node_sent = true;
+        let protocol = self.protocol;
+        let t = &mut self.types[index(ty)];
+        for (name, e) in t.entries.iter_mut() {
+            let newly_sent = t.sent.as_ref().is_none_or(|s| !s.contains(name));
+            if newly_sent && e.value.is_none() && e.state == ResourceState::Requested {
+                e.requested_at = Some(now);
+            }
+        }
+        let error_detail = error.map(|message| Status {
+            code: INVALID_ARGUMENT,
+            message,
+            details: vec![],
+        });
+        let request = match protocol {
+            Protocol::Sotw => Request::Sotw(DiscoveryRequest {
+                version_info: t.version.clone(),
+                node,
+                resource_names: t.wanted.iter().cloned().collect(),
+                type_url: ty.type_url().to_string(),
+                response_nonce: t.nonce.clone(),
+                error_detail,
+                ..Default::default()
+            }),
+            Protocol::Delta => {
+                let first = t.sent.is_none();
+                let sent = t.sent.clone().unwrap_or_default();
+                let initial_resource_versions: HashMap<String, String> = if first {
+                    t.entries
+                        .iter()
+                        .filter(|(_, e)| e.value.is_some() && !e.version.is_empty())
+                        .map(|(n, e)| (n.clone(), e.version.clone()))
+                        .collect()
+                } else {
+                    HashMap::new()
+                };
+                Request::Delta(DeltaDiscoveryRequest {
+                    node,
+                    type_url: ty.type_url().to_string(),
+                    resource_names_subscribe: t.wanted.difference(&sent).cloned().collect(),
+                    resource_names_unsubscribe: sent.difference(&t.wanted).cloned().collect(),
+                    initial_resource_versions,
+                    response_nonce: t.nonce.clone(),
+                    error_detail,
+                    ..Default::default()
+                })
+            }
+        };
+        t.sent = Some(t.wanted.clone());
+        request
+    }
+
+    /// Publishes when something changed and every reference is settled.
+    fn maybe_publish(&mut self) -> Option<Output> {
+        // A confirmed cache changes nothing but the stale mark, which readers need to see.
+        let stale_changed = self
+            .published
+            .as_ref()
+            .is_some_and(|p| p.is_stale() != self.is_stale());
+        if !self.dirty && !stale_changed {
+            return None;
+        }
+        let all_resolved = self.types.iter().all(|t| {
+            t.wanted
+                .iter()
+                .all(|n| t.entries.get(n).is_some_and(Entry::resolved))
+        });
+        if !all_resolved {
+            return None;
+        }
+        let mut snap = MeshSnapshot::new();
+        for t in &self.types {
+            for e in t.entries.values() {
+                match &e.value {
+                    Some(Decoded::Listener(l)) => snap.insert_listener(l.clone()),
+                    Some(Decoded::RouteConfig(r)) => snap.insert_route_config(r.clone()),
+                    Some(Decoded::Cluster(c)) => snap.insert_cluster(c.clone()),
+                    Some(Decoded::Endpoints(e)) => snap.insert_endpoints(e.clone()),
+                    None => {}
+                }
+            }
+        }
+        snap.set_stale(self.is_stale());
+        self.dirty = false;
+        let snap = Arc::new(snap);
+        self.published = Some(snap.clone());
+        Some(Output::Publish(snap))
+    }
+
+    /// The raw resources in use, for the on-disk cache: `(type, version, resource)`.
+    pub fn cache_contents(&self) -> Vec<(ResourceType, String, Any)> {
+        ResourceType::ALL
+            .iter()
+            .flat_map(|&ty| {
+                self.types[index(ty)].entries.values().filter_map(move |e| {
+                    e.raw
+                        .as_ref()
+                        .map(|raw| (ty, e.version.clone(), raw.clone()))
+                })
+            })
+            .collect()
+    }
+
+    /// Seeds the state from the on-disk cache before any stream: each resource is validated
+    /// again, kept as `Cached` (stale) until the server confirms it, and a snapshot is
+    /// published if the cached configuration is complete.
+    pub fn load_cached(
+        &mut self,
+        resources: Vec<(ResourceType, String, Any)>,
+        now: Instant,
+    ) -> Vec<Output> {
+        let mut published = self.cascade(now, None);
+        // Walk the cascade: each pass may unlock the next type's names.
+        let mut pending = resources;
+        for _ in 0..ResourceType::ALL.len() {
+            let mut rest = Vec::new();
+            for (ty, version, any) in pending {
+                match self.apply(ty, &any, &version, now) {
+                    Ok(Some(name)) => {
+                        if let Some(e) = self.types[index(ty)].entries.get_mut(&name) {
+                            e.state = ResourceState::Cached;
+                        }
+                    }
+                    Ok(None) => rest.push((ty, version, any)),
+                    Err(_) => {}
+                }
+            }
+            published.extend(self.cascade(now, None));
+            pending = rest;
+        }
+        // Not connected, so there is nothing to send; entries found nowhere in the cache stay
+        // pending and nothing is published until the server fills them in.
+        published.retain(|o| matches!(o, Output::Publish(_)));
+        published.split_off(published.len().saturating_sub(1))
+    }
+}
+
+/// Every cluster a route configuration can send to (destinations and mirrors).
+fn route_clusters(rc: &mesh_core::RouteConfig) -> impl Iterator<Item = String> + '_ {
+    rc.virtual_hosts().iter().flat_map(|vh| {
+        vh.routes()
+            .iter()
+            .filter_map(|r| r.forward())
+            .flat_map(|f| {
+                f.destination
+                    .clusters()
+                    .chain(f.mirrors.iter().map(|m| &m.cluster))
+                    .map(|c| c.to_string())
+                    .collect::<Vec<_>>()
+            })
+    })
+}
+
+#[cfg(test)]
+mod tests;

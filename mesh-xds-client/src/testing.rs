@@ -1,0 +1,180 @@
+//! Builders of istiod-shaped xDS resources, for tests and examples.
+//!
+//! Not a control plane: `mesh-control-plane` translates Istio YAML. These make the minimal
+//! resources a test needs, shaped and named the way istiod's grpc generator sends them.
+
+use envoy_types::pb::envoy::config::cluster::v3 as cluster;
+use envoy_types::pb::envoy::config::core::v3 as core;
+use envoy_types::pb::envoy::config::endpoint::v3 as endpoint;
+use envoy_types::pb::envoy::config::listener::v3 as listener;
+use envoy_types::pb::envoy::config::route::v3 as route;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
+use envoy_types::pb::google::protobuf::{Any, UInt32Value};
+use prost::Message;
+
+use crate::decode::ResourceType;
+
+/// Wraps a message in an `Any` with the given type URL.
+pub fn any<M: Message>(type_url: &str, m: &M) -> Any {
+    Any {
+        type_url: type_url.to_string(),
+        value: m.encode_to_vec(),
+    }
+}
+
+/// The RDS / CDS name istiod uses for a service port: `outbound|PORT|SUBSET|HOST`.
+pub fn subset_key(port: u16, subset: &str, host: &str) -> String {
+    format!("outbound|{port}|{subset}|{host}")
+}
+
+fn ads() -> core::ConfigSource {
+    core::ConfigSource {
+        config_source_specifier: Some(core::config_source::ConfigSourceSpecifier::Ads(
+            core::AggregatedConfigSource {},
+        )),
+        ..Default::default()
+    }
+}
+
+fn filter(name: &str, type_url: &str) -> hcm::HttpFilter {
+    hcm::HttpFilter {
+        name: name.into(),
+        config_type: Some(hcm::http_filter::ConfigType::TypedConfig(Any {
+            type_url: type_url.into(),
+            value: vec![],
+        })),
+        ..Default::default()
+    }
+}
+
+/// A client listener named `name` whose routes come over RDS as `rds`, with istiod's filters
+/// (fault, then router).
+pub fn listener(name: &str, rds: &str) -> Any {
+    let manager = hcm::HttpConnectionManager {
+        route_specifier: Some(hcm::http_connection_manager::RouteSpecifier::Rds(
+            hcm::Rds {
+                config_source: Some(ads()),
+                route_config_name: rds.into(),
+            },
+        )),
+        http_filters: vec![
+            filter("envoy.filters.http.fault", crate::decode::FAULT_TYPE),
+            filter(
+                "envoy.filters.http.router",
+                "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router",
+            ),
+        ],
+        ..Default::default()
+    };
+    let l = listener::Listener {
+        name: name.into(),
+        api_listener: Some(listener::ApiListener {
+            api_listener: Some(any(crate::decode::HCM_TYPE, &manager)),
+        }),
+        ..Default::default()
+    };
+    any(ResourceType::Listener.type_url(), &l)
+}
+
+/// A route configuration with one virtual host for `domains` whose single `/` route splits
+/// across `clusters` by weight (one entry: a plain cluster route).
+pub fn route_config(name: &str, domains: &[&str], clusters: &[(&str, u32)]) -> Any {
+    let action = match clusters {
+        [(c, _)] => route::route_action::ClusterSpecifier::Cluster(c.to_string()),
+        many => route::route_action::ClusterSpecifier::WeightedClusters(route::WeightedCluster {
+            clusters: many
+                .iter()
+                .map(|(c, w)| route::weighted_cluster::ClusterWeight {
+                    name: c.to_string(),
+                    weight: Some(UInt32Value { value: *w }),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }),
+    };
+    let rc = route::RouteConfiguration {
+        name: name.into(),
+        virtual_hosts: vec![route::VirtualHost {
+            name: domains.first().copied().unwrap_or_default().into(),
+            domains: domains.iter().map(|d| d.to_string()).collect(),
+            routes: vec![route::Route {
+                name: "default".into(),
+                r#match: Some(route::RouteMatch {
+                    path_specifier: Some(route::route_match::PathSpecifier::Prefix("/".into())),
+                    ..Default::default()
+                }),
+                action: Some(route::route::Action::Route(route::RouteAction {
+                    cluster_specifier: Some(action),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    any(ResourceType::RouteConfiguration.type_url(), &rc)
+}
+
+/// An EDS cluster fed by ADS, with the service name equal to the cluster name (as istiod).
+pub fn eds_cluster(name: &str) -> Any {
+    any(ResourceType::Cluster.type_url(), &eds_cluster_message(name))
+}
+
+/// The message behind [`eds_cluster`], for tests that change fields.
+pub fn eds_cluster_message(name: &str) -> cluster::Cluster {
+    cluster::Cluster {
+        name: name.into(),
+        alt_stat_name: format!("{name};"),
+        cluster_discovery_type: Some(cluster::cluster::ClusterDiscoveryType::Type(
+            cluster::cluster::DiscoveryType::Eds as i32,
+        )),
+        eds_cluster_config: Some(cluster::cluster::EdsClusterConfig {
+            eds_config: Some(ads()),
+            service_name: name.into(),
+        }),
+        ..Default::default()
+    }
+}
+
+/// A load assignment with the given endpoints in one locality.
+pub fn endpoints(cluster_name: &str, addrs: &[std::net::SocketAddr]) -> Any {
+    let cla = endpoint::ClusterLoadAssignment {
+        cluster_name: cluster_name.into(),
+        endpoints: vec![endpoint::LocalityLbEndpoints {
+            locality: Some(core::Locality::default()),
+            load_balancing_weight: Some(UInt32Value {
+                value: addrs.len() as u32,
+            }),
+            lb_endpoints: addrs
+                .iter()
+                .map(|a| endpoint::LbEndpoint {
+                    health_status: core::HealthStatus::Healthy as i32,
+                    host_identifier: Some(endpoint::lb_endpoint::HostIdentifier::Endpoint(
+                        endpoint::Endpoint {
+                            address: Some(core::Address {
+                                address: Some(core::address::Address::SocketAddress(
+                                    core::SocketAddress {
+                                        address: a.ip().to_string(),
+                                        port_specifier: Some(
+                                            core::socket_address::PortSpecifier::PortValue(
+                                                a.port().into(),
+                                            ),
+                                        ),
+                                        ..Default::default()
+                                    },
+                                )),
+                            }),
+                            ..Default::default()
+                        },
+                    )),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    any(ResourceType::ClusterLoadAssignment.type_url(), &cla)
+}
