@@ -8,7 +8,14 @@
 #![warn(missing_docs)]
 
 pub mod bootstrap;
+pub mod cache;
+pub mod client;
 pub mod decode;
 pub mod state;
 #[doc(hidden)]
 pub mod testing;
+
+pub use bootstrap::{Bootstrap, BootstrapError, IstiodBootstrap};
+pub use client::{Backoff, Health, StartError, XdsClient, XdsClientBuilder, XdsStatus};
+pub use decode::ResourceType;
+pub use state::{Protocol, ResourceState, ResourceStatus};

@@ -76,6 +76,7 @@ impl Request {
 
 /// What the state machine asks the I/O layer to do.
 #[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)] // short-lived, moved once: boxing would only add an allocation
 pub enum Output {
     /// Send this request.
     Send(Request),

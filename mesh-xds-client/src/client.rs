@@ -1,0 +1,692 @@
+//! The I/O around [`AdsState`]: one ADS stream over tonic (TCP, TLS or a unix socket),
+//! reconnects with capped, jittered exponential backoff, the snapshot `watch`, the on-disk
+//! cache, and the status API.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::core::v3::{
+    Locality as PbLocality, Node as PbNode, node::UserAgentVersionType,
+};
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
+use envoy_types::pb::google::protobuf::{ListValue, Struct, Value as PbValue, value::Kind};
+use hyper_util::rt::TokioIo;
+use mesh_core::MeshSnapshot;
+use rand::Rng;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+use crate::bootstrap::{Bootstrap, CallCredentials, ChannelCredentials, ServerAddress, XdsServer};
+use crate::cache::DiskCache;
+use crate::decode::ResourceType;
+use crate::state::{AdsState, Output, Protocol, Request, ResourceStatus};
+
+/// Env var selecting the protocol (`sotw` or `delta`).
+pub const PROTOCOL_ENV: &str = "MESH_XDS_PROTOCOL";
+/// Env var naming the cache directory.
+pub const CACHE_DIR_ENV: &str = "MESH_XDS_CACHE_DIR";
+
+/// Why a client could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// `MESH_XDS_PROTOCOL` holds something else than `sotw` or `delta`.
+    #[error("{PROTOCOL_ENV}: {0}")]
+    Protocol(String),
+    /// A target is not `host:port` (optionally `xds:///host:port`).
+    #[error("invalid target {0:?}: expected host:port or xds:///host:port")]
+    Target(String),
+}
+
+/// Connection state and readiness, cheap to watch.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Health {
+    /// A stream to the control plane is up.
+    pub connected: bool,
+    /// A complete configuration has been published (from the server or the disk cache).
+    pub ready: bool,
+    /// The published configuration comes from the disk cache and is not yet confirmed.
+    pub stale: bool,
+    /// The last connection or stream error.
+    pub last_error: Option<String>,
+    /// Snapshots published so far.
+    pub generation: u64,
+}
+
+/// Per-resource and per-type xDS status.
+#[derive(Debug, Clone)]
+pub struct XdsStatus {
+    /// Connection and readiness.
+    pub health: Health,
+    /// The protocol in use.
+    pub protocol: Protocol,
+    /// Every resource: version, state (ACKed, NACKed with the error, ...), last update.
+    pub resources: Vec<ResourceStatus>,
+    /// Per type: last accepted version and last nonce on this stream.
+    pub types: Vec<(ResourceType, String, String)>,
+}
+
+/// Reconnect backoff.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    /// First delay after a failed attempt.
+    pub initial: Duration,
+    /// Cap.
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self {
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Builds an [`XdsClient`].
+#[derive(Debug, Clone)]
+pub struct XdsClientBuilder {
+    bootstrap: Bootstrap,
+    protocol: Option<Protocol>,
+    cache_dir: Option<PathBuf>,
+    targets: Vec<String>,
+    dne_timeout: Duration,
+    backoff: Backoff,
+}
+
+impl XdsClientBuilder {
+    /// A builder for a bootstrap. The protocol and cache directory default to
+    /// `MESH_XDS_PROTOCOL` and `MESH_XDS_CACHE_DIR` when set.
+    pub fn new(bootstrap: Bootstrap) -> Self {
+        Self {
+            bootstrap,
+            protocol: None,
+            cache_dir: std::env::var_os(CACHE_DIR_ENV).map(PathBuf::from),
+            targets: Vec::new(),
+            dne_timeout: crate::state::DOES_NOT_EXIST_TIMEOUT,
+            backoff: Backoff::default(),
+        }
+    }
+
+    /// SotW (default) or Delta.
+    pub fn protocol(mut self, protocol: Protocol) -> Self {
+        self.protocol = Some(protocol);
+        self
+    }
+
+    /// Persist the last good configuration here and start from it when the control plane is
+    /// unreachable.
+    pub fn cache_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.cache_dir = Some(dir.into());
+        self
+    }
+
+    /// A target to subscribe to from the start: `host:port` or `xds:///host:port`.
+    pub fn target(mut self, target: impl Into<String>) -> Self {
+        self.targets.push(target.into());
+        self
+    }
+
+    /// The does-not-exist timeout (default 15 s).
+    pub fn does_not_exist_timeout(mut self, timeout: Duration) -> Self {
+        self.dne_timeout = timeout;
+        self
+    }
+
+    /// Reconnect backoff (default 1 s doubling to 30 s).
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// Starts the client on the current tokio runtime.
+    pub fn start(self) -> Result<XdsClient, StartError> {
+        let protocol = match self.protocol {
+            Some(p) => p,
+            None => match std::env::var(PROTOCOL_ENV) {
+                Ok(v) if !v.is_empty() => v.parse().map_err(StartError::Protocol)?,
+                _ => Protocol::Sotw,
+            },
+        };
+        let listeners = self
+            .targets
+            .iter()
+            .map(|t| listener_for(&self.bootstrap, t))
+            .collect::<Result<Vec<_>, _>>()?;
+        let server = self.bootstrap.server().clone();
+        let delete_on_absence = !server.has_feature("ignore_resource_deletion");
+        let mut state = AdsState::new(protocol, node(&self.bootstrap), delete_on_absence);
+        state.set_does_not_exist_timeout(self.dne_timeout);
+        let now = Instant::now().into_std();
+        for l in &listeners {
+            state.subscribe_listener(l, now);
+        }
+        let cache = self.cache_dir.as_ref().map(|dir| {
+            let key = format!(
+                "{}|{}|{}",
+                server.server_uri,
+                self.bootstrap.node.id,
+                listeners.join(",")
+            );
+            DiskCache::new(dir, &key)
+        });
+        let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(MeshSnapshot::new()));
+        let (health_tx, health_rx) = watch::channel(Health::default());
+        let (command_tx, command_rx) = mpsc::unbounded_channel();
+        let mut worker = Worker {
+            state,
+            server,
+            cache,
+            snapshot_tx,
+            health_tx,
+            commands: command_rx,
+            backoff: self.backoff,
+            cache_dirty: false,
+        };
+        if let Some(cache) = worker.cache.clone() {
+            match cache.load() {
+                Ok(Some(resources)) => {
+                    let outputs = worker.state.load_cached(resources, now);
+                    worker.handle(outputs, None);
+                    tracing::info!(path = %cache.path().display(), ready = worker.health_tx.borrow().ready, "loaded the xDS cache");
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!("ignoring the xDS cache: {e}"),
+            }
+        }
+        let task = tokio::spawn(worker.run());
+        Ok(XdsClient {
+            snapshots: snapshot_rx,
+            health: health_rx,
+            commands: command_tx,
+            bootstrap: Arc::new(self.bootstrap),
+            task: task.abort_handle(),
+        })
+    }
+}
+
+/// The listener name for a target: `xds:///` stripped, the bootstrap template applied.
+fn listener_for(bootstrap: &Bootstrap, target: &str) -> Result<String, StartError> {
+    let t = target
+        .strip_prefix("xds:///")
+        .or_else(|| target.strip_prefix("xds:"))
+        .unwrap_or(target);
+    let ok = t
+        .rsplit_once(':')
+        .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+    if !ok {
+        return Err(StartError::Target(target.to_string()));
+    }
+    Ok(bootstrap.listener_name(t))
+}
+
+fn json_to_pb(v: &serde_json::Value) -> PbValue {
+    use serde_json::Value as J;
+    let kind = match v {
+        J::Null => Kind::NullValue(0),
+        J::Bool(b) => Kind::BoolValue(*b),
+        J::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
+        J::String(s) => Kind::StringValue(s.clone()),
+        J::Array(a) => Kind::ListValue(ListValue {
+            values: a.iter().map(json_to_pb).collect(),
+        }),
+        J::Object(o) => Kind::StructValue(Struct {
+            fields: o.iter().map(|(k, v)| (k.clone(), json_to_pb(v))).collect(),
+        }),
+    };
+    PbValue { kind: Some(kind) }
+}
+
+/// The `Node` sent on each stream: the bootstrap's, plus user agent and client features.
+fn node(b: &Bootstrap) -> PbNode {
+    PbNode {
+        id: b.node.id.clone(),
+        cluster: b.node.cluster.clone(),
+        metadata: Some(Struct {
+            fields: b
+                .node
+                .metadata
+                .iter()
+                .map(|(k, v)| (k.clone(), json_to_pb(v)))
+                .collect(),
+        }),
+        locality: b.node.locality.as_ref().map(|l| PbLocality {
+            region: l.region.clone(),
+            zone: l.zone.clone(),
+            sub_zone: l.sub_zone.clone(),
+        }),
+        user_agent_name: "mesh".into(),
+        user_agent_version_type: Some(UserAgentVersionType::UserAgentVersion(
+            env!("CARGO_PKG_VERSION").into(),
+        )),
+        client_features: vec!["xds.config.resource-in-sotw".into()],
+        ..Default::default()
+    }
+}
+
+enum Command {
+    Subscribe(String),
+    Unsubscribe(String),
+    Status(oneshot::Sender<XdsStatus>),
+}
+
+/// A running xDS client; dropping it stops the background task.
+#[derive(Debug)]
+pub struct XdsClient {
+    snapshots: watch::Receiver<Arc<MeshSnapshot>>,
+    health: watch::Receiver<Health>,
+    commands: mpsc::UnboundedSender<Command>,
+    bootstrap: Arc<Bootstrap>,
+    task: tokio::task::AbortHandle,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Command")
+    }
+}
+
+impl Drop for XdsClient {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl XdsClient {
+    /// A receiver of every published snapshot, for the tower stack.
+    pub fn snapshots(&self) -> watch::Receiver<Arc<MeshSnapshot>> {
+        self.snapshots.clone()
+    }
+
+    /// The current snapshot.
+    pub fn snapshot(&self) -> Arc<MeshSnapshot> {
+        self.snapshots.borrow().clone()
+    }
+
+    /// Connection state and readiness.
+    pub fn health(&self) -> watch::Receiver<Health> {
+        self.health.clone()
+    }
+
+    /// Waits until a complete configuration for the subscribed listeners is in (from the
+    /// server, or from the disk cache when the server is unreachable) and returns it.
+    pub async fn ready(&self) -> Arc<MeshSnapshot> {
+        let mut h = self.health.clone();
+        // The task only ends when the client is dropped, so the sender outlives `self`.
+        let _ = h.wait_for(|h| h.ready).await;
+        self.snapshot()
+    }
+
+    /// Adds a target (`host:port` or `xds:///host:port`).
+    pub fn subscribe(&self, target: &str) -> Result<(), StartError> {
+        let l = listener_for(&self.bootstrap, target)?;
+        let _ = self.commands.send(Command::Subscribe(l));
+        Ok(())
+    }
+
+    /// Removes a target.
+    pub fn unsubscribe(&self, target: &str) -> Result<(), StartError> {
+        let l = listener_for(&self.bootstrap, target)?;
+        let _ = self.commands.send(Command::Unsubscribe(l));
+        Ok(())
+    }
+
+    /// Every resource's status and each type's version and nonce.
+    pub async fn status(&self) -> Option<XdsStatus> {
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(Command::Status(tx)).ok()?;
+        rx.await.ok()
+    }
+}
+
+struct Worker {
+    state: AdsState,
+    server: XdsServer,
+    cache: Option<DiskCache>,
+    snapshot_tx: watch::Sender<Arc<MeshSnapshot>>,
+    health_tx: watch::Sender<Health>,
+    commands: mpsc::UnboundedReceiver<Command>,
+    backoff: Backoff,
+    cache_dirty: bool,
+}
+
+enum Sink {
+    Sotw(mpsc::Sender<DiscoveryRequest>),
+    Delta(mpsc::Sender<DeltaDiscoveryRequest>),
+}
+
+impl Sink {
+    fn send(&self, r: Request) {
+        // The channel is sized for a burst of every type; a full channel means the stream is
+        // stuck and will be torn down, so dropping here loses nothing the reconnect won't resend.
+        let _ = match (self, r) {
+            (Self::Sotw(tx), Request::Sotw(r)) => tx.try_send(r).map_err(|_| ()),
+            (Self::Delta(tx), Request::Delta(r)) => tx.try_send(r).map_err(|_| ()),
+            _ => Err(()),
+        };
+    }
+}
+
+enum StreamEnd {
+    /// Closed after at least one response (e.g. istiod's max connection age): not a failure.
+    AfterResponse,
+    /// Failed before any response.
+    Failed(String),
+    /// The client was dropped.
+    Shutdown,
+}
+
+impl Worker {
+    async fn run(mut self) {
+        let mut delay = self.backoff.initial;
+        loop {
+            match self.stream_once().await {
+                StreamEnd::Shutdown => return,
+                StreamEnd::AfterResponse => {
+                    self.state.on_disconnected();
+                    self.health_tx.send_modify(|h| h.connected = false);
+                    delay = self.backoff.initial;
+                    tracing::info!(server = %self.server.address, "ADS stream closed after responses; reconnecting");
+                    continue;
+                }
+                StreamEnd::Failed(e) => {
+                    self.state.on_disconnected();
+                    tracing::warn!(server = %self.server.address, "ADS stream failed: {e}; retrying in about {delay:?}");
+                    self.health_tx.send_modify(|h| {
+                        h.connected = false;
+                        h.last_error = Some(e);
+                    });
+                }
+            }
+            let jittered = delay.mul_f64(rand::rng().random_range(0.5..=1.0));
+            if !self.idle(jittered).await {
+                return;
+            }
+            delay = (delay * 2).min(self.backoff.max);
+        }
+    }
+
+    /// Waits while disconnected, still taking commands. False when the client was dropped.
+    async fn idle(&mut self, duration: Duration) -> bool {
+        let deadline = tokio::time::sleep(duration);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                _ = &mut deadline => return true,
+                cmd = self.commands.recv() => match cmd {
+                    None => return false,
+                    Some(c) => self.command(c, None),
+                },
+            }
+        }
+    }
+
+    fn command(&mut self, c: Command, sink: Option<&Sink>) {
+        let now = Instant::now().into_std();
+        let outputs = match c {
+            Command::Subscribe(l) => self.state.subscribe_listener(&l, now),
+            Command::Unsubscribe(l) => self.state.unsubscribe_listener(&l, now),
+            Command::Status(reply) => {
+                let _ = reply.send(XdsStatus {
+                    health: self.health_tx.borrow().clone(),
+                    protocol: self.state.protocol(),
+                    resources: self.state.statuses(),
+                    types: ResourceType::ALL
+                        .iter()
+                        .map(|&t| {
+                            (
+                                t,
+                                self.state.version(t).to_string(),
+                                self.state.nonce(t).to_string(),
+                            )
+                        })
+                        .collect(),
+                });
+                Vec::new()
+            }
+        };
+        self.handle(outputs, sink);
+    }
+
+    fn handle(&mut self, outputs: Vec<Output>, sink: Option<&Sink>) {
+        for o in outputs {
+            match o {
+                Output::Send(r) => {
+                    if let Some(s) = sink {
+                        s.send(r);
+                    }
+                }
+                Output::Publish(snap) => {
+                    let stale = snap.is_stale();
+                    self.snapshot_tx.send_replace(snap);
+                    self.health_tx.send_modify(|h| {
+                        h.ready = true;
+                        h.stale = stale;
+                        h.generation += 1;
+                    });
+                    self.cache_dirty = !stale && self.cache.is_some();
+                }
+            }
+        }
+    }
+
+    fn persist(&mut self) {
+        if !self.cache_dirty {
+            return;
+        }
+        self.cache_dirty = false;
+        if let Some(cache) = self.cache.clone() {
+            let contents = self.state.cache_contents();
+            // Written off the async threads; at most one write per tick.
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = cache.store(&contents) {
+                    tracing::warn!(path = %cache.path().display(), "cannot write the xDS cache: {e}");
+                }
+            });
+        }
+    }
+
+    async fn stream_once(&mut self) -> StreamEnd {
+        let channel =
+            match tokio::time::timeout(Duration::from_secs(10), connect(&self.server)).await {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => return StreamEnd::Failed(e),
+                Err(_) => {
+                    return StreamEnd::Failed(format!(
+                        "connecting to {} timed out",
+                        self.server.address
+                    ));
+                }
+            };
+        let mut client = AggregatedDiscoveryServiceClient::new(channel)
+            .max_decoding_message_size(256 * 1024 * 1024);
+        let metadata = match call_metadata(&self.server) {
+            Ok(m) => m,
+            Err(e) => return StreamEnd::Failed(e),
+        };
+        let now = Instant::now().into_std();
+        let first = self.state.on_connected(now);
+        let mut got_response = false;
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        macro_rules! drive {
+            ($sink:expr, $inbound:expr, $on_response:ident) => {{
+                let sink = $sink;
+                let mut inbound = $inbound;
+                self.health_tx.send_modify(|h| {
+                    h.connected = true;
+                    h.last_error = None;
+                });
+                loop {
+                    tokio::select! {
+                        msg = inbound.message() => match msg {
+                            Ok(Some(resp)) => {
+                                got_response = true;
+                                let out = self.state.$on_response(resp, Instant::now().into_std());
+                                self.handle(out, Some(&sink));
+                            }
+                            Ok(None) => break None,
+                            Err(status) => break Some(format!("{}: {}", status.code(), status.message())),
+                        },
+                        cmd = self.commands.recv() => match cmd {
+                            None => return StreamEnd::Shutdown,
+                            Some(c) => self.command(c, Some(&sink)),
+                        },
+                        _ = tick.tick() => {
+                            let out = self.state.on_tick(Instant::now().into_std());
+                            self.handle(out, Some(&sink));
+                            self.persist();
+                        }
+                    }
+                }
+            }};
+        }
+        let ended = match self.state.protocol() {
+            Protocol::Sotw => {
+                let (tx, rx) = mpsc::channel(64);
+                let sink = Sink::Sotw(tx);
+                self.handle(first, Some(&sink));
+                let mut req = tonic::Request::new(ReceiverStream::new(rx));
+                *req.metadata_mut() = metadata;
+                match client.stream_aggregated_resources(req).await {
+                    Ok(resp) => drive!(sink, resp.into_inner(), on_sotw_response),
+                    Err(s) => Some(format!("{}: {}", s.code(), s.message())),
+                }
+            }
+            Protocol::Delta => {
+                let (tx, rx) = mpsc::channel(64);
+                let sink = Sink::Delta(tx);
+                self.handle(first, Some(&sink));
+                let mut req = tonic::Request::new(ReceiverStream::new(rx));
+                *req.metadata_mut() = metadata;
+                match client.delta_aggregated_resources(req).await {
+                    Ok(resp) => drive!(sink, resp.into_inner(), on_delta_response),
+                    Err(s) => Some(format!("{}: {}", s.code(), s.message())),
+                }
+            }
+        };
+        self.persist();
+        match (got_response, ended) {
+            (true, _) => StreamEnd::AfterResponse,
+            (false, Some(e)) => StreamEnd::Failed(e),
+            (false, None) => {
+                StreamEnd::Failed("the server closed the stream before any response".into())
+            }
+        }
+    }
+}
+
+/// Metadata for the stream: bearer tokens (re-read on every connect) and bootstrap headers.
+fn call_metadata(server: &XdsServer) -> Result<tonic::metadata::MetadataMap, String> {
+    let mut md = tonic::metadata::MetadataMap::new();
+    for c in &server.call_credentials {
+        match c {
+            CallCredentials::JwtTokenFile(path) => {
+                let token = std::fs::read_to_string(path)
+                    .map_err(|e| format!("cannot read the token file {}: {e}", path.display()))?;
+                let value = format!("Bearer {}", token.trim()).parse().map_err(|_| {
+                    format!(
+                        "the token in {} is not a valid header value",
+                        path.display()
+                    )
+                })?;
+                md.insert("authorization", value);
+            }
+        }
+    }
+    for (k, v) in &server.headers {
+        if let (Ok(k), Ok(v)) = (
+            k.parse::<tonic::metadata::MetadataKey<tonic::metadata::Ascii>>(),
+            v.parse(),
+        ) {
+            md.insert(k, v);
+        }
+    }
+    Ok(md)
+}
+
+async fn connect(server: &XdsServer) -> Result<Channel, String> {
+    let fail = |e: &dyn std::fmt::Display| format!("cannot connect to {}: {e}", server.address);
+    match &server.address {
+        ServerAddress::Unix(path) => {
+            let path = path.clone();
+            Endpoint::from_static("http://localhost")
+                .connect_with_connector(tower::service_fn(move |_: http::Uri| {
+                    let path = path.clone();
+                    async move {
+                        Ok::<_, std::io::Error>(TokioIo::new(
+                            tokio::net::UnixStream::connect(path).await?,
+                        ))
+                    }
+                }))
+                .await
+                .map_err(|e| fail(&source_chain(&e)))
+        }
+        ServerAddress::Tcp { host, port } => {
+            let authority = if host.contains(':') {
+                format!("[{host}]:{port}")
+            } else {
+                format!("{host}:{port}")
+            };
+            let tls = match &server.channel_credentials {
+                ChannelCredentials::Insecure => None,
+                ChannelCredentials::Tls {
+                    ca_certificate_file,
+                    certificate_file,
+                    private_key_file,
+                    ..
+                } => {
+                    let mut cfg = ClientTlsConfig::new().domain_name(
+                        server
+                            .tls_server_name
+                            .clone()
+                            .unwrap_or_else(|| host.clone()),
+                    );
+                    cfg = match ca_certificate_file {
+                        Some(ca) => {
+                            let pem = std::fs::read(ca).map_err(|e| {
+                                format!("cannot read the CA file {}: {e}", ca.display())
+                            })?;
+                            cfg.ca_certificate(Certificate::from_pem(pem))
+                        }
+                        None => cfg.with_native_roots(),
+                    };
+                    if let (Some(c), Some(k)) = (certificate_file, private_key_file) {
+                        let cert = std::fs::read(c)
+                            .map_err(|e| format!("cannot read {}: {e}", c.display()))?;
+                        let key = std::fs::read(k)
+                            .map_err(|e| format!("cannot read {}: {e}", k.display()))?;
+                        cfg = cfg.identity(Identity::from_pem(cert, key));
+                    }
+                    Some(cfg)
+                }
+            };
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            let mut ep = Endpoint::from_shared(format!("{scheme}://{authority}"))
+                .map_err(|e| fail(&e))?
+                .connect_timeout(Duration::from_secs(5))
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(Duration::from_secs(30));
+            if let Some(tls) = tls {
+                ep = ep.tls_config(tls).map_err(|e| fail(&source_chain(&e)))?;
+            }
+            ep.connect().await.map_err(|e| fail(&source_chain(&e)))
+        }
+    }
+}
+
+/// An error with its `source()` chain, for messages users can act on.
+fn source_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

@@ -1,0 +1,414 @@
+//! The xDS client against a real tonic ADS server on 127.0.0.1 (and a unix socket).
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderMap, Method, Uri};
+use mesh_core::{MeshSnapshot, RouteRequest};
+use mesh_xds_client::testing::{self, subset_key};
+use mesh_xds_client::{
+    Backoff, Bootstrap, Protocol, ResourceState, ResourceType, XdsClient, XdsClientBuilder,
+};
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
+use support::FakeAds;
+
+const HOST: &str = "ui.default.svc.cluster.local";
+const TARGET: &str = "xds:///ui.default.svc.cluster.local:80";
+const LISTENER: &str = "ui.default.svc.cluster.local:80";
+
+fn rds() -> String {
+    subset_key(80, "", HOST)
+}
+fn v1() -> String {
+    subset_key(80, "v1", HOST)
+}
+fn v2() -> String {
+    subset_key(80, "v2", HOST)
+}
+fn addr(p: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], p))
+}
+
+fn canary(ads: &FakeAds, w1: u32, w2: u32) {
+    ads.set(
+        ResourceType::Listener,
+        vec![testing::listener(LISTENER, &rds())],
+    );
+    ads.set(
+        ResourceType::RouteConfiguration,
+        vec![testing::route_config(
+            &rds(),
+            &[HOST, LISTENER],
+            &[(&v1(), w1), (&v2(), w2)],
+        )],
+    );
+    ads.set(
+        ResourceType::Cluster,
+        vec![testing::eds_cluster(&v1()), testing::eds_cluster(&v2())],
+    );
+    ads.set(
+        ResourceType::ClusterLoadAssignment,
+        vec![
+            testing::endpoints(&v1(), &[addr(18081)]),
+            testing::endpoints(&v2(), &[addr(18082)]),
+        ],
+    );
+}
+
+fn bootstrap(server_uri: &str, token: Option<&std::path::Path>) -> Bootstrap {
+    let call_creds = token
+        .map(|t| format!(r#", "call_creds": [{{"type": "jwt_token_file", "config": {{"jwt_token_file": "{}"}}}}]"#, t.display()))
+        .unwrap_or_default();
+    Bootstrap::from_json(
+        &format!(
+            r#"{{"xds_servers": [{{"server_uri": "{server_uri}", "channel_creds": [{{"type": "insecure"}}], "server_features": ["xds_v3"]{call_creds}}}],
+                "node": {{"id": "sidecar~127.0.0.1~ui-0.default~default.svc.cluster.local", "metadata": {{"GENERATOR": "grpc"}}}}}}"#
+        ),
+        "test",
+    )
+    .unwrap()
+}
+
+fn fast() -> Backoff {
+    Backoff {
+        initial: Duration::from_millis(50),
+        max: Duration::from_millis(400),
+    }
+}
+
+fn client(server_uri: &str, protocol: Protocol) -> XdsClient {
+    XdsClientBuilder::new(bootstrap(server_uri, None))
+        .protocol(protocol)
+        .target(TARGET)
+        .backoff(fast())
+        .start()
+        .unwrap()
+}
+
+async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(10), f)
+        .await
+        .unwrap_or_else(|_| panic!("timed out: {what}"))
+}
+
+/// Waits until a published snapshot satisfies `f`.
+async fn until(
+    client: &XdsClient,
+    what: &str,
+    f: impl Fn(&MeshSnapshot) -> bool,
+) -> Arc<MeshSnapshot> {
+    let mut rx = client.snapshots();
+    within(what, async {
+        loop {
+            let s = rx.borrow_and_update().clone();
+            if f(&s) {
+                return s;
+            }
+            rx.changed().await.unwrap();
+        }
+    })
+    .await
+}
+
+fn v2_share(snap: &MeshSnapshot) -> f64 {
+    let (m, h) = (Method::GET, HeaderMap::new());
+    let u: Uri = format!("http://{LISTENER}/").parse().unwrap();
+    let req = RouteRequest::new(&m, &u, &h);
+    let mut rng = SmallRng::seed_from_u64(3);
+    let n = 4000;
+    let hits = (0..n)
+        .filter(|_| {
+            *snap
+                .route(LISTENER, &req, &mut rng)
+                .unwrap()
+                .cluster
+                .unwrap()
+                .to_string()
+                == v2()
+        })
+        .count();
+    hits as f64 / n as f64
+}
+
+async fn happy_path(protocol: Protocol) {
+    let ads = FakeAds::new();
+    canary(&ads, 90, 10);
+    let server = ads.serve_tcp(0).await;
+    let c = client(&server.addr.unwrap().to_string(), protocol);
+    let snap = within("ready", c.ready()).await;
+    assert!(!snap.is_stale());
+    assert!(
+        (0.08..=0.12).contains(&v2_share(&snap)),
+        "{}",
+        v2_share(&snap)
+    );
+    let status = c.status().await.unwrap();
+    assert!(status.health.connected && status.health.ready);
+    assert_eq!(status.resources.len(), 6);
+    assert!(
+        status
+            .resources
+            .iter()
+            .all(|r| r.state == ResourceState::Acked),
+        "{:?}",
+        status.resources
+    );
+    // Every type went over the one stream, the node only on the first request.
+    let seen = ads.seen();
+    assert!(seen[0].has_node && seen[1..].iter().all(|s| !s.has_node));
+
+    // A push moves the weights; the next snapshot follows.
+    ads.set(
+        ResourceType::RouteConfiguration,
+        vec![testing::route_config(
+            &rds(),
+            &[HOST, LISTENER],
+            &[(&v1(), 0), (&v2(), 100)],
+        )],
+    );
+    let snap = until(&c, "0/100", |s| {
+        s.listener(LISTENER).is_some() && v2_share(s) == 1.0
+    })
+    .await;
+    assert!(snap.dangling().is_empty());
+    // One endpoint changes.
+    ads.set(
+        ResourceType::ClusterLoadAssignment,
+        vec![
+            testing::endpoints(&v1(), &[addr(18081)]),
+            testing::endpoints(&v2(), &[addr(18092), addr(18093)]),
+        ],
+    );
+    until(&c, "new endpoints", |s| {
+        s.endpoints(&v2()).is_some_and(|e| e.len() == 2)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn sotw_happy_path() {
+    happy_path(Protocol::Sotw).await;
+}
+
+#[tokio::test]
+async fn delta_happy_path() {
+    happy_path(Protocol::Delta).await;
+}
+
+#[tokio::test]
+async fn an_invalid_cluster_is_nacked_by_name_and_the_others_applied() {
+    let ads = FakeAds::new();
+    canary(&ads, 90, 10);
+    let mut bad = testing::eds_cluster_message(&v2());
+    bad.cluster_discovery_type = Some(
+        envoy_types::pb::envoy::config::cluster::v3::cluster::ClusterDiscoveryType::Type(
+            envoy_types::pb::envoy::config::cluster::v3::cluster::DiscoveryType::LogicalDns as i32,
+        ),
+    );
+    ads.set(
+        ResourceType::Cluster,
+        vec![
+            testing::eds_cluster(&v1()),
+            testing::any(ResourceType::Cluster.type_url(), &bad),
+        ],
+    );
+    let server = ads.serve_tcp(0).await;
+    let c = client(&server.addr.unwrap().to_string(), Protocol::Sotw);
+    let nack = ads
+        .wait_for("a CDS NACK", |s| {
+            s.type_url == ResourceType::Cluster.type_url() && s.error.is_some()
+        })
+        .await;
+    assert_eq!(
+        nack.error.as_deref(),
+        Some(format!("cluster {:?}: type: only EDS clusters are supported", v2()).as_str())
+    );
+    assert_eq!(nack.version, "", "nothing accepted before");
+    assert!(nack.nonce.starts_with("nonce-"));
+    let snap = within("ready", c.ready()).await;
+    assert!(snap.cluster(&v1()).is_some() && snap.endpoints(&v1()).is_some());
+    assert!(snap.cluster(&v2()).is_none());
+}
+
+#[tokio::test]
+async fn reconnects_keep_serving_and_resubscribe() {
+    for protocol in [Protocol::Sotw, Protocol::Delta] {
+        let ads = FakeAds::new();
+        canary(&ads, 90, 10);
+        let server = ads.serve_tcp(0).await;
+        let port = server.addr.unwrap().port();
+        let c = client(&format!("127.0.0.1:{port}"), protocol);
+        let before = within("ready", c.ready()).await;
+        server.stop().await;
+        let mut health = c.health();
+        within("disconnect", health.wait_for(|h| !h.connected))
+            .await
+            .unwrap();
+        // The old snapshot is still served while the server is gone.
+        assert!(Arc::ptr_eq(&c.snapshot(), &before));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(c.health().borrow().last_error.is_some());
+        ads.clear_seen();
+        let _server = ads.serve_tcp(port).await;
+        within("reconnect", c.health().wait_for(|h| h.connected))
+            .await
+            .unwrap();
+        let lds = ads
+            .wait_for("LDS after reconnect", |s| {
+                s.type_url == ResourceType::Listener.type_url()
+            })
+            .await;
+        assert!(
+            lds.has_node && lds.nonce.is_empty(),
+            "a new stream starts without nonces: {lds:?}"
+        );
+        let eds = ads
+            .wait_for("EDS after reconnect", |s| {
+                s.type_url == ResourceType::ClusterLoadAssignment.type_url()
+            })
+            .await;
+        match protocol {
+            Protocol::Sotw => assert_eq!(eds.names, [v1(), v2()]),
+            Protocol::Delta => {
+                assert_eq!(eds.names, [v1(), v2()]);
+                assert_eq!(
+                    eds.initial_versions.len(),
+                    2,
+                    "Delta keeps versions: {eds:?}"
+                );
+            }
+        }
+        assert!(Arc::ptr_eq(&c.snapshot(), &before) || c.snapshot().dangling().is_empty());
+    }
+}
+
+#[tokio::test]
+async fn deletion_rules() {
+    let ads = FakeAds::new();
+    canary(&ads, 90, 10);
+    let server = ads.serve_tcp(0).await;
+    let c = client(&server.addr.unwrap().to_string(), Protocol::Sotw);
+    within("ready", c.ready()).await;
+    // EDS absence does not delete.
+    ads.set(
+        ResourceType::ClusterLoadAssignment,
+        vec![testing::endpoints(&v1(), &[addr(18081)])],
+    );
+    ads.wait_for("EDS ACK", |s| {
+        s.type_url == ResourceType::ClusterLoadAssignment.type_url() && s.version == "v5"
+    })
+    .await;
+    assert!(c.snapshot().endpoints(&v2()).is_some());
+    // LDS absence deletes.
+    ads.set(ResourceType::Listener, vec![]);
+    until(&c, "listener removed", |s| s.listener(LISTENER).is_none()).await;
+    let status = c.status().await.unwrap();
+    let l = status
+        .resources
+        .iter()
+        .find(|r| r.name == LISTENER)
+        .unwrap();
+    assert_eq!(l.state, ResourceState::DoesNotExist);
+}
+
+#[tokio::test]
+async fn a_missing_listener_times_out_as_does_not_exist() {
+    let ads = FakeAds::new();
+    let server = ads.serve_tcp(0).await;
+    let c = XdsClientBuilder::new(bootstrap(&server.addr.unwrap().to_string(), None))
+        .protocol(Protocol::Delta)
+        .target("xds:///nothing.default.svc.cluster.local:80")
+        .does_not_exist_timeout(Duration::from_millis(300))
+        .start()
+        .unwrap();
+    let snap = within("ready after the does-not-exist timer", c.ready()).await;
+    assert!(
+        snap.listener("nothing.default.svc.cluster.local:80")
+            .is_none()
+    );
+    let status = c.status().await.unwrap();
+    assert_eq!(status.resources[0].state, ResourceState::DoesNotExist);
+}
+
+#[tokio::test]
+async fn unix_socket_and_bearer_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("XDS");
+    let token = dir.path().join("istio-token");
+    std::fs::write(&token, "header.payload.sig\n").unwrap();
+    let ads = FakeAds::new();
+    canary(&ads, 90, 10);
+    let _server = ads.serve_unix(&sock).await;
+    let c = XdsClientBuilder::new(bootstrap(
+        &format!("unix://{}", sock.display()),
+        Some(&token),
+    ))
+    .target(TARGET)
+    .start()
+    .unwrap();
+    within("ready over a unix socket", c.ready()).await;
+    assert_eq!(
+        ads.seen()[0].authorization.as_deref(),
+        Some("Bearer header.payload.sig")
+    );
+}
+
+#[tokio::test]
+async fn cold_start_from_the_disk_cache_while_the_server_is_down() {
+    let cache = tempfile::tempdir().unwrap();
+    let ads = FakeAds::new();
+    canary(&ads, 90, 10);
+    let server = ads.serve_tcp(0).await;
+    let port = server.addr.unwrap().port();
+    let uri = format!("127.0.0.1:{port}");
+    let start = |uri: &str| {
+        XdsClientBuilder::new(bootstrap(uri, None))
+            .target(TARGET)
+            .cache_dir(cache.path())
+            .backoff(fast())
+            .start()
+            .unwrap()
+    };
+    {
+        let c = start(&uri);
+        within("ready", c.ready()).await;
+        // The cache is written within a tick of the publication.
+        within("cache written", async {
+            while std::fs::read_dir(cache.path()).unwrap().count() == 0 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    server.stop().await;
+
+    // The control plane is down: a new process starts from the cache, marked stale.
+    let c = start(&uri);
+    let snap = within("ready from the cache", c.ready()).await;
+    assert!(snap.is_stale() && c.health().borrow().stale);
+    assert!((0.08..=0.12).contains(&v2_share(&snap)));
+    assert!(!c.health().borrow().connected);
+
+    // It comes back: the client reconciles and the mark goes.
+    let _server = ads.serve_tcp(port).await;
+    let fresh = until(&c, "confirmed", |s| !s.is_stale()).await;
+    assert!(fresh.dangling().is_empty());
+}
+
+#[tokio::test]
+async fn bad_targets_and_protocols_are_reported() {
+    let b = bootstrap("127.0.0.1:1", None);
+    let e = XdsClientBuilder::new(b.clone())
+        .target("ui")
+        .start()
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "invalid target \"ui\": expected host:port or xds:///host:port"
+    );
+}
