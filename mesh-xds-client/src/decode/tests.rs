@@ -1,1 +1,470 @@
+use std::collections::HashMap;
 
+use envoy_types::pb::envoy::config::cluster::v3 as cpb;
+use envoy_types::pb::envoy::config::listener::v3 as lpb;
+use envoy_types::pb::envoy::config::route::v3 as rpb;
+use envoy_types::pb::envoy::extensions::filters::common::fault::v3 as common_fault;
+use envoy_types::pb::envoy::extensions::filters::http::fault::v3 as fault_pb;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
+use envoy_types::pb::envoy::r#type::matcher::v3 as mpb;
+use envoy_types::pb::envoy::r#type::v3::FractionalPercent;
+use envoy_types::pb::google::protobuf::{Duration as PbDuration, UInt32Value};
+use mesh_core::matcher::{HeaderMatchSpec, PathMatchSpec, StringPattern};
+use mesh_core::route::{DestinationSpec, FaultAbortKind, FaultDelayKind};
+use mesh_core::{LbPolicySpec, RouteActionSpec, RouteSourceSpec};
+
+use super::*;
+use crate::testing;
+
+fn err(ty: ResourceType, any: &Any) -> String {
+    decode(ty, any).unwrap_err().message
+}
+
+fn hcm_listener(name: &str, m: hcm::HttpConnectionManager) -> Any {
+    testing::any(
+        ResourceType::Listener.type_url(),
+        &lpb::Listener {
+            name: name.into(),
+            api_listener: Some(lpb::ApiListener {
+                api_listener: Some(testing::any(HCM_TYPE, &m)),
+            }),
+            ..Default::default()
+        },
+    )
+}
+
+#[test]
+fn listeners() {
+    let ok = testing::listener("ui:80", "outbound|80||ui");
+    let Decoded::Listener(l) = decode(ResourceType::Listener, &ok).unwrap() else {
+        panic!()
+    };
+    assert!(l.fault_filter());
+    assert!(matches!(l.routes(), mesh_core::RouteSource::Rds(n) if &**n == "outbound|80||ui"));
+
+    let socket = testing::any(
+        ResourceType::Listener.type_url(),
+        &lpb::Listener {
+            name: "in".into(),
+            ..Default::default()
+        },
+    );
+    assert_eq!(
+        err(ResourceType::Listener, &socket),
+        "listener \"in\": api_listener: is not set: only API listeners are supported on clients"
+    );
+
+    let no_router = hcm::HttpConnectionManager {
+        route_specifier: Some(hcm::http_connection_manager::RouteSpecifier::Rds(
+            hcm::Rds {
+                config_source: None,
+                route_config_name: "r".into(),
+            },
+        )),
+        http_filters: vec![hcm::HttpFilter {
+            name: "x".into(),
+            config_type: Some(hcm::http_filter::ConfigType::TypedConfig(Any {
+                type_url: "type.googleapis.com/some.Unknown".into(),
+                value: vec![],
+            })),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    assert_eq!(
+        err(
+            ResourceType::Listener,
+            &hcm_listener("l", no_router.clone())
+        ),
+        "listener \"l\": api_listener.http_filters[0]: filter \"x\" has unsupported type \"type.googleapis.com/some.Unknown\""
+    );
+    let mut optional = no_router;
+    optional.http_filters[0].is_optional = true;
+    optional.http_filters.push(hcm::HttpFilter {
+        name: "router".into(),
+        config_type: Some(hcm::http_filter::ConfigType::TypedConfig(Any {
+            type_url: "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router".into(),
+            value: vec![],
+        })),
+        ..Default::default()
+    });
+    assert_eq!(
+        err(ResourceType::Listener, &hcm_listener("l", optional)),
+        "listener \"l\": api_listener.rds.config_source: must be ads or self"
+    );
+
+    let wrong = Any {
+        type_url: ResourceType::Cluster.type_url().into(),
+        value: vec![],
+    };
+    assert!(
+        err(ResourceType::Listener, &wrong).starts_with("LDS response holds a resource of type")
+    );
+    let garbage = Any {
+        type_url: ResourceType::Listener.type_url().into(),
+        value: vec![0xff, 0xff],
+    };
+    assert!(err(ResourceType::Listener, &garbage).starts_with("listener resource does not decode"));
+}
+
+#[test]
+fn inline_route_config_errors_are_attributed_to_the_listener() {
+    let m = hcm::HttpConnectionManager {
+        route_specifier: Some(hcm::http_connection_manager::RouteSpecifier::RouteConfig(
+            rpb::RouteConfiguration {
+                name: "inline".into(),
+                virtual_hosts: vec![rpb::VirtualHost {
+                    domains: vec!["a*b".into()],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+        )),
+        http_filters: vec![hcm::HttpFilter {
+            name: "router".into(),
+            config_type: Some(hcm::http_filter::ConfigType::TypedConfig(Any {
+                type_url: "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+                    .into(),
+                value: vec![],
+            })),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let e = err(ResourceType::Listener, &hcm_listener("l", m));
+    assert!(
+        e.starts_with(
+            "listener \"l\": api_listener.route_config.virtual_hosts[0].domains[0]: \"a*b\""
+        ),
+        "{e}"
+    );
+}
+
+fn route(action: Option<rpb::route::Action>, m: rpb::RouteMatch) -> rpb::Route {
+    rpb::Route {
+        name: "r".into(),
+        r#match: Some(m),
+        action,
+        ..Default::default()
+    }
+}
+
+fn prefix(p: &str) -> rpb::RouteMatch {
+    rpb::RouteMatch {
+        path_specifier: Some(rpb::route_match::PathSpecifier::Prefix(p.into())),
+        ..Default::default()
+    }
+}
+
+fn to(c: &str) -> Option<rpb::route::Action> {
+    Some(rpb::route::Action::Route(rpb::RouteAction {
+        cluster_specifier: Some(rpb::route_action::ClusterSpecifier::Cluster(c.into())),
+        ..Default::default()
+    }))
+}
+
+#[test]
+#[allow(deprecated)]
+fn routes_map_matchers_actions_retries_and_faults() {
+    let mut m = prefix("/orders");
+    m.case_sensitive = Some(envoy_types::pb::google::protobuf::BoolValue { value: false });
+    m.headers = vec![
+        rpb::HeaderMatcher {
+            name: "version".into(),
+            header_match_specifier: Some(rpb::header_matcher::HeaderMatchSpecifier::ExactMatch(
+                "beta".into(),
+            )),
+            ..Default::default()
+        },
+        rpb::HeaderMatcher {
+            name: "x-id".into(),
+            header_match_specifier: Some(rpb::header_matcher::HeaderMatchSpecifier::StringMatch(
+                mpb::StringMatcher {
+                    match_pattern: Some(mpb::string_matcher::MatchPattern::Prefix("a".into())),
+                    ignore_case: true,
+                },
+            )),
+            invert_match: true,
+            ..Default::default()
+        },
+    ];
+    let mut action = rpb::RouteAction {
+        cluster_specifier: Some(rpb::route_action::ClusterSpecifier::Cluster("c".into())),
+        timeout: Some(PbDuration {
+            seconds: 3,
+            nanos: 0,
+        }),
+        retry_policy: Some(rpb::RetryPolicy {
+            retry_on: "5xx,connect-failure".into(),
+            num_retries: Some(UInt32Value { value: 3 }),
+            per_try_timeout: Some(PbDuration {
+                seconds: 2,
+                nanos: 0,
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    action
+        .request_mirror_policies
+        .push(rpb::route_action::RequestMirrorPolicy {
+            cluster: "shadow".into(),
+            runtime_fraction: Some(
+                envoy_types::pb::envoy::config::core::v3::RuntimeFractionalPercent {
+                    default_value: Some(FractionalPercent {
+                        numerator: 10,
+                        denominator: 0,
+                    }),
+                    runtime_key: String::new(),
+                },
+            ),
+            ..Default::default()
+        });
+    let f = fault_pb::HttpFault {
+        abort: Some(fault_pb::FaultAbort {
+            error_type: Some(fault_pb::fault_abort::ErrorType::HttpStatus(400)),
+            percentage: Some(FractionalPercent {
+                numerator: 100_000,
+                denominator: 2,
+            }),
+        }),
+        delay: Some(common_fault::FaultDelay {
+            fault_delay_secifier: Some(common_fault::fault_delay::FaultDelaySecifier::FixedDelay(
+                PbDuration {
+                    seconds: 0,
+                    nanos: 5_000_000,
+                },
+            )),
+            percentage: None,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let mut r = route(Some(rpb::route::Action::Route(action)), m);
+    r.typed_per_filter_config = HashMap::from([(
+        "envoy.filters.http.fault".to_string(),
+        testing::any(FAULT_TYPE, &f),
+    )]);
+    let redirect = route(
+        Some(rpb::route::Action::Redirect(Default::default())),
+        prefix("/old"),
+    );
+    let rc = rpb::RouteConfiguration {
+        name: "rc".into(),
+        virtual_hosts: vec![rpb::VirtualHost {
+            name: "v".into(),
+            domains: vec!["*".into()],
+            routes: vec![redirect, r],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let spec = route_config_spec(&rc).unwrap();
+    let routes = &spec.virtual_hosts[0].routes;
+    assert_eq!(routes.len(), 1, "the redirect route is ignored, not NACKed");
+    let r = &routes[0];
+    assert_eq!(r.matcher.path, PathMatchSpec::Prefix("/orders".into()));
+    assert!(!r.matcher.case_sensitive);
+    assert!(
+        matches!(&r.matcher.headers[0].matcher, HeaderMatchSpec::String(s) if s.pattern == StringPattern::Exact("beta".into()))
+    );
+    assert!(r.matcher.headers[1].invert);
+    assert!(matches!(&r.matcher.headers[1].matcher, HeaderMatchSpec::String(s) if s.ignore_case));
+    let RouteActionSpec::Forward(a) = &r.action else {
+        panic!()
+    };
+    assert_eq!(a.destination, DestinationSpec::Cluster("c".into()));
+    assert_eq!(a.timeouts.timeout, Some(std::time::Duration::from_secs(3)));
+    let retry = a.retry_policy.as_ref().unwrap();
+    assert_eq!(
+        (retry.retry_on.as_str(), retry.num_retries),
+        ("5xx,connect-failure", Some(3))
+    );
+    assert_eq!(
+        a.mirrors[0].fraction,
+        Some(mesh_core::Fraction::percent(10))
+    );
+    let fault = r.fault.unwrap();
+    assert_eq!(fault.abort.unwrap().kind, FaultAbortKind::Http(400));
+    assert_eq!(fault.abort.unwrap().percentage.as_per_million(), 100_000);
+    assert_eq!(
+        fault.delay.unwrap().kind,
+        FaultDelayKind::Fixed(std::time::Duration::from_millis(5))
+    );
+    assert_eq!(
+        fault.delay.unwrap().percentage.as_per_million(),
+        0,
+        "unset percentage means 0%"
+    );
+}
+
+#[test]
+fn route_errors() {
+    let no_path = route(to("c"), rpb::RouteMatch::default());
+    let rc = rpb::RouteConfiguration {
+        name: "rc".into(),
+        virtual_hosts: vec![rpb::VirtualHost {
+            domains: vec!["*".into()],
+            routes: vec![no_path],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    assert_eq!(
+        route_config_spec(&rc).unwrap_err().to_string(),
+        "route configuration \"rc\": virtual_hosts[0].routes[0].match.path_specifier: is not set"
+    );
+    let neg = rpb::RouteAction {
+        cluster_specifier: Some(rpb::route_action::ClusterSpecifier::Cluster("c".into())),
+        timeout: Some(PbDuration {
+            seconds: -1,
+            nanos: 0,
+        }),
+        ..Default::default()
+    };
+    let rc = rpb::RouteConfiguration {
+        name: "rc".into(),
+        virtual_hosts: vec![rpb::VirtualHost {
+            domains: vec!["*".into()],
+            routes: vec![route(Some(rpb::route::Action::Route(neg)), prefix("/"))],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    assert_eq!(
+        route_config_spec(&rc).unwrap_err().to_string(),
+        "route configuration \"rc\": virtual_hosts[0].routes[0].route.timeout: -1s 0ns is not a valid non-negative duration"
+    );
+}
+
+#[test]
+fn clusters_map_policies_and_reject_what_they_cannot_serve() {
+    let mut c = testing::eds_cluster_message("c");
+    c.lb_policy = cpb::cluster::LbPolicy::RingHash as i32;
+    c.lb_config = Some(cpb::cluster::LbConfig::RingHashLbConfig(
+        cpb::cluster::RingHashLbConfig {
+            minimum_ring_size: Some(envoy_types::pb::google::protobuf::UInt64Value { value: 2048 }),
+            ..Default::default()
+        },
+    ));
+    c.circuit_breakers = Some(cpb::CircuitBreakers {
+        thresholds: vec![cpb::circuit_breakers::Thresholds {
+            max_requests: Some(UInt32Value { value: 100 }),
+            max_pending_requests: Some(UInt32Value { value: 10 }),
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
+    c.outlier_detection = Some(cpb::OutlierDetection {
+        consecutive_5xx: Some(UInt32Value { value: 1 }),
+        interval: Some(PbDuration {
+            seconds: 5,
+            nanos: 0,
+        }),
+        base_ejection_time: Some(PbDuration {
+            seconds: 300,
+            nanos: 0,
+        }),
+        max_ejection_percent: Some(UInt32Value { value: 100 }),
+        ..Default::default()
+    });
+    let spec = cluster_spec(&c).unwrap();
+    assert_eq!(
+        spec.lb_policy,
+        LbPolicySpec::RingHash {
+            min_ring_size: Some(2048),
+            max_ring_size: None
+        }
+    );
+    assert_eq!(
+        (
+            spec.circuit_breakers.max_requests,
+            spec.circuit_breakers.max_pending_requests
+        ),
+        (Some(100), Some(10))
+    );
+    let od = spec.outlier_detection.unwrap();
+    assert_eq!(
+        (od.consecutive_5xx, od.max_ejection_percent),
+        (Some(1), Some(100))
+    );
+    assert_eq!(spec.eds_service_name.as_deref(), Some("c"));
+
+    let mut bad = testing::eds_cluster_message("c");
+    bad.eds_cluster_config.as_mut().unwrap().eds_config = None;
+    assert_eq!(
+        cluster_spec(&bad).unwrap_err().to_string(),
+        "cluster \"c\": eds_cluster_config.eds_config: must be ads or self"
+    );
+    let mut bad = testing::eds_cluster_message("c");
+    bad.outlier_detection = Some(cpb::OutlierDetection {
+        max_ejection_percent: Some(UInt32Value { value: 150 }),
+        ..Default::default()
+    });
+    let e = decode(
+        ResourceType::Cluster,
+        &testing::any(ResourceType::Cluster.type_url(), &bad),
+    )
+    .unwrap_err();
+    assert_eq!(e.name.as_deref(), Some("c"));
+    assert_eq!(
+        e.message,
+        "cluster \"c\": outlier_detection.max_ejection_percent: 150 is greater than 100"
+    );
+}
+
+#[test]
+fn endpoints_map_and_validate() {
+    let ok = testing::endpoints(
+        "c",
+        &[
+            "127.0.0.1:8080".parse().unwrap(),
+            "[::1]:9090".parse().unwrap(),
+        ],
+    );
+    let Decoded::Endpoints(e) = decode(ResourceType::ClusterLoadAssignment, &ok).unwrap() else {
+        panic!()
+    };
+    assert_eq!(e.len(), 2);
+    assert_eq!(e.endpoints()[1].address, "[::1]:9090".parse().unwrap());
+    use envoy_types::pb::envoy::config::core::v3 as core;
+    use envoy_types::pb::envoy::config::endpoint::v3 as epb;
+    let cla = epb::ClusterLoadAssignment {
+        cluster_name: "c".into(),
+        endpoints: vec![epb::LocalityLbEndpoints {
+            lb_endpoints: vec![epb::LbEndpoint {
+                host_identifier: Some(epb::lb_endpoint::HostIdentifier::Endpoint(epb::Endpoint {
+                    address: Some(core::Address {
+                        address: Some(core::address::Address::SocketAddress(core::SocketAddress {
+                            address: "reviews.default".into(),
+                            port_specifier: Some(core::socket_address::PortSpecifier::PortValue(
+                                80,
+                            )),
+                            ..Default::default()
+                        })),
+                    }),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    assert_eq!(
+        load_assignment_spec(&cla).unwrap_err().to_string(),
+        "cluster load assignment \"c\": endpoints[0].lb_endpoints[0].endpoint.address.socket_address.address: \"reviews.default\" is not an IP address"
+    );
+}
+
+#[test]
+fn listeners_with_inline_routes_map() {
+    let spec = listener_spec(
+        &envoy_types::pb::envoy::config::listener::v3::Listener::decode(
+            &*testing::listener("a:1", "r").value,
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(spec.routes, RouteSourceSpec::Rds("r".into()));
+}
