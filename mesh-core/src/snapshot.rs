@@ -14,14 +14,16 @@ use crate::route::{NoRoute, Route, RouteAction, RouteConfig, VirtualHost};
 
 /// Listeners, route configurations, clusters and endpoints, each looked up by name in O(1).
 ///
-/// Immutable once published: the xDS client clones it (the maps hold `Arc`s, so a clone
-/// copies pointers, not resources), applies a change, and publishes the new one whole.
+/// Immutable once published: the xDS client clones it, applies a change, and publishes the new
+/// one whole. Each map sits behind its own `Arc` and is copied only when changed, so a clone
+/// costs four pointer copies and an update costs the size of the one map it touches (an
+/// endpoint change does not copy the listeners, routes or clusters).
 #[derive(Debug, Clone, Default)]
 pub struct MeshSnapshot {
-    listeners: HashMap<Arc<str>, Arc<Listener>>,
-    route_configs: HashMap<Arc<str>, Arc<RouteConfig>>,
-    clusters: HashMap<Arc<str>, Arc<Cluster>>,
-    endpoints: HashMap<Arc<str>, Arc<EndpointSet>>,
+    listeners: Arc<HashMap<Arc<str>, Arc<Listener>>>,
+    route_configs: Arc<HashMap<Arc<str>, Arc<RouteConfig>>>,
+    clusters: Arc<HashMap<Arc<str>, Arc<Cluster>>>,
+    endpoints: Arc<HashMap<Arc<str>, Arc<EndpointSet>>>,
     stale: bool,
 }
 
@@ -82,45 +84,61 @@ impl MeshSnapshot {
     /// Adds or replaces a listener.
     pub fn insert_listener(&mut self, listener: impl Into<Arc<Listener>>) {
         let listener = listener.into();
-        self.listeners.insert(listener.name().clone(), listener);
+        Arc::make_mut(&mut self.listeners).insert(listener.name().clone(), listener);
     }
 
     /// Adds or replaces a route configuration.
     pub fn insert_route_config(&mut self, rc: impl Into<Arc<RouteConfig>>) {
         let rc = rc.into();
-        self.route_configs.insert(rc.name().clone(), rc);
+        Arc::make_mut(&mut self.route_configs).insert(rc.name().clone(), rc);
     }
 
     /// Adds or replaces a cluster.
     pub fn insert_cluster(&mut self, cluster: impl Into<Arc<Cluster>>) {
         let cluster = cluster.into();
-        self.clusters.insert(cluster.name().clone(), cluster);
+        Arc::make_mut(&mut self.clusters).insert(cluster.name().clone(), cluster);
     }
 
     /// Adds or replaces the endpoints of an EDS service.
     pub fn insert_endpoints(&mut self, set: impl Into<Arc<EndpointSet>>) {
         let set = set.into();
-        self.endpoints.insert(set.cluster_name().clone(), set);
+        Arc::make_mut(&mut self.endpoints).insert(set.cluster_name().clone(), set);
     }
 
     /// Removes a listener.
     pub fn remove_listener(&mut self, name: &str) -> Option<Arc<Listener>> {
-        self.listeners.remove(name)
+        if self.listeners.contains_key(name) {
+            Arc::make_mut(&mut self.listeners).remove(name)
+        } else {
+            None
+        }
     }
 
     /// Removes a route configuration.
     pub fn remove_route_config(&mut self, name: &str) -> Option<Arc<RouteConfig>> {
-        self.route_configs.remove(name)
+        if self.route_configs.contains_key(name) {
+            Arc::make_mut(&mut self.route_configs).remove(name)
+        } else {
+            None
+        }
     }
 
     /// Removes a cluster.
     pub fn remove_cluster(&mut self, name: &str) -> Option<Arc<Cluster>> {
-        self.clusters.remove(name)
+        if self.clusters.contains_key(name) {
+            Arc::make_mut(&mut self.clusters).remove(name)
+        } else {
+            None
+        }
     }
 
     /// Removes the endpoints of an EDS service.
     pub fn remove_endpoints(&mut self, name: &str) -> Option<Arc<EndpointSet>> {
-        self.endpoints.remove(name)
+        if self.endpoints.contains_key(name) {
+            Arc::make_mut(&mut self.endpoints).remove(name)
+        } else {
+            None
+        }
     }
 
     /// A listener by name.

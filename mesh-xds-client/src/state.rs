@@ -163,6 +163,12 @@ struct TypeState {
     /// Last nonce received on this stream.
     nonce: String,
     entries: BTreeMap<String, Entry>,
+    /// Wanted names not yet resolved (kept alongside `entries` so that checks are O(1)).
+    pending: BTreeSet<String>,
+    /// Names whose value came from the disk cache and is unconfirmed.
+    cached: BTreeSet<String>,
+    /// `wanted` changed since the last request of this type.
+    wanted_changed: bool,
 }
 
 /// The protocol state of one client.
@@ -178,11 +184,36 @@ pub struct AdsState {
     node_sent: bool,
     /// An entry's value changed since the last publication.
     dirty: bool,
+    /// A listener, route configuration or cluster changed, so the names wanted below it may have.
+    derived_dirty: bool,
+    /// Every entry's value, kept up to date change by change, so that publishing costs the
+    /// size of what changed rather than of the whole mesh.
+    working: MeshSnapshot,
     published: Option<Arc<MeshSnapshot>>,
 }
 
 fn index(t: ResourceType) -> usize {
     t as usize
+}
+
+/// Puts a resource into the working snapshot.
+fn put(working: &mut MeshSnapshot, d: &Decoded) {
+    match d {
+        Decoded::Listener(l) => working.insert_listener(l.clone()),
+        Decoded::RouteConfig(r) => working.insert_route_config(r.clone()),
+        Decoded::Cluster(c) => working.insert_cluster(c.clone()),
+        Decoded::Endpoints(e) => working.insert_endpoints(e.clone()),
+    }
+}
+
+/// Takes a resource out of the working snapshot.
+fn take(working: &mut MeshSnapshot, ty: ResourceType, name: &str) {
+    match ty {
+        ResourceType::Listener => drop(working.remove_listener(name)),
+        ResourceType::RouteConfiguration => drop(working.remove_route_config(name)),
+        ResourceType::Cluster => drop(working.remove_cluster(name)),
+        ResourceType::ClusterLoadAssignment => drop(working.remove_endpoints(name)),
+    }
 }
 
 impl AdsState {
@@ -199,6 +230,8 @@ impl AdsState {
             connected: false,
             node_sent: false,
             dirty: false,
+            derived_dirty: false,
+            working: MeshSnapshot::new(),
             published: None,
         }
     }
@@ -259,9 +292,7 @@ impl AdsState {
 
     /// Whether any resource in use came from the disk cache and is not yet confirmed.
     pub fn is_stale(&self) -> bool {
-        self.types
-            .iter()
-            .any(|t| t.entries.values().any(|e| e.state == ResourceState::Cached))
+        self.types.iter().any(|t| !t.cached.is_empty())
     }
 
     /// Adds a listener (`host:port`, after the listener-name template).
@@ -269,6 +300,7 @@ impl AdsState {
         if !self.listeners.insert(name.to_string()) {
             return Vec::new();
         }
+        self.derived_dirty = true;
         self.cascade(now, None)
     }
 
@@ -277,6 +309,7 @@ impl AdsState {
         if !self.listeners.remove(name) {
             return Vec::new();
         }
+        self.derived_dirty = true;
         self.cascade(now, None)
     }
 
@@ -288,6 +321,7 @@ impl AdsState {
         for t in &mut self.types {
             t.nonce.clear();
             t.sent = None;
+            t.wanted_changed = true;
         }
         let mut out = Vec::new();
         for ty in ResourceType::ALL {
@@ -312,12 +346,13 @@ impl AdsState {
     pub fn on_tick(&mut self, now: Instant) -> Vec<Output> {
         let mut changed = false;
         for t in &mut self.types {
-            for e in t.entries.values_mut() {
+            for (name, e) in t.entries.iter_mut() {
                 if let Some(at) = e.requested_at
                     && e.value.is_none()
                     && e.state == ResourceState::Requested
                     && now.saturating_duration_since(at) >= self.dne_timeout
                 {
+                    t.pending.remove(name);
                     e.state = ResourceState::DoesNotExist;
                     e.requested_at = None;
                     e.last_updated = Some(now);
@@ -372,6 +407,9 @@ impl AdsState {
             let t = &mut self.types[index(ty)];
             for (name, e) in t.entries.iter_mut() {
                 if !seen.contains(name) && e.value.is_some() {
+                    take(&mut self.working, ty, name);
+                    t.cached.remove(name);
+                    self.derived_dirty = true;
                     e.value = None;
                     e.raw = None;
                     e.version.clear();
@@ -381,6 +419,7 @@ impl AdsState {
                 } else if !seen.contains(name) && e.state == ResourceState::Requested {
                     // A SotW response for this type that omits a requested LDS/CDS name means
                     // the server does not have it.
+                    t.pending.remove(name);
                     e.state = ResourceState::DoesNotExist;
                     e.requested_at = None;
                     e.last_updated = Some(now);
@@ -428,7 +467,14 @@ impl AdsState {
             }
         }
         for name in &resp.removed_resources {
-            if let Some(e) = self.types[index(ty)].entries.get_mut(name) {
+            let t = &mut self.types[index(ty)];
+            if let Some(e) = t.entries.get_mut(name) {
+                if e.value.is_some() {
+                    take(&mut self.working, ty, name);
+                    self.derived_dirty |= ty != ResourceType::ClusterLoadAssignment;
+                }
+                t.pending.remove(name);
+                t.cached.remove(name);
                 e.value = None;
                 e.raw = None;
                 e.version.clear();
@@ -465,7 +511,11 @@ impl AdsState {
                 let Some(e) = t.entries.get_mut(&name) else {
                     return Ok(None);
                 };
+                t.pending.remove(&name);
+                t.cached.remove(&name);
                 if e.raw.as_ref() != Some(any) || e.value.is_none() {
+                    self.derived_dirty |= ty != ResourceType::ClusterLoadAssignment;
+                    put(&mut self.working, &decoded);
                     e.value = Some(decoded);
                     e.raw = Some(any.clone());
                     self.dirty = true;
@@ -481,6 +531,8 @@ impl AdsState {
                 if let Some(name) = &err.name
                     && let Some(e) = t.entries.get_mut(name)
                 {
+                    t.pending.remove(name);
+                    t.cached.remove(name);
                     e.state = ResourceState::Nacked {
                         version: version.to_string(),
                         error: err.message.clone(),
@@ -504,6 +556,20 @@ impl AdsState {
         now: Instant,
         answered: Option<(ResourceType, Option<String>)>,
     ) -> Vec<Output> {
+        let mut out = Vec::new();
+        let answered_type = answered.as_ref().map(|a| a.0);
+        let mut nack = answered.and_then(|a| a.1);
+        if !std::mem::take(&mut self.derived_dirty) {
+            // Only endpoints (or nothing) changed: no subscription can have moved, so the cost
+            // stays proportional to the change.
+            if let Some(ty) = answered_type
+                && self.connected
+            {
+                out.push(Output::Send(self.request(ty, now, nack.take())));
+            }
+            out.extend(self.maybe_publish());
+            return out;
+        }
         let listeners = self.listeners.clone();
         let (mut routes, mut clusters, mut endpoints) =
             (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
@@ -530,26 +596,34 @@ impl AdsState {
             }
         }
         let mut wanted = [listeners, routes, clusters, endpoints];
-        let mut out = Vec::new();
-        let answered_type = answered.as_ref().map(|a| a.0);
-        let mut nack = answered.and_then(|a| a.1);
         for ty in ResourceType::ALL {
             let t = &mut self.types[index(ty)];
             let changed = t.wanted != wanted[index(ty)];
             if changed {
                 let next = std::mem::take(&mut wanted[index(ty)]);
+                let working = &mut self.working;
+                let dirty = &mut self.dirty;
+                let (pending, cached) = (&mut t.pending, &mut t.cached);
                 t.entries.retain(|name, e| {
                     let keep = next.contains(name);
-                    if !keep && e.value.is_some() {
-                        // Removing a resource changes the snapshot.
-                        self.dirty = true;
+                    if !keep {
+                        pending.remove(name);
+                        cached.remove(name);
+                        if e.value.is_some() {
+                            take(working, ty, name);
+                            *dirty = true;
+                        }
                     }
                     keep
                 });
                 for name in &next {
-                    t.entries.entry(name.clone()).or_insert_with(Entry::new);
+                    t.entries.entry(name.clone()).or_insert_with(|| {
+                        pending.insert(name.clone());
+                        Entry::new()
+                    });
                 }
                 t.wanted = next;
+                t.wanted_changed = true;
             }
             if (changed && self.connected) || answered_type == Some(ty) {
                 let error = if answered_type == Some(ty) {
@@ -581,10 +655,14 @@ impl AdsState {
         self.node_sent = true;
         let protocol = self.protocol;
         let t = &mut self.types[index(ty)];
-        for (name, e) in t.entries.iter_mut() {
-            let newly_sent = t.sent.as_ref().is_none_or(|s| !s.contains(name));
-            if newly_sent && e.value.is_none() && e.state == ResourceState::Requested {
-                e.requested_at = Some(now);
+        let resubscribe = t.wanted_changed || t.sent.is_none();
+        t.wanted_changed = false;
+        if resubscribe {
+            for (name, e) in t.entries.iter_mut() {
+                let newly_sent = t.sent.as_ref().is_none_or(|s| !s.contains(name));
+                if newly_sent && e.value.is_none() && e.state == ResourceState::Requested {
+                    e.requested_at = Some(now);
+                }
             }
         }
         let error_detail = error.map(|message| Status {
@@ -597,6 +675,13 @@ impl AdsState {
                 version_info: t.version.clone(),
                 node,
                 resource_names: t.wanted.iter().cloned().collect(),
+                type_url: ty.type_url().to_string(),
+                response_nonce: t.nonce.clone(),
+                error_detail,
+                ..Default::default()
+            }),
+            Protocol::Delta if !resubscribe => Request::Delta(DeltaDiscoveryRequest {
+                node,
                 type_url: ty.type_url().to_string(),
                 response_nonce: t.nonce.clone(),
                 error_detail,
@@ -626,7 +711,9 @@ impl AdsState {
                 })
             }
         };
-        t.sent = Some(t.wanted.clone());
+        if resubscribe {
+            t.sent = Some(t.wanted.clone());
+        }
         request
     }
 
@@ -640,26 +727,18 @@ impl AdsState {
         if !self.dirty && !stale_changed {
             return None;
         }
-        let all_resolved = self.types.iter().all(|t| {
-            t.wanted
+        let all_resolved = self.types.iter().all(|t| t.pending.is_empty());
+        debug_assert_eq!(
+            all_resolved,
+            self.types.iter().all(|t| t
+                .wanted
                 .iter()
-                .all(|n| t.entries.get(n).is_some_and(Entry::resolved))
-        });
+                .all(|n| t.entries.get(n).is_some_and(Entry::resolved)))
+        );
         if !all_resolved {
             return None;
         }
-        let mut snap = MeshSnapshot::new();
-        for t in &self.types {
-            for e in t.entries.values() {
-                match &e.value {
-                    Some(Decoded::Listener(l)) => snap.insert_listener(l.clone()),
-                    Some(Decoded::RouteConfig(r)) => snap.insert_route_config(r.clone()),
-                    Some(Decoded::Cluster(c)) => snap.insert_cluster(c.clone()),
-                    Some(Decoded::Endpoints(e)) => snap.insert_endpoints(e.clone()),
-                    None => {}
-                }
-            }
-        }
+        let mut snap = self.working.clone();
         snap.set_stale(self.is_stale());
         self.dirty = false;
         let snap = Arc::new(snap);
@@ -697,7 +776,9 @@ impl AdsState {
             for (ty, version, any) in pending {
                 match self.apply(ty, &any, &version, now) {
                     Ok(Some(name)) => {
-                        if let Some(e) = self.types[index(ty)].entries.get_mut(&name) {
+                        let t = &mut self.types[index(ty)];
+                        if let Some(e) = t.entries.get_mut(&name) {
+                            t.cached.insert(name);
                             e.state = ResourceState::Cached;
                         }
                     }

@@ -236,7 +236,6 @@ fn routes_map_matchers_actions_retries_and_faults() {
                 },
             )),
             percentage: None,
-            ..Default::default()
         }),
         ..Default::default()
     };
