@@ -11,3 +11,5 @@
 pub use mesh_core as core;
 pub use mesh_tower as tower;
 pub use mesh_xds_client as xds;
+
+pub mod cli;

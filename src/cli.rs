@@ -1,0 +1,274 @@
+//! The `mesh` CLI's commands, as functions that return their output (so tests can run them).
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use mesh_core::route::Destination;
+use mesh_core::{LbConfig, MeshSnapshot, RouteAction, RouteSource};
+use mesh_xds_client::{Bootstrap, Protocol, ResourceState, XdsClientBuilder, XdsStatus};
+use serde_json::{Value, json};
+
+/// Arguments of `mesh config-dump`.
+#[derive(Debug, Clone)]
+pub struct ConfigDumpArgs {
+    /// Bootstrap file; `None` reads the gRPC environment variables.
+    pub bootstrap: Option<PathBuf>,
+    /// Targets (`host:port` or `xds:///host:port`).
+    pub targets: Vec<String>,
+    /// `sotw` or `delta`.
+    pub protocol: Option<String>,
+    /// Disk cache directory.
+    pub cache_dir: Option<PathBuf>,
+    /// How long to wait for the configuration.
+    pub timeout: Duration,
+    /// One JSON object instead of text.
+    pub json: bool,
+}
+
+/// Connects, waits until the targets' configuration is complete, and renders it with the xDS
+/// status. On timeout the error lists what is still missing.
+pub async fn config_dump(args: ConfigDumpArgs) -> Result<String, String> {
+    let bootstrap = match &args.bootstrap {
+        Some(path) => Bootstrap::from_file(path),
+        None => Bootstrap::from_env(),
+    }
+    .map_err(|e| e.to_string())?;
+    let mut builder = XdsClientBuilder::new(bootstrap);
+    if let Some(p) = &args.protocol {
+        builder = builder.protocol(
+            p.parse::<Protocol>()
+                .map_err(|e| format!("--xds-protocol: {e}"))?,
+        );
+    }
+    if let Some(dir) = &args.cache_dir {
+        builder = builder.cache_dir(dir);
+    }
+    for t in &args.targets {
+        builder = builder.target(t);
+    }
+    let client = builder.start().map_err(|e| e.to_string())?;
+    let ready = tokio::time::timeout(args.timeout, client.ready()).await;
+    let status = client.status().await.ok_or("the xDS client stopped")?;
+    let snapshot = match ready {
+        Ok(s) => s,
+        Err(_) => return Err(missing(&status, args.timeout)),
+    };
+    Ok(if args.json {
+        let mut v = snapshot_json(&snapshot);
+        v["xds"] = status_json(&status);
+        format!("{}\n", serde_json::to_string_pretty(&v).unwrap_or_default())
+    } else {
+        render_text(&snapshot, &status)
+    })
+}
+
+fn missing(status: &XdsStatus, timeout: Duration) -> String {
+    let mut msg = format!("no complete configuration after {timeout:?}");
+    if let Some(e) = &status.health.last_error {
+        let _ = write!(msg, "; last error: {e}");
+    } else if !status.health.connected {
+        msg.push_str("; not connected to the control plane");
+    }
+    let waiting: Vec<String> = status
+        .resources
+        .iter()
+        .filter(|r| r.state == ResourceState::Requested)
+        .map(|r| format!("{} {}", r.resource_type, r.name))
+        .collect();
+    if !waiting.is_empty() {
+        let _ = write!(msg, "; still waiting for: {}", waiting.join(", "));
+    }
+    msg
+}
+
+fn lb_name(lb: &LbConfig) -> String {
+    match lb {
+        LbConfig::RoundRobin => "ROUND_ROBIN".into(),
+        LbConfig::Random => "RANDOM".into(),
+        LbConfig::LeastRequest { choice_count } => {
+            format!("LEAST_REQUEST(choice_count={choice_count})")
+        }
+        LbConfig::PeakEwma { decay, .. } => format!("PEAK_EWMA(decay={decay:?})"),
+        LbConfig::RingHash {
+            min_ring_size,
+            max_ring_size,
+        } => format!("RING_HASH(min={min_ring_size}, max={max_ring_size})"),
+        LbConfig::Maglev { table_size } => format!("MAGLEV(table_size={table_size})"),
+    }
+}
+
+/// The snapshot as JSON: listeners with their routes, clusters with policies, endpoints.
+pub fn snapshot_json(s: &MeshSnapshot) -> Value {
+    let mut listeners: Vec<Value> = s
+        .listeners()
+        .map(|l| {
+            let routes = s.listener_routes(l).map(|rc| {
+                json!({
+                    "name": &**rc.name(),
+                    "virtual_hosts": rc.virtual_hosts().iter().map(|vh| json!({
+                        "name": vh.name(),
+                        "domains": vh.domains().iter().map(|d| &**d).collect::<Vec<_>>(),
+                        "routes": vh.routes().iter().map(|r| match r.action() {
+                            RouteAction::Forward(f) => json!({
+                                "name": r.name(),
+                                "clusters": match &f.destination {
+                                    Destination::Cluster(c) => json!({&**c: 1}),
+                                    Destination::Weighted(w) => Value::Object(w.entries().iter().map(|(c, w)| (c.to_string(), json!(w))).collect()),
+                                },
+                                "timeout_ms": f.timeouts.route_timeout().map(|d| d.as_millis() as u64),
+                                "retry": f.retry_policy.as_ref().map(|p| json!({
+                                    "retry_on": p.retry_on().names().collect::<Vec<_>>(),
+                                    "num_retries": p.num_retries(),
+                                    "per_try_timeout_ms": p.per_try_timeout().map(|d| d.as_millis() as u64),
+                                })),
+                                "mirrors": f.mirrors.iter().map(|m| json!({"cluster": &*m.cluster, "per_million": m.fraction.as_per_million()})).collect::<Vec<_>>(),
+                                "fault": r.fault().is_some(),
+                            }),
+                            RouteAction::NonForwarding => json!({"name": r.name(), "non_forwarding": true}),
+                        }).collect::<Vec<_>>(),
+                    })).collect::<Vec<_>>(),
+                })
+            });
+            json!({
+                "name": &**l.name(),
+                "rds": match l.routes() { RouteSource::Rds(n) => Some(n.to_string()), RouteSource::Inline(_) => None },
+                "route_config": routes,
+            })
+        })
+        .collect();
+    listeners.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+    let mut clusters: Vec<Value> = s
+        .clusters()
+        .map(|c| {
+            let t = c.thresholds();
+            let eps = s.cluster_endpoints(c);
+            json!({
+                "name": &**c.name(),
+                "lb_policy": lb_name(c.lb()),
+                "circuit_breakers": {"max_connections": t.max_connections, "max_pending_requests": t.max_pending_requests, "max_requests": t.max_requests, "max_retries": t.max_retries},
+                "outlier_detection": c.outlier_detection().map(|o| json!({
+                    "consecutive_5xx": o.consecutive_5xx, "interval_ms": o.interval.as_millis() as u64,
+                    "base_ejection_time_ms": o.base_ejection_time.as_millis() as u64, "max_ejection_percent": o.max_ejection_percent,
+                })),
+                "tls": c.tls().is_some(),
+                "endpoints": eps.map(|e| e.endpoints().iter().map(|ep| json!({
+                    "address": ep.address.to_string(),
+                    "weight": ep.weight,
+                    "health": format!("{:?}", ep.health).to_uppercase(),
+                    "locality": e.localities()[ep.locality as usize].locality.to_string(),
+                    "priority": ep.priority,
+                    "labels": &*ep.labels,
+                })).collect::<Vec<_>>()),
+            })
+        })
+        .collect();
+    clusters.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+    json!({"stale": s.is_stale(), "listeners": listeners, "clusters": clusters})
+}
+
+/// The xDS status as JSON.
+pub fn status_json(st: &XdsStatus) -> Value {
+    json!({
+        "connected": st.health.connected,
+        "stale": st.health.stale,
+        "protocol": format!("{:?}", st.protocol).to_lowercase(),
+        "last_error": st.health.last_error,
+        "types": st.types.iter().map(|(t, v, n)| json!({"type": t.short_name(), "version": v, "nonce": n})).collect::<Vec<_>>(),
+        "resources": st.resources.iter().map(|r| json!({
+            "type": r.resource_type.short_name(),
+            "name": r.name,
+            "version": r.version,
+            "state": match &r.state {
+                ResourceState::Requested => "REQUESTED".to_string(),
+                ResourceState::Cached => "CACHED".to_string(),
+                ResourceState::Acked => "ACKED".to_string(),
+                ResourceState::Nacked { .. } => "NACKED".to_string(),
+                ResourceState::DoesNotExist => "DOES_NOT_EXIST".to_string(),
+            },
+            "error": match &r.state { ResourceState::Nacked { error, version } => Some(format!("version {version}: {error}")), _ => None },
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn render_text(s: &MeshSnapshot, st: &XdsStatus) -> String {
+    let v = snapshot_json(s);
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "configuration{}:",
+        if s.is_stale() {
+            " (STALE: from the disk cache, not yet confirmed)"
+        } else {
+            ""
+        }
+    );
+    for l in v["listeners"].as_array().into_iter().flatten() {
+        let _ = writeln!(out, "  listener {}", l["name"].as_str().unwrap_or_default());
+        for vh in l["route_config"]["virtual_hosts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            let _ = writeln!(
+                out,
+                "    virtual host {} {}",
+                vh["name"].as_str().unwrap_or_default(),
+                vh["domains"]
+            );
+            for r in vh["routes"].as_array().into_iter().flatten() {
+                let _ = writeln!(
+                    out,
+                    "      route {:<16} → {}",
+                    r["name"].as_str().unwrap_or_default(),
+                    r["clusters"]
+                );
+            }
+        }
+    }
+    for c in v["clusters"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "  cluster {}  lb={} max_requests={}",
+            c["name"].as_str().unwrap_or_default(),
+            c["lb_policy"].as_str().unwrap_or_default(),
+            c["circuit_breakers"]["max_requests"]
+        );
+        for e in c["endpoints"].as_array().into_iter().flatten() {
+            let _ = writeln!(
+                out,
+                "    endpoint {} {} weight={}",
+                e["address"].as_str().unwrap_or_default(),
+                e["health"].as_str().unwrap_or_default(),
+                e["weight"]
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "xDS ({:?}, {}):",
+        st.protocol,
+        if st.health.connected {
+            "connected"
+        } else {
+            "disconnected"
+        }
+    );
+    for (t, version, nonce) in &st.types {
+        let _ = writeln!(out, "  {t} version={version:?} nonce={nonce:?}");
+    }
+    for r in &st.resources {
+        let state = match &r.state {
+            ResourceState::Nacked { version, error } => {
+                format!("NACKED version {version}: {error}")
+            }
+            other => format!("{other:?}").to_uppercase(),
+        };
+        let _ = writeln!(
+            out,
+            "  {} {} version={:?} {}",
+            r.resource_type, r.name, r.version, state
+        );
+    }
+    out
+}

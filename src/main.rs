@@ -1,0 +1,81 @@
+//! The `mesh` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use mesh::cli;
+
+#[derive(Parser)]
+#[command(name = "mesh", version, about = "A proxyless service mesh for Rust")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Connects to the control plane, waits for the targets' configuration and prints it as
+    /// this client resolves it, with the xDS status of every resource.
+    ConfigDump {
+        /// gRPC xDS bootstrap file (default: GRPC_XDS_BOOTSTRAP / GRPC_XDS_BOOTSTRAP_CONFIG).
+        #[arg(long)]
+        bootstrap: Option<PathBuf>,
+        /// A target `host:port` (or `xds:///host:port`); repeatable.
+        #[arg(long = "target", required = true)]
+        targets: Vec<String>,
+        /// `sotw` or `delta` (default: MESH_XDS_PROTOCOL, else sotw).
+        #[arg(long = "xds-protocol")]
+        protocol: Option<String>,
+        /// Persist the last good configuration here; serve from it when the control plane is down.
+        #[arg(long = "cache-dir")]
+        cache_dir: Option<PathBuf>,
+        /// How long to wait for the configuration, in seconds.
+        #[arg(long, default_value_t = 20)]
+        timeout: u64,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match Cli::parse().command {
+        Command::ConfigDump {
+            bootstrap,
+            targets,
+            protocol,
+            cache_dir,
+            timeout,
+            json,
+        } => {
+            cli::config_dump(cli::ConfigDumpArgs {
+                bootstrap,
+                targets,
+                protocol,
+                cache_dir,
+                timeout: Duration::from_secs(timeout),
+                json,
+            })
+            .await
+        }
+    };
+    match result {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("mesh: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
