@@ -1,0 +1,277 @@
+//! Translation of the bundled examples (`examples/config/`) and of bad YAML.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use mesh_control_plane::{IstioConfig, Resources, translate};
+use mesh_core::route::{Destination, FaultAbort};
+use mesh_core::{Cluster, EndpointSet, LbConfig, Listener, RouteConfig, RouteSource};
+use mesh_xds_client::ResourceType;
+use mesh_xds_client::decode::{Decoded, decode};
+
+const HOST: &str = "ui.default.svc.cluster.local";
+const V1: &str = "outbound|9080|version-1|ui.default.svc.cluster.local";
+const V2: &str = "outbound|9080|version-2-beta|ui.default.svc.cluster.local";
+const DEFAULT: &str = "outbound|9080||ui.default.svc.cluster.local";
+
+fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/config")
+}
+
+/// The examples directory with `ui-routes.yaml` replaced by a variant.
+fn load(variant: Option<&str>) -> Resources {
+    let dir = tempfile::tempdir().unwrap();
+    for f in std::fs::read_dir(examples()).unwrap() {
+        let f = f.unwrap().path();
+        if f.is_file() {
+            std::fs::copy(&f, dir.path().join(f.file_name().unwrap())).unwrap();
+        }
+    }
+    if let Some(v) = variant {
+        std::fs::copy(
+            examples().join("variants").join(v),
+            dir.path().join("ui-routes.yaml"),
+        )
+        .unwrap();
+    }
+    translate(&IstioConfig::load_dir(dir.path()).unwrap()).unwrap()
+}
+
+fn listener(r: &Resources, name: &str) -> Arc<Listener> {
+    match decode(ResourceType::Listener, &r.listeners[name]).unwrap() {
+        Decoded::Listener(l) => l,
+        _ => unreachable!(),
+    }
+}
+fn routes(r: &Resources, name: &str) -> Arc<RouteConfig> {
+    match decode(ResourceType::RouteConfiguration, &r.routes[name]).unwrap() {
+        Decoded::RouteConfig(x) => x,
+        _ => unreachable!(),
+    }
+}
+fn cluster(r: &Resources, name: &str) -> Arc<Cluster> {
+    match decode(ResourceType::Cluster, &r.clusters[name]).unwrap() {
+        Decoded::Cluster(x) => x,
+        _ => unreachable!(),
+    }
+}
+fn endpoints(r: &Resources, name: &str) -> Arc<EndpointSet> {
+    match decode(ResourceType::ClusterLoadAssignment, &r.endpoints[name]).unwrap() {
+        Decoded::Endpoints(x) => x,
+        _ => unreachable!(),
+    }
+}
+
+fn weights(d: &Destination) -> Vec<(String, u32)> {
+    match d {
+        Destination::Cluster(c) => vec![(c.to_string(), 100)],
+        Destination::Weighted(w) => w
+            .entries()
+            .iter()
+            .map(|(c, w)| (c.to_string(), *w))
+            .collect(),
+    }
+}
+
+#[test]
+fn base_config_is_named_and_shaped_like_istiod() {
+    let r = load(None);
+    assert_eq!(
+        r.listeners.keys().collect::<Vec<_>>(),
+        ["ui.default.svc.cluster.local:9080"]
+    );
+    assert_eq!(r.routes.keys().collect::<Vec<_>>(), [DEFAULT]);
+    assert_eq!(r.clusters.keys().collect::<Vec<_>>(), [V1, V2, DEFAULT]);
+    let l = listener(&r, "ui.default.svc.cluster.local:9080");
+    assert!(matches!(l.routes(), RouteSource::Rds(n) if &**n == DEFAULT));
+    assert!(l.fault_filter());
+
+    let rc = routes(&r, DEFAULT);
+    let vh = &rc.virtual_hosts()[0];
+    assert_eq!(vh.name(), "ui.default.svc.cluster.local:9080");
+    let domains: Vec<&str> = vh.domains().iter().map(|d| &**d).collect();
+    for d in [
+        HOST,
+        "ui.default.svc.cluster.local:9080",
+        "ui",
+        "ui:9080",
+        "ui.default",
+        "ui.default.svc:9080",
+    ] {
+        assert!(domains.contains(&d), "{d} missing from {domains:?}");
+    }
+    let names: Vec<&str> = vh.routes().iter().map(|r| r.name()).collect();
+    assert_eq!(names, ["beta-testers", "canary"]);
+    let beta = vh.routes()[0].forward().unwrap();
+    assert_eq!(weights(&beta.destination), [(V2.to_string(), 100)]);
+    let canary = vh.routes()[1].forward().unwrap();
+    assert_eq!(
+        weights(&canary.destination),
+        [(V1.to_string(), 90), (V2.to_string(), 10)]
+    );
+    let retry = canary.retry_policy.as_ref().unwrap();
+    assert_eq!(retry.num_retries(), 3);
+    assert_eq!(retry.per_try_timeout(), Some(Duration::from_secs(2)));
+    assert_eq!(
+        retry.retry_on().names().collect::<Vec<_>>(),
+        ["5xx", "connect-failure", "refused-stream"]
+    );
+    // The route without a VS retry block gets istiod's default policy.
+    let beta_retry = beta.retry_policy.as_ref().unwrap();
+    assert_eq!(beta_retry.num_retries(), 2);
+    assert_eq!(beta_retry.retriable_status_codes(), [503]);
+    assert_eq!(
+        canary.timeouts.route_timeout(),
+        None,
+        "Istio disables the route timeout by default"
+    );
+
+    let c = cluster(&r, V1);
+    assert_eq!(&**c.eds_service_name(), V1);
+    assert_eq!(c.lb(), &LbConfig::RoundRobin);
+    let t = c.thresholds();
+    assert_eq!(
+        (
+            t.max_connections,
+            t.max_pending_requests,
+            t.max_requests,
+            t.max_retries
+        ),
+        (100, 50, 100, 20)
+    );
+    assert_eq!(c.connect_timeout(), Duration::from_secs(1));
+    let od = c.outlier_detection().unwrap();
+    assert_eq!(
+        (
+            od.consecutive_gateway_failure,
+            od.enforcing_consecutive_gateway_failure
+        ),
+        (1, 100)
+    );
+    assert_eq!(
+        (od.enforcing_consecutive_5xx, od.enforcing_success_rate),
+        (0, 0)
+    );
+    assert_eq!(
+        (od.interval, od.base_ejection_time, od.max_ejection_percent),
+        (Duration::from_secs(5), Duration::from_secs(300), 100)
+    );
+    assert_eq!(c.picker_options().panic_threshold, 0);
+
+    let e1 = endpoints(&r, V1);
+    let ports: Vec<u16> = e1.endpoints().iter().map(|e| e.address.port()).collect();
+    assert_eq!(ports, [18081, 18082, 18083]);
+    assert_eq!(
+        e1.endpoints()[0].labels.get("version").map(String::as_str),
+        Some("v1")
+    );
+    assert!(e1.endpoints()[0].labels.get("workload").is_some());
+    let e2 = endpoints(&r, V2);
+    assert_eq!(
+        e2.endpoints()
+            .iter()
+            .map(|e| e.address.port())
+            .collect::<Vec<_>>(),
+        [18091]
+    );
+    assert_eq!(endpoints(&r, DEFAULT).len(), 4);
+}
+
+#[test]
+fn shift_to_0_100() {
+    let r = load(Some("ui-routes-shift-0-100.yaml"));
+    let rc = routes(&r, DEFAULT);
+    let canary = rc.virtual_hosts()[0].routes()[0].forward().unwrap();
+    // The zero-weight destination is dropped, as istiod does.
+    assert_eq!(weights(&canary.destination), [(V2.to_string(), 100)]);
+}
+
+#[test]
+fn mirroring() {
+    let r = load(Some("ui-routes-mirror.yaml"));
+    let rc = routes(&r, DEFAULT);
+    let f = rc.virtual_hosts()[0].routes()[0].forward().unwrap();
+    assert_eq!(weights(&f.destination), [(V1.to_string(), 100)]);
+    assert_eq!(&*f.mirrors[0].cluster, V2);
+    assert_eq!(f.mirrors[0].fraction.as_per_million(), 1_000_000);
+}
+
+#[test]
+fn fault_abort_10_percent_400() {
+    let r = load(Some("ui-routes-fault.yaml"));
+    let rc = routes(&r, DEFAULT);
+    let fault = rc.virtual_hosts()[0].routes()[0].fault().unwrap().clone();
+    let abort = fault.spec().abort.unwrap();
+    assert_eq!(abort.percentage.as_per_million(), 100_000);
+    let (m, u, h) = (
+        http::Method::GET,
+        http::Uri::from_static("/"),
+        http::HeaderMap::new(),
+    );
+    let req = mesh_core::RouteRequest::new(&m, &u, &h);
+    let mut rng = <rand::rngs::SmallRng as rand::SeedableRng>::seed_from_u64(1);
+    let aborted = (0..10_000)
+        .filter(|_| fault.decide(&req, &mut rng).abort == Some(FaultAbort::Http(400)))
+        .count();
+    assert!((900..=1100).contains(&aborted), "{aborted}");
+}
+
+#[test]
+fn security_resources_load() {
+    let cfg = IstioConfig::load_dir(&examples()).unwrap();
+    assert_eq!(
+        cfg.peer_authentications[0].spec.mtls.as_ref().unwrap().mode,
+        "STRICT"
+    );
+    let ap = &cfg.authorization_policies[0];
+    assert_eq!(ap.spec.rules[0].to[0].operation.paths, ["/orders*"]);
+    assert_eq!(ap.spec.rules[0].when[0].values, ["orders-readers"]);
+}
+
+fn error(yaml: &str) -> String {
+    let mut cfg = IstioConfig::default();
+    let base = std::fs::read_to_string(examples().join("ui-service.yaml")).unwrap();
+    cfg.add_text("ui-service.yaml", &base).unwrap();
+    match cfg.add_text("bad.yaml", yaml) {
+        Err(e) => e.to_string(),
+        Ok(()) => translate(&cfg).unwrap_err().to_string(),
+    }
+}
+
+const VS_HEAD: &str = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: ui\nspec:\n  hosts: [ui.default.svc.cluster.local]\n  http:\n";
+
+#[test]
+fn bad_yaml_gets_exact_messages() {
+    assert_eq!(
+        error(
+            "# a comment\napiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: g}\n"
+        ),
+        "bad.yaml:1: unknown kind \"Gateway\" (supported: ServiceEntry, WorkloadEntry, VirtualService, DestinationRule, PeerAuthentication, AuthorizationPolicy)"
+    );
+    assert_eq!(
+        error(&format!(
+            "---\n{VS_HEAD}  - route:\n    - destination: {{host: ui.default.svc.cluster.local, subset: version-1}}\n      weight: 80\n    - destination: {{host: ui.default.svc.cluster.local, subset: version-2-beta}}\n      weight: 10\n"
+        )),
+        "bad.yaml:2: VirtualService default/ui: spec.http[0].route: weights sum to 90; they must sum to 100"
+    );
+    assert_eq!(
+        error(&format!(
+            "{VS_HEAD}  - route:\n    - destination: {{host: ui.default.svc.cluster.local, subset: version-3}}\n"
+        )),
+        "bad.yaml:1: VirtualService default/ui: spec.http[0].route[0].destination.subset: subset \"version-3\" is not defined in any DestinationRule for ui.default.svc.cluster.local"
+    );
+    assert_eq!(
+        error(&format!(
+            "{VS_HEAD}  - timeout: 2 seconds\n    route:\n    - destination: {{host: ui.default.svc.cluster.local}}\n"
+        )),
+        "bad.yaml:1: VirtualService default/ui: spec.http[0].timeout: \"2 seconds\" is not a duration (e.g. 2s, 100ms, 5m)"
+    );
+    let e = error(&format!(
+        "{VS_HEAD}  - route:\n    - destination: {{host: ui.default.svc.cluster.local}}\n      weight: lots\n"
+    ));
+    assert!(
+        e.starts_with("bad.yaml:10: VirtualService ui: spec.http[0].route[0].weight: invalid type"),
+        "{e}"
+    );
+}
