@@ -938,7 +938,6 @@ fn route_match(m: Option<&istio::HttpMatch>) -> Result<rpb::RouteMatch, String> 
                 header_match_specifier: Some(spec),
                 invert_match: invert,
                 treat_missing_header_as_empty: invert,
-                ..Default::default()
             })
         };
     let mut headers = Vec::new();
@@ -1224,7 +1223,6 @@ fn load_assignment(name: &str, eps: &[&Ep]) -> epb::ClusterLoadAssignment {
                 region: parts.next().unwrap_or_default().into(),
                 zone: parts.next().unwrap_or_default().into(),
                 sub_zone: parts.next().unwrap_or_default().into(),
-                ..Default::default()
             };
             epb::LocalityLbEndpoints {
                 locality: Some(locality),
