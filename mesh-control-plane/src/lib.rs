@@ -27,3 +27,7 @@ pub mod translate;
 
 pub use config::{ConfigError, IstioConfig};
 pub use translate::{Resources, translate};
+pub mod server;
+pub mod watch;
+
+pub use server::{ClientStatus, ControlPlane};

@@ -57,6 +57,17 @@ pub struct Resources {
 }
 
 impl Resources {
+    /// The resources of a type URL, mutably.
+    pub fn of_mut(&mut self, type_url: &str) -> Option<&mut BTreeMap<String, Any>> {
+        match type_url {
+            LISTENER_TYPE => Some(&mut self.listeners),
+            ROUTE_TYPE => Some(&mut self.routes),
+            CLUSTER_TYPE => Some(&mut self.clusters),
+            ENDPOINT_TYPE => Some(&mut self.endpoints),
+            _ => None,
+        }
+    }
+
     /// The resources of a type URL.
     pub fn of(&self, type_url: &str) -> Option<&BTreeMap<String, Any>> {
         match type_url {
