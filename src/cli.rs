@@ -272,3 +272,98 @@ fn render_text(s: &MeshSnapshot, st: &XdsStatus) -> String {
     }
     out
 }
+
+/// Runs `mesh control-plane`: serves the directory, prints each reload and each client's
+/// ACK/NACK changes, until interrupted.
+#[cfg(feature = "control-plane")]
+pub async fn control_plane(dir: PathBuf, listen: std::net::SocketAddr) -> Result<(), String> {
+    use mesh_control_plane::ControlPlane;
+    use mesh_control_plane::watch::{Reload, load, watch_dir};
+
+    let resources = load(&dir).map_err(|e| e.to_string())?;
+    for w in &resources.warnings {
+        println!("warning: {w}");
+    }
+    let summary = |r: &mesh_control_plane::Resources| {
+        format!(
+            "{} listeners, {} route configurations, {} clusters, {} endpoint sets",
+            r.listeners.len(),
+            r.routes.len(),
+            r.clusters.len(),
+            r.endpoints.len()
+        )
+    };
+    println!("serving {} from {}", summary(&resources), dir.display());
+    for name in resources.listeners.keys() {
+        println!("  listener {name}");
+    }
+    for name in resources.clusters.keys() {
+        println!("  cluster {name}");
+    }
+    let cp = ControlPlane::new(resources);
+    let addr = cp
+        .clone()
+        .spawn(listen)
+        .await
+        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    println!("ADS (SotW and Delta) on {addr}");
+    let watcher_cp = cp.clone();
+    tokio::spawn(watch_dir(
+        dir,
+        cp.clone(),
+        Duration::from_millis(250),
+        move |r| match r {
+            Reload::Served { version, warnings } => {
+                for w in warnings {
+                    println!("warning: {w}");
+                }
+                println!(
+                    "config changed: now serving version v{version}: {}",
+                    summary(&watcher_cp.served().resources)
+                );
+            }
+            Reload::Rejected(e) => {
+                println!("rejected edit (still serving the previous config): {e}")
+            }
+        },
+    ));
+    let mut last: std::collections::BTreeMap<u64, String> = Default::default();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = tick.tick() => {}
+        }
+        let mut now = std::collections::BTreeMap::new();
+        for c in cp.clients() {
+            let types: Vec<String> = c
+                .types
+                .iter()
+                .map(|(t, s)| match &s.nack {
+                    Some(e) => format!("{t} NACK ({e})"),
+                    None if s.acked.is_empty() => format!("{t} sent"),
+                    None => format!("{t} ACK {}", s.acked),
+                })
+                .collect();
+            now.insert(
+                c.id,
+                format!(
+                    "client {} {} [{}]: {}",
+                    c.id,
+                    c.protocol,
+                    c.node,
+                    types.join(", ")
+                ),
+            );
+        }
+        for (id, line) in &now {
+            if last.get(id) != Some(line) {
+                println!("{line}");
+            }
+        }
+        for id in last.keys().filter(|id| !now.contains_key(id)) {
+            println!("client {id} disconnected");
+        }
+        last = now;
+    }
+}

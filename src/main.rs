@@ -16,6 +16,17 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Serves xDS from a directory of Istio YAML, the way istiod serves proxyless clients,
+    /// re-translating when a file changes.
+    #[cfg(feature = "control-plane")]
+    ControlPlane {
+        /// Directory of Istio YAML files.
+        #[arg(long)]
+        config: PathBuf,
+        /// Address to serve ADS on.
+        #[arg(long, default_value = "127.0.0.1:15010")]
+        listen: std::net::SocketAddr,
+    },
     /// Connects to the control plane, waits for the targets' configuration and prints it as
     /// this client resolves it, with the xDS status of every resource.
     ConfigDump {
@@ -49,6 +60,10 @@ async fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let result = match Cli::parse().command {
+        #[cfg(feature = "control-plane")]
+        Command::ControlPlane { config, listen } => cli::control_plane(config, listen)
+            .await
+            .map(|()| String::new()),
         Command::ConfigDump {
             bootstrap,
             targets,
