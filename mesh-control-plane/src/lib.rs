@@ -22,6 +22,7 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod inbound;
 pub mod istio;
 pub mod translate;
 

@@ -115,7 +115,11 @@ fn lookup(
     }
     let mut out = BTreeMap::new();
     for n in names {
-        if let Some(a) = all.get(n) {
+        if let Some(a) = all.get(n).or_else(|| {
+            (type_url == LISTENER_TYPE)
+                .then(|| resources.inbound_listeners.get(n))
+                .flatten()
+        }) {
             out.insert(n.clone(), a.clone());
         } else if type_url == LISTENER_TYPE
             && let Some(ns) = namespace
@@ -209,6 +213,10 @@ impl ControlPlane {
                 keep_unchanged_bytes(old, new);
             }
         }
+        keep_unchanged_bytes(
+            &previous.inbound_listeners,
+            &mut resources.inbound_listeners,
+        );
         self.served.send_modify(|s| {
             s.version += 1;
             s.resources = Arc::new(resources);

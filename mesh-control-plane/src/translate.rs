@@ -46,6 +46,9 @@ const DEFAULT_RETRY_ON: &str =
 pub struct Resources {
     /// Client listeners by `fqdn:port`.
     pub listeners: BTreeMap<String, Any>,
+    /// Server listeners by `xds.istio.io/grpc/lds/inbound/IP:PORT` (served by name only: a
+    /// wildcard LDS request gets the client listeners, as from istiod).
+    pub inbound_listeners: BTreeMap<String, Any>,
     /// Route configurations by `outbound|port||fqdn`.
     pub routes: BTreeMap<String, Any>,
     /// Clusters by `outbound|port|subset|fqdn`.
@@ -228,6 +231,18 @@ pub fn translate(cfg: &IstioConfig) -> Result<Resources, ConfigError> {
                 cname.clone(),
                 any(ENDPOINT_TYPE, &load_assignment(&cname, &selected)),
             );
+        }
+        for e in &svc.endpoints {
+            let w = crate::inbound::WorkloadPort {
+                ip: e.ip.clone(),
+                port: e.port,
+                namespace: svc.namespace.clone(),
+                labels: e.labels.clone(),
+            };
+            let name = format!("{}{}:{}", crate::inbound::INBOUND_PREFIX, w.ip, w.port);
+            out.inbound_listeners
+                .entry(name)
+                .or_insert_with(|| crate::inbound::inbound_listener(cfg, &w));
         }
     }
     Ok(out)

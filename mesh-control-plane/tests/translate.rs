@@ -275,3 +275,65 @@ fn bad_yaml_gets_exact_messages() {
         "{e}"
     );
 }
+
+#[test]
+fn peer_authentication_and_authorization_policy_shape_inbound_listeners() {
+    use envoy_types::pb::envoy::config::listener::v3::{Listener, filter};
+    use envoy_types::pb::envoy::config::rbac::v3::{permission, principal};
+    use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac;
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+        HttpConnectionManager, http_filter,
+    };
+    use prost::Message;
+
+    let r = load(None);
+    assert_eq!(r.inbound_listeners.len(), 4);
+    assert!(
+        r.listeners.keys().all(|k| !k.starts_with("xds.istio.io")),
+        "not in wildcard LDS"
+    );
+    let l = Listener::decode(
+        &*r.inbound_listeners["xds.istio.io/grpc/lds/inbound/127.0.0.1:18081"].value,
+    )
+    .unwrap();
+    assert_eq!(l.filter_chains.len(), 1);
+    let chain = &l.filter_chains[0];
+    assert_eq!(chain.name, "inbound-mtls", "PeerAuthentication STRICT");
+    assert_eq!(
+        chain.transport_socket.as_ref().unwrap().name,
+        "envoy.transport_sockets.tls"
+    );
+    assert_eq!(chain.filters[0].name, "inbound-hcmmtls");
+    let Some(filter::ConfigType::TypedConfig(any)) = &chain.filters[0].config_type else {
+        panic!()
+    };
+    let m = HttpConnectionManager::decode(&*any.value).unwrap();
+    let names: Vec<&str> = m.http_filters.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["envoy.filters.http.rbac", "envoy.filters.http.router"],
+        "ALLOW only; no DENY filter"
+    );
+    let Some(http_filter::ConfigType::TypedConfig(rbac_any)) = &m.http_filters[0].config_type
+    else {
+        panic!()
+    };
+    let rules = Rbac::decode(&*rbac_any.value).unwrap().rules.unwrap();
+    let policy = &rules.policies["default-orders-read-0"];
+    let Some(permission::Rule::AndRules(and)) = &policy.permissions[0].rule else {
+        panic!("{policy:?}")
+    };
+    assert_eq!(and.rules.len(), 2, "method and path");
+    let path = format!("{:?}", and.rules[1]);
+    assert!(path.contains("Prefix(\"/orders\")"), "{path}");
+    let Some(principal::Identifier::AndIds(ids)) = &policy.principals[0].identifier else {
+        panic!()
+    };
+    let claims = format!("{:?}", ids.ids[1]);
+    assert!(
+        claims.contains("request.auth.claims")
+            && claims.contains("groups")
+            && claims.contains("orders-readers"),
+        "{claims}"
+    );
+}

@@ -1,0 +1,455 @@
+//! Server-side (inbound) listeners `xds.istio.io/grpc/lds/inbound/IP:PORT`, from
+//! PeerAuthentication (mTLS chain or plaintext) and AuthorizationPolicy (RBAC filters), as
+//! istiod's grpc generator builds them. mesh's server side will enforce them; the translation
+//! is here now so that the shapes can be checked against real clients.
+
+use std::collections::{BTreeMap, HashMap};
+
+use envoy_types::pb::envoy::config::core::v3 as core;
+use envoy_types::pb::envoy::config::listener::v3 as lpb;
+use envoy_types::pb::envoy::config::rbac::v3 as rbac;
+use envoy_types::pb::envoy::config::route::v3 as rpb;
+use envoy_types::pb::envoy::extensions::filters::http::rbac::v3 as rbac_filter;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as tls;
+use envoy_types::pb::envoy::r#type::matcher::v3 as mpb;
+use envoy_types::pb::google::protobuf::{Any, BoolValue};
+use prost::Message;
+
+use crate::config::{IstioConfig, Named};
+use crate::istio;
+
+/// The server listener name prefix istio-agent puts in the bootstrap template.
+pub const INBOUND_PREFIX: &str = "xds.istio.io/grpc/lds/inbound/";
+const HCM_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
+const ROUTER_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router";
+const RBAC_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC";
+const DOWNSTREAM_TLS_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext";
+
+fn any<M: Message>(type_url: &str, m: &M) -> Any {
+    Any {
+        type_url: type_url.into(),
+        value: m.encode_to_vec(),
+    }
+}
+
+/// A workload port: where a server listens, and the workload's labels and namespace.
+#[derive(Debug, Clone)]
+pub struct WorkloadPort {
+    /// IP.
+    pub ip: String,
+    /// Target port.
+    pub port: u32,
+    /// Namespace.
+    pub namespace: String,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+}
+
+fn selects(selector: Option<&istio::LabelSelector>, labels: &BTreeMap<String, String>) -> bool {
+    selector.is_none_or(|s| s.match_labels.iter().all(|(k, v)| labels.get(k) == Some(v)))
+}
+
+/// The mTLS mode for a workload port: the most specific PeerAuthentication (with a selector
+/// over namespace-wide), port-level settings over the workload-wide one.
+fn mtls_mode(cfg: &IstioConfig, w: &WorkloadPort) -> String {
+    let applicable = cfg
+        .peer_authentications
+        .iter()
+        .filter(|p| p.namespace == w.namespace && selects(p.spec.selector.as_ref(), &w.labels));
+    let best = applicable.max_by_key(|p| p.spec.selector.is_some());
+    let mode = best
+        .and_then(|p| p.spec.port_level_mtls.get(&w.port).or(p.spec.mtls.as_ref()))
+        .map(|m| m.mode.to_ascii_uppercase())
+        .unwrap_or_default();
+    match mode.as_str() {
+        "STRICT" => "STRICT".into(),
+        "DISABLE" => "DISABLE".into(),
+        // PERMISSIVE (and unset): plaintext, unless the workload is labelled for Istio mTLS.
+        _ if w
+            .labels
+            .get("security.istio.io/tlsMode")
+            .map(String::as_str)
+            == Some("istio") =>
+        {
+            "STRICT".into()
+        }
+        _ => "PERMISSIVE".into(),
+    }
+}
+
+/// The inbound listener for a workload port.
+pub fn inbound_listener(cfg: &IstioConfig, w: &WorkloadPort) -> Any {
+    let name = format!("{INBOUND_PREFIX}{}:{}", w.ip, w.port);
+    let mtls = mtls_mode(cfg, w) == "STRICT";
+    let suffix = if mtls { "mtls" } else { "plaintext" };
+    let mut http_filters = Vec::new();
+    for (action, filter_name) in [
+        ("DENY", "envoy.filters.http.rbac.DENY"),
+        ("ALLOW", "envoy.filters.http.rbac"),
+    ] {
+        let policies = rbac_policies(cfg, w, action);
+        if policies.is_empty() {
+            // istiod omits an action without policies (so an empty ALLOW allows everything).
+            continue;
+        }
+        let rules = rbac::Rbac {
+            action: if action == "ALLOW" {
+                rbac::rbac::Action::Allow as i32
+            } else {
+                rbac::rbac::Action::Deny as i32
+            },
+            policies,
+            ..Default::default()
+        };
+        http_filters.push(hcm::HttpFilter {
+            name: filter_name.into(),
+            config_type: Some(hcm::http_filter::ConfigType::TypedConfig(any(
+                RBAC_TYPE,
+                &rbac_filter::Rbac {
+                    rules: Some(rules),
+                    ..Default::default()
+                },
+            ))),
+            ..Default::default()
+        });
+    }
+    http_filters.push(hcm::HttpFilter {
+        name: "envoy.filters.http.router".into(),
+        config_type: Some(hcm::http_filter::ConfigType::TypedConfig(Any {
+            type_url: ROUTER_TYPE.into(),
+            value: vec![],
+        })),
+        ..Default::default()
+    });
+    let manager = hcm::HttpConnectionManager {
+        route_specifier: Some(hcm::http_connection_manager::RouteSpecifier::RouteConfig(
+            rpb::RouteConfiguration {
+                name: "inbound".into(),
+                virtual_hosts: vec![rpb::VirtualHost {
+                    domains: vec!["*".into()],
+                    routes: vec![rpb::Route {
+                        r#match: Some(rpb::RouteMatch {
+                            path_specifier: Some(rpb::route_match::PathSpecifier::Prefix(
+                                "/".into(),
+                            )),
+                            ..Default::default()
+                        }),
+                        action: Some(rpb::route::Action::NonForwardingAction(
+                            rpb::NonForwardingAction {},
+                        )),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+        )),
+        http_filters,
+        ..Default::default()
+    };
+    let transport_socket = mtls.then(|| {
+        let provider = |cert: &str| tls::CertificateProviderPluginInstance {
+            instance_name: "default".into(),
+            certificate_name: cert.into(),
+        };
+        let ctx = tls::DownstreamTlsContext {
+            require_client_certificate: Some(BoolValue { value: true }),
+            common_tls_context: Some(tls::CommonTlsContext {
+                tls_certificate_provider_instance: Some(provider("default")),
+                validation_context_type: Some(
+                    tls::common_tls_context::ValidationContextType::CombinedValidationContext(
+                        tls::common_tls_context::CombinedCertificateValidationContext {
+                            default_validation_context: Some(tls::CertificateValidationContext {
+                                ca_certificate_provider_instance: Some(provider("ROOTCA")),
+                                ..Default::default()
+                            }),
+                            ..Default::default()
+                        },
+                    ),
+                ),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        core::TransportSocket {
+            name: "envoy.transport_sockets.tls".into(),
+            config_type: Some(core::transport_socket::ConfigType::TypedConfig(any(
+                DOWNSTREAM_TLS_TYPE,
+                &ctx,
+            ))),
+        }
+    });
+    let listener = lpb::Listener {
+        name,
+        address: Some(core::Address {
+            address: Some(core::address::Address::SocketAddress(core::SocketAddress {
+                address: w.ip.clone(),
+                port_specifier: Some(core::socket_address::PortSpecifier::PortValue(w.port)),
+                ..Default::default()
+            })),
+        }),
+        filter_chains: vec![lpb::FilterChain {
+            name: format!("inbound-{suffix}"),
+            filters: vec![lpb::Filter {
+                name: format!("inbound-hcm{suffix}"),
+                config_type: Some(lpb::filter::ConfigType::TypedConfig(any(
+                    HCM_TYPE, &manager,
+                ))),
+            }],
+            transport_socket,
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    any(crate::translate::LISTENER_TYPE, &listener)
+}
+
+fn exact(s: &str) -> mpb::StringMatcher {
+    mpb::StringMatcher {
+        match_pattern: Some(mpb::string_matcher::MatchPattern::Exact(s.into())),
+        ignore_case: false,
+    }
+}
+
+/// Istio's path/principal wildcards: `x*` prefix, `*x` suffix, `*` any, else exact.
+fn wildcard(s: &str) -> mpb::StringMatcher {
+    use mpb::string_matcher::MatchPattern as P;
+    let p = if s == "*" {
+        P::SafeRegex(mpb::RegexMatcher {
+            regex: ".+".into(),
+            ..Default::default()
+        })
+    } else if let Some(prefix) = s.strip_suffix('*') {
+        P::Prefix(prefix.into())
+    } else if let Some(suffix) = s.strip_prefix('*') {
+        P::Suffix(suffix.into())
+    } else {
+        P::Exact(s.into())
+    };
+    mpb::StringMatcher {
+        match_pattern: Some(p),
+        ignore_case: false,
+    }
+}
+
+fn or_perm(rules: Vec<rbac::permission::Rule>) -> Option<rbac::Permission> {
+    match rules.len() {
+        0 => None,
+        1 => Some(rbac::Permission {
+            rule: rules.into_iter().next(),
+        }),
+        _ => Some(rbac::Permission {
+            rule: Some(rbac::permission::Rule::OrRules(rbac::permission::Set {
+                rules: rules
+                    .into_iter()
+                    .map(|r| rbac::Permission { rule: Some(r) })
+                    .collect(),
+            })),
+        }),
+    }
+}
+
+fn or_id(ids: Vec<rbac::principal::Identifier>) -> Option<rbac::Principal> {
+    match ids.len() {
+        0 => None,
+        1 => Some(rbac::Principal {
+            identifier: ids.into_iter().next(),
+        }),
+        _ => Some(rbac::Principal {
+            identifier: Some(rbac::principal::Identifier::OrIds(rbac::principal::Set {
+                ids: ids
+                    .into_iter()
+                    .map(|i| rbac::Principal {
+                        identifier: Some(i),
+                    })
+                    .collect(),
+            })),
+        }),
+    }
+}
+
+/// `request.auth.*` and JWT claims live in dynamic metadata Envoy's JWT filter writes (filter
+/// `istio_authn`); gRPC never matches metadata, as with istiod.
+#[allow(deprecated)] // istiod still emits the metadata principal
+fn authn_metadata(path: &[&str], value: &str) -> rbac::principal::Identifier {
+    rbac::principal::Identifier::Metadata(mpb::MetadataMatcher {
+        filter: "istio_authn".into(),
+        path: path
+            .iter()
+            .map(|k| mpb::metadata_matcher::PathSegment {
+                segment: Some(mpb::metadata_matcher::path_segment::Segment::Key(
+                    (*k).into(),
+                )),
+            })
+            .collect(),
+        value: Some(mpb::ValueMatcher {
+            match_pattern: Some(mpb::value_matcher::MatchPattern::StringMatch(wildcard(
+                value,
+            ))),
+        }),
+        ..Default::default()
+    })
+}
+
+fn rule_policy(r: &istio::AuthzRule) -> rbac::Policy {
+    let header = |name: &str, m: mpb::StringMatcher| rpb::HeaderMatcher {
+        name: name.into(),
+        header_match_specifier: Some(rpb::header_matcher::HeaderMatchSpecifier::StringMatch(m)),
+        ..Default::default()
+    };
+    let mut perms = Vec::new();
+    for t in &r.to {
+        let op = &t.operation;
+        let mut and = Vec::new();
+        and.extend(or_perm(
+            op.methods
+                .iter()
+                .map(|m| rbac::permission::Rule::Header(header(":method", exact(m))))
+                .collect(),
+        ));
+        and.extend(or_perm(
+            op.paths
+                .iter()
+                .map(|p| {
+                    rbac::permission::Rule::UrlPath(mpb::PathMatcher {
+                        rule: Some(mpb::path_matcher::Rule::Path(wildcard(p))),
+                    })
+                })
+                .collect(),
+        ));
+        and.extend(or_perm(
+            op.hosts
+                .iter()
+                .map(|h| rbac::permission::Rule::Header(header(":authority", wildcard(h))))
+                .collect(),
+        ));
+        and.extend(or_perm(
+            op.ports
+                .iter()
+                .filter_map(|p| p.parse().ok())
+                .map(rbac::permission::Rule::DestinationPort)
+                .collect(),
+        ));
+        perms.push(rbac::Permission {
+            rule: Some(if and.is_empty() {
+                rbac::permission::Rule::Any(true)
+            } else {
+                rbac::permission::Rule::AndRules(rbac::permission::Set { rules: and })
+            }),
+        });
+    }
+    if perms.is_empty() {
+        perms.push(rbac::Permission {
+            rule: Some(rbac::permission::Rule::Any(true)),
+        });
+    }
+    let mut and_ids = Vec::new();
+    for f in &r.from {
+        let s = &f.source;
+        let authenticated = |m: mpb::StringMatcher| {
+            rbac::principal::Identifier::Authenticated(rbac::principal::Authenticated {
+                principal_name: Some(m),
+            })
+        };
+        let mut ids = Vec::new();
+        ids.extend(
+            s.principals
+                .iter()
+                .map(|p| authenticated(wildcard(&format!("spiffe://{p}")))),
+        );
+        ids.extend(s.namespaces.iter().map(|n| {
+            authenticated(mpb::StringMatcher {
+                match_pattern: Some(mpb::string_matcher::MatchPattern::SafeRegex(
+                    mpb::RegexMatcher {
+                        regex: format!(".*/ns/{n}/.*"),
+                        ..Default::default()
+                    },
+                )),
+                ignore_case: false,
+            })
+        }));
+        ids.extend(
+            s.request_principals
+                .iter()
+                .map(|p| authn_metadata(&["request.auth.principal"], p)),
+        );
+        ids.extend(s.ip_blocks.iter().filter_map(|b| {
+            let (ip, len) = b
+                .split_once('/')
+                .map_or((b.as_str(), None), |(a, l)| (a, l.parse().ok()));
+            let len = len.unwrap_or(if ip.contains(':') { 128 } else { 32 });
+            Some(rbac::principal::Identifier::DirectRemoteIp(
+                core::CidrRange {
+                    address_prefix: ip.into(),
+                    prefix_len: Some(envoy_types::pb::google::protobuf::UInt32Value { value: len }),
+                },
+            ))
+        }));
+        and_ids.extend(or_id(ids));
+    }
+    for c in &r.when {
+        let ids: Vec<_> = match c
+            .key
+            .strip_prefix("request.auth.claims[")
+            .and_then(|k| k.strip_suffix(']'))
+        {
+            Some(claim) => c
+                .values
+                .iter()
+                .map(|v| authn_metadata(&["request.auth.claims", claim], v))
+                .collect(),
+            None => c
+                .values
+                .iter()
+                .map(|v| authn_metadata(&[c.key.as_str()], v))
+                .collect(),
+        };
+        and_ids.extend(or_id(ids));
+    }
+    let principal = if and_ids.is_empty() {
+        rbac::Principal {
+            identifier: Some(rbac::principal::Identifier::Any(true)),
+        }
+    } else {
+        rbac::Principal {
+            identifier: Some(rbac::principal::Identifier::AndIds(rbac::principal::Set {
+                ids: and_ids,
+            })),
+        }
+    };
+    rbac::Policy {
+        permissions: perms,
+        principals: vec![principal],
+        ..Default::default()
+    }
+}
+
+/// The RBAC policies of one action for a workload: `<namespace>-<name>-<rule index>`.
+fn rbac_policies(
+    cfg: &IstioConfig,
+    w: &WorkloadPort,
+    action: &str,
+) -> HashMap<String, rbac::Policy> {
+    let applies = |p: &&Named<istio::AuthorizationPolicy>| {
+        p.namespace == w.namespace
+            && selects(p.spec.selector.as_ref(), &w.labels)
+            && p.spec
+                .action
+                .as_deref()
+                .unwrap_or("ALLOW")
+                .eq_ignore_ascii_case(action)
+    };
+    cfg.authorization_policies
+        .iter()
+        .filter(applies)
+        .flat_map(|p| {
+            p.spec
+                .rules
+                .iter()
+                .enumerate()
+                .map(move |(i, r)| (format!("{}-{}-{i}", p.namespace, p.name), rule_policy(r)))
+        })
+        .collect()
+}
