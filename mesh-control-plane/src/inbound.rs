@@ -375,17 +375,15 @@ fn rule_policy(r: &istio::AuthzRule) -> rbac::Policy {
                 .iter()
                 .map(|p| authn_metadata(&["request.auth.principal"], p)),
         );
-        ids.extend(s.ip_blocks.iter().filter_map(|b| {
+        ids.extend(s.ip_blocks.iter().map(|b| {
             let (ip, len) = b
                 .split_once('/')
                 .map_or((b.as_str(), None), |(a, l)| (a, l.parse().ok()));
             let len = len.unwrap_or(if ip.contains(':') { 128 } else { 32 });
-            Some(rbac::principal::Identifier::DirectRemoteIp(
-                core::CidrRange {
-                    address_prefix: ip.into(),
-                    prefix_len: Some(envoy_types::pb::google::protobuf::UInt32Value { value: len }),
-                },
-            ))
+            rbac::principal::Identifier::DirectRemoteIp(core::CidrRange {
+                address_prefix: ip.into(),
+                prefix_len: Some(envoy_types::pb::google::protobuf::UInt32Value { value: len }),
+            })
         }));
         and_ids.extend(or_id(ids));
     }
