@@ -1,16 +1,14 @@
 use super::*;
 
 fn istio_testdata(rel: &str) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/reference/istio-testdata")
-        .join(rel);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata").join(rel);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 #[test]
 fn parses_istio_agents_golden_bootstrap() {
     let b = Bootstrap::from_json(
-        &istio_testdata("istio-agent/grpc-bootstrap.golden.json"),
+        &istio_testdata("grpc-bootstrap.golden.json"),
         "golden",
     )
     .unwrap();
@@ -45,7 +43,7 @@ fn parses_istio_agents_golden_bootstrap() {
 
 #[test]
 fn parses_istiods_grpcgen_test_bootstrap_ignoring_unknown_keys() {
-    let b = Bootstrap::from_json(&istio_testdata("grpcgen/xds_bootstrap.json"), "grpcgen").unwrap();
+    let b = Bootstrap::from_json(&istio_testdata("xds_bootstrap.json"), "grpcgen").unwrap();
     assert_eq!(
         b.server().address,
         ServerAddress::Tcp {

@@ -1,0 +1,527 @@
+//! The client stack: one `tower::Service` that routes, injects faults, mirrors, times out,
+//! retries under a budget, breaks circuits, balances and records outliers, per request, from
+//! the current snapshot.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body;
+use http_body_util::BodyExt;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::{Connect, HttpConnector};
+use hyper_util::rt::TokioExecutor;
+use mesh_core::route::{AttemptFailure, FaultAbort, ForwardAction, request_hash};
+use mesh_core::{BreakerResource, LbConfig, MeshSnapshot, Outcome, RouteRequest};
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
+use tokio::sync::{Semaphore, watch};
+use tokio::time::Instant;
+
+use crate::body::{BoxError, MeshBody, Prepared, empty, full, prepare};
+use crate::cluster::ClusterState;
+
+/// Header naming why the stack answered instead of an upstream.
+pub const ERROR_HEADER: &str = "x-mesh-error";
+/// Header naming the circuit-breaker threshold that overflowed.
+pub const OVERFLOW_HEADER: &str = "x-mesh-overflow";
+
+/// What the stack did for a response; attached as a response extension.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MeshInfo {
+    /// The route that matched.
+    pub route: String,
+    /// The cluster chosen.
+    pub cluster: Arc<str>,
+    /// The endpoint that gave the final response, if one did.
+    pub endpoint: Option<SocketAddr>,
+    /// Upstream attempts, retries included (mirrors not).
+    pub attempts: u32,
+}
+
+/// A per-request hook, the seam for metrics and spans.
+pub trait Observer: Send + Sync + 'static {
+    /// Called once per request with the outcome.
+    fn on_response(&self, info: Option<&MeshInfo>, status: StatusCode, latency: Duration);
+}
+
+/// Stack settings.
+#[derive(Clone)]
+pub struct MeshConfig {
+    /// The listener for every request (`host:port`, from an `xds:///host:port` target);
+    /// `None` takes it from each request's authority.
+    pub target: Option<String>,
+    /// Request bodies up to this size are kept for retries and mirrors (default 64 KiB).
+    pub max_replay_bytes: usize,
+    /// Mirrored requests in flight at most (default 64); beyond it mirrors are skipped.
+    pub mirror_concurrency: usize,
+    /// Idle connections are closed after this long (default 90 s).
+    pub pool_idle_timeout: Duration,
+    /// Optional per-request hook.
+    pub observer: Option<Arc<dyn Observer>>,
+}
+
+impl Default for MeshConfig {
+    fn default() -> Self {
+        Self {
+            target: None,
+            max_replay_bytes: 64 * 1024,
+            mirror_concurrency: 64,
+            pool_idle_timeout: Duration::from_secs(90),
+            observer: None,
+        }
+    }
+}
+
+/// The mesh client stack as a `tower::Service`; cheap to clone.
+pub struct MeshService<C = HttpConnector> {
+    shared: Arc<Shared<C>>,
+}
+
+impl<C> Clone for MeshService<C> {
+    fn clone(&self) -> Self {
+        Self { shared: self.shared.clone() }
+    }
+}
+
+struct Shared<C> {
+    snapshots: watch::Receiver<Arc<MeshSnapshot>>,
+    states: RwLock<HashMap<Arc<str>, Arc<ClusterState>>>,
+    http1: Client<C, MeshBody>,
+    http2: Client<C, MeshBody>,
+    config: MeshConfig,
+    mirrors: Arc<Semaphore>,
+}
+
+impl MeshService<HttpConnector> {
+    /// A stack over plain TCP (HTTP/1.1, or HTTP/2 cleartext for HTTP/2 and gRPC requests).
+    pub fn new(snapshots: watch::Receiver<Arc<MeshSnapshot>>, config: MeshConfig) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        Self::with_connector(snapshots, config, connector)
+    }
+}
+
+impl<C: Connect + Clone + Send + Sync + 'static> MeshService<C> {
+    /// A stack over a custom connector (the seam for mTLS).
+    pub fn with_connector(snapshots: watch::Receiver<Arc<MeshSnapshot>>, config: MeshConfig, connector: C) -> Self {
+        let http1 = Client::builder(TokioExecutor::new()).pool_idle_timeout(config.pool_idle_timeout).build(connector.clone());
+        let http2 = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(config.pool_idle_timeout)
+            .http2_only(true)
+            .build(connector);
+        Self {
+            shared: Arc::new(Shared {
+                snapshots,
+                states: RwLock::default(),
+                http1,
+                http2,
+                mirrors: Arc::new(Semaphore::new(config.mirror_concurrency)),
+                config,
+            }),
+        }
+    }
+}
+
+impl<B, C> tower::Service<Request<B>> for MeshService<C>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+    C: Connect + Clone + Send + Sync + 'static,
+{
+    type Response = Response<MeshBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<MeshBody>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let shared = self.shared.clone();
+        Box::pin(async move {
+            let started = Instant::now();
+            let resp = shared.handle(req).await;
+            if let Some(o) = &shared.config.observer {
+                o.on_response(resp.extensions().get::<MeshInfo>(), resp.status(), started.elapsed());
+            }
+            Ok(resp)
+        })
+    }
+}
+
+/// A response the stack makes itself, with the reason in a header.
+fn local(status: StatusCode, header: &'static str, reason: &str, grpc: bool) -> Response<MeshBody> {
+    let mut r = if grpc {
+        grpc_status_response(http_to_grpc(status.as_u16()), reason)
+    } else {
+        let mut r = Response::new(full(format!("{reason}\n")));
+        *r.status_mut() = status;
+        r
+    };
+    if let Ok(v) = HeaderValue::from_str(reason) {
+        r.headers_mut().insert(header, v);
+    }
+    r
+}
+
+fn grpc_status_response(code: u32, message: &str) -> Response<MeshBody> {
+    let mut r = Response::new(empty());
+    let h = r.headers_mut();
+    h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    h.insert("grpc-status", HeaderValue::from(code));
+    if let Ok(v) = HeaderValue::from_str(message) {
+        h.insert("grpc-message", v);
+    }
+    r
+}
+
+/// The HTTP → gRPC status mapping of gRPC's spec (A33 uses it for HTTP aborts).
+fn http_to_grpc(status: u16) -> u32 {
+    match status {
+        400 => 13,
+        401 => 16,
+        403 => 7,
+        404 => 12,
+        429 | 502..=504 => 14,
+        _ => 2,
+    }
+}
+
+/// gRPC status → HTTP status, for outlier detection (as Envoy does).
+fn grpc_to_http(code: u32) -> u16 {
+    match code {
+        0 => 200,
+        1 => 499,
+        3 | 9 | 11 => 400,
+        4 => 504,
+        5 => 404,
+        7 => 403,
+        8 => 429,
+        12 => 501,
+        14 => 503,
+        16 => 401,
+        _ => 500,
+    }
+}
+
+/// `grpc-timeout`: digits and a unit (H, M, S, m, u, n).
+fn grpc_timeout(h: &HeaderMap) -> Option<Duration> {
+    let v = h.get("grpc-timeout")?.to_str().ok()?;
+    let (n, unit) = v.split_at(v.len().checked_sub(1)?);
+    let n: u64 = n.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+fn is_grpc(h: &HeaderMap) -> bool {
+    h.get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"))
+}
+
+/// The request head each attempt is built from.
+struct Head {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+    authority: String,
+}
+
+impl<C: Connect + Clone + Send + Sync + 'static> Shared<C> {
+    /// The runtime state of a cluster for this snapshot, rebuilt only when the cluster or its
+    /// endpoints changed.
+    fn state(&self, snap: &MeshSnapshot, name: &str) -> Option<Arc<ClusterState>> {
+        let cluster = snap.cluster(name)?;
+        let endpoints = snap.cluster_endpoints(cluster)?;
+        let current = self.states.read().unwrap_or_else(|e| e.into_inner()).get(name).cloned();
+        if let Some(s) = &current
+            && Arc::ptr_eq(&s.cluster, cluster)
+            && Arc::ptr_eq(&s.endpoints, endpoints)
+        {
+            return current;
+        }
+        let mut states = self.states.write().unwrap_or_else(|e| e.into_inner());
+        let previous = states.get(name).cloned();
+        if let Some(s) = &previous
+            && Arc::ptr_eq(&s.cluster, cluster)
+            && Arc::ptr_eq(&s.endpoints, endpoints)
+        {
+            return previous;
+        }
+        let state = Arc::new(ClusterState::new(cluster.clone(), endpoints.clone(), previous.as_deref(), Instant::now().into_std()));
+        states.insert(cluster.name().clone(), state.clone());
+        Some(state)
+    }
+
+    async fn handle<B>(self: &Arc<Self>, req: Request<B>) -> Response<MeshBody>
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let snap = self.snapshots.borrow().clone();
+        let (parts, body) = req.into_parts();
+        let grpc = is_grpc(&parts.headers);
+        let uri_authority = parts
+            .uri
+            .authority()
+            .map(|a| a.as_str().to_string())
+            .or_else(|| parts.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).map(String::from))
+            .unwrap_or_default();
+        let (listener, authority) = match &self.config.target {
+            Some(t) => (t.clone(), t.clone()),
+            None if uri_authority.contains(':') => (uri_authority.clone(), uri_authority.clone()),
+            None => (format!("{uri_authority}:80"), uri_authority.clone()),
+        };
+        // ThreadRng is not Send; a small generator seeded from it crosses awaits.
+        let mut rng = SmallRng::from_rng(&mut rand::rng());
+        let route_req = RouteRequest::new(&parts.method, &parts.uri, &parts.headers).with_authority(&authority);
+        let routed = match snap.route(&listener, &route_req, &mut rng) {
+            Ok(r) => r,
+            Err(e) => return local(StatusCode::NOT_FOUND, ERROR_HEADER, &format!("no route: {e}"), grpc),
+        };
+        let Some(fwd) = routed.route.forward() else {
+            return local(StatusCode::NOT_FOUND, ERROR_HEADER, "no route: the route does not forward", grpc);
+        };
+        let cluster_name = routed.cluster.cloned().unwrap_or_else(|| Arc::from(""));
+        let route_name = routed.route.name().to_string();
+
+        // Faults (A33): delay first, then abort, before anything is sent.
+        if routed.listener.fault_filter()
+            && let Some(fault) = routed.route.fault()
+        {
+            let decision = fault.decide(&route_req, &mut rng);
+            if let Some(d) = decision.delay {
+                tokio::time::sleep(d).await;
+            }
+            match decision.abort {
+                Some(FaultAbort::Http(s)) if grpc => return grpc_status_response(if s == 200 { 2 } else { http_to_grpc(s) }, "fault filter abort"),
+                Some(FaultAbort::Http(s)) => {
+                    let mut r = Response::new(full("fault filter abort"));
+                    *r.status_mut() = StatusCode::from_u16(s).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                    return r;
+                }
+                Some(FaultAbort::Grpc(c)) => return grpc_status_response(c.min(16), "fault filter abort"),
+                None => {}
+            }
+        }
+
+        let Some(state) = self.state(&snap, &cluster_name) else {
+            return local(StatusCode::SERVICE_UNAVAILABLE, ERROR_HEADER, &format!("cluster {cluster_name} is unknown or has no endpoints"), grpc);
+        };
+        let deadline = fwd.timeouts.effective(grpc_timeout(&parts.headers), routed.listener.max_stream_duration());
+        let hash = if state.cluster.lb().is_hash_based() { request_hash(&fwd.hash_policies, &route_req, 0) } else { None };
+        let head = Head {
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            version: parts.version,
+            headers: parts.headers.clone(),
+            authority: authority.clone(),
+        };
+        let fwd = fwd.clone();
+        drop(snap);
+
+        let mut prepared = match prepare(body, self.config.max_replay_bytes).await {
+            Ok(p) => p,
+            Err(e) => return local(StatusCode::BAD_REQUEST, ERROR_HEADER, &format!("request body: {e}"), grpc),
+        };
+        self.mirror(&fwd, &head, &prepared, &mut rng);
+        let attempts = self.attempts(&head, &mut prepared, &state, &fwd, hash, grpc, &route_name);
+        let (mut resp, endpoint, tries) = match deadline {
+            Some(d) => match tokio::time::timeout(d, attempts).await {
+                Ok(r) => r,
+                Err(_) => (local(StatusCode::GATEWAY_TIMEOUT, ERROR_HEADER, "upstream request timeout", grpc), None, 0),
+            },
+            None => attempts.await,
+        };
+        resp.extensions_mut().insert(MeshInfo {
+            route: route_name,
+            cluster: cluster_name,
+            endpoint,
+            attempts: tries,
+        });
+        resp
+    }
+
+    /// Sends copies to the mirror clusters, fire-and-forget, with bounded concurrency.
+    fn mirror(self: &Arc<Self>, fwd: &ForwardAction, head: &Head, body: &Prepared, rng: &mut impl rand::RngCore) {
+        let Prepared::Replayable { data, trailers } = body else { return };
+        for m in fwd.mirrors.iter() {
+            if !m.fraction.sample(rng) {
+                continue;
+            }
+            let Ok(permit) = self.mirrors.clone().try_acquire_owned() else { continue };
+            let snap = self.snapshots.borrow().clone();
+            let Some(state) = self.state(&snap, &m.cluster) else { continue };
+            let Some(i) = state.picker().pick(None, rng) else { continue };
+            let addr = state.endpoints.endpoints()[i].address;
+            let host = head.authority.split(':').next().unwrap_or_default();
+            let shadow = match head.authority.split_once(':') {
+                Some((_, port)) => format!("{host}-shadow:{port}"),
+                None => format!("{host}-shadow"),
+            };
+            let req = build(head, addr, replay_body(data.clone(), trailers.clone()), Some(&shadow));
+            let client = if wants_h2(head) { self.http2.clone() } else { self.http1.clone() };
+            tokio::spawn(async move {
+                let _permit = permit;
+                if let Ok(resp) = client.request(req).await {
+                    // Drain so the connection can be reused.
+                    let _ = resp.into_body().collect().await;
+                }
+            });
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn attempts(
+        &self,
+        head: &Head,
+        prepared: &mut Prepared,
+        state: &ClusterState,
+        fwd: &ForwardAction,
+        hash: Option<u64>,
+        grpc: bool,
+        _route: &str,
+    ) -> (Response<MeshBody>, Option<SocketAddr>, u32) {
+        let retry = fwd.retry_policy.as_ref();
+        let max_attempts = 1 + retry.map_or(0, |r| r.num_retries());
+        let std_now = || Instant::now().into_std();
+        state.budget.deposit(std_now());
+        let mut tried: Vec<usize> = Vec::new();
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let _request_permit = match state.breaker.try_acquire(BreakerResource::Requests) {
+                Ok(p) => p,
+                Err(o) => return (local(StatusCode::SERVICE_UNAVAILABLE, OVERFLOW_HEADER, o.resource.threshold_name(), grpc), None, attempt - 1),
+            };
+            let _retry_permit = if attempt > 1 {
+                match state.breaker.try_acquire(BreakerResource::Retries) {
+                    Ok(p) => Some(p),
+                    Err(_) => return (local(StatusCode::SERVICE_UNAVAILABLE, OVERFLOW_HEADER, "max_retries", grpc), None, attempt - 1),
+                }
+            } else {
+                None
+            };
+            let Some(body) = prepared.attempt() else {
+                return (local(StatusCode::SERVICE_UNAVAILABLE, ERROR_HEADER, "request body already sent", grpc), None, attempt - 1);
+            };
+            state.maybe_sweep(std_now());
+            let picker = state.picker();
+            let mut rng = SmallRng::from_rng(&mut rand::rng());
+            // A different endpoint per attempt where possible.
+            let mut pick = picker.pick(hash, &mut rng);
+            for _ in 0..3 {
+                match pick {
+                    Some(i) if tried.contains(&i) && hash.is_none() => pick = picker.pick(None, &mut rng),
+                    _ => break,
+                }
+            }
+            let Some(i) = pick else {
+                return (local(StatusCode::SERVICE_UNAVAILABLE, ERROR_HEADER, "no healthy upstream", grpc), None, attempt - 1);
+            };
+            tried.push(i);
+            let addr = state.endpoints.endpoints()[i].address;
+            let load = state.load(i).clone();
+            let active = load.start();
+            let req = build(head, addr, body, None);
+            let client = if wants_h2(head) { &self.http2 } else { &self.http1 };
+            let sent = Instant::now();
+            let per_try = retry.and_then(|r| r.per_try_timeout());
+            let result = match per_try {
+                Some(t) => tokio::time::timeout(t, client.request(req)).await.map_err(|_| AttemptFailure::PerTryTimeout),
+                None => Ok(client.request(req).await),
+            };
+            drop(active);
+            let (failure, outcome, response) = match result {
+                Err(f) => (Some(f), Outcome::LocalFailure, None),
+                Ok(Err(e)) => {
+                    let f = if e.is_connect() { AttemptFailure::ConnectFailure } else { AttemptFailure::Reset };
+                    (Some(f), Outcome::LocalFailure, None)
+                }
+                Ok(Ok(resp)) => {
+                    if let LbConfig::PeakEwma { decay, .. } = state.cluster.lb() {
+                        load.observe(sent.elapsed(), std_now(), *decay);
+                    }
+                    let status = resp.status().as_u16();
+                    let grpc_code = resp.headers().get("grpc-status").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u32>().ok());
+                    let (failure, outcome) = match grpc_code {
+                        Some(c) if c != 0 => (Some(AttemptFailure::GrpcStatus(c)), outcome_for(grpc_to_http(c))),
+                        _ if status >= 400 => (Some(AttemptFailure::HttpStatus(status)), outcome_for(status)),
+                        _ => (None, Outcome::Success),
+                    };
+                    (failure, outcome, Some(resp.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed_unsync())))
+                }
+            };
+            state.record(addr, outcome, std_now());
+            let Some(failure) = failure else {
+                return (response.unwrap_or_else(|| local(StatusCode::BAD_GATEWAY, ERROR_HEADER, "no response", grpc)), Some(addr), attempt);
+            };
+            let response = response.unwrap_or_else(|| match failure {
+                AttemptFailure::PerTryTimeout => local(StatusCode::GATEWAY_TIMEOUT, ERROR_HEADER, "upstream per-try timeout", grpc),
+                AttemptFailure::ConnectFailure => local(StatusCode::SERVICE_UNAVAILABLE, ERROR_HEADER, "upstream connect error", grpc),
+                _ => local(StatusCode::SERVICE_UNAVAILABLE, ERROR_HEADER, "upstream reset", grpc),
+            });
+            let retry_ok = attempt < max_attempts
+                && retry.is_some_and(|r| r.is_retriable(failure))
+                && prepared.is_replayable()
+                && state.budget.try_withdraw(std_now());
+            if !retry_ok {
+                return (response, Some(addr), attempt);
+            }
+            // Drain the failed response so its connection goes back to the pool.
+            let (_, b) = response.into_parts();
+            let _ = b.collect().await;
+            if let Some(r) = retry {
+                let wait = r.backoff(attempt, &mut rand::rng());
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+}
+
+fn outcome_for(status: u16) -> Outcome {
+    if status >= 500 { Outcome::ServerError(status) } else { Outcome::Success }
+}
+
+fn wants_h2(head: &Head) -> bool {
+    head.version == Version::HTTP_2 || is_grpc(&head.headers)
+}
+
+fn replay_body(data: Bytes, trailers: Option<HeaderMap>) -> MeshBody {
+    let mut p = Prepared::Replayable { data, trailers };
+    p.attempt().unwrap_or_else(empty)
+}
+
+/// The upstream request for one attempt: the endpoint in the URI, the original authority in
+/// `Host` (or `host_override`, for mirrors).
+fn build(head: &Head, addr: SocketAddr, body: MeshBody, host_override: Option<&str>) -> Request<MeshBody> {
+    let pq = head.uri.path_and_query().map_or("/", |p| p.as_str());
+    let uri: Uri = format!("http://{addr}{pq}").parse().unwrap_or_else(|_| Uri::from_static("/"));
+    let mut req = Request::new(body);
+    *req.method_mut() = head.method.clone();
+    *req.uri_mut() = uri;
+    *req.headers_mut() = head.headers.clone();
+    let host = host_override.unwrap_or(&head.authority);
+    if !wants_h2(head)
+        && let Ok(v) = HeaderValue::from_str(host)
+    {
+        req.headers_mut().insert(http::header::HOST, v);
+    }
+    req
+}
