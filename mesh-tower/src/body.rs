@@ -18,12 +18,16 @@ pub type MeshBody = UnsyncBoxBody<Bytes, BoxError>;
 
 /// A body with nothing in it.
 pub fn empty() -> MeshBody {
-    http_body_util::Empty::new().map_err(|e: std::convert::Infallible| match e {}).boxed_unsync()
+    http_body_util::Empty::new()
+        .map_err(|e: std::convert::Infallible| match e {})
+        .boxed_unsync()
 }
 
 /// A body with these bytes.
 pub fn full(b: impl Into<Bytes>) -> MeshBody {
-    http_body_util::Full::new(b.into()).map_err(|e: std::convert::Infallible| match e {}).boxed_unsync()
+    http_body_util::Full::new(b.into())
+        .map_err(|e: std::convert::Infallible| match e {})
+        .boxed_unsync()
 }
 
 /// A request body after preparation.
@@ -68,7 +72,11 @@ fn replay(data: Bytes, trailers: Option<HeaderMap>) -> MeshBody {
     if let Some(t) = trailers {
         frames.push_back(Frame::trailers(t));
     }
-    Prefixed { frames, rest: None::<MeshBody> }.boxed_unsync()
+    Prefixed {
+        frames,
+        rest: None::<MeshBody>,
+    }
+    .boxed_unsync()
 }
 
 /// Reads up to `cap` bytes: a body that ends within it is kept whole; a longer one is passed
@@ -79,7 +87,10 @@ where
     B::Error: Into<BoxError>,
 {
     if body.is_end_stream() {
-        return Ok(Prepared::Replayable { data: Bytes::new(), trailers: None });
+        return Ok(Prepared::Replayable {
+            data: Bytes::new(),
+            trailers: None,
+        });
     }
     if body.size_hint().lower() as usize > cap {
         return Ok(Prepared::Streaming(body.map_err(Into::into).boxed_unsync()));
@@ -100,7 +111,11 @@ where
         frames.push_back(frame);
         if size > cap {
             return Ok(Prepared::Streaming(
-                Prefixed { frames, rest: Some(body.map_err(Into::into)) }.boxed_unsync(),
+                Prefixed {
+                    frames,
+                    rest: Some(body.map_err(Into::into)),
+                }
+                .boxed_unsync(),
             ));
         }
     }
@@ -110,7 +125,10 @@ where
             data.extend_from_slice(&d);
         }
     }
-    Ok(Prepared::Replayable { data: data.freeze(), trailers })
+    Ok(Prepared::Replayable {
+        data: data.freeze(),
+        trailers,
+    })
 }
 
 /// Frames already read, then the rest of a body.
@@ -126,7 +144,10 @@ where
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         if let Some(f) = self.frames.pop_front() {
             return Poll::Ready(Some(Ok(f)));
         }
@@ -141,8 +162,17 @@ where
     }
 
     fn size_hint(&self) -> SizeHint {
-        let buffered: u64 = self.frames.iter().filter_map(|f| f.data_ref()).map(|d| d.len() as u64).sum();
-        let mut hint = self.rest.as_ref().map(|r| r.size_hint()).unwrap_or_else(|| SizeHint::with_exact(0));
+        let buffered: u64 = self
+            .frames
+            .iter()
+            .filter_map(|f| f.data_ref())
+            .map(|d| d.len() as u64)
+            .sum();
+        let mut hint = self
+            .rest
+            .as_ref()
+            .map(|r| r.size_hint())
+            .unwrap_or_else(|| SizeHint::with_exact(0));
         hint.set_lower(hint.lower() + buffered);
         if let Some(u) = hint.upper() {
             hint.set_upper(u + buffered);

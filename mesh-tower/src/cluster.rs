@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use mesh_core::{
-    CircuitBreaker, Cluster, ClusterPicker, EndpointLoad, EndpointSet, OutlierDetector, Outcome,
-    RetryBudget,
+    CircuitBreaker, Cluster, ClusterPicker, EndpointLoad, EndpointSet, Outcome, OutlierDetector,
+    RetryBudget, RetryBudgetConfig,
 };
 
 /// Runtime state of one cluster.
@@ -35,14 +35,32 @@ struct Outlier {
 impl ClusterState {
     /// Builds state for a cluster, carrying over what `previous` had for the same endpoints
     /// (in-flight counts, breaker counters, budget, ejections).
-    pub fn new(cluster: Arc<Cluster>, endpoints: Arc<EndpointSet>, previous: Option<&ClusterState>, now: Instant) -> Self {
+    pub fn new(
+        cluster: Arc<Cluster>,
+        endpoints: Arc<EndpointSet>,
+        previous: Option<&ClusterState>,
+        budget_override: Option<RetryBudgetConfig>,
+        now: Instant,
+    ) -> Self {
         let by_addr: HashMap<SocketAddr, Arc<EndpointLoad>> = previous
-            .map(|p| p.endpoints.endpoints().iter().map(|e| e.address).zip(p.loads.iter().cloned()).collect())
+            .map(|p| {
+                p.endpoints
+                    .endpoints()
+                    .iter()
+                    .map(|e| e.address)
+                    .zip(p.loads.iter().cloned())
+                    .collect()
+            })
             .unwrap_or_default();
         let loads: Arc<[Arc<EndpointLoad>]> = endpoints
             .endpoints()
             .iter()
-            .map(|e| by_addr.get(&e.address).cloned().unwrap_or_else(EndpointLoad::new))
+            .map(|e| {
+                by_addr
+                    .get(&e.address)
+                    .cloned()
+                    .unwrap_or_else(EndpointLoad::new)
+            })
             .collect();
         let breaker = match previous {
             Some(p) => {
@@ -51,9 +69,10 @@ impl ClusterState {
             }
             None => CircuitBreaker::new(*cluster.thresholds()),
         };
+        let budget_config = budget_override.unwrap_or(*cluster.retry_budget());
         let budget = match previous {
-            Some(p) if p.budget.config() == cluster.retry_budget() => p.budget.clone(),
-            _ => Arc::new(RetryBudget::new(*cluster.retry_budget())),
+            Some(p) if *p.budget.config() == budget_config => p.budget.clone(),
+            _ => Arc::new(RetryBudget::new(budget_config)),
         };
         let outlier = cluster.outlier_detection().map(|cfg| {
             let mut detector = previous
@@ -65,11 +84,21 @@ impl ClusterState {
                 .unwrap_or_else(|| OutlierDetector::new(*cfg));
             detector.set_config(*cfg);
             detector.set_hosts(endpoints.endpoints().iter().map(|e| e.address));
-            Mutex::new(Outlier { detector, next_sweep: now + cfg.interval })
+            Mutex::new(Outlier {
+                detector,
+                next_sweep: now + cfg.interval,
+            })
         });
         let seed = rand::random();
         let state = Self {
-            picker: RwLock::new(Arc::new(ClusterPicker::new(cluster.lb(), &endpoints, cluster.picker_options(), |_| true, Some(loads.clone()), seed))),
+            picker: RwLock::new(Arc::new(ClusterPicker::new(
+                cluster.lb(),
+                &endpoints,
+                cluster.picker_options(),
+                |_| true,
+                Some(loads.clone()),
+                seed,
+            ))),
             cluster,
             endpoints,
             loads,
@@ -84,14 +113,21 @@ impl ClusterState {
 
     /// The current picker.
     pub fn picker(&self) -> Arc<ClusterPicker> {
-        self.picker.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.picker
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn rebuild_picker(&self) {
         let ejected: Vec<bool> = match &self.outlier {
             Some(o) => {
                 let o = o.lock().unwrap_or_else(|e| e.into_inner());
-                self.endpoints.endpoints().iter().map(|e| o.detector.is_ejected(&e.address)).collect()
+                self.endpoints
+                    .endpoints()
+                    .iter()
+                    .map(|e| o.detector.is_ejected(&e.address))
+                    .collect()
             }
             None => Vec::new(),
         };

@@ -66,6 +66,10 @@ pub struct MeshConfig {
     pub pool_idle_timeout: Duration,
     /// Optional per-request hook.
     pub observer: Option<Arc<dyn Observer>>,
+    /// Replaces every cluster's retry budget (the default budget allows 20% of requests plus
+    /// 10 retries a second: it stops a dead backend from being hammered, and also caps
+    /// retries against a backend that fails half its requests).
+    pub retry_budget: Option<mesh_core::RetryBudgetConfig>,
 }
 
 impl Default for MeshConfig {
@@ -76,6 +80,7 @@ impl Default for MeshConfig {
             mirror_concurrency: 64,
             pool_idle_timeout: Duration::from_secs(90),
             observer: None,
+            retry_budget: None,
         }
     }
 }
@@ -87,7 +92,9 @@ pub struct MeshService<C = HttpConnector> {
 
 impl<C> Clone for MeshService<C> {
     fn clone(&self) -> Self {
-        Self { shared: self.shared.clone() }
+        Self {
+            shared: self.shared.clone(),
+        }
     }
 }
 
@@ -111,8 +118,14 @@ impl MeshService<HttpConnector> {
 
 impl<C: Connect + Clone + Send + Sync + 'static> MeshService<C> {
     /// A stack over a custom connector (the seam for mTLS).
-    pub fn with_connector(snapshots: watch::Receiver<Arc<MeshSnapshot>>, config: MeshConfig, connector: C) -> Self {
-        let http1 = Client::builder(TokioExecutor::new()).pool_idle_timeout(config.pool_idle_timeout).build(connector.clone());
+    pub fn with_connector(
+        snapshots: watch::Receiver<Arc<MeshSnapshot>>,
+        config: MeshConfig,
+        connector: C,
+    ) -> Self {
+        let http1 = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(config.pool_idle_timeout)
+            .build(connector.clone());
         let http2 = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(config.pool_idle_timeout)
             .http2_only(true)
@@ -150,7 +163,11 @@ where
             let started = Instant::now();
             let resp = shared.handle(req).await;
             if let Some(o) = &shared.config.observer {
-                o.on_response(resp.extensions().get::<MeshInfo>(), resp.status(), started.elapsed());
+                o.on_response(
+                    resp.extensions().get::<MeshInfo>(),
+                    resp.status(),
+                    started.elapsed(),
+                );
             }
             Ok(resp)
         })
@@ -175,7 +192,10 @@ fn local(status: StatusCode, header: &'static str, reason: &str, grpc: bool) -> 
 fn grpc_status_response(code: u32, message: &str) -> Response<MeshBody> {
     let mut r = Response::new(empty());
     let h = r.headers_mut();
-    h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    h.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
     h.insert("grpc-status", HeaderValue::from(code));
     if let Ok(v) = HeaderValue::from_str(message) {
         h.insert("grpc-message", v);
@@ -249,7 +269,12 @@ impl<C: Connect + Clone + Send + Sync + 'static> Shared<C> {
     fn state(&self, snap: &MeshSnapshot, name: &str) -> Option<Arc<ClusterState>> {
         let cluster = snap.cluster(name)?;
         let endpoints = snap.cluster_endpoints(cluster)?;
-        let current = self.states.read().unwrap_or_else(|e| e.into_inner()).get(name).cloned();
+        let current = self
+            .states
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned();
         if let Some(s) = &current
             && Arc::ptr_eq(&s.cluster, cluster)
             && Arc::ptr_eq(&s.endpoints, endpoints)
@@ -264,7 +289,13 @@ impl<C: Connect + Clone + Send + Sync + 'static> Shared<C> {
         {
             return previous;
         }
-        let state = Arc::new(ClusterState::new(cluster.clone(), endpoints.clone(), previous.as_deref(), Instant::now().into_std()));
+        let state = Arc::new(ClusterState::new(
+            cluster.clone(),
+            endpoints.clone(),
+            previous.as_deref(),
+            self.config.retry_budget,
+            Instant::now().into_std(),
+        ));
         states.insert(cluster.name().clone(), state.clone());
         Some(state)
     }
@@ -281,7 +312,13 @@ impl<C: Connect + Clone + Send + Sync + 'static> Shared<C> {
             .uri
             .authority()
             .map(|a| a.as_str().to_string())
-            .or_else(|| parts.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).map(String::from))
+            .or_else(|| {
+                parts
+                    .headers
+                    .get(http::header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(String::from)
+            })
             .unwrap_or_default();
         let (listener, authority) = match &self.config.target {
             Some(t) => (t.clone(), t.clone()),
@@ -290,13 +327,26 @@ impl<C: Connect + Clone + Send + Sync + 'static> Shared<C> {
         };
         // ThreadRng is not Send; a small generator seeded from it crosses awaits.
         let mut rng = SmallRng::from_rng(&mut rand::rng());
-        let route_req = RouteRequest::new(&parts.method, &parts.uri, &parts.headers).with_authority(&authority);
+        let route_req =
+            RouteRequest::new(&parts.method, &parts.uri, &parts.headers).with_authority(&authority);
         let routed = match snap.route(&listener, &route_req, &mut rng) {
             Ok(r) => r,
-            Err(e) => return local(StatusCode::NOT_FOUND, ERROR_HEADER, &format!("no route: {e}"), grpc),
+            Err(e) => {
+                return local(
+                    StatusCode::NOT_FOUND,
+                    ERROR_HEADER,
+                    &format!("no route: {e}"),
+                    grpc,
+                );
+            }
         };
         let Some(fwd) = routed.route.forward() else {
-            return local(StatusCode::NOT_FOUND, ERROR_HEADER, "no route: the route does not forward", grpc);
+            return local(
+                StatusCode::NOT_FOUND,
+                ERROR_HEADER,
+                "no route: the route does not forward",
+                grpc,
+            );
         };
         let cluster_name = routed.cluster.cloned().unwrap_or_else(|| Arc::from(""));
         let route_name = routed.route.name().to_string();
@@ -310,22 +360,42 @@ impl<C: Connect + Clone + Send + Sync + 'static> Shared<C> {
                 tokio::time::sleep(d).await;
             }
             match decision.abort {
-                Some(FaultAbort::Http(s)) if grpc => return grpc_status_response(if s == 200 { 2 } else { http_to_grpc(s) }, "fault filter abort"),
+                Some(FaultAbort::Http(s)) if grpc => {
+                    return grpc_status_response(
+                        if s == 200 { 2 } else { http_to_grpc(s) },
+                        "fault filter abort",
+                    );
+                }
                 Some(FaultAbort::Http(s)) => {
                     let mut r = Response::new(full("fault filter abort"));
-                    *r.status_mut() = StatusCode::from_u16(s).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                    *r.status_mut() =
+                        StatusCode::from_u16(s).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
                     return r;
                 }
-                Some(FaultAbort::Grpc(c)) => return grpc_status_response(c.min(16), "fault filter abort"),
+                Some(FaultAbort::Grpc(c)) => {
+                    return grpc_status_response(c.min(16), "fault filter abort");
+                }
                 None => {}
             }
         }
 
         let Some(state) = self.state(&snap, &cluster_name) else {
-            return local(StatusCode::SERVICE_UNAVAILABLE, ERROR_HEADER, &format!("cluster {cluster_name} is unknown or has no endpoints"), grpc);
+            return local(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ERROR_HEADER,
+                &format!("cluster {cluster_name} is unknown or has no endpoints"),
+                grpc,
+            );
         };
-        let deadline = fwd.timeouts.effective(grpc_timeout(&parts.headers), routed.listener.max_stream_duration());
-        let hash = if state.cluster.lb().is_hash_based() { request_hash(&fwd.hash_policies, &route_req, 0) } else { None };
+        let deadline = fwd.timeouts.effective(
+            grpc_timeout(&parts.headers),
+            routed.listener.max_stream_duration(),
+        );
+        let hash = if state.cluster.lb().is_hash_based() {
+            request_hash(&fwd.hash_policies, &route_req, 0)
+        } else {
+            None
+        };
         let head = Head {
             method: parts.method.clone(),
             uri: parts.uri.clone(),
@@ -338,14 +408,30 @@ impl<C: Connect + Clone + Send + Sync + 'static> Shared<C> {
 
         let mut prepared = match prepare(body, self.config.max_replay_bytes).await {
             Ok(p) => p,
-            Err(e) => return local(StatusCode::BAD_REQUEST, ERROR_HEADER, &format!("request body: {e}"), grpc),
+            Err(e) => {
+                return local(
+                    StatusCode::BAD_REQUEST,
+                    ERROR_HEADER,
+                    &format!("request body: {e}"),
+                    grpc,
+                );
+            }
         };
         self.mirror(&fwd, &head, &prepared, &mut rng);
         let attempts = self.attempts(&head, &mut prepared, &state, &fwd, hash, grpc, &route_name);
         let (mut resp, endpoint, tries) = match deadline {
             Some(d) => match tokio::time::timeout(d, attempts).await {
                 Ok(r) => r,
-                Err(_) => (local(StatusCode::GATEWAY_TIMEOUT, ERROR_HEADER, "upstream request timeout", grpc), None, 0),
+                Err(_) => (
+                    local(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        ERROR_HEADER,
+                        "upstream request timeout",
+                        grpc,
+                    ),
+                    None,
+                    0,
+                ),
             },
             None => attempts.await,
         };
@@ -359,24 +445,47 @@ impl<C: Connect + Clone + Send + Sync + 'static> Shared<C> {
     }
 
     /// Sends copies to the mirror clusters, fire-and-forget, with bounded concurrency.
-    fn mirror(self: &Arc<Self>, fwd: &ForwardAction, head: &Head, body: &Prepared, rng: &mut impl rand::RngCore) {
-        let Prepared::Replayable { data, trailers } = body else { return };
+    fn mirror(
+        self: &Arc<Self>,
+        fwd: &ForwardAction,
+        head: &Head,
+        body: &Prepared,
+        rng: &mut impl rand::RngCore,
+    ) {
+        let Prepared::Replayable { data, trailers } = body else {
+            return;
+        };
         for m in fwd.mirrors.iter() {
             if !m.fraction.sample(rng) {
                 continue;
             }
-            let Ok(permit) = self.mirrors.clone().try_acquire_owned() else { continue };
+            let Ok(permit) = self.mirrors.clone().try_acquire_owned() else {
+                continue;
+            };
             let snap = self.snapshots.borrow().clone();
-            let Some(state) = self.state(&snap, &m.cluster) else { continue };
-            let Some(i) = state.picker().pick(None, rng) else { continue };
+            let Some(state) = self.state(&snap, &m.cluster) else {
+                continue;
+            };
+            let Some(i) = state.picker().pick(None, rng) else {
+                continue;
+            };
             let addr = state.endpoints.endpoints()[i].address;
             let host = head.authority.split(':').next().unwrap_or_default();
             let shadow = match head.authority.split_once(':') {
                 Some((_, port)) => format!("{host}-shadow:{port}"),
                 None => format!("{host}-shadow"),
             };
-            let req = build(head, addr, replay_body(data.clone(), trailers.clone()), Some(&shadow));
-            let client = if wants_h2(head) { self.http2.clone() } else { self.http1.clone() };
+            let req = build(
+                head,
+                addr,
+                replay_body(data.clone(), trailers.clone()),
+                Some(&shadow),
+            );
+            let client = if wants_h2(head) {
+                self.http2.clone()
+            } else {
+                self.http1.clone()
+            };
             tokio::spawn(async move {
                 let _permit = permit;
                 if let Ok(resp) = client.request(req).await {
@@ -408,18 +517,49 @@ impl<C: Connect + Clone + Send + Sync + 'static> Shared<C> {
             attempt += 1;
             let _request_permit = match state.breaker.try_acquire(BreakerResource::Requests) {
                 Ok(p) => p,
-                Err(o) => return (local(StatusCode::SERVICE_UNAVAILABLE, OVERFLOW_HEADER, o.resource.threshold_name(), grpc), None, attempt - 1),
+                Err(o) => {
+                    return (
+                        local(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            OVERFLOW_HEADER,
+                            o.resource.threshold_name(),
+                            grpc,
+                        ),
+                        None,
+                        attempt - 1,
+                    );
+                }
             };
             let _retry_permit = if attempt > 1 {
                 match state.breaker.try_acquire(BreakerResource::Retries) {
                     Ok(p) => Some(p),
-                    Err(_) => return (local(StatusCode::SERVICE_UNAVAILABLE, OVERFLOW_HEADER, "max_retries", grpc), None, attempt - 1),
+                    Err(_) => {
+                        return (
+                            local(
+                                StatusCode::SERVICE_UNAVAILABLE,
+                                OVERFLOW_HEADER,
+                                "max_retries",
+                                grpc,
+                            ),
+                            None,
+                            attempt - 1,
+                        );
+                    }
                 }
             } else {
                 None
             };
             let Some(body) = prepared.attempt() else {
-                return (local(StatusCode::SERVICE_UNAVAILABLE, ERROR_HEADER, "request body already sent", grpc), None, attempt - 1);
+                return (
+                    local(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        ERROR_HEADER,
+                        "request body already sent",
+                        grpc,
+                    ),
+                    None,
+                    attempt - 1,
+                );
             };
             state.maybe_sweep(std_now());
             let picker = state.picker();
@@ -428,30 +568,51 @@ impl<C: Connect + Clone + Send + Sync + 'static> Shared<C> {
             let mut pick = picker.pick(hash, &mut rng);
             for _ in 0..3 {
                 match pick {
-                    Some(i) if tried.contains(&i) && hash.is_none() => pick = picker.pick(None, &mut rng),
+                    Some(i) if tried.contains(&i) && hash.is_none() => {
+                        pick = picker.pick(None, &mut rng)
+                    }
                     _ => break,
                 }
             }
             let Some(i) = pick else {
-                return (local(StatusCode::SERVICE_UNAVAILABLE, ERROR_HEADER, "no healthy upstream", grpc), None, attempt - 1);
+                return (
+                    local(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        ERROR_HEADER,
+                        "no healthy upstream",
+                        grpc,
+                    ),
+                    None,
+                    attempt - 1,
+                );
             };
             tried.push(i);
             let addr = state.endpoints.endpoints()[i].address;
             let load = state.load(i).clone();
             let active = load.start();
             let req = build(head, addr, body, None);
-            let client = if wants_h2(head) { &self.http2 } else { &self.http1 };
+            let client = if wants_h2(head) {
+                &self.http2
+            } else {
+                &self.http1
+            };
             let sent = Instant::now();
             let per_try = retry.and_then(|r| r.per_try_timeout());
             let result = match per_try {
-                Some(t) => tokio::time::timeout(t, client.request(req)).await.map_err(|_| AttemptFailure::PerTryTimeout),
+                Some(t) => tokio::time::timeout(t, client.request(req))
+                    .await
+                    .map_err(|_| AttemptFailure::PerTryTimeout),
                 None => Ok(client.request(req).await),
             };
             drop(active);
             let (failure, outcome, response) = match result {
                 Err(f) => (Some(f), Outcome::LocalFailure, None),
                 Ok(Err(e)) => {
-                    let f = if e.is_connect() { AttemptFailure::ConnectFailure } else { AttemptFailure::Reset };
+                    let f = if e.is_connect() {
+                        AttemptFailure::ConnectFailure
+                    } else {
+                        AttemptFailure::Reset
+                    };
                     (Some(f), Outcome::LocalFailure, None)
                 }
                 Ok(Ok(resp)) => {
@@ -459,23 +620,58 @@ impl<C: Connect + Clone + Send + Sync + 'static> Shared<C> {
                         load.observe(sent.elapsed(), std_now(), *decay);
                     }
                     let status = resp.status().as_u16();
-                    let grpc_code = resp.headers().get("grpc-status").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u32>().ok());
+                    let grpc_code = resp
+                        .headers()
+                        .get("grpc-status")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse::<u32>().ok());
                     let (failure, outcome) = match grpc_code {
-                        Some(c) if c != 0 => (Some(AttemptFailure::GrpcStatus(c)), outcome_for(grpc_to_http(c))),
-                        _ if status >= 400 => (Some(AttemptFailure::HttpStatus(status)), outcome_for(status)),
+                        Some(c) if c != 0 => (
+                            Some(AttemptFailure::GrpcStatus(c)),
+                            outcome_for(grpc_to_http(c)),
+                        ),
+                        _ if status >= 400 => (
+                            Some(AttemptFailure::HttpStatus(status)),
+                            outcome_for(status),
+                        ),
                         _ => (None, Outcome::Success),
                     };
-                    (failure, outcome, Some(resp.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed_unsync())))
+                    (
+                        failure,
+                        outcome,
+                        Some(resp.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed_unsync())),
+                    )
                 }
             };
             state.record(addr, outcome, std_now());
             let Some(failure) = failure else {
-                return (response.unwrap_or_else(|| local(StatusCode::BAD_GATEWAY, ERROR_HEADER, "no response", grpc)), Some(addr), attempt);
+                return (
+                    response.unwrap_or_else(|| {
+                        local(StatusCode::BAD_GATEWAY, ERROR_HEADER, "no response", grpc)
+                    }),
+                    Some(addr),
+                    attempt,
+                );
             };
             let response = response.unwrap_or_else(|| match failure {
-                AttemptFailure::PerTryTimeout => local(StatusCode::GATEWAY_TIMEOUT, ERROR_HEADER, "upstream per-try timeout", grpc),
-                AttemptFailure::ConnectFailure => local(StatusCode::SERVICE_UNAVAILABLE, ERROR_HEADER, "upstream connect error", grpc),
-                _ => local(StatusCode::SERVICE_UNAVAILABLE, ERROR_HEADER, "upstream reset", grpc),
+                AttemptFailure::PerTryTimeout => local(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    ERROR_HEADER,
+                    "upstream per-try timeout",
+                    grpc,
+                ),
+                AttemptFailure::ConnectFailure => local(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    ERROR_HEADER,
+                    "upstream connect error",
+                    grpc,
+                ),
+                _ => local(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    ERROR_HEADER,
+                    "upstream reset",
+                    grpc,
+                ),
             });
             let retry_ok = attempt < max_attempts
                 && retry.is_some_and(|r| r.is_retriable(failure))
@@ -496,7 +692,11 @@ impl<C: Connect + Clone + Send + Sync + 'static> Shared<C> {
 }
 
 fn outcome_for(status: u16) -> Outcome {
-    if status >= 500 { Outcome::ServerError(status) } else { Outcome::Success }
+    if status >= 500 {
+        Outcome::ServerError(status)
+    } else {
+        Outcome::Success
+    }
 }
 
 fn wants_h2(head: &Head) -> bool {
@@ -510,9 +710,16 @@ fn replay_body(data: Bytes, trailers: Option<HeaderMap>) -> MeshBody {
 
 /// The upstream request for one attempt: the endpoint in the URI, the original authority in
 /// `Host` (or `host_override`, for mirrors).
-fn build(head: &Head, addr: SocketAddr, body: MeshBody, host_override: Option<&str>) -> Request<MeshBody> {
+fn build(
+    head: &Head,
+    addr: SocketAddr,
+    body: MeshBody,
+    host_override: Option<&str>,
+) -> Request<MeshBody> {
     let pq = head.uri.path_and_query().map_or("/", |p| p.as_str());
-    let uri: Uri = format!("http://{addr}{pq}").parse().unwrap_or_else(|_| Uri::from_static("/"));
+    let uri: Uri = format!("http://{addr}{pq}")
+        .parse()
+        .unwrap_or_else(|_| Uri::from_static("/"));
     let mut req = Request::new(body);
     *req.method_mut() = head.method.clone();
     *req.uri_mut() = uri;

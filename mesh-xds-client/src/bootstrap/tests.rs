@@ -1,17 +1,15 @@
 use super::*;
 
 fn istio_testdata(rel: &str) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata").join(rel);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("testdata")
+        .join(rel);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 #[test]
 fn parses_istio_agents_golden_bootstrap() {
-    let b = Bootstrap::from_json(
-        &istio_testdata("grpc-bootstrap.golden.json"),
-        "golden",
-    )
-    .unwrap();
+    let b = Bootstrap::from_json(&istio_testdata("grpc-bootstrap.golden.json"), "golden").unwrap();
     let s = b.server();
     assert_eq!(s.address, ServerAddress::Unix("/etc/istio/XDS".into()));
     assert_eq!(s.channel_credentials, ChannelCredentials::Insecure);

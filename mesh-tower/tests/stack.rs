@@ -1,0 +1,476 @@
+//! The client stack end to end: real hyper backends on 127.0.0.1, the local control plane
+//! translating Istio YAML, mesh's xDS client over ADS, and the stack routing requests.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use mesh_control_plane::{ControlPlane, IstioConfig, translate};
+use mesh_tower::{ERROR_HEADER, MeshConfig, MeshInfo, MeshService, OVERFLOW_HEADER};
+use mesh_xds_client::{Bootstrap, XdsClient, XdsClientBuilder};
+use tower::{Service, ServiceExt};
+
+const HOST: &str = "ui.default.svc.cluster.local";
+
+/// How a backend answers.
+#[derive(Clone, Copy)]
+enum Behavior {
+    Ok,
+    /// 503 on every other request.
+    FailHalf,
+    /// 503 always.
+    FailAll,
+    /// Waits, then answers.
+    Slow(Duration),
+}
+
+struct Backend {
+    addr: SocketAddr,
+    hits: Arc<AtomicU64>,
+}
+
+async fn backend(name: &'static str, behavior: Behavior) -> Backend {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hits = Arc::new(AtomicU64::new(0));
+    let h = hits.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let h = h.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let n = h.fetch_add(1, Ordering::Relaxed);
+                    async move {
+                        let _ = req.into_body().collect().await;
+                        let status = match behavior {
+                            Behavior::Ok => StatusCode::OK,
+                            Behavior::FailHalf if n % 2 == 0 => StatusCode::SERVICE_UNAVAILABLE,
+                            Behavior::FailHalf => StatusCode::OK,
+                            Behavior::FailAll => StatusCode::SERVICE_UNAVAILABLE,
+                            Behavior::Slow(d) => {
+                                tokio::time::sleep(d).await;
+                                StatusCode::OK
+                            }
+                        };
+                        let mut r = Response::new(Full::new(Bytes::from(name)));
+                        *r.status_mut() = status;
+                        Ok::<_, Infallible>(r)
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Backend { addr, hits }
+}
+
+/// YAML for `ui` with version-1 on `v1` and version-2-beta on `v2`, a DestinationRule with
+/// `policy` (indented under trafficPolicy), and the VirtualService `http` block.
+fn yaml(v1: &[SocketAddr], v2: &[SocketAddr], policy: &str, http: &str) -> String {
+    let mut eps = String::new();
+    for (addrs, version) in [(v1, "v1"), (v2, "v2")] {
+        for a in addrs {
+            eps.push_str(&format!("  - address: 127.0.0.1\n    ports: {{http: {}}}\n    labels: {{version: {version}}}\n", a.port()));
+        }
+    }
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: ui}}\nspec:\n  hosts: [{HOST}]\n  ports: [{{number: 9080, name: http}}]\n  endpoints:\n{eps}---\n\
+apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: ui}}\nspec:\n  host: {HOST}\n  trafficPolicy:\n{policy}\n  subsets:\n  - name: version-1\n    labels: {{version: v1}}\n  - name: version-2-beta\n    labels: {{version: v2}}\n---\n\
+apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: ui}}\nspec:\n  hosts: [{HOST}]\n  http:\n{http}"
+    )
+}
+
+const SPLIT_90_10: &str = "  - name: beta\n    match:\n    - headers: {version: {exact: beta}}\n    route:\n    - destination: {host: ui.default.svc.cluster.local, subset: version-2-beta}\n  - name: canary\n    route:\n    - destination: {host: ui.default.svc.cluster.local, subset: version-1}\n      weight: 90\n    - destination: {host: ui.default.svc.cluster.local, subset: version-2-beta}\n      weight: 10\n";
+
+fn resources(yaml: &str) -> mesh_control_plane::Resources {
+    let mut cfg = IstioConfig::default();
+    cfg.add_text("test.yaml", yaml).unwrap();
+    translate(&cfg).unwrap()
+}
+
+struct Mesh {
+    cp: ControlPlane,
+    _client: XdsClient,
+    svc: MeshService,
+}
+
+async fn mesh(yaml: &str) -> Mesh {
+    mesh_with(yaml, MeshConfig::default()).await
+}
+
+async fn mesh_with(yaml: &str, config: MeshConfig) -> Mesh {
+    let cp = ControlPlane::new(resources(yaml));
+    let addr = cp
+        .clone()
+        .spawn("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let b = Bootstrap::from_json(
+        &format!(r#"{{"xds_servers": [{{"server_uri": "{addr}", "channel_creds": [{{"type": "insecure"}}]}}], "node": {{"id": "sidecar~127.0.0.1~t.default~default.svc.cluster.local"}}}}"#),
+        "test",
+    )
+    .unwrap();
+    let client = XdsClientBuilder::new(b)
+        .target(format!("{HOST}:9080"))
+        .start()
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), client.ready())
+        .await
+        .expect("config ready");
+    let svc = MeshService::new(client.snapshots(), config);
+    Mesh {
+        cp,
+        _client: client,
+        svc,
+    }
+}
+
+async fn send(
+    svc: &MeshService,
+    headers: &[(&str, &str)],
+) -> (StatusCode, String, Option<MeshInfo>) {
+    let mut req = Request::get(format!("http://{HOST}:9080/productpage"));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = svc
+        .clone()
+        .oneshot(req.body(Full::new(Bytes::new())).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status();
+    let info = resp.extensions().get::<MeshInfo>().cloned();
+    let err = resp
+        .headers()
+        .get(ERROR_HEADER)
+        .or(resp.headers().get(OVERFLOW_HEADER))
+        .map(|v| v.to_str().unwrap().to_string());
+    let body =
+        String::from_utf8_lossy(&resp.into_body().collect().await.unwrap().to_bytes()).to_string();
+    (status, err.unwrap_or(body), info)
+}
+
+#[tokio::test]
+async fn canary_split_header_canary_and_a_live_shift() {
+    let (a, b) = (
+        backend("v1", Behavior::Ok).await,
+        backend("v2", Behavior::Ok).await,
+    );
+    let m = mesh(&yaml(
+        &[a.addr],
+        &[b.addr],
+        "    loadBalancer: {simple: ROUND_ROBIN}",
+        SPLIT_90_10,
+    ))
+    .await;
+    let mut by = HashMap::<String, usize>::new();
+    for _ in 0..2000 {
+        let (s, body, info) = send(&m.svc, &[]).await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(info.unwrap().attempts, 1);
+        *by.entry(body).or_default() += 1;
+    }
+    // 10% ± 3 points over 2,000 requests (sd 0.67 points).
+    let v2 = by.get("v2").copied().unwrap_or(0) as f64 / 20.0;
+    assert!((7.0..=13.0).contains(&v2), "{by:?}");
+    for _ in 0..200 {
+        assert_eq!(send(&m.svc, &[("version", "beta")]).await.1, "v2");
+    }
+
+    // Shift to 0/100 while requests keep flowing: nothing fails, new traffic moves.
+    let load = {
+        let svc = m.svc.clone();
+        tokio::spawn(async move {
+            let mut failed = 0;
+            for _ in 0..1500 {
+                if send(&svc, &[]).await.0 != StatusCode::OK {
+                    failed += 1;
+                }
+            }
+            failed
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    m.cp.update(resources(&yaml(
+        &[a.addr],
+        &[b.addr],
+        "    loadBalancer: {simple: ROUND_ROBIN}",
+        &SPLIT_90_10
+            .replace("weight: 90", "weight: 0")
+            .replace("weight: 10", "weight: 100"),
+    )));
+    assert_eq!(load.await.unwrap(), 0, "no request failed during the shift");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for _ in 0..200 {
+        assert_eq!(send(&m.svc, &[]).await.1, "v2");
+    }
+}
+
+const RETRY_3: &str = "  - name: canary\n    route:\n    - destination: {host: ui.default.svc.cluster.local, subset: version-1}\n    retries: {attempts: 3, perTryTimeout: 2s, retryOn: 5xx}\n";
+
+#[tokio::test]
+async fn retries_turn_a_flaky_backend_into_successes() {
+    let a = backend("v1", Behavior::FailHalf).await;
+    // Every first attempt fails here, so one retry per request is needed: more than the
+    // default budget's 20% share (see the next test), so this client allows 100%.
+    let budget = mesh_core::RetryBudgetConfig::new(&mesh_core::RetryBudgetSpec {
+        retry_percent: Some(100.0),
+        ..Default::default()
+    })
+    .unwrap();
+    let config = MeshConfig {
+        retry_budget: Some(budget),
+        ..MeshConfig::default()
+    };
+    let m = mesh_with(
+        &yaml(
+            &[a.addr],
+            &[],
+            "    loadBalancer: {simple: ROUND_ROBIN}",
+            RETRY_3,
+        ),
+        config,
+    )
+    .await;
+    let mut ok = 0;
+    for _ in 0..500 {
+        let (s, _, info) = send(&m.svc, &[]).await;
+        ok += usize::from(s == StatusCode::OK);
+        assert!(info.unwrap().attempts <= 4);
+    }
+    assert!(ok >= 495, "{ok} of 500");
+}
+
+#[tokio::test]
+async fn the_budget_caps_retries_against_a_dead_backend() {
+    let a = backend("v1", Behavior::FailAll).await;
+    let m = mesh(&yaml(
+        &[a.addr],
+        &[],
+        "    loadBalancer: {simple: ROUND_ROBIN}",
+        RETRY_3,
+    ))
+    .await;
+    let (n, mut attempts) = (2000u64, 0u64);
+    for _ in 0..n {
+        let (s, _, info) = send(&m.svc, &[]).await;
+        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+        attempts += u64::from(info.unwrap().attempts);
+    }
+    // Default budget: 20% of requests plus 10/s over 10 s = 100.
+    assert!(
+        attempts <= n * 12 / 10 + 100,
+        "{attempts} attempts for {n} requests"
+    );
+    assert_eq!(
+        a.hits.load(Ordering::Relaxed),
+        attempts,
+        "every attempt reached the backend"
+    );
+}
+
+#[tokio::test]
+async fn circuit_breaker_fails_fast_beyond_max_requests() {
+    let a = backend("v1", Behavior::Slow(Duration::from_millis(300))).await;
+    let policy = "    connectionPool:\n      http: {http2MaxRequests: 5}";
+    let m = mesh(&yaml(
+        &[a.addr],
+        &[],
+        policy,
+        RETRY_3
+            .replace(
+                "    retries: {attempts: 3, perTryTimeout: 2s, retryOn: 5xx}\n",
+                "",
+            )
+            .as_str(),
+    ))
+    .await;
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let svc = m.svc.clone();
+            tokio::spawn(async move { send(&svc, &[]).await })
+        })
+        .collect();
+    let mut ok = 0;
+    let mut overflow = 0;
+    for t in tasks {
+        let (s, why, _) = t.await.unwrap();
+        match s {
+            StatusCode::OK => ok += 1,
+            StatusCode::SERVICE_UNAVAILABLE => {
+                assert_eq!(why, "max_requests");
+                overflow += 1;
+            }
+            other => panic!("{other}"),
+        }
+    }
+    assert_eq!((ok, overflow), (5, 15));
+}
+
+#[tokio::test]
+async fn a_failing_endpoint_is_ejected() {
+    let good1 = backend("good1", Behavior::Ok).await;
+    let good2 = backend("good2", Behavior::Ok).await;
+    let bad = backend("bad", Behavior::FailAll).await;
+    let policy = "    loadBalancer: {simple: ROUND_ROBIN}\n    outlierDetection: {consecutive5xxErrors: 2, interval: 1s, baseEjectionTime: 30s, maxEjectionPercent: 100}";
+    let route = "  - name: canary\n    route:\n    - destination: {host: ui.default.svc.cluster.local, subset: version-1}\n";
+    let m = mesh(&yaml(
+        &[good1.addr, good2.addr, bad.addr],
+        &[],
+        policy,
+        route,
+    ))
+    .await;
+    for _ in 0..30 {
+        send(&m.svc, &[]).await;
+    }
+    // Two consecutive 5xx ejected it; it has had exactly those and no traffic since.
+    assert_eq!(bad.hits.load(Ordering::Relaxed), 2);
+    for _ in 0..100 {
+        assert_eq!(send(&m.svc, &[]).await.0, StatusCode::OK);
+    }
+    assert_eq!(bad.hits.load(Ordering::Relaxed), 2);
+}
+
+const MIRROR_50: &str = "  - name: mirrored\n    route:\n    - destination: {host: ui.default.svc.cluster.local, subset: version-1}\n    mirror: {host: ui.default.svc.cluster.local, subset: version-2-beta}\n    mirrorPercentage: {value: 50}\n";
+
+#[tokio::test]
+async fn mirroring_sends_the_configured_share() {
+    let main = backend("v1", Behavior::Ok).await;
+    let shadow = backend("v2", Behavior::Ok).await;
+    let m = mesh(&yaml(
+        &[main.addr],
+        &[shadow.addr],
+        "    loadBalancer: {simple: ROUND_ROBIN}",
+        MIRROR_50,
+    ))
+    .await;
+    for _ in 0..2000 {
+        let (s, body, info) = send(&m.svc, &[]).await;
+        assert_eq!((s, body.as_str()), (StatusCode::OK, "v1"));
+        assert_eq!(info.unwrap().attempts, 1, "mirrors are not attempts");
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // 50% ± 5 points (sd 1.1 points).
+    let mirrored = shadow.hits.load(Ordering::Relaxed);
+    assert!((900..=1100).contains(&mirrored), "{mirrored}");
+    assert_eq!(main.hits.load(Ordering::Relaxed), 2000);
+}
+
+#[tokio::test]
+async fn a_slow_or_dead_shadow_does_not_touch_the_main_request() {
+    let main = backend("v1", Behavior::Ok).await;
+    let slow = backend("v2", Behavior::Slow(Duration::from_secs(5))).await;
+    let m = mesh(&yaml(
+        &[main.addr],
+        &[slow.addr],
+        "    loadBalancer: {simple: ROUND_ROBIN}",
+        MIRROR_50,
+    ))
+    .await;
+    // Were the main request to wait for its mirror, 200 requests would take minutes.
+    tokio::time::timeout(Duration::from_secs(30), async {
+        for _ in 0..200 {
+            assert_eq!(send(&m.svc, &[]).await.0, StatusCode::OK);
+        }
+    })
+    .await
+    .expect("main requests do not wait for the shadow");
+    // A shadow that is not even listening.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let m = mesh(&yaml(
+        &[main.addr],
+        &[dead],
+        "    loadBalancer: {simple: ROUND_ROBIN}",
+        MIRROR_50,
+    ))
+    .await;
+    for _ in 0..200 {
+        assert_eq!(send(&m.svc, &[]).await.0, StatusCode::OK);
+    }
+}
+
+#[tokio::test]
+async fn fault_abort_share_and_timeouts() {
+    let a = backend("v1", Behavior::Ok).await;
+    let route = "  - name: faulty\n    fault:\n      abort: {httpStatus: 418, percentage: {value: 50}}\n    route:\n    - destination: {host: ui.default.svc.cluster.local, subset: version-1}\n";
+    let m = mesh(&yaml(
+        &[a.addr],
+        &[],
+        "    loadBalancer: {simple: ROUND_ROBIN}",
+        route,
+    ))
+    .await;
+    let mut aborted = 0;
+    for _ in 0..2000 {
+        match send(&m.svc, &[]).await.0 {
+            StatusCode::IM_A_TEAPOT => aborted += 1,
+            s => assert_eq!(s, StatusCode::OK),
+        }
+    }
+    // 50% ± 5 points (sd 1.1 points).
+    assert!((900..=1100).contains(&aborted), "{aborted}");
+    assert_eq!(
+        a.hits.load(Ordering::Relaxed),
+        2000 - aborted,
+        "aborted requests never reach the backend"
+    );
+
+    let slow = backend("slow", Behavior::Slow(Duration::from_millis(500))).await;
+    let route = "  - name: t\n    timeout: 100ms\n    route:\n    - destination: {host: ui.default.svc.cluster.local, subset: version-1}\n";
+    let m = mesh(&yaml(
+        &[slow.addr],
+        &[],
+        "    loadBalancer: {simple: ROUND_ROBIN}",
+        route,
+    ))
+    .await;
+    let (s, why, _) = send(&m.svc, &[]).await;
+    assert_eq!(
+        (s, why.as_str()),
+        (StatusCode::GATEWAY_TIMEOUT, "upstream request timeout")
+    );
+}
+
+#[tokio::test]
+async fn unknown_targets_get_a_clear_404() {
+    let a = backend("v1", Behavior::Ok).await;
+    let m = mesh(&yaml(
+        &[a.addr],
+        &[],
+        "    loadBalancer: {simple: ROUND_ROBIN}",
+        SPLIT_90_10,
+    ))
+    .await;
+    let req = Request::get("http://elsewhere:80/")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let mut svc = m.svc.clone();
+    let resp = ServiceExt::<Request<Full<Bytes>>>::ready(&mut svc)
+        .await
+        .unwrap()
+        .call(req)
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        resp.headers()[ERROR_HEADER],
+        "no route: no listener for this target"
+    );
+}
