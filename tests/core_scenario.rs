@@ -2,7 +2,7 @@
 //! snapshot routing, endpoint picking, outlier ejection with picker rebuilds, and the retry
 //! budget. Seeded randomness and explicit time: deterministic.
 
-#[path = "../examples/demo/config.rs"]
+#[path = "common/seed_story.rs"]
 #[allow(dead_code)]
 mod config;
 

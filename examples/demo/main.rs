@@ -1,176 +1,292 @@
-//! The mesh-core demo: routes requests through the seed story's configuration (a 90/10 canary
-//! of `ui` between `version-1` and `version-2-beta`, a `version: beta` header canary, retries
-//! with a budget, outlier ejection) and prints every decision. No network: this exercises the
-//! model and algorithms that the tower stack runs per request.
+//! The mesh demo: the local control plane serves the seed talks' Istio YAML, four `ui`
+//! backends run on 127.0.0.1 (version-1 ×3, version-2-beta ×1), and a client sends steady
+//! traffic through the mesh stack while the demo rewrites the YAML the control plane watches:
+//! 90/10 canary, header canary, shift to 0/100, fault injection, and a failing backend ejected
+//! while retries keep requests succeeding. A table is printed every second.
 //!
-//! Run with `cargo run --release --example demo`.
-
-mod config;
+//! `cargo run --release --example demo` finishes by itself in under a minute;
+//! `-- --stay` keeps it running so you can edit the YAML (the path is printed) and watch.
 
 use std::collections::BTreeMap;
+use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use http::{HeaderMap, HeaderValue, Method, Uri};
-use mesh::core::lb::PickerOptions;
-use mesh::core::outlier::Change;
-use mesh::core::route::AttemptFailure;
-use mesh::core::{ClusterPicker, Outcome, OutlierDetector, RetryBudget, RouteRequest};
-use rand::SeedableRng;
-use rand::rngs::SmallRng;
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use mesh::tower::{MeshConfig, MeshService};
+use mesh::xds::{Bootstrap, XdsClientBuilder};
+use mesh_control_plane::ControlPlane;
+use mesh_control_plane::watch::{Reload, load, watch_dir};
+use tokio::time::Instant;
+use tower::ServiceExt;
 
-use config::{LISTENER, V1, V2, addr, snapshot};
+const TARGET: &str = "ui.default.svc.cluster.local:9080";
+const BACKENDS: [(&str, u16); 4] = [("v1", 18081), ("v1", 18082), ("v1", 18083), ("v2", 18091)];
 
-fn subset(cluster: &str) -> &str {
-    cluster.split('|').nth(2).unwrap_or(cluster)
+/// A backend that answers with its version, or 503 while `failing`.
+async fn backend(version: &'static str, failing: Arc<AtomicBool>) -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let failing = failing.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |_req: Request<Incoming>| {
+                    let fail = failing.load(Ordering::Relaxed);
+                    async move {
+                        let mut r =
+                            Response::new(Full::new(Bytes::from_static(version.as_bytes())));
+                        if fail {
+                            *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                        }
+                        Ok::<_, Infallible>(r)
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Ok(addr)
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let snap = snapshot()?;
-    assert!(
-        snap.dangling().is_empty(),
-        "the sample snapshot is complete"
-    );
-    let mut rng = SmallRng::seed_from_u64(2026);
-    let uri: Uri = format!("http://{LISTENER}/productpage").parse()?;
-    let plain = HeaderMap::new();
-    let mut beta = HeaderMap::new();
-    beta.insert("version", HeaderValue::from_static("beta"));
-
-    println!("mesh-core demo: listener {LISTENER}\n");
-    println!("Stage 1 — a few requests, one decision each:");
-    for (label, headers) in [
-        ("GET /productpage", &plain),
-        ("GET /productpage  version: beta", &beta),
-    ] {
-        let req = RouteRequest::new(&Method::GET, &uri, headers);
-        let r = snap.route(LISTENER, &req, &mut rng)?;
-        let cluster = r.cluster.expect("client routes forward");
-        println!(
-            "  {label:<34} → route {:<14} cluster {}",
-            r.route.name(),
-            subset(cluster)
-        );
-    }
-
-    // Pickers and outlier detectors, one per cluster, as the tower stack keeps them.
-    let mut pickers = BTreeMap::new();
-    let mut detectors = BTreeMap::new();
-    for c in [V1, V2] {
-        let cluster = snap.cluster(c).expect("cluster");
-        let eps = snap.cluster_endpoints(cluster).expect("endpoints");
-        pickers.insert(
-            c,
-            ClusterPicker::new(
-                cluster.lb(),
-                eps,
-                PickerOptions::default(),
-                |_| true,
-                None,
-                7,
-            ),
-        );
-        let mut d = OutlierDetector::new(*cluster.outlier_detection().expect("outlier detection"));
-        d.set_hosts(eps.endpoints().iter().map(|e| e.address));
-        detectors.insert(c, d);
-    }
-
-    let run = |n: usize,
-               headers: &HeaderMap,
-               pickers: &BTreeMap<&str, ClusterPicker>,
-               rng: &mut SmallRng| {
-        let mut per_subset = BTreeMap::<String, usize>::new();
-        let mut per_endpoint = BTreeMap::<SocketAddr, usize>::new();
-        let req = RouteRequest::new(&Method::GET, &uri, headers);
-        for _ in 0..n {
-            let r = snap.route(LISTENER, &req, rng).expect("routed");
-            let cluster = r.cluster.expect("forwarding route");
-            *per_subset.entry(subset(cluster).to_string()).or_default() += 1;
-            let eps = snap
-                .cluster_endpoints(snap.cluster(cluster).expect("cluster"))
-                .expect("eps");
-            let i = pickers[&**cluster].pick(None, rng).expect("an endpoint");
-            *per_endpoint.entry(eps.endpoints()[i].address).or_default() += 1;
+/// Copies the bundled YAML to `dir`, pointing the ServiceEntry at the ports actually bound.
+fn write_config(dir: &Path, ports: &[u16]) -> std::io::Result<()> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/config");
+    for f in std::fs::read_dir(&src)? {
+        let f = f?.path();
+        if f.is_file() {
+            let mut text = std::fs::read_to_string(&f)?;
+            for ((_, fixed), port) in BACKENDS.iter().zip(ports) {
+                text = text.replace(&format!("http: {fixed}}}"), &format!("http: {port}}}"));
+            }
+            std::fs::write(dir.join(f.file_name().unwrap_or_default()), text)?;
         }
-        (per_subset, per_endpoint)
+    }
+    Ok(())
+}
+
+fn use_routes(dir: &Path, variant: Option<&str>) -> std::io::Result<()> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/config");
+    let from = match variant {
+        Some(v) => src.join("variants").join(v),
+        None => src.join("ui-routes.yaml"),
     };
+    std::fs::copy(from, dir.join("ui-routes.yaml")).map(|_| ())
+}
 
-    println!("\nStage 2 — 10,000 requests without headers (weights 90/10):");
-    let (subsets, endpoints) = run(10_000, &plain, &pickers, &mut rng);
-    println!("  subsets:   {subsets:?}");
-    println!("  endpoints: {endpoints:?}");
+#[derive(Default)]
+struct Window {
+    by_version: BTreeMap<String, u64>,
+    by_status: BTreeMap<u16, u64>,
+    latencies_us: Vec<u64>,
+}
 
-    println!("\nStage 3 — 1,000 requests with `version: beta`:");
-    let (subsets, _) = run(1_000, &beta, &pickers, &mut rng);
-    println!("  subsets:   {subsets:?}");
+async fn traffic(
+    svc: MeshService,
+    stats: Arc<Mutex<Window>>,
+    header: Option<(&'static str, &'static str)>,
+    stop: Arc<AtomicBool>,
+) {
+    while !stop.load(Ordering::Relaxed) {
+        let mut req = Request::get(format!("http://{TARGET}/productpage"));
+        if let Some((k, v)) = header {
+            req = req.header(k, v);
+        }
+        let started = Instant::now();
+        let Ok(resp) = svc
+            .clone()
+            .oneshot(req.body(Full::new(Bytes::new())).unwrap_or_default())
+            .await;
+        let status = resp.status().as_u16();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let mut w = stats.lock().unwrap_or_else(|e| e.into_inner());
+        w.latencies_us.push(started.elapsed().as_micros() as u64);
+        *w.by_status.entry(status).or_default() += 1;
+        if status == 200 {
+            *w.by_version
+                .entry(String::from_utf8_lossy(&body).into_owned())
+                .or_default() += 1;
+        }
+    }
+}
 
-    println!("\nStage 4 — 127.0.0.1:18082 starts answering 503; retries under a budget:");
-    let t0 = Instant::now();
-    let v1 = snap.cluster(V1).expect("v1");
-    let budget = RetryBudget::new(*v1.retry_budget());
-    let policy = snap
-        .route(
-            LISTENER,
-            &RouteRequest::new(&Method::GET, &uri, &plain),
-            &mut rng,
-        )?
-        .route
-        .forward()
-        .and_then(|f| f.retry_policy.clone())
-        .expect("retry policy");
-    let (mut ok, mut attempts) = (0, 0);
-    let bad = addr(18082);
-    let eps = snap.cluster_endpoints(v1).expect("eps").clone();
-    for i in 0..300u64 {
-        let now = t0 + Duration::from_millis(i * 10);
-        budget.deposit(now);
-        let mut tries = 0;
+fn report(label: &str, w: &mut Window) {
+    let total: u64 = w.by_status.values().sum();
+    if total == 0 {
+        println!("  {label:<7} no requests");
+        return;
+    }
+    let ok = w.by_status.get(&200).copied().unwrap_or(0);
+    let pct = |v: &str| 100.0 * w.by_version.get(v).copied().unwrap_or(0) as f64 / total as f64;
+    w.latencies_us.sort_unstable();
+    let q =
+        |p: f64| w.latencies_us[((w.latencies_us.len() - 1) as f64 * p) as usize] as f64 / 1000.0;
+    let others: Vec<String> = w
+        .by_status
+        .iter()
+        .filter(|(s, _)| **s != 200)
+        .map(|(s, n)| format!("{s}×{n}"))
+        .collect();
+    println!(
+        "  {label:<7} {total:>6} req/s   v1 {:>5.1}%   v2 {:>5.1}%   success {:>5.1}%   p50 {:>5.2} ms   p99 {:>5.2} ms   {}",
+        pct("v1"),
+        pct("v2"),
+        100.0 * ok as f64 / total as f64,
+        q(0.5),
+        q(0.99),
+        others.join(" ")
+    );
+    *w = Window::default();
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let stay = std::env::args().any(|a| a == "--stay");
+    let failing: Vec<Arc<AtomicBool>> = BACKENDS
+        .iter()
+        .map(|_| Arc::new(AtomicBool::new(false)))
+        .collect();
+    let mut ports = Vec::new();
+    for ((version, _), f) in BACKENDS.iter().zip(&failing) {
+        ports.push(backend(version, f.clone()).await?.port());
+    }
+    let dir = tempfile::tempdir()?;
+    let config_dir: PathBuf = dir.path().to_path_buf();
+    write_config(&config_dir, &ports)?;
+
+    let cp = ControlPlane::new(load(&config_dir)?);
+    let xds = cp.clone().spawn("127.0.0.1:0".parse()?).await?;
+    tokio::spawn(watch_dir(
+        config_dir.clone(),
+        cp.clone(),
+        Duration::from_millis(100),
+        |r| match r {
+            Reload::Served { version, .. } => println!("  control plane: serving v{version}"),
+            Reload::Rejected(e) => println!("  control plane: rejected edit: {e}"),
+        },
+    ));
+    println!(
+        "mesh demo: control plane on {xds} serving {}",
+        config_dir.display()
+    );
+    println!(
+        "backends: {}",
+        BACKENDS
+            .iter()
+            .zip(&ports)
+            .map(|((v, _), p)| format!("{v}@127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+    );
+
+    let bootstrap = Bootstrap::from_json(
+        &format!(
+            r#"{{"xds_servers": [{{"server_uri": "{xds}", "channel_creds": [{{"type": "insecure"}}], "server_features": ["xds_v3"]}}],
+                "node": {{"id": "sidecar~127.0.0.1~demo.default~default.svc.cluster.local", "metadata": {{"GENERATOR": "grpc", "NAMESPACE": "default"}}}}}}"#
+        ),
+        "demo",
+    )?;
+    let client = XdsClientBuilder::new(bootstrap)
+        .target(format!("xds:///{TARGET}"))
+        .start()?;
+    tokio::time::timeout(Duration::from_secs(10), client.ready()).await?;
+    let svc = MeshService::new(client.snapshots(), MeshConfig::default());
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let users = Arc::new(Mutex::new(Window::default()));
+    let testers = Arc::new(Mutex::new(Window::default()));
+    for _ in 0..4 {
+        tokio::spawn(traffic(svc.clone(), users.clone(), None, stop.clone()));
+    }
+    tokio::spawn(traffic(
+        svc.clone(),
+        testers.clone(),
+        Some(("version", "beta")),
+        stop.clone(),
+    ));
+
+    let stages: [(&str, Box<dyn Fn() -> std::io::Result<()>>); 5] = [
+        (
+            "90/10 canary: users split between version-1 and version-2-beta; testers (version: beta) get version-2-beta",
+            Box::new(|| Ok(())),
+        ),
+        (
+            "shift to 0/100: everyone moves to version-2-beta",
+            Box::new({
+                let d = config_dir.clone();
+                move || use_routes(&d, Some("ui-routes-shift-0-100.yaml"))
+            }),
+        ),
+        (
+            "fault injection: 10% of requests aborted with HTTP 400 (routes to version-1)",
+            Box::new({
+                let d = config_dir.clone();
+                move || use_routes(&d, Some("ui-routes-fault.yaml"))
+            }),
+        ),
+        (
+            "back to 90/10 with retries (attempts 3)",
+            Box::new({
+                let d = config_dir.clone();
+                move || use_routes(&d, None)
+            }),
+        ),
+        (
+            "a version-1 backend starts answering 503: outlier detection ejects it, retries keep success high",
+            Box::new({
+                let f = failing[1].clone();
+                move || {
+                    f.store(true, Ordering::Relaxed);
+                    Ok(())
+                }
+            }),
+        ),
+    ];
+    for (i, (title, action)) in stages.iter().enumerate() {
+        println!("\nstage {}: {title}", i + 1);
+        action()?;
+        for _ in 0..5 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            report(
+                "users",
+                &mut users.lock().unwrap_or_else(|e| e.into_inner()),
+            );
+            report(
+                "testers",
+                &mut testers.lock().unwrap_or_else(|e| e.into_inner()),
+            );
+        }
+    }
+    if stay {
+        println!(
+            "\n--stay: edit {}/ui-routes.yaml and watch the traffic move (Ctrl-C to stop)",
+            config_dir.display()
+        );
         loop {
-            attempts += 1;
-            let idx = pickers[V1].pick(None, &mut rng).expect("endpoint");
-            let target = eps.endpoints()[idx].address;
-            let status = if target == bad { 503 } else { 200 };
-            let outcome = if status == 200 {
-                Outcome::Success
-            } else {
-                Outcome::ServerError(status)
-            };
-            let detector = detectors.get_mut(V1).expect("detector");
-            if let Some(Change::Ejected { address, until, .. }) =
-                detector.record(target, outcome, now, &mut rng)
-            {
-                println!(
-                    "  t={:>5}ms ejected {address} for {:?}; rebuilding the picker",
-                    i * 10,
-                    until - now
-                );
-                let d = &detectors[V1];
-                let picker = ClusterPicker::new(
-                    v1.lb(),
-                    &eps,
-                    PickerOptions::default(),
-                    |j| !d.is_ejected(&eps.endpoints()[j].address),
-                    None,
-                    7,
-                );
-                pickers.insert(V1, picker);
-            }
-            if status == 200 {
-                ok += 1;
-                break;
-            }
-            tries += 1;
-            if tries > policy.num_retries()
-                || !policy.is_retriable(AttemptFailure::HttpStatus(status))
-                || !budget.try_withdraw(now)
-            {
-                break;
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => break,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                    report("users", &mut users.lock().unwrap_or_else(|e| e.into_inner()));
+                    report("testers", &mut testers.lock().unwrap_or_else(|e| e.into_inner()));
+                }
             }
         }
     }
-    println!("  300 requests: {ok} succeeded in {attempts} attempts");
-    let (_, endpoints) = run(1_000, &plain, &pickers, &mut rng);
-    println!("  next 1,000 requests by endpoint (18082 is out): {endpoints:?}");
+    stop.store(true, Ordering::Relaxed);
     println!("\ndone");
     Ok(())
 }

@@ -3,7 +3,7 @@
 //! `attempts: 3, perTryTimeout: 2s`, and outlier detection `consecutiveErrors: 1,
 //! interval: 5s, baseEjectionTime: 5m, maxEjectionPercent: 100`.
 //!
-//! Shared by the demo and by `tests/core_scenario.rs`.
+//! Used by `tests/core_scenario.rs`.
 
 use std::net::SocketAddr;
 use std::time::Duration;
