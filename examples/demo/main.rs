@@ -83,6 +83,9 @@ fn use_routes(dir: &Path, variant: Option<&str>) -> std::io::Result<()> {
     std::fs::copy(from, dir.join("ui-routes.yaml")).map(|_| ())
 }
 
+/// What a stage changes when it starts.
+type StageAction = Box<dyn Fn() -> std::io::Result<()>>;
+
 #[derive(Default)]
 struct Window {
     by_version: BTreeMap<String, u64>,
@@ -219,7 +222,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         stop.clone(),
     ));
 
-    let stages: [(&str, Box<dyn Fn() -> std::io::Result<()>>); 5] = [
+    let stages: [(&str, StageAction); 5] = [
         (
             "90/10 canary: users split between version-1 and version-2-beta; testers (version: beta) get version-2-beta",
             Box::new(|| Ok(())),
