@@ -367,3 +367,200 @@ pub async fn control_plane(dir: PathBuf, listen: std::net::SocketAddr) -> Result
         last = now;
     }
 }
+
+/// Arguments of `mesh request`.
+#[derive(Debug, Clone)]
+pub struct RequestArgs {
+    /// The URL; its `host:port` names the listener.
+    pub url: String,
+    /// Bootstrap file; `None` reads the gRPC environment variables.
+    pub bootstrap: Option<PathBuf>,
+    /// Requests to send.
+    pub requests: usize,
+    /// Requests in flight at once.
+    pub concurrency: usize,
+    /// Method.
+    pub method: String,
+    /// Extra headers `name: value`.
+    pub headers: Vec<String>,
+    /// `sotw` or `delta`.
+    pub protocol: Option<String>,
+    /// Disk cache directory.
+    pub cache_dir: Option<PathBuf>,
+    /// How long to wait for the configuration.
+    pub timeout: Duration,
+    /// One JSON object instead of text.
+    pub json: bool,
+}
+
+/// Runs `mesh request`: waits for the URL's configuration, sends the requests through the full
+/// stack and summarizes statuses, stack errors, clusters, endpoints, attempts and latency.
+pub async fn request(args: RequestArgs) -> Result<String, String> {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    let uri: http::Uri = args
+        .url
+        .parse()
+        .map_err(|e| format!("invalid URL {:?}: {e}", args.url))?;
+    let host = uri
+        .host()
+        .ok_or_else(|| format!("the URL {:?} has no host", args.url))?;
+    let port = uri
+        .port_u16()
+        .unwrap_or(if uri.scheme_str() == Some("https") {
+            443
+        } else {
+            80
+        });
+    let target = format!("{host}:{port}");
+    let method: http::Method = args
+        .method
+        .parse()
+        .map_err(|_| format!("invalid method {:?}", args.method))?;
+    let mut headers = http::HeaderMap::new();
+    for h in &args.headers {
+        let (k, v) = h
+            .split_once(':')
+            .ok_or_else(|| format!("header {h:?} is not `name: value`"))?;
+        let k: http::HeaderName = k
+            .trim()
+            .parse()
+            .map_err(|_| format!("invalid header name in {h:?}"))?;
+        let v: http::HeaderValue = v
+            .trim()
+            .parse()
+            .map_err(|_| format!("invalid header value in {h:?}"))?;
+        headers.append(k, v);
+    }
+    let bootstrap = match &args.bootstrap {
+        Some(path) => Bootstrap::from_file(path),
+        None => Bootstrap::from_env(),
+    }
+    .map_err(|e| e.to_string())?;
+    let mut builder = XdsClientBuilder::new(bootstrap).target(&target);
+    if let Some(p) = &args.protocol {
+        builder = builder.protocol(
+            p.parse::<Protocol>()
+                .map_err(|e| format!("--xds-protocol: {e}"))?,
+        );
+    }
+    if let Some(dir) = &args.cache_dir {
+        builder = builder.cache_dir(dir);
+    }
+    let client = builder.start().map_err(|e| e.to_string())?;
+    if tokio::time::timeout(args.timeout, client.ready())
+        .await
+        .is_err()
+    {
+        let status = client.status().await.ok_or("the xDS client stopped")?;
+        return Err(missing(&status, args.timeout));
+    }
+    let svc = mesh_tower::MeshService::new(client.snapshots(), mesh_tower::MeshConfig::default());
+    let uri = std::sync::Arc::new(uri);
+    let headers = std::sync::Arc::new(headers);
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..args.concurrency.max(1) {
+        let (svc, uri, headers, method, next) = (
+            svc.clone(),
+            uri.clone(),
+            headers.clone(),
+            method.clone(),
+            next.clone(),
+        );
+        let n = args.requests;
+        workers.push(tokio::spawn(async move {
+            let mut results = Vec::new();
+            while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < n {
+                let mut req = http::Request::new(http_body_util::Full::new(bytes::Bytes::new()));
+                *req.method_mut() = method.clone();
+                *req.uri_mut() = (*uri).clone();
+                *req.headers_mut() = (*headers).clone();
+                let started = tokio::time::Instant::now();
+                let Ok(resp) = svc.clone().oneshot(req).await;
+                let status = resp.status().as_u16();
+                let error = resp
+                    .headers()
+                    .get(mesh_tower::ERROR_HEADER)
+                    .or_else(|| resp.headers().get(mesh_tower::OVERFLOW_HEADER))
+                    .and_then(|v| v.to_str().ok())
+                    .map(String::from);
+                let info = resp.extensions().get::<mesh_tower::MeshInfo>().cloned();
+                let _ = resp.into_body().collect().await;
+                results.push((status, error, info, started.elapsed()));
+            }
+            results
+        }));
+    }
+    let mut status: std::collections::BTreeMap<String, u64> = Default::default();
+    let mut errors: std::collections::BTreeMap<String, u64> = Default::default();
+    let mut clusters: std::collections::BTreeMap<String, u64> = Default::default();
+    let mut endpoints: std::collections::BTreeMap<String, u64> = Default::default();
+    let (mut attempts, mut latencies) = (0u64, Vec::new());
+    for w in workers {
+        for (s, e, info, latency) in w.await.map_err(|e| e.to_string())? {
+            *status.entry(s.to_string()).or_default() += 1;
+            if let Some(e) = e {
+                *errors.entry(e).or_default() += 1;
+            }
+            if let Some(i) = info {
+                attempts += u64::from(i.attempts);
+                if !i.cluster.is_empty() {
+                    *clusters.entry(i.cluster.to_string()).or_default() += 1;
+                }
+                if let Some(ep) = i.endpoint {
+                    *endpoints.entry(ep.to_string()).or_default() += 1;
+                }
+            }
+            latencies.push(latency.as_micros() as u64);
+        }
+    }
+    latencies.sort_unstable();
+    let q = |p: f64| {
+        latencies
+            .get(((latencies.len().max(1) - 1) as f64 * p) as usize)
+            .copied()
+            .unwrap_or(0)
+    };
+    let summary = json!({
+        "requests": latencies.len(),
+        "status": status,
+        "errors": errors,
+        "clusters": clusters,
+        "endpoints": endpoints,
+        "attempts": attempts,
+        "latency_us": {"p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "max": latencies.last().copied().unwrap_or(0)},
+    });
+    if args.json {
+        return Ok(format!("{summary}\n"));
+    }
+    let mut out = format!(
+        "{} requests to {} ({} attempts)\n",
+        latencies.len(),
+        args.url,
+        attempts
+    );
+    for (k, title) in [
+        ("status", "status"),
+        ("errors", "errors"),
+        ("clusters", "clusters"),
+        ("endpoints", "endpoints"),
+    ] {
+        if let Some(m) = summary[k].as_object().filter(|m| !m.is_empty()) {
+            let _ = writeln!(out, "{title}:");
+            for (name, n) in m {
+                let _ = writeln!(out, "  {name}: {n}");
+            }
+        }
+    }
+    let _ = writeln!(
+        out,
+        "latency: p50 {} µs, p90 {} µs, p99 {} µs, max {} µs",
+        q(0.5),
+        q(0.9),
+        q(0.99),
+        latencies.last().copied().unwrap_or(0)
+    );
+    Ok(out)
+}

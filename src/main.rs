@@ -29,6 +29,38 @@ enum Command {
     },
     /// Connects to the control plane, waits for the targets' configuration and prints it as
     /// this client resolves it, with the xDS status of every resource.
+    /// Sends requests through the full mesh stack and summarizes what happened.
+    Request {
+        /// The URL; its `host:port` names the listener (e.g. http://ui.default.svc.cluster.local:9080/).
+        url: String,
+        /// gRPC xDS bootstrap file (default: GRPC_XDS_BOOTSTRAP / GRPC_XDS_BOOTSTRAP_CONFIG).
+        #[arg(long)]
+        bootstrap: Option<PathBuf>,
+        /// Requests to send.
+        #[arg(short = 'n', default_value_t = 1)]
+        requests: usize,
+        /// Requests in flight at once.
+        #[arg(short = 'c', default_value_t = 1)]
+        concurrency: usize,
+        /// Method.
+        #[arg(short = 'X', default_value = "GET")]
+        method: String,
+        /// A header `name: value`; repeatable.
+        #[arg(short = 'H')]
+        headers: Vec<String>,
+        /// `sotw` or `delta`.
+        #[arg(long = "xds-protocol")]
+        protocol: Option<String>,
+        /// Persist the configuration here; serve from it when the control plane is unreachable.
+        #[arg(long = "cache-dir")]
+        cache_dir: Option<PathBuf>,
+        /// How long to wait for the configuration, in seconds.
+        #[arg(long, default_value_t = 20)]
+        timeout: u64,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     ConfigDump {
         /// gRPC xDS bootstrap file (default: GRPC_XDS_BOOTSTRAP / GRPC_XDS_BOOTSTRAP_CONFIG).
         #[arg(long)]
@@ -64,6 +96,32 @@ async fn main() -> ExitCode {
         Command::ControlPlane { config, listen } => cli::control_plane(config, listen)
             .await
             .map(|()| String::new()),
+        Command::Request {
+            url,
+            bootstrap,
+            requests,
+            concurrency,
+            method,
+            headers,
+            protocol,
+            cache_dir,
+            timeout,
+            json,
+        } => {
+            cli::request(cli::RequestArgs {
+                url,
+                bootstrap,
+                requests,
+                concurrency,
+                method,
+                headers,
+                protocol,
+                cache_dir,
+                timeout: Duration::from_secs(timeout),
+                json,
+            })
+            .await
+        }
         Command::ConfigDump {
             bootstrap,
             targets,

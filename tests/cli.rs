@@ -94,3 +94,72 @@ async fn config_dump_says_what_is_missing() {
         "{err}"
     );
 }
+
+async fn ok_backend(body: &'static str) -> std::net::SocketAddr {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    move |_req: http::Request<hyper::body::Incoming>| async move {
+                        Ok::<_, std::convert::Infallible>(http::Response::new(
+                            http_body_util::Full::new(bytes::Bytes::from(body)),
+                        ))
+                    },
+                );
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn request_reports_statuses_clusters_endpoints_attempts_and_latency() {
+    let (v1, v2) = (ok_backend("v1").await, ok_backend("v2").await);
+    // The bundled examples, with the ServiceEntry pointed at these two backends.
+    let dir = tempfile::tempdir().unwrap();
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/config");
+    for f in ["ui-service.yaml", "ui-routes.yaml"] {
+        let text = std::fs::read_to_string(examples.join(f)).unwrap();
+        let text = text
+            .replace("http: 18081}", &format!("http: {}}}", v1.port()))
+            .replace("  - address: 127.0.0.1\n    ports: {http: 18082}\n    labels: {app: ui, version: v1}\n", "")
+            .replace("  - address: 127.0.0.1\n    ports: {http: 18083}\n    labels: {app: ui, version: v1}\n", "")
+            .replace("http: 18091}", &format!("http: {}}}", v2.port()));
+        std::fs::write(dir.path().join(f), text).unwrap();
+    }
+    let cp = ControlPlane::new(load(dir.path()).unwrap());
+    let addr = cp.spawn("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let out = mesh::cli::request(mesh::cli::RequestArgs {
+        url: "http://ui.default.svc.cluster.local:9080/".into(),
+        bootstrap: Some(bootstrap(dir.path(), &addr.to_string())),
+        requests: 2000,
+        concurrency: 8,
+        method: "GET".into(),
+        headers: vec![],
+        protocol: None,
+        cache_dir: None,
+        timeout: Duration::from_secs(10),
+        json: true,
+    })
+    .await
+    .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["requests"], 2000);
+    assert_eq!(v["status"]["200"], 2000);
+    assert_eq!(v["attempts"], 2000);
+    assert_eq!(v["errors"], serde_json::json!({}));
+    let to_v2 = v["clusters"]["outbound|9080|version-2-beta|ui.default.svc.cluster.local"]
+        .as_u64()
+        .unwrap();
+    assert!((140..=260).contains(&to_v2), "{v}");
+    assert_eq!(v["endpoints"][v2.to_string()].as_u64(), Some(to_v2));
+    for k in ["p50", "p90", "p99", "max"] {
+        assert!(v["latency_us"][k].is_u64(), "{k}");
+    }
+}
