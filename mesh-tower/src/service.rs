@@ -261,6 +261,8 @@ struct Head {
     version: Version,
     headers: HeaderMap,
     authority: String,
+    /// `authority` as a `Host` header value.
+    host_header: Option<HeaderValue>,
 }
 
 impl<C: Connect + Clone + Send + Sync + 'static> Shared<C> {
@@ -396,15 +398,16 @@ impl<C: Connect + Clone + Send + Sync + 'static> Shared<C> {
         } else {
             None
         };
+        // Routing is done with the request head: move it (no copy) into what attempts reuse.
+        let host_header = HeaderValue::from_str(&authority).ok();
         let head = Head {
-            method: parts.method.clone(),
-            uri: parts.uri.clone(),
+            method: parts.method,
+            uri: parts.uri,
             version: parts.version,
-            headers: parts.headers.clone(),
-            authority: authority.clone(),
+            headers: parts.headers,
+            authority,
+            host_header,
         };
-        let fwd = fwd.clone();
-        drop(snap);
 
         let mut prepared = match prepare(body, self.config.max_replay_bytes).await {
             Ok(p) => p,
@@ -417,8 +420,8 @@ impl<C: Connect + Clone + Send + Sync + 'static> Shared<C> {
                 );
             }
         };
-        self.mirror(&fwd, &head, &prepared, &mut rng);
-        let attempts = self.attempts(&head, &mut prepared, &state, &fwd, hash, grpc, &route_name);
+        self.mirror(fwd, &head, &prepared, &mut rng);
+        let attempts = self.attempts(&head, &mut prepared, &state, fwd, hash, grpc, &mut rng);
         let (mut resp, endpoint, tries) = match deadline {
             Some(d) => match tokio::time::timeout(d, attempts).await {
                 Ok(r) => r,
@@ -469,7 +472,6 @@ impl<C: Connect + Clone + Send + Sync + 'static> Shared<C> {
             let Some(i) = state.picker().pick(None, rng) else {
                 continue;
             };
-            let addr = state.endpoints.endpoints()[i].address;
             let host = head.authority.split(':').next().unwrap_or_default();
             let shadow = match head.authority.split_once(':') {
                 Some((_, port)) => format!("{host}-shadow:{port}"),
@@ -477,7 +479,7 @@ impl<C: Connect + Clone + Send + Sync + 'static> Shared<C> {
             };
             let req = build(
                 head,
-                addr,
+                state.authority(i),
                 replay_body(data.clone(), trailers.clone()),
                 Some(&shadow),
             );
@@ -505,7 +507,7 @@ impl<C: Connect + Clone + Send + Sync + 'static> Shared<C> {
         fwd: &ForwardAction,
         hash: Option<u64>,
         grpc: bool,
-        _route: &str,
+        rng: &mut SmallRng,
     ) -> (Response<MeshBody>, Option<SocketAddr>, u32) {
         let retry = fwd.retry_policy.as_ref();
         let max_attempts = 1 + retry.map_or(0, |r| r.num_retries());
@@ -561,15 +563,19 @@ impl<C: Connect + Clone + Send + Sync + 'static> Shared<C> {
                     attempt - 1,
                 );
             };
-            state.maybe_sweep(std_now());
-            let picker = state.picker();
-            let mut rng = SmallRng::from_rng(&mut rand::rng());
+            let mut picker = state.picker();
+            let mut pick = picker.pick(hash, rng);
+            if pick.is_none() {
+                // Everything may be ejected with no traffic left to trigger a sweep.
+                state.maybe_sweep(std_now());
+                picker = state.picker();
+                pick = picker.pick(hash, rng);
+            }
             // A different endpoint per attempt where possible.
-            let mut pick = picker.pick(hash, &mut rng);
             for _ in 0..3 {
                 match pick {
                     Some(i) if tried.contains(&i) && hash.is_none() => {
-                        pick = picker.pick(None, &mut rng)
+                        pick = picker.pick(None, rng)
                     }
                     _ => break,
                 }
@@ -590,7 +596,7 @@ impl<C: Connect + Clone + Send + Sync + 'static> Shared<C> {
             let addr = state.endpoints.endpoints()[i].address;
             let load = state.load(i).clone();
             let active = load.start();
-            let req = build(head, addr, body, None);
+            let req = build(head, state.authority(i), body, None);
             let client = if wants_h2(head) {
                 &self.http2
             } else {
@@ -712,23 +718,31 @@ fn replay_body(data: Bytes, trailers: Option<HeaderMap>) -> MeshBody {
 /// `Host` (or `host_override`, for mirrors).
 fn build(
     head: &Head,
-    addr: SocketAddr,
+    endpoint: &http::uri::Authority,
     body: MeshBody,
     host_override: Option<&str>,
 ) -> Request<MeshBody> {
-    let pq = head.uri.path_and_query().map_or("/", |p| p.as_str());
-    let uri: Uri = format!("http://{addr}{pq}")
-        .parse()
-        .unwrap_or_else(|_| Uri::from_static("/"));
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(http::uri::Scheme::HTTP);
+    parts.authority = Some(endpoint.clone());
+    parts.path_and_query = Some(
+        head.uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+    );
     let mut req = Request::new(body);
     *req.method_mut() = head.method.clone();
-    *req.uri_mut() = uri;
+    *req.uri_mut() = Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("/"));
     *req.headers_mut() = head.headers.clone();
-    let host = host_override.unwrap_or(&head.authority);
-    if !wants_h2(head)
-        && let Ok(v) = HeaderValue::from_str(host)
-    {
-        req.headers_mut().insert(http::header::HOST, v);
+    if !wants_h2(head) {
+        let host = match host_override {
+            Some(h) => HeaderValue::from_str(h).ok(),
+            None => head.host_header.clone(),
+        };
+        if let Some(v) = host {
+            req.headers_mut().insert(http::header::HOST, v);
+        }
     }
     req
 }
