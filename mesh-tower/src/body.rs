@@ -168,15 +168,61 @@ where
             .filter_map(|f| f.data_ref())
             .map(|d| d.len() as u64)
             .sum();
-        let mut hint = self
+        let rest = self
             .rest
             .as_ref()
             .map(|r| r.size_hint())
             .unwrap_or_else(|| SizeHint::with_exact(0));
-        hint.set_lower(hint.lower() + buffered);
-        if let Some(u) = hint.upper() {
+        // Raise the upper bound first: a lower bound above the upper one panics.
+        let mut hint = SizeHint::new();
+        if let Some(u) = rest.upper() {
             hint.set_upper(u + buffered);
         }
+        hint.set_lower(rest.lower() + buffered);
         hint
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunks(parts: &[&'static str]) -> MeshBody {
+        let frames: Vec<Result<Frame<Bytes>, BoxError>> = parts
+            .iter()
+            .map(|p| Ok(Frame::data(Bytes::from(*p))))
+            .collect();
+        http_body_util::StreamBody::new(tokio_stream::iter(frames)).boxed_unsync()
+    }
+
+    async fn read(b: MeshBody) -> Bytes {
+        b.collect().await.unwrap().to_bytes()
+    }
+
+    #[tokio::test]
+    async fn small_bodies_replay_with_exact_size_hints() {
+        let mut p = prepare(chunks(&["ab", "cd"]), 16).await.unwrap();
+        assert!(p.is_replayable());
+        for _ in 0..3 {
+            let b = p.attempt().unwrap();
+            assert_eq!(b.size_hint().exact(), Some(4));
+            assert_eq!(read(b).await, "abcd");
+        }
+    }
+
+    #[tokio::test]
+    async fn large_bodies_stream_once_and_lose_nothing() {
+        let mut p = prepare(chunks(&["0123", "4567", "89"]), 5).await.unwrap();
+        assert!(!p.is_replayable());
+        let b = p.attempt().unwrap();
+        assert_eq!(b.size_hint().lower(), 8, "the frames read so far");
+        assert_eq!(read(b).await, "0123456789");
+        assert!(
+            p.attempt().is_none(),
+            "a streamed body cannot be sent twice"
+        );
+        // A body that says up front it is too large is not read at all.
+        let big = full(vec![0u8; 100]);
+        assert!(!prepare(big, 10).await.unwrap().is_replayable());
     }
 }
