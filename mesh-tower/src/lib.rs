@@ -11,6 +11,7 @@
 
 pub mod body;
 mod cluster;
+pub mod layers;
 pub mod service;
 
 pub use body::MeshBody;
