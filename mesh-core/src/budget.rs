@@ -4,7 +4,8 @@
 //! test cannot drive it with a paused clock, and it panics on out-of-range settings. This one
 //! takes the time from the caller and validates its config.
 
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::error::{FieldError, FieldResult};
@@ -87,28 +88,27 @@ impl RetryBudgetConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Default)]
 struct Bucket {
-    epoch: u64,
-    requests: u64,
-    retries: u64,
-}
-
-#[derive(Debug)]
-struct Window {
-    origin: Option<Instant>,
-    buckets: [Bucket; BUCKETS],
+    epoch: AtomicU64,
+    requests: AtomicU64,
+    retries: AtomicU64,
 }
 
 /// A retry budget for one cluster (or route), shared by its requests.
 ///
 /// Invariant: for every retry it allows, the window of ten buckets ending with that
 /// retry's bucket holds at most `ratio × requests + reserve` retries, itself included.
+///
+/// Deposits (one per request) take no lock while their bucket is current; bucket resets and
+/// withdrawals (one per retry) are serialized by a mutex.
 #[derive(Debug)]
 pub struct RetryBudget {
     config: RetryBudgetConfig,
     bucket_nanos: u64,
-    window: Mutex<Window>,
+    origin: OnceLock<Instant>,
+    buckets: [Bucket; BUCKETS],
+    lock: Mutex<()>,
 }
 
 impl RetryBudget {
@@ -117,10 +117,9 @@ impl RetryBudget {
         Self {
             bucket_nanos: (config.window.as_nanos() / BUCKETS as u128).max(1) as u64,
             config,
-            window: Mutex::new(Window {
-                origin: None,
-                buckets: [Bucket::default(); BUCKETS],
-            }),
+            origin: OnceLock::new(),
+            buckets: Default::default(),
+            lock: Mutex::new(()),
         }
     }
 
@@ -129,50 +128,51 @@ impl RetryBudget {
         &self.config
     }
 
-    fn with_bucket<T>(
-        &self,
-        now: Instant,
-        f: impl FnOnce(&mut [Bucket; BUCKETS], usize, u64) -> T,
-    ) -> T {
-        let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
-        let origin = *w.origin.get_or_insert(now);
-        let epoch = (now.saturating_duration_since(origin).as_nanos()
-            / u128::from(self.bucket_nanos)) as u64;
-        let slot = (epoch % BUCKETS as u64) as usize;
-        if w.buckets[slot].epoch != epoch {
-            w.buckets[slot] = Bucket {
-                epoch,
-                ..Bucket::default()
-            };
+    fn epoch(&self, now: Instant) -> u64 {
+        let origin = *self.origin.get_or_init(|| now);
+        (now.saturating_duration_since(origin).as_nanos() / u128::from(self.bucket_nanos)) as u64
+    }
+
+    /// The bucket for `epoch`, cleared first if it still holds an older epoch's counts.
+    fn bucket(&self, epoch: u64) -> &Bucket {
+        let b = &self.buckets[(epoch % BUCKETS as u64) as usize];
+        if b.epoch.load(Ordering::Acquire) < epoch {
+            let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+            if b.epoch.load(Ordering::Acquire) < epoch {
+                b.requests.store(0, Ordering::Relaxed);
+                b.retries.store(0, Ordering::Relaxed);
+                b.epoch.store(epoch, Ordering::Release);
+            }
         }
-        f(&mut w.buckets, slot, epoch)
+        b
     }
 
     /// Records a first attempt (not a retry).
     pub fn deposit(&self, now: Instant) {
-        self.with_bucket(now, |b, slot, _| b[slot].requests += 1);
+        self.bucket(self.epoch(now))
+            .requests
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     /// Takes one retry from the budget if it allows one, and records it.
     pub fn try_withdraw(&self, now: Instant) -> bool {
-        let ratio = self.config.ratio;
-        let reserve = self.config.reserve();
-        self.with_bucket(now, |b, slot, epoch| {
-            let (mut requests, mut retries) = (0u64, 0u64);
-            for bucket in b
-                .iter()
-                .filter(|x| x.epoch <= epoch && epoch - x.epoch < BUCKETS as u64)
-            {
-                requests += bucket.requests;
-                retries += bucket.retries;
+        let epoch = self.epoch(now);
+        let current = self.bucket(epoch);
+        let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let (mut requests, mut retries) = (0u64, 0u64);
+        for b in &self.buckets {
+            let e = b.epoch.load(Ordering::Acquire);
+            if e <= epoch && epoch - e < BUCKETS as u64 {
+                requests += b.requests.load(Ordering::Relaxed);
+                retries += b.retries.load(Ordering::Relaxed);
             }
-            if (retries + 1) as f64 <= ratio * requests as f64 + reserve {
-                b[slot].retries += 1;
-                true
-            } else {
-                false
-            }
-        })
+        }
+        if (retries + 1) as f64 <= self.config.ratio * requests as f64 + self.config.reserve() {
+            current.retries.fetch_add(1, Ordering::Relaxed);
+            true
+        } else {
+            false
+        }
     }
 }
 

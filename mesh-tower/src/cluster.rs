@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
@@ -23,7 +24,7 @@ pub struct ClusterState {
     pub breaker: Arc<CircuitBreaker>,
     /// Retry budget.
     pub budget: Arc<RetryBudget>,
-    outlier: Option<Mutex<Outlier>>,
+    outlier: Option<OutlierState>,
     seed: u64,
     /// Each endpoint as a URI authority, built once rather than per request.
     authorities: Box<[http::uri::Authority]>,
@@ -32,6 +33,19 @@ pub struct ClusterState {
 struct Outlier {
     detector: OutlierDetector,
     next_sweep: Instant,
+}
+
+/// Outlier detection plus what lets a success skip the lock: when no rate-based ejection is
+/// enforced, a success only matters to an endpoint with a failure streak to reset, or when a
+/// sweep is due.
+struct OutlierState {
+    inner: Mutex<Outlier>,
+    needs_counts: bool,
+    /// Per endpoint: a failure was recorded since its last success.
+    streak: Box<[AtomicBool]>,
+    base: Instant,
+    /// `next_sweep` as nanoseconds after `base`.
+    next_sweep_nanos: AtomicU64,
 }
 
 impl ClusterState {
@@ -80,16 +94,28 @@ impl ClusterState {
             let mut detector = previous
                 .and_then(|p| p.outlier.as_ref())
                 .map(|o| {
-                    let mut o = o.lock().unwrap_or_else(|e| e.into_inner());
+                    let mut o = o.inner.lock().unwrap_or_else(|e| e.into_inner());
                     std::mem::replace(&mut o.detector, OutlierDetector::new(*cfg))
                 })
                 .unwrap_or_else(|| OutlierDetector::new(*cfg));
             detector.set_config(*cfg);
             detector.set_hosts(endpoints.endpoints().iter().map(|e| e.address));
-            Mutex::new(Outlier {
-                detector,
-                next_sweep: now + cfg.interval,
-            })
+            OutlierState {
+                inner: Mutex::new(Outlier {
+                    detector,
+                    next_sweep: now + cfg.interval,
+                }),
+                needs_counts: cfg.enforcing_success_rate > 0
+                    || cfg.enforcing_failure_percentage > 0,
+                // Streaks may have been carried over: each endpoint's first success clears it.
+                streak: endpoints
+                    .endpoints()
+                    .iter()
+                    .map(|_| AtomicBool::new(true))
+                    .collect(),
+                base: now,
+                next_sweep_nanos: AtomicU64::new(cfg.interval.as_nanos() as u64),
+            }
         });
         let seed = rand::random();
         let authorities = endpoints
@@ -133,7 +159,7 @@ impl ClusterState {
     fn rebuild_picker(&self) {
         let ejected: Vec<bool> = match &self.outlier {
             Some(o) => {
-                let o = o.lock().unwrap_or_else(|e| e.into_inner());
+                let o = o.inner.lock().unwrap_or_else(|e| e.into_inner());
                 self.endpoints
                     .endpoints()
                     .iter()
@@ -153,17 +179,37 @@ impl ClusterState {
         *self.picker.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(picker);
     }
 
-    /// Feeds one attempt's outcome to outlier detection, sweeping when an interval has
-    /// passed; rebuilds the picker when an endpoint is ejected or returns.
-    pub fn record(&self, address: SocketAddr, outcome: Outcome, now: Instant) {
+    /// Feeds endpoint `i`'s attempt outcome to outlier detection, sweeping when an interval
+    /// has passed; rebuilds the picker when an endpoint is ejected or returns.
+    pub fn record(&self, i: usize, address: SocketAddr, outcome: Outcome, now: Instant) {
         let Some(o) = &self.outlier else { return };
+        let success = outcome == Outcome::Success;
+        let since = now.saturating_duration_since(o.base).as_nanos() as u64;
+        if success
+            && !o.needs_counts
+            && !o.streak[i].load(Ordering::Relaxed)
+            && since < o.next_sweep_nanos.load(Ordering::Relaxed)
+        {
+            return;
+        }
+        o.streak[i].store(!success, Ordering::Relaxed);
         let changed = {
-            let mut o = o.lock().unwrap_or_else(|e| e.into_inner());
+            let mut inner = o.inner.lock().unwrap_or_else(|e| e.into_inner());
             let mut rng = rand::rng();
-            let mut changed = o.detector.record(address, outcome, now, &mut rng).is_some();
-            if now >= o.next_sweep {
-                changed |= !o.detector.tick(now, &mut rng).is_empty();
-                o.next_sweep = now + o.detector.config().interval;
+            let mut changed = inner
+                .detector
+                .record(address, outcome, now, &mut rng)
+                .is_some();
+            if now >= inner.next_sweep {
+                changed |= !inner.detector.tick(now, &mut rng).is_empty();
+                inner.next_sweep = now + inner.detector.config().interval;
+                o.next_sweep_nanos.store(
+                    inner
+                        .next_sweep
+                        .saturating_duration_since(o.base)
+                        .as_nanos() as u64,
+                    Ordering::Relaxed,
+                );
             }
             changed
         };
@@ -177,12 +223,19 @@ impl ClusterState {
     pub fn maybe_sweep(&self, now: Instant) {
         let Some(o) = &self.outlier else { return };
         let changed = {
-            let mut o = o.lock().unwrap_or_else(|e| e.into_inner());
-            if now < o.next_sweep {
+            let mut inner = o.inner.lock().unwrap_or_else(|e| e.into_inner());
+            if now < inner.next_sweep {
                 return;
             }
-            o.next_sweep = now + o.detector.config().interval;
-            !o.detector.tick(now, &mut rand::rng()).is_empty()
+            inner.next_sweep = now + inner.detector.config().interval;
+            o.next_sweep_nanos.store(
+                inner
+                    .next_sweep
+                    .saturating_duration_since(o.base)
+                    .as_nanos() as u64,
+                Ordering::Relaxed,
+            );
+            !inner.detector.tick(now, &mut rand::rng()).is_empty()
         };
         if changed {
             self.rebuild_picker();

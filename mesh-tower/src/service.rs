@@ -649,7 +649,7 @@ impl<C: Connect + Clone + Send + Sync + 'static> Shared<C> {
                     )
                 }
             };
-            state.record(addr, outcome, std_now());
+            state.record(i, addr, outcome, std_now());
             let Some(failure) = failure else {
                 return (
                     response.unwrap_or_else(|| {
