@@ -412,3 +412,74 @@ async fn bad_targets_and_protocols_are_reported() {
         "invalid target \"ui\": expected host:port or xds:///host:port"
     );
 }
+
+/// A CA and a `localhost` server certificate it signed, as PEM: (ca, cert, key).
+fn pki() -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    (ca.pem(), leaf.pem(), key.serialize_pem())
+}
+
+fn tls_bootstrap(port: u16, ca: &std::path::Path, token: &std::path::Path) -> Bootstrap {
+    Bootstrap::from_json(
+        &format!(
+            r#"{{"xds_servers": [{{"server_uri": "localhost:{port}", "channel_creds": [{{"type": "tls", "config": {{"ca_certificate_file": "{}"}}}}],
+                "call_creds": [{{"type": "jwt_token_file", "config": {{"jwt_token_file": "{}"}}}}], "server_features": ["xds_v3"]}}],
+                "node": {{"id": "sidecar~127.0.0.1~ui-0.default~default.svc.cluster.local", "metadata": {{"GENERATOR": "grpc"}}}}}}"#,
+            ca.display(),
+            token.display()
+        ),
+        "test",
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn tls_to_the_control_plane_with_a_bearer_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = pki();
+    let ca_file = dir.path().join("root-cert.pem");
+    std::fs::write(&ca_file, &ca).unwrap();
+    let token = dir.path().join("istio-token");
+    std::fs::write(&token, "tok-1").unwrap();
+    let ads = FakeAds::new();
+    canary(&ads, 90, 10);
+    let server = ads.serve_tls(&cert, &key).await;
+    let port = server.addr.unwrap().port();
+    let c = XdsClientBuilder::new(tls_bootstrap(port, &ca_file, &token))
+        .target(TARGET)
+        .start()
+        .unwrap();
+    within("ready over TLS", c.ready()).await;
+    assert_eq!(ads.seen()[0].authorization.as_deref(), Some("Bearer tok-1"));
+
+    // A client that trusts another CA never gets a configuration, and says why.
+    let (other_ca, _, _) = pki();
+    let other = dir.path().join("other-root.pem");
+    std::fs::write(&other, other_ca).unwrap();
+    let c = XdsClientBuilder::new(tls_bootstrap(port, &other, &token))
+        .target(TARGET)
+        .backoff(fast())
+        .start()
+        .unwrap();
+    let mut health = c.health();
+    let h = within("a TLS error", health.wait_for(|h| h.last_error.is_some()))
+        .await
+        .unwrap()
+        .clone();
+    assert!(!h.ready);
+    let e = h.last_error.unwrap();
+    assert!(
+        e.starts_with(&format!("cannot connect to localhost:{port}")) && e.contains("certificate"),
+        "{e}"
+    );
+}

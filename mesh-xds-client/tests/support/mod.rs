@@ -149,6 +149,35 @@ impl FakeAds {
         }
     }
 
+    /// Serves TLS on 127.0.0.1 (any port) with this certificate chain and key (PEM).
+    pub async fn serve_tls(&self, cert_pem: &str, key_pem: &str) -> Running {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let (tx, rx) = oneshot::channel::<()>();
+        let svc = AggregatedDiscoveryServiceServer::new(self.clone());
+        let tls = tonic::transport::ServerTlsConfig::new()
+            .identity(tonic::transport::Identity::from_pem(cert_pem, key_pem));
+        let builder = tonic::transport::Server::builder().tls_config(tls).unwrap();
+        let task = tokio::spawn(async move {
+            let mut builder = builder;
+            let _ = builder
+                .add_service(svc)
+                .serve_with_incoming_shutdown(incoming, async {
+                    let _ = rx.await;
+                })
+                .await;
+        });
+        Running {
+            addr: Some(addr),
+            stop: Some(tx),
+            task,
+            generation: self.generation.clone(),
+        }
+    }
+
     /// Serves on a unix socket.
     pub async fn serve_unix(&self, path: &Path) -> Running {
         let listener = tokio::net::UnixListener::bind(path).unwrap();
