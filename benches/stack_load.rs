@@ -5,6 +5,10 @@
 //! `cargo bench --bench stack_load [-- REQUESTS CONCURRENCY]`. Prints throughput, CPU time per
 //! request (the whole process: client and backend; the difference is the stack's cost) and
 //! latency, each for the baseline and the mesh, and their ratio.
+//!
+//! With `MESH_ENVOY=/path/to/envoy` (see `benches/sidecar.sh`) it also measures the sidecar
+//! paths: bare hyper → Envoy → backend (one hop) and bare hyper → Envoy → Envoy → backend
+//! (sidecar to sidecar), with the Envoys' own CPU time and memory.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -46,7 +50,12 @@ async fn backend() -> SocketAddr {
 
 /// Process CPU time (user + system) from /proc/self/stat.
 fn cpu_time() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    cpu_time_of("self")
+}
+
+/// CPU time (user + system) of a process, from /proc/PID/stat.
+fn cpu_time_of(pid: &str) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let fields: Vec<&str> = stat
         .rsplit(')')
         .next()
@@ -64,14 +73,77 @@ struct Run {
     cpu_us: f64,
     p50_us: u64,
     p99_us: u64,
+    /// CPU of the Envoy processes in the path, per request.
+    envoy_cpu_us: f64,
 }
 
-async fn drive<F, Fut>(requests: usize, concurrency: usize, send: F) -> Run
+/// Resident memory of a process in MiB, from /proc/PID/status.
+fn rss_mib(pid: &str) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// An Envoy with one listener on `port` routing everything (retries on 5xx) to `upstream`.
+fn envoy(bin: &str, port: u16, upstream: SocketAddr, dir: &std::path::Path) -> std::process::Child {
+    let config = format!(
+        r#"static_resources:
+  listeners:
+  - name: in
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: in
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{prefix: "/"}}
+                route: {{cluster: up, retry_policy: {{retry_on: 5xx, num_retries: 2}}}}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
+  clusters:
+  - name: up
+    type: STATIC
+    load_assignment:
+      cluster_name: up
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{address: {{socket_address: {{address: {}, port_value: {}}}}}}}
+"#,
+        upstream.ip(),
+        upstream.port()
+    );
+    let path = dir.join(format!("envoy-{port}.yaml"));
+    std::fs::write(&path, config).unwrap();
+    std::process::Command::new(bin)
+        .args(["-c", path.to_str().unwrap(), "--concurrency", "2", "--log-level", "error", "--base-id", &port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start envoy")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+async fn drive<F, Fut>(requests: usize, concurrency: usize, envoys: &[u32], send: F) -> Run
 where
     F: Fn() -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = bool> + Send,
 {
     let next = Arc::new(AtomicUsize::new(0));
+    let envoy_cpu = || envoys.iter().map(|p| cpu_time_of(&p.to_string())).sum::<Duration>();
+    let envoy0 = envoy_cpu();
     let cpu0 = cpu_time();
     let t0 = Instant::now();
     let mut tasks = Vec::new();
@@ -93,12 +165,14 @@ where
     }
     let wall = t0.elapsed();
     let cpu = cpu_time() - cpu0;
+    let envoy = envoy_cpu() - envoy0;
     lat.sort_unstable();
     Run {
         rps: requests as f64 / wall.as_secs_f64(),
         cpu_us: cpu.as_secs_f64() * 1e6 / requests as f64,
         p50_us: lat[lat.len() / 2],
         p99_us: lat[lat.len() * 99 / 100],
+        envoy_cpu_us: envoy.as_secs_f64() * 1e6 / requests as f64,
     }
 }
 
@@ -159,12 +233,12 @@ apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: ui}}
             }
         };
         // Warm up both paths (connections, caches), then alternate rounds.
-        drive(5_000, concurrency, send_bare.clone()).await;
-        drive(5_000, concurrency, send_mesh.clone()).await;
+        drive(5_000, concurrency, &[], send_bare.clone()).await;
+        drive(5_000, concurrency, &[], send_mesh.clone()).await;
         let (mut bare_runs, mut mesh_runs) = (Vec::new(), Vec::new());
         for _ in 0..3 {
-            bare_runs.push(drive(requests, concurrency, send_bare.clone()).await);
-            mesh_runs.push(drive(requests, concurrency, send_mesh.clone()).await);
+            bare_runs.push(drive(requests, concurrency, &[], send_bare.clone()).await);
+            mesh_runs.push(drive(requests, concurrency, &[], send_mesh.clone()).await);
         }
         let med = |runs: &mut Vec<Run>| {
             runs.sort_by(|a, b| a.rps.total_cmp(&b.rps));
@@ -183,5 +257,64 @@ apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: ui}}
             m.cpu_us - b.cpu_us,
             m.cpu_us / b.cpu_us
         );
+        let Ok(bin) = std::env::var("MESH_ENVOY") else { return };
+        let dir = tempfile::tempdir().unwrap();
+        let (p1, p2) = (free_port(), free_port());
+        let mut e1 = envoy(&bin, p1, addr, dir.path());
+        let mut e2 = envoy(&bin, p2, SocketAddr::from(([127, 0, 0, 1], p1)), dir.path());
+        let through = |port: u16| {
+            let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+            connector.set_nodelay(true);
+            let c: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build(connector);
+            let uri: http::Uri = format!("http://127.0.0.1:{port}/productpage").parse().unwrap();
+            move || {
+                let (c, uri) = (c.clone(), uri.clone());
+                async move {
+                    match c.request(Request::get(uri).body(Full::new(Bytes::new())).unwrap()).await {
+                        Ok(r) => r.status().is_success() && r.into_body().collect().await.is_ok(),
+                        Err(_) => false,
+                    }
+                }
+            }
+        };
+        let (one_hop, two_hops) = (through(p1), through(p2));
+        // Wait for both Envoys to serve.
+        for _ in 0..100 {
+            if one_hop().await && two_hops().await {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let (pid1, pid2) = (e1.id(), e2.id());
+        drive(5_000, concurrency, &[pid1], one_hop.clone()).await;
+        drive(5_000, concurrency, &[pid1, pid2], two_hops.clone()).await;
+        let (mut one_runs, mut two_runs) = (Vec::new(), Vec::new());
+        for _ in 0..3 {
+            one_runs.push(drive(requests, concurrency, &[pid1], one_hop.clone()).await);
+            two_runs.push(drive(requests, concurrency, &[pid1, pid2], two_hops.clone()).await);
+        }
+        let (o, t) = (med(&mut one_runs), med(&mut two_runs));
+        let rss = (rss_mib("self"), rss_mib(&pid1.to_string()), rss_mib(&pid2.to_string()));
+        println!();
+        println!("sidecar comparison (Envoy --concurrency 2 per proxy; Envoy CPU measured from its /proc)");
+        println!("| path | req/s | client+backend CPU µs/req | Envoy CPU µs/req | p50 µs | p99 µs |");
+        println!("| --- | ---: | ---: | ---: | ---: | ---: |");
+        for (name, r) in [("bare hyper → backend", &b), ("mesh stack → backend", &m), ("hyper → Envoy → backend", &o), ("hyper → Envoy → Envoy → backend", &t)] {
+            println!("| {name} | {:.0} | {:.1} | {:.1} | {} | {} |", r.rps, r.cpu_us, r.envoy_cpu_us, r.p50_us, r.p99_us);
+        }
+        let mesh_added_cpu = m.cpu_us - b.cpu_us;
+        let envoy_added_cpu = o.cpu_us + o.envoy_cpu_us - b.cpu_us;
+        let mesh_added_p50 = m.p50_us as f64 - b.p50_us as f64;
+        let envoy_added_p50 = o.p50_us as f64 - b.p50_us as f64;
+        println!(
+            "added per request over bare: mesh {mesh_added_cpu:.2} µs CPU, {mesh_added_p50:.0} µs p50; one Envoy hop {envoy_added_cpu:.2} µs CPU, {envoy_added_p50:.0} µs p50 → Envoy/mesh: {:.1}× CPU, {:.1}× p50",
+            envoy_added_cpu / mesh_added_cpu,
+            envoy_added_p50 / mesh_added_p50.max(1.0)
+        );
+        println!("memory (RSS): client+backend process {:.0} MiB, each Envoy {:.0} / {:.0} MiB", rss.0, rss.1, rss.2);
+        let _ = e1.kill();
+        let _ = e2.kill();
+        let _ = e1.wait();
+        let _ = e2.wait();
     });
 }
