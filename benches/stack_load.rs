@@ -235,17 +235,24 @@ apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: ui}}
         // Warm up both paths (connections, caches), then alternate rounds.
         drive(5_000, concurrency, &[], send_bare.clone()).await;
         drive(5_000, concurrency, &[], send_mesh.clone()).await;
-        let (mut bare_runs, mut mesh_runs) = (Vec::new(), Vec::new());
-        for _ in 0..3 {
-            bare_runs.push(drive(requests, concurrency, &[], send_bare.clone()).await);
-            mesh_runs.push(drive(requests, concurrency, &[], send_mesh.clone()).await);
+        // Paired rounds: each mesh round right after a bare one, so that machine noise (other
+        // tenants, frequency changes) hits both; the spread of the pairs is printed too.
+        let rounds = 7;
+        let (mut bare_runs, mut mesh_runs, mut added) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            let b = drive(requests, concurrency, &[], send_bare.clone()).await;
+            let m = drive(requests, concurrency, &[], send_mesh.clone()).await;
+            added.push(m.cpu_us - b.cpu_us);
+            bare_runs.push(b);
+            mesh_runs.push(m);
         }
+        added.sort_by(f64::total_cmp);
         let med = |runs: &mut Vec<Run>| {
             runs.sort_by(|a, b| a.rps.total_cmp(&b.rps));
             runs.remove(runs.len() / 2)
         };
         let (b, m) = (med(&mut bare_runs), med(&mut mesh_runs));
-        println!("stack load: {requests} requests × 3 rounds (median shown), concurrency {concurrency}, loopback, 2 worker threads; client and backend in one process");
+        println!("stack load: {requests} requests × {rounds} paired rounds (median shown), concurrency {concurrency}, loopback, 2 worker threads; client and backend in one process");
         println!("| path | req/s | CPU µs/request (client + backend) | p50 µs | p99 µs |");
         println!("| --- | ---: | ---: | ---: | ---: |");
         println!("| bare hyper client | {:.0} | {:.1} | {} | {} |", b.rps, b.cpu_us, b.p50_us, b.p99_us);
@@ -256,6 +263,12 @@ apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: ui}}
             100.0 * (m.rps / b.rps - 1.0),
             m.cpu_us - b.cpu_us,
             m.cpu_us / b.cpu_us
+        );
+        println!(
+            "added CPU per request across the {rounds} pairs: min {:.2}, median {:.2}, max {:.2} µs",
+            added[0],
+            added[added.len() / 2],
+            added[added.len() - 1]
         );
         let Ok(bin) = std::env::var("MESH_ENVOY") else { return };
         let dir = tempfile::tempdir().unwrap();
