@@ -125,7 +125,16 @@ fn envoy(bin: &str, port: u16, upstream: SocketAddr, dir: &std::path::Path) -> s
     let path = dir.join(format!("envoy-{port}.yaml"));
     std::fs::write(&path, config).unwrap();
     std::process::Command::new(bin)
-        .args(["-c", path.to_str().unwrap(), "--concurrency", "2", "--log-level", "error", "--base-id", &port.to_string()])
+        .args([
+            "-c",
+            path.to_str().unwrap(),
+            "--concurrency",
+            "2",
+            "--log-level",
+            "error",
+            "--base-id",
+            &port.to_string(),
+        ])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -133,7 +142,11 @@ fn envoy(bin: &str, port: u16, upstream: SocketAddr, dir: &std::path::Path) -> s
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 async fn drive<F, Fut>(requests: usize, concurrency: usize, envoys: &[u32], send: F) -> Run
@@ -142,7 +155,12 @@ where
     Fut: std::future::Future<Output = bool> + Send,
 {
     let next = Arc::new(AtomicUsize::new(0));
-    let envoy_cpu = || envoys.iter().map(|p| cpu_time_of(&p.to_string())).sum::<Duration>();
+    let envoy_cpu = || {
+        envoys
+            .iter()
+            .map(|p| cpu_time_of(&p.to_string()))
+            .sum::<Duration>()
+    };
     let envoy0 = envoy_cpu();
     let cpu0 = cpu_time();
     let t0 = Instant::now();

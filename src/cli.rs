@@ -9,13 +9,11 @@ use mesh_core::{LbConfig, MeshSnapshot, RouteAction, RouteSource};
 use mesh_xds_client::{Bootstrap, Protocol, ResourceState, XdsClientBuilder, XdsStatus};
 use serde_json::{Value, json};
 
-/// Arguments of `mesh config-dump`.
+/// How the CLI connects to the control plane (shared by its commands).
 #[derive(Debug, Clone)]
-pub struct ConfigDumpArgs {
+pub struct XdsOptions {
     /// Bootstrap file; `None` reads the gRPC environment variables.
     pub bootstrap: Option<PathBuf>,
-    /// Targets (`host:port` or `xds:///host:port`).
-    pub targets: Vec<String>,
     /// `sotw` or `delta`.
     pub protocol: Option<String>,
     /// Disk cache directory.
@@ -26,35 +24,55 @@ pub struct ConfigDumpArgs {
     pub json: bool,
 }
 
-/// Connects, waits until the targets' configuration is complete, and renders it with the xDS
-/// status. On timeout the error lists what is still missing.
-pub async fn config_dump(args: ConfigDumpArgs) -> Result<String, String> {
-    let bootstrap = match &args.bootstrap {
+/// Starts an xDS client for `targets` and waits until their configuration is complete; on
+/// timeout the error says what is still missing.
+async fn connect(
+    opts: &XdsOptions,
+    targets: &[String],
+) -> Result<(mesh_xds_client::XdsClient, std::sync::Arc<MeshSnapshot>), String> {
+    let bootstrap = match &opts.bootstrap {
         Some(path) => Bootstrap::from_file(path),
         None => Bootstrap::from_env(),
     }
     .map_err(|e| e.to_string())?;
     let mut builder = XdsClientBuilder::new(bootstrap);
-    if let Some(p) = &args.protocol {
+    if let Some(p) = &opts.protocol {
         builder = builder.protocol(
             p.parse::<Protocol>()
                 .map_err(|e| format!("--xds-protocol: {e}"))?,
         );
     }
-    if let Some(dir) = &args.cache_dir {
+    if let Some(dir) = &opts.cache_dir {
         builder = builder.cache_dir(dir);
     }
-    for t in &args.targets {
+    for t in targets {
         builder = builder.target(t);
     }
     let client = builder.start().map_err(|e| e.to_string())?;
-    let ready = tokio::time::timeout(args.timeout, client.ready()).await;
+    match tokio::time::timeout(opts.timeout, client.ready()).await {
+        Ok(snapshot) => Ok((client, snapshot)),
+        Err(_) => {
+            let status = client.status().await.ok_or("the xDS client stopped")?;
+            Err(missing(&status, opts.timeout))
+        }
+    }
+}
+
+/// Arguments of `mesh config-dump`.
+#[derive(Debug, Clone)]
+pub struct ConfigDumpArgs {
+    /// Targets (`host:port` or `xds:///host:port`).
+    pub targets: Vec<String>,
+    /// Connection options.
+    pub xds: XdsOptions,
+}
+
+/// Connects, waits until the targets' configuration is complete, and renders it with the xDS
+/// status. On timeout the error lists what is still missing.
+pub async fn config_dump(args: ConfigDumpArgs) -> Result<String, String> {
+    let (client, snapshot) = connect(&args.xds, &args.targets).await?;
     let status = client.status().await.ok_or("the xDS client stopped")?;
-    let snapshot = match ready {
-        Ok(s) => s,
-        Err(_) => return Err(missing(&status, args.timeout)),
-    };
-    Ok(if args.json {
+    Ok(if args.xds.json {
         let mut v = snapshot_json(&snapshot);
         v["xds"] = status_json(&status);
         format!("{}\n", serde_json::to_string_pretty(&v).unwrap_or_default())
@@ -373,8 +391,6 @@ pub async fn control_plane(dir: PathBuf, listen: std::net::SocketAddr) -> Result
 pub struct RequestArgs {
     /// The URL; its `host:port` names the listener.
     pub url: String,
-    /// Bootstrap file; `None` reads the gRPC environment variables.
-    pub bootstrap: Option<PathBuf>,
     /// Requests to send.
     pub requests: usize,
     /// Requests in flight at once.
@@ -383,14 +399,8 @@ pub struct RequestArgs {
     pub method: String,
     /// Extra headers `name: value`.
     pub headers: Vec<String>,
-    /// `sotw` or `delta`.
-    pub protocol: Option<String>,
-    /// Disk cache directory.
-    pub cache_dir: Option<PathBuf>,
-    /// How long to wait for the configuration.
-    pub timeout: Duration,
-    /// One JSON object instead of text.
-    pub json: bool,
+    /// Connection options.
+    pub xds: XdsOptions,
 }
 
 /// Runs `mesh request`: waits for the URL's configuration, sends the requests through the full
@@ -433,29 +443,7 @@ pub async fn request(args: RequestArgs) -> Result<String, String> {
             .map_err(|_| format!("invalid header value in {h:?}"))?;
         headers.append(k, v);
     }
-    let bootstrap = match &args.bootstrap {
-        Some(path) => Bootstrap::from_file(path),
-        None => Bootstrap::from_env(),
-    }
-    .map_err(|e| e.to_string())?;
-    let mut builder = XdsClientBuilder::new(bootstrap).target(&target);
-    if let Some(p) = &args.protocol {
-        builder = builder.protocol(
-            p.parse::<Protocol>()
-                .map_err(|e| format!("--xds-protocol: {e}"))?,
-        );
-    }
-    if let Some(dir) = &args.cache_dir {
-        builder = builder.cache_dir(dir);
-    }
-    let client = builder.start().map_err(|e| e.to_string())?;
-    if tokio::time::timeout(args.timeout, client.ready())
-        .await
-        .is_err()
-    {
-        let status = client.status().await.ok_or("the xDS client stopped")?;
-        return Err(missing(&status, args.timeout));
-    }
+    let (client, _) = connect(&args.xds, std::slice::from_ref(&target)).await?;
     let svc = mesh_tower::MeshService::new(client.snapshots(), mesh_tower::MeshConfig::default());
     let uri = std::sync::Arc::new(uri);
     let headers = std::sync::Arc::new(headers);
@@ -532,7 +520,7 @@ pub async fn request(args: RequestArgs) -> Result<String, String> {
         "attempts": attempts,
         "latency_us": {"p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "max": latencies.last().copied().unwrap_or(0)},
     });
-    if args.json {
+    if args.xds.json {
         return Ok(format!("{summary}\n"));
     }
     let mut out = format!(

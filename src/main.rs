@@ -14,6 +14,38 @@ struct Cli {
     command: Command,
 }
 
+/// How to reach the control plane, for the commands that connect as a mesh client.
+#[derive(clap::Args)]
+struct XdsArgs {
+    /// gRPC xDS bootstrap file (default: GRPC_XDS_BOOTSTRAP / GRPC_XDS_BOOTSTRAP_CONFIG).
+    #[arg(long)]
+    bootstrap: Option<PathBuf>,
+    /// `sotw` or `delta` (default: MESH_XDS_PROTOCOL, else sotw).
+    #[arg(long = "xds-protocol")]
+    protocol: Option<String>,
+    /// Persist the last good configuration here; serve from it when the control plane is down.
+    #[arg(long = "cache-dir")]
+    cache_dir: Option<PathBuf>,
+    /// How long to wait for the configuration, in seconds.
+    #[arg(long, default_value_t = 20)]
+    timeout: u64,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+impl From<XdsArgs> for cli::XdsOptions {
+    fn from(a: XdsArgs) -> Self {
+        Self {
+            bootstrap: a.bootstrap,
+            protocol: a.protocol,
+            cache_dir: a.cache_dir,
+            timeout: Duration::from_secs(a.timeout),
+            json: a.json,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Serves xDS from a directory of Istio YAML, the way istiod serves proxyless clients,
@@ -27,15 +59,10 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:15010")]
         listen: std::net::SocketAddr,
     },
-    /// Connects to the control plane, waits for the targets' configuration and prints it as
-    /// this client resolves it, with the xDS status of every resource.
     /// Sends requests through the full mesh stack and summarizes what happened.
     Request {
         /// The URL; its `host:port` names the listener (e.g. http://ui.default.svc.cluster.local:9080/).
         url: String,
-        /// gRPC xDS bootstrap file (default: GRPC_XDS_BOOTSTRAP / GRPC_XDS_BOOTSTRAP_CONFIG).
-        #[arg(long)]
-        bootstrap: Option<PathBuf>,
         /// Requests to send.
         #[arg(short = 'n', default_value_t = 1)]
         requests: usize,
@@ -48,38 +75,17 @@ enum Command {
         /// A header `name: value`; repeatable.
         #[arg(short = 'H')]
         headers: Vec<String>,
-        /// `sotw` or `delta`.
-        #[arg(long = "xds-protocol")]
-        protocol: Option<String>,
-        /// Persist the configuration here; serve from it when the control plane is unreachable.
-        #[arg(long = "cache-dir")]
-        cache_dir: Option<PathBuf>,
-        /// How long to wait for the configuration, in seconds.
-        #[arg(long, default_value_t = 20)]
-        timeout: u64,
-        /// Print one JSON object.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        xds: XdsArgs,
     },
+    /// Connects to the control plane, waits for the targets' configuration and prints it as
+    /// this client resolves it, with the xDS status of every resource.
     ConfigDump {
-        /// gRPC xDS bootstrap file (default: GRPC_XDS_BOOTSTRAP / GRPC_XDS_BOOTSTRAP_CONFIG).
-        #[arg(long)]
-        bootstrap: Option<PathBuf>,
         /// A target `host:port` (or `xds:///host:port`); repeatable.
         #[arg(long = "target", required = true)]
         targets: Vec<String>,
-        /// `sotw` or `delta` (default: MESH_XDS_PROTOCOL, else sotw).
-        #[arg(long = "xds-protocol")]
-        protocol: Option<String>,
-        /// Persist the last good configuration here; serve from it when the control plane is down.
-        #[arg(long = "cache-dir")]
-        cache_dir: Option<PathBuf>,
-        /// How long to wait for the configuration, in seconds.
-        #[arg(long, default_value_t = 20)]
-        timeout: u64,
-        /// Print one JSON object.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        xds: XdsArgs,
     },
 }
 
@@ -98,45 +104,26 @@ async fn main() -> ExitCode {
             .map(|()| String::new()),
         Command::Request {
             url,
-            bootstrap,
             requests,
             concurrency,
             method,
             headers,
-            protocol,
-            cache_dir,
-            timeout,
-            json,
+            xds,
         } => {
-            cli::request(cli::RequestArgs {
+            let args = cli::RequestArgs {
                 url,
-                bootstrap,
                 requests,
                 concurrency,
                 method,
                 headers,
-                protocol,
-                cache_dir,
-                timeout: Duration::from_secs(timeout),
-                json,
-            })
-            .await
+                xds: xds.into(),
+            };
+            cli::request(args).await
         }
-        Command::ConfigDump {
-            bootstrap,
-            targets,
-            protocol,
-            cache_dir,
-            timeout,
-            json,
-        } => {
+        Command::ConfigDump { targets, xds } => {
             cli::config_dump(cli::ConfigDumpArgs {
-                bootstrap,
                 targets,
-                protocol,
-                cache_dir,
-                timeout: Duration::from_secs(timeout),
-                json,
+                xds: xds.into(),
             })
             .await
         }

@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use mesh::cli::{ConfigDumpArgs, config_dump};
+use mesh::cli::{ConfigDumpArgs, XdsOptions, config_dump};
 use mesh_control_plane::ControlPlane;
 use mesh_control_plane::watch::load;
 
@@ -20,14 +20,20 @@ fn bootstrap(dir: &Path, server: &str) -> std::path::PathBuf {
     path
 }
 
-fn args(bootstrap: std::path::PathBuf, timeout: Duration) -> ConfigDumpArgs {
-    ConfigDumpArgs {
+fn xds(bootstrap: std::path::PathBuf, timeout: Duration, protocol: Option<&str>) -> XdsOptions {
+    XdsOptions {
         bootstrap: Some(bootstrap),
-        targets: vec!["xds:///ui.default.svc.cluster.local:9080".into()],
-        protocol: Some("delta".into()),
+        protocol: protocol.map(String::from),
         cache_dir: None,
         timeout,
         json: true,
+    }
+}
+
+fn args(bootstrap: std::path::PathBuf, timeout: Duration) -> ConfigDumpArgs {
+    ConfigDumpArgs {
+        targets: vec!["xds:///ui.default.svc.cluster.local:9080".into()],
+        xds: xds(bootstrap, timeout, Some("delta")),
     }
 }
 
@@ -137,15 +143,15 @@ async fn request_reports_statuses_clusters_endpoints_attempts_and_latency() {
     let addr = cp.spawn("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let out = mesh::cli::request(mesh::cli::RequestArgs {
         url: "http://ui.default.svc.cluster.local:9080/".into(),
-        bootstrap: Some(bootstrap(dir.path(), &addr.to_string())),
         requests: 2000,
         concurrency: 8,
         method: "GET".into(),
         headers: vec![],
-        protocol: None,
-        cache_dir: None,
-        timeout: Duration::from_secs(10),
-        json: true,
+        xds: xds(
+            bootstrap(dir.path(), &addr.to_string()),
+            Duration::from_secs(10),
+            None,
+        ),
     })
     .await
     .unwrap();

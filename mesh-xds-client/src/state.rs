@@ -369,15 +369,12 @@ impl AdsState {
     /// Handles a SotW response.
     pub fn on_sotw_response(&mut self, resp: DiscoveryResponse, now: Instant) -> Vec<Output> {
         let Some(ty) = ResourceType::from_type_url(&resp.type_url) else {
-            // Not a type we asked for: ignore, but say so to the server.
+            let (type_url, response_nonce, error_detail) =
+                unexpected_type(&resp.type_url, &resp.nonce);
             return vec![Output::Send(Request::Sotw(DiscoveryRequest {
-                type_url: resp.type_url.clone(),
-                response_nonce: resp.nonce.clone(),
-                error_detail: Some(Status {
-                    code: INVALID_ARGUMENT,
-                    message: format!("unexpected type {:?}", resp.type_url),
-                    details: vec![],
-                }),
+                type_url,
+                response_nonce,
+                error_detail,
                 ..Default::default()
             }))];
         };
@@ -427,28 +424,22 @@ impl AdsState {
                 }
             }
         }
-        let ack = if errors.is_empty() {
+        let nack = nack_message(&errors, &resp.type_url, &resp.nonce);
+        if nack.is_none() {
             self.types[index(ty)].version = resp.version_info.clone();
-            None
-        } else {
-            let message = errors.join("; ");
-            tracing::warn!(type_url = %resp.type_url, version = %resp.version_info, nonce = %resp.nonce, "NACK: {message}");
-            Some(message)
-        };
-        self.cascade(now, Some((ty, ack)))
+        }
+        self.cascade(now, Some((ty, nack)))
     }
 
     /// Handles a Delta response.
     pub fn on_delta_response(&mut self, resp: DeltaDiscoveryResponse, now: Instant) -> Vec<Output> {
         let Some(ty) = ResourceType::from_type_url(&resp.type_url) else {
+            let (type_url, response_nonce, error_detail) =
+                unexpected_type(&resp.type_url, &resp.nonce);
             return vec![Output::Send(Request::Delta(DeltaDiscoveryRequest {
-                type_url: resp.type_url.clone(),
-                response_nonce: resp.nonce.clone(),
-                error_detail: Some(Status {
-                    code: INVALID_ARGUMENT,
-                    message: format!("unexpected type {:?}", resp.type_url),
-                    details: vec![],
-                }),
+                type_url,
+                response_nonce,
+                error_detail,
                 ..Default::default()
             }))];
         };
@@ -484,14 +475,8 @@ impl AdsState {
                 self.dirty = true;
             }
         }
-        let ack = if errors.is_empty() {
-            None
-        } else {
-            let message = errors.join("; ");
-            tracing::warn!(type_url = %resp.type_url, nonce = %resp.nonce, "NACK: {message}");
-            Some(message)
-        };
-        self.cascade(now, Some((ty, ack)))
+        let nack = nack_message(&errors, &resp.type_url, &resp.nonce);
+        self.cascade(now, Some((ty, nack)))
     }
 
     /// Decodes one resource and stores it if it was asked for. `Ok(Some(name))` when applied,
@@ -794,6 +779,27 @@ impl AdsState {
         published.retain(|o| matches!(o, Output::Publish(_)));
         published.split_off(published.len().saturating_sub(1))
     }
+}
+
+/// The NACK's `error_detail` message for the rejected resources of one response (`None`: ACK),
+/// logged at warn.
+fn nack_message(errors: &[String], type_url: &str, nonce: &str) -> Option<String> {
+    if errors.is_empty() {
+        return None;
+    }
+    let message = errors.join("; ");
+    tracing::warn!(%type_url, %nonce, "NACK: {message}");
+    Some(message)
+}
+
+/// The NACK for a response of a type we never asked for: the type, the nonce, and why.
+fn unexpected_type(type_url: &str, nonce: &str) -> (String, String, Option<Status>) {
+    let error = Status {
+        code: INVALID_ARGUMENT,
+        message: format!("unexpected type {type_url:?}"),
+        details: vec![],
+    };
+    (type_url.to_string(), nonce.to_string(), Some(error))
 }
 
 /// Every cluster a route configuration can send to (destinations and mirrors).
