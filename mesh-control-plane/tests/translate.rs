@@ -337,3 +337,36 @@ fn peer_authentication_and_authorization_policy_shape_inbound_listeners() {
         "{claims}"
     );
 }
+
+mod no_panic {
+    use mesh_control_plane::{IstioConfig, translate};
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            cases: 256,
+            rng_seed: proptest::test_runner::RngSeed::Fixed(11),
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        })]
+
+        /// The bundled YAML with a random line dropped or duplicated, or random text: an error
+        /// with file and line, or a translation — never a panic.
+        #[test]
+        fn edited_yaml_never_panics(drop_line in any::<prop::sample::Index>(), dup_line in any::<prop::sample::Index>(), noise in "[ -~\n]{0,40}") {
+            let base = std::fs::read_to_string(super::examples().join("ui-service.yaml")).unwrap()
+                + "---\n" + &std::fs::read_to_string(super::examples().join("ui-routes.yaml")).unwrap();
+            let mut lines: Vec<&str> = base.lines().collect();
+            let d = drop_line.index(lines.len());
+            lines.remove(d);
+            let c = dup_line.index(lines.len());
+            let copy = lines[c];
+            lines.insert(c, copy);
+            let text = lines.join("\n") + "\n" + &noise;
+            let mut cfg = IstioConfig::default();
+            if cfg.add_text("edited.yaml", &text).is_ok() {
+                let _ = translate(&cfg);
+            }
+        }
+    }
+}

@@ -248,3 +248,30 @@ fn json_durations() {
     assert_eq!(parse_json_duration("-1s"), None);
     assert_eq!(parse_json_duration("10"), None);
 }
+
+mod no_panic {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            cases: 512,
+            rng_seed: proptest::test_runner::RngSeed::Fixed(3),
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        })]
+
+        /// The golden bootstrap with a random span replaced by random text: a clear error or a
+        /// bootstrap, never a panic.
+        #[test]
+        fn damaged_bootstraps_never_panic(at in any::<prop::sample::Index>(), len in 0usize..20, noise in "[ -~]{0,12}") {
+            let text = istio_testdata("grpc-bootstrap.golden.json");
+            let start = at.index(text.len());
+            let end = (start + len).min(text.len());
+            if text.is_char_boundary(start) && text.is_char_boundary(end) {
+                let damaged = format!("{}{noise}{}", &text[..start], &text[end..]);
+                let _ = Bootstrap::from_json(&damaged, "damaged");
+            }
+        }
+    }
+}

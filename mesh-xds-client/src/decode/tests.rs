@@ -467,3 +467,42 @@ fn listeners_with_inline_routes_map() {
     .unwrap();
     assert_eq!(spec.routes, RouteSourceSpec::Rds("r".into()));
 }
+
+mod no_panic {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            cases: 512,
+            rng_seed: proptest::test_runner::RngSeed::Fixed(7),
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        })]
+
+        /// Arbitrary bytes as any resource type: an error or a value, never a panic.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512), t in 0usize..4) {
+            let ty = ResourceType::ALL[t];
+            let _ = decode(ty, &Any { type_url: ty.type_url().into(), value: bytes });
+        }
+
+        /// Valid resources with random bytes flipped: still no panic.
+        #[test]
+        fn corrupted_resources_never_panic(flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8), t in 0usize..4) {
+            let ty = ResourceType::ALL[t];
+            let mut any = match ty {
+                ResourceType::Listener => testing::listener("ui:80", "r"),
+                ResourceType::RouteConfiguration => testing::route_config("r", &["ui"], &[("a", 90), ("b", 10)]),
+                ResourceType::Cluster => testing::eds_cluster("a"),
+                ResourceType::ClusterLoadAssignment => testing::endpoints("a", &["127.0.0.1:80".parse().unwrap()]),
+            };
+            for (i, b) in flips {
+                let n = any.value.len();
+                let at = i.index(n);
+                any.value[at] = b;
+            }
+            let _ = decode(ty, &any);
+        }
+    }
+}
