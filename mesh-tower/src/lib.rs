@@ -11,6 +11,7 @@
 
 pub mod body;
 mod cluster;
+pub mod connector;
 pub mod layers;
 pub mod service;
 

@@ -16,7 +16,7 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, V
 use http_body::Body;
 use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::{Connect, HttpConnector};
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use mesh_core::route::{AttemptFailure, FaultAbort, ForwardAction, request_hash};
 use mesh_core::{BreakerResource, LbConfig, MeshSnapshot, Outcome, RouteRequest};
@@ -27,6 +27,7 @@ use tokio::time::Instant;
 
 use crate::body::{BoxError, MeshBody, Prepared, empty, full, prepare};
 use crate::cluster::ClusterState;
+use crate::connector::{LimitedConnector, MeshConnector};
 
 /// Header naming why the stack answered instead of an upstream.
 pub const ERROR_HEADER: &str = "x-mesh-error";
@@ -101,10 +102,17 @@ impl<C> Clone for MeshService<C> {
 struct Shared<C> {
     snapshots: watch::Receiver<Arc<MeshSnapshot>>,
     states: RwLock<HashMap<Arc<str>, Arc<ClusterState>>>,
-    http1: Client<C, MeshBody>,
-    http2: Client<C, MeshBody>,
+    /// Connection pools per cluster (as Envoy's), counted against its circuit breaker.
+    pools: RwLock<HashMap<Arc<str>, Arc<Pools<C>>>>,
+    connector: C,
     config: MeshConfig,
     mirrors: Arc<Semaphore>,
+}
+
+/// A cluster's HTTP/1.1 and HTTP/2 (h2c) pools.
+struct Pools<C> {
+    http1: Client<LimitedConnector<C>, MeshBody>,
+    http2: Client<LimitedConnector<C>, MeshBody>,
 }
 
 impl MeshService<HttpConnector> {
@@ -116,26 +124,19 @@ impl MeshService<HttpConnector> {
     }
 }
 
-impl<C: Connect + Clone + Send + Sync + 'static> MeshService<C> {
+impl<C: MeshConnector> MeshService<C> {
     /// A stack over a custom connector (the seam for mTLS).
     pub fn with_connector(
         snapshots: watch::Receiver<Arc<MeshSnapshot>>,
         config: MeshConfig,
         connector: C,
     ) -> Self {
-        let http1 = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(config.pool_idle_timeout)
-            .build(connector.clone());
-        let http2 = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(config.pool_idle_timeout)
-            .http2_only(true)
-            .build(connector);
         Self {
             shared: Arc::new(Shared {
                 snapshots,
                 states: RwLock::default(),
-                http1,
-                http2,
+                pools: RwLock::default(),
+                connector,
                 mirrors: Arc::new(Semaphore::new(config.mirror_concurrency)),
                 config,
             }),
@@ -147,7 +148,7 @@ impl<B, C> tower::Service<Request<B>> for MeshService<C>
 where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
-    C: Connect + Clone + Send + Sync + 'static,
+    C: MeshConnector,
 {
     type Response = Response<MeshBody>;
     type Error = Infallible;
@@ -265,7 +266,38 @@ struct Head {
     host_header: Option<HeaderValue>,
 }
 
-impl<C: Connect + Clone + Send + Sync + 'static> Shared<C> {
+impl<C: MeshConnector> Shared<C> {
+    /// The connection pools of a cluster, created with its first state.
+    fn pools(&self, state: &ClusterState) -> Arc<Pools<C>> {
+        let name = state.cluster.name();
+        if let Some(p) = self
+            .pools
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+        {
+            return p.clone();
+        }
+        let mut pools = self.pools.write().unwrap_or_else(|e| e.into_inner());
+        pools
+            .entry(name.clone())
+            .or_insert_with(|| {
+                let connector =
+                    LimitedConnector::new(self.connector.clone(), state.breaker.clone());
+                let idle = self.config.pool_idle_timeout;
+                Arc::new(Pools {
+                    http1: Client::builder(TokioExecutor::new())
+                        .pool_idle_timeout(idle)
+                        .build(connector.clone()),
+                    http2: Client::builder(TokioExecutor::new())
+                        .pool_idle_timeout(idle)
+                        .http2_only(true)
+                        .build(connector),
+                })
+            })
+            .clone()
+    }
+
     /// The runtime state of a cluster for this snapshot, rebuilt only when the cluster or its
     /// endpoints changed.
     fn state(&self, snap: &MeshSnapshot, name: &str) -> Option<Arc<ClusterState>> {
@@ -483,10 +515,11 @@ impl<C: Connect + Clone + Send + Sync + 'static> Shared<C> {
                 replay_body(data.clone(), trailers.clone()),
                 Some(&shadow),
             );
+            let pools = self.pools(&state);
             let client = if wants_h2(head) {
-                self.http2.clone()
+                pools.http2.clone()
             } else {
-                self.http1.clone()
+                pools.http1.clone()
             };
             tokio::spawn(async move {
                 let _permit = permit;
@@ -597,10 +630,11 @@ impl<C: Connect + Clone + Send + Sync + 'static> Shared<C> {
             let load = state.load(i).clone();
             let active = load.start();
             let req = build(head, state.authority(i), body, None);
+            let pools = self.pools(state);
             let client = if wants_h2(head) {
-                &self.http2
+                &pools.http2
             } else {
-                &self.http1
+                &pools.http1
             };
             let sent = Instant::now();
             let per_try = retry.and_then(|r| r.per_try_timeout());
@@ -613,6 +647,16 @@ impl<C: Connect + Clone + Send + Sync + 'static> Shared<C> {
             drop(active);
             let (failure, outcome, response) = match result {
                 Err(f) => (Some(f), Outcome::LocalFailure, None),
+                Ok(Err(e)) if crate::connector::overflow_in(&e).is_some() => {
+                    let o = crate::connector::overflow_in(&e)
+                        .map(|o| o.resource.threshold_name())
+                        .unwrap_or("max_connections");
+                    return (
+                        local(StatusCode::SERVICE_UNAVAILABLE, OVERFLOW_HEADER, o, grpc),
+                        None,
+                        attempt,
+                    );
+                }
                 Ok(Err(e)) => {
                     let f = if e.is_connect() {
                         AttemptFailure::ConnectFailure

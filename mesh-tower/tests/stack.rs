@@ -321,6 +321,37 @@ async fn circuit_breaker_fails_fast_beyond_max_requests() {
 }
 
 #[tokio::test]
+async fn max_connections_queue_up_to_max_pending_then_fail_fast() {
+    let a = backend("v1", Behavior::Slow(Duration::from_millis(300))).await;
+    let policy = "    connectionPool:\n      tcp: {maxConnections: 1}\n      http: {http1MaxPendingRequests: 1}";
+    let route = "  - name: r\n    route:\n    - destination: {host: ui.default.svc.cluster.local, subset: version-1}\n";
+    let m = mesh(&yaml(&[a.addr], &[], policy, route)).await;
+    let tasks: Vec<_> = (0..3)
+        .map(|_| {
+            let svc = m.svc.clone();
+            tokio::spawn(async move { send(&svc, &[]).await })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for t in tasks {
+        let (s, why, _) = t.await.unwrap();
+        outcomes.push(if s == StatusCode::OK {
+            "ok".to_string()
+        } else {
+            format!("{s} {why}")
+        });
+    }
+    outcomes.sort();
+    // One request on the only connection, one waiting for it (served when it is free again),
+    // and the third refused at once: the pending queue is full.
+    assert_eq!(
+        outcomes,
+        ["503 Service Unavailable max_pending_requests", "ok", "ok"]
+    );
+    assert_eq!(a.hits.load(Ordering::Relaxed), 2);
+}
+
+#[tokio::test]
 async fn a_failing_endpoint_is_ejected() {
     let good1 = backend("good1", Behavior::Ok).await;
     let good2 = backend("good2", Behavior::Ok).await;
