@@ -7,84 +7,22 @@
 //! `cargo run --release --example demo` finishes by itself in under a minute;
 //! `-- --stay` keeps it running so you can edit the YAML (the path is printed) and watch.
 
+#[path = "../common/mod.rs"]
+mod common;
+
 use std::collections::BTreeMap;
-use std::convert::Infallible;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
+use common::{Lab, TARGET};
+use http::Request;
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use mesh::tower::{MeshConfig, MeshService};
-use mesh::xds::{Bootstrap, XdsClientBuilder};
-use mesh_control_plane::ControlPlane;
-use mesh_control_plane::watch::{Reload, load, watch_dir};
+use mesh::tower::MeshService;
+use mesh_control_plane::watch::Reload;
 use tokio::time::Instant;
 use tower::ServiceExt;
-
-const TARGET: &str = "ui.default.svc.cluster.local:9080";
-const BACKENDS: [(&str, u16); 4] = [("v1", 18081), ("v1", 18082), ("v1", 18083), ("v2", 18091)];
-
-/// A backend that answers with its version, or 503 while `failing`.
-async fn backend(version: &'static str, failing: Arc<AtomicBool>) -> std::io::Result<SocketAddr> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let failing = failing.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |_req: Request<Incoming>| {
-                    let fail = failing.load(Ordering::Relaxed);
-                    async move {
-                        let mut r =
-                            Response::new(Full::new(Bytes::from_static(version.as_bytes())));
-                        if fail {
-                            *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-                        }
-                        Ok::<_, Infallible>(r)
-                    }
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    Ok(addr)
-}
-
-/// Copies the bundled YAML to `dir`, pointing the ServiceEntry at the ports actually bound.
-fn write_config(dir: &Path, ports: &[u16]) -> std::io::Result<()> {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/config");
-    for f in std::fs::read_dir(&src)? {
-        let f = f?.path();
-        if f.is_file() {
-            let mut text = std::fs::read_to_string(&f)?;
-            for ((_, fixed), port) in BACKENDS.iter().zip(ports) {
-                text = text.replace(&format!("http: {fixed}}}"), &format!("http: {port}}}"));
-            }
-            std::fs::write(dir.join(f.file_name().unwrap_or_default()), text)?;
-        }
-    }
-    Ok(())
-}
-
-fn use_routes(dir: &Path, variant: Option<&str>) -> std::io::Result<()> {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/config");
-    let from = match variant {
-        Some(v) => src.join("variants").join(v),
-        None => src.join("ui-routes.yaml"),
-    };
-    std::fs::copy(from, dir.join("ui-routes.yaml")).map(|_| ())
-}
-
-/// What a stage changes when it starts.
-type StageAction = Box<dyn Fn() -> std::io::Result<()>>;
 
 #[derive(Default)]
 struct Window {
@@ -156,112 +94,81 @@ fn report(label: &str, w: &mut Window) {
     *w = Window::default();
 }
 
+/// What a stage changes when it starts.
+enum Change {
+    Nothing,
+    Routes(Option<&'static str>),
+    FailBackend(usize),
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let stay = std::env::args().any(|a| a == "--stay");
-    let failing: Vec<Arc<AtomicBool>> = BACKENDS
-        .iter()
-        .map(|_| Arc::new(AtomicBool::new(false)))
-        .collect();
-    let mut ports = Vec::new();
-    for ((version, _), f) in BACKENDS.iter().zip(&failing) {
-        ports.push(backend(version, f.clone()).await?.port());
-    }
-    let dir = tempfile::tempdir()?;
-    let config_dir: PathBuf = dir.path().to_path_buf();
-    write_config(&config_dir, &ports)?;
-
-    let cp = ControlPlane::new(load(&config_dir)?);
-    let xds = cp.clone().spawn("127.0.0.1:0".parse()?).await?;
-    tokio::spawn(watch_dir(
-        config_dir.clone(),
-        cp.clone(),
-        Duration::from_millis(100),
-        |r| match r {
-            Reload::Served { version, .. } => println!("  control plane: serving v{version}"),
-            Reload::Rejected(e) => println!("  control plane: rejected edit: {e}"),
-        },
-    ));
+    let lab = Lab::start(|r| match r {
+        Reload::Served { version, .. } => println!("  control plane: serving v{version}"),
+        Reload::Rejected(e) => println!("  control plane: rejected edit: {e}"),
+    })
+    .await?;
     println!(
-        "mesh demo: control plane on {xds} serving {}",
-        config_dir.display()
+        "mesh demo: control plane on {} serving {}",
+        lab.xds,
+        lab.dir.display()
     );
     println!(
         "backends: {}",
-        BACKENDS
+        lab.backends
             .iter()
-            .zip(&ports)
-            .map(|((v, _), p)| format!("{v}@127.0.0.1:{p}"))
+            .map(|b| format!("{}@{}", b.version, b.addr))
             .collect::<Vec<_>>()
             .join("  ")
     );
-
-    let bootstrap = Bootstrap::from_json(
-        &format!(
-            r#"{{"xds_servers": [{{"server_uri": "{xds}", "channel_creds": [{{"type": "insecure"}}], "server_features": ["xds_v3"]}}],
-                "node": {{"id": "sidecar~127.0.0.1~demo.default~default.svc.cluster.local", "metadata": {{"GENERATOR": "grpc", "NAMESPACE": "default"}}}}}}"#
-        ),
-        "demo",
-    )?;
-    let client = XdsClientBuilder::new(bootstrap)
-        .target(format!("xds:///{TARGET}"))
-        .start()?;
-    tokio::time::timeout(Duration::from_secs(10), client.ready()).await?;
-    let svc = MeshService::new(client.snapshots(), MeshConfig::default());
 
     let stop = Arc::new(AtomicBool::new(false));
     let users = Arc::new(Mutex::new(Window::default()));
     let testers = Arc::new(Mutex::new(Window::default()));
     for _ in 0..4 {
-        tokio::spawn(traffic(svc.clone(), users.clone(), None, stop.clone()));
+        tokio::spawn(traffic(lab.svc.clone(), users.clone(), None, stop.clone()));
     }
     tokio::spawn(traffic(
-        svc.clone(),
+        lab.svc.clone(),
         testers.clone(),
         Some(("version", "beta")),
         stop.clone(),
     ));
 
-    let stages: [(&str, StageAction); 5] = [
+    let stages = [
         (
             "90/10 canary: users split between version-1 and version-2-beta; testers (version: beta) get version-2-beta",
-            Box::new(|| Ok(())),
+            Change::Nothing,
         ),
         (
             "shift to 0/100: everyone moves to version-2-beta",
-            Box::new({
-                let d = config_dir.clone();
-                move || use_routes(&d, Some("ui-routes-shift-0-100.yaml"))
-            }),
+            Change::Routes(Some("ui-routes-shift-0-100.yaml")),
         ),
         (
             "fault injection: 10% of requests aborted with HTTP 400 (routes to version-1)",
-            Box::new({
-                let d = config_dir.clone();
-                move || use_routes(&d, Some("ui-routes-fault.yaml"))
-            }),
+            Change::Routes(Some("ui-routes-fault.yaml")),
         ),
         (
             "back to 90/10 with retries (attempts 3)",
-            Box::new({
-                let d = config_dir.clone();
-                move || use_routes(&d, None)
-            }),
+            Change::Routes(None),
         ),
         (
             "a version-1 backend starts answering 503: outlier detection ejects it, retries keep success high",
-            Box::new({
-                let f = failing[1].clone();
-                move || {
-                    f.store(true, Ordering::Relaxed);
-                    Ok(())
-                }
-            }),
+            Change::FailBackend(1),
         ),
     ];
-    for (i, (title, action)) in stages.iter().enumerate() {
+    let mut hits_when_failing = 0;
+    for (i, (title, change)) in stages.iter().enumerate() {
         println!("\nstage {}: {title}", i + 1);
-        action()?;
+        match change {
+            Change::Nothing => {}
+            Change::Routes(v) => lab.use_routes(*v).await?,
+            Change::FailBackend(b) => {
+                hits_when_failing = lab.backends[*b].hits.load(Ordering::Relaxed);
+                lab.backends[*b].failing.store(true, Ordering::Relaxed);
+            }
+        }
         for _ in 0..5 {
             tokio::time::sleep(Duration::from_secs(1)).await;
             report(
@@ -274,10 +181,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             );
         }
     }
+    let failing = &lab.backends[1];
+    println!(
+        "\nafter it started failing, backend {} received {} request(s): outlier detection ejected it (consecutiveErrors: 1) and retries sent the failed ones elsewhere",
+        failing.addr,
+        failing.hits.load(Ordering::Relaxed) - hits_when_failing
+    );
     if stay {
         println!(
             "\n--stay: edit {}/ui-routes.yaml and watch the traffic move (Ctrl-C to stop)",
-            config_dir.display()
+            lab.dir.display()
         );
         loop {
             tokio::select! {
