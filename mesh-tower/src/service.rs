@@ -331,6 +331,20 @@ impl<C: MeshConnector> Shared<C> {
             Instant::now().into_std(),
         ));
         states.insert(cluster.name().clone(), state.clone());
+        // An endpoint left EDS: start the cluster's pools afresh so that connections to it
+        // close. Requests in flight keep their connections until they finish; connections to
+        // the endpoints that stayed are opened again on demand.
+        if let Some(p) = &previous
+            && p.endpoints
+                .endpoints()
+                .iter()
+                .any(|e| endpoints.index_of(e.address).is_none())
+        {
+            self.pools
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(cluster.name());
+        }
         Some(state)
     }
 

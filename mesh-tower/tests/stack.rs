@@ -351,6 +351,59 @@ async fn max_connections_queue_up_to_max_pending_then_fail_fast() {
     assert_eq!(a.hits.load(Ordering::Relaxed), 2);
 }
 
+/// A backend that counts its open connections.
+async fn counting_backend() -> (SocketAddr, Arc<AtomicU64>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let open = Arc::new(AtomicU64::new(0));
+    let o = open.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            o.fetch_add(1, Ordering::Relaxed);
+            let o = o.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|_req: Request<Incoming>| async {
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"v1"))))
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+                o.fetch_sub(1, Ordering::Relaxed);
+            });
+        }
+    });
+    (addr, open)
+}
+
+#[tokio::test]
+async fn connections_to_an_endpoint_that_left_eds_are_closed() {
+    let (a, a_open) = counting_backend().await;
+    let (b, _) = counting_backend().await;
+    let route = "  - name: r\n    route:\n    - destination: {host: ui.default.svc.cluster.local, subset: version-1}\n";
+    let policy = "    loadBalancer: {simple: ROUND_ROBIN}";
+    let m = mesh(&yaml(&[a, b], &[], policy, route)).await;
+    for _ in 0..10 {
+        assert_eq!(send(&m.svc, &[]).await.0, StatusCode::OK);
+    }
+    assert!(
+        a_open.load(Ordering::Relaxed) >= 1,
+        "an idle pooled connection to a"
+    );
+    // `a` leaves EDS; the next requests go to `b` only, and a's idle connection is closed.
+    m.cp.update(resources(&yaml(&[b], &[], policy, route)));
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            send(&m.svc, &[]).await;
+            if a_open.load(Ordering::Relaxed) == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the connection to the removed endpoint closes");
+}
+
 #[tokio::test]
 async fn a_failing_endpoint_is_ejected() {
     let good1 = backend("good1", Behavior::Ok).await;
