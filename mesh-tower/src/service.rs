@@ -107,6 +107,8 @@ struct Shared<C> {
     connector: C,
     config: MeshConfig,
     mirrors: Arc<Semaphore>,
+    /// Requests that matched no route.
+    no_route: std::sync::atomic::AtomicU64,
 }
 
 /// A cluster's HTTP/1.1 and HTTP/2 (h2c) pools.
@@ -124,6 +126,16 @@ impl MeshService<HttpConnector> {
     }
 }
 
+impl<C> MeshService<C> {
+    /// Requests answered 404 because no route matched (or no listener, virtual host or
+    /// route configuration was found), since the stack was built.
+    pub fn no_route_count(&self) -> u64 {
+        self.shared
+            .no_route
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 impl<C: MeshConnector> MeshService<C> {
     /// A stack over a custom connector (the seam for mTLS).
     pub fn with_connector(
@@ -136,6 +148,7 @@ impl<C: MeshConnector> MeshService<C> {
                 snapshots,
                 states: RwLock::default(),
                 pools: RwLock::default(),
+                no_route: Default::default(),
                 connector,
                 mirrors: Arc::new(Semaphore::new(config.mirror_concurrency)),
                 config,
@@ -380,6 +393,8 @@ impl<C: MeshConnector> Shared<C> {
         let routed = match snap.route(&listener, &route_req, &mut rng) {
             Ok(r) => r,
             Err(e) => {
+                self.no_route
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 return local(
                     StatusCode::NOT_FOUND,
                     ERROR_HEADER,

@@ -533,6 +533,30 @@ async fn fault_abort_share_and_timeouts() {
 }
 
 #[tokio::test]
+async fn fault_delay_adds_the_configured_delay() {
+    let a = backend("v1", Behavior::Ok).await;
+    let route = "  - name: slowed\n    fault:\n      delay: {fixedDelay: 300ms, percentage: {value: 100}}\n    route:\n    - destination: {host: ui.default.svc.cluster.local, subset: version-1}\n";
+    let m = mesh(&yaml(
+        &[a.addr],
+        &[],
+        "    loadBalancer: {simple: ROUND_ROBIN}",
+        route,
+    ))
+    .await;
+    for _ in 0..3 {
+        let started = tokio::time::Instant::now();
+        let (s, body, _) = send(&m.svc, &[]).await;
+        assert_eq!((s, body.as_str()), (StatusCode::OK, "v1"));
+        // A lower bound only: the delay can never make a request faster.
+        assert!(
+            started.elapsed() >= Duration::from_millis(300),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+}
+
+#[tokio::test]
 async fn unknown_targets_get_a_clear_404() {
     let a = backend("v1", Behavior::Ok).await;
     let m = mesh(&yaml(
