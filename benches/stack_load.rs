@@ -242,14 +242,26 @@ apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: ui}}
                 }
             }
         };
+        let mesh_uri: http::Uri = format!("http://{HOST}:9080/productpage").parse().unwrap();
         let send_mesh = move || {
-            let mesh = mesh.clone();
+            let (mesh, uri) = (mesh.clone(), mesh_uri.clone());
             async move {
-                let req = Request::get(format!("http://{HOST}:9080/productpage")).body(Full::new(Bytes::new())).unwrap();
+                // Built like the bare request: a pre-parsed URI, so that only the stack differs.
+                let req = Request::get(uri).body(Full::new(Bytes::new())).unwrap();
                 let Ok(r) = mesh.oneshot(req).await;
                 r.status().is_success() && r.into_body().collect().await.is_ok()
             }
         };
+        // `STACK_LOAD_ONLY=bare|mesh`: one path, one round (for instruction counting under
+        // callgrind, where CPU time means nothing; see benches/instructions.sh).
+        if let Ok(only) = std::env::var("STACK_LOAD_ONLY") {
+            let r = match only.as_str() {
+                "bare" => drive(requests, concurrency, &[], send_bare.clone()).await,
+                _ => drive(requests, concurrency, &[], send_mesh.clone()).await,
+            };
+            println!("{only}: {requests} requests, {:.0} req/s", r.rps);
+            return;
+        }
         // Warm up both paths (connections, caches), then alternate rounds.
         drive(5_000, concurrency, &[], send_bare.clone()).await;
         drive(5_000, concurrency, &[], send_mesh.clone()).await;

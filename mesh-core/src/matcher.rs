@@ -222,6 +222,8 @@ impl HeaderMatcherSpec {
 #[derive(Debug, Clone)]
 pub struct HeaderMatcher {
     name: Box<str>,
+    /// The parsed name of a regular header; `None` for pseudo-headers.
+    parsed: Option<http::HeaderName>,
     kind: HeaderKind,
     invert: bool,
     treat_missing_as_empty: bool,
@@ -250,12 +252,14 @@ impl HeaderMatcher {
                     format!("unsupported pseudo-header {name:?} (supported: {PSEUDO_HEADERS:?})"),
                 ));
             }
-        } else if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
-            return Err(FieldError::new(
-                "name",
-                format!("{name:?} is not a valid header name"),
-            ));
         }
+        let parsed = if name.starts_with(':') {
+            None
+        } else {
+            Some(http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                FieldError::new("name", format!("{name:?} is not a valid header name"))
+            })?)
+        };
         let kind = match &spec.matcher {
             HeaderMatchSpec::Present(p) => HeaderKind::Present(*p),
             HeaderMatchSpec::Range { start, end } => HeaderKind::Range(*start, *end),
@@ -265,6 +269,7 @@ impl HeaderMatcher {
         };
         Ok(Self {
             name: name.into(),
+            parsed,
             kind,
             invert: spec.invert,
             treat_missing_as_empty: spec.treat_missing_as_empty,
@@ -279,7 +284,11 @@ impl HeaderMatcher {
     /// Whether the request matches, as Envoy decides it: a missing header (unless treated as
     /// empty) matches only `present: false`, or `present: true` inverted.
     pub fn matches(&self, req: &RouteRequest<'_>) -> bool {
-        match req.header(&self.name) {
+        let value = match &self.parsed {
+            Some(h) => req.header_value(h),
+            None => req.header(&self.name),
+        };
+        match value {
             None if !self.treat_missing_as_empty => {
                 matches!(self.kind, HeaderKind::Present(p) if p == self.invert)
             }

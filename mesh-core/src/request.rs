@@ -93,7 +93,13 @@ impl<'a> RouteRequest<'a> {
                 _ => None,
             };
         }
-        if name.ends_with("-bin") {
+        self.header_value(&http::HeaderName::from_bytes(name.as_bytes()).ok()?)
+    }
+
+    /// As [`RouteRequest::header`] for a regular (not pseudo) header, by parsed name: the hot
+    /// path, since matchers parse their names once.
+    pub fn header_value(&self, name: &http::HeaderName) -> Option<Cow<'a, str>> {
+        if name.as_str().ends_with("-bin") {
             return None;
         }
         let mut values = self.headers.get_all(name).iter();

@@ -1,6 +1,6 @@
 //! The whole configuration one client sees at one moment, shared as `Arc<MeshSnapshot>`.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::sync::Arc;
 
 use rand::RngCore;
@@ -17,7 +17,8 @@ use crate::route::{NoRoute, Route, RouteAction, RouteConfig, VirtualHost};
 /// Immutable once published: the xDS client clones it, applies a change, and publishes the new
 /// one whole. Each map sits behind its own `Arc` and is copied only when changed, so a clone
 /// costs four pointer copies and an update costs the size of the one map it touches (an
-/// endpoint change does not copy the listeners, routes or clusters).
+/// endpoint change does not copy the listeners, routes or clusters). Maps use FxHash: keys
+/// come from the control plane, and per-request lookups are the hot path.
 #[derive(Debug, Clone, Default)]
 pub struct MeshSnapshot {
     listeners: Arc<HashMap<Arc<str>, Arc<Listener>>>,

@@ -49,6 +49,11 @@ impl Prepared {
     /// A body to send for one attempt, or `None` if a streaming body was already taken.
     pub fn attempt(&mut self) -> Option<MeshBody> {
         match self {
+            // An empty body boxes a zero-sized value: no allocation per attempt.
+            Self::Replayable {
+                data,
+                trailers: None,
+            } if data.is_empty() => Some(empty()),
             Self::Replayable { data, trailers } => Some(replay(data.clone(), trailers.clone())),
             Self::Streaming(_) => match std::mem::replace(self, Self::Taken) {
                 Self::Streaming(b) => Some(b),

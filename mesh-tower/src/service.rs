@@ -2,7 +2,7 @@
 //! retries under a budget, breaks circuits, balances and records outliers, per request, from
 //! the current snapshot.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -29,6 +29,11 @@ use crate::body::{BoxError, MeshBody, Prepared, empty, full, prepare};
 use crate::cluster::ClusterState;
 use crate::connector::{LimitedConnector, MeshConnector};
 
+/// `grpc-status`, parsed once rather than per lookup.
+static GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+/// `grpc-timeout`, parsed once rather than per lookup.
+static GRPC_TIMEOUT: http::HeaderName = http::HeaderName::from_static("grpc-timeout");
+
 /// Header naming why the stack answered instead of an upstream.
 pub const ERROR_HEADER: &str = "x-mesh-error";
 /// Header naming the circuit-breaker threshold that overflowed.
@@ -38,7 +43,7 @@ pub const OVERFLOW_HEADER: &str = "x-mesh-overflow";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MeshInfo {
     /// The route that matched.
-    pub route: String,
+    pub route: Arc<str>,
     /// The cluster chosen.
     pub cluster: Arc<str>,
     /// The endpoint that gave the final response, if one did.
@@ -210,7 +215,7 @@ fn grpc_status_response(code: u32, message: &str) -> Response<MeshBody> {
         http::header::CONTENT_TYPE,
         HeaderValue::from_static("application/grpc"),
     );
-    h.insert("grpc-status", HeaderValue::from(code));
+    h.insert(GRPC_STATUS.clone(), HeaderValue::from(code));
     if let Ok(v) = HeaderValue::from_str(message) {
         h.insert("grpc-message", v);
     }
@@ -248,7 +253,7 @@ fn grpc_to_http(code: u32) -> u16 {
 
 /// `grpc-timeout`: digits and a unit (H, M, S, m, u, n).
 fn grpc_timeout(h: &HeaderMap) -> Option<Duration> {
-    let v = h.get("grpc-timeout")?.to_str().ok()?;
+    let v = h.get(&GRPC_TIMEOUT)?.to_str().ok()?;
     let (n, unit) = v.split_at(v.len().checked_sub(1)?);
     let n: u64 = n.parse().ok()?;
     Some(match unit {
@@ -369,28 +374,34 @@ impl<C: MeshConnector> Shared<C> {
         let snap = self.snapshots.borrow().clone();
         let (parts, body) = req.into_parts();
         let grpc = is_grpc(&parts.headers);
-        let uri_authority = parts
-            .uri
-            .authority()
-            .map(|a| a.as_str().to_string())
-            .or_else(|| {
-                parts
-                    .headers
-                    .get(http::header::HOST)
-                    .and_then(|h| h.to_str().ok())
-                    .map(String::from)
-            })
-            .unwrap_or_default();
-        let (listener, authority) = match &self.config.target {
-            Some(t) => (t.clone(), t.clone()),
-            None if uri_authority.contains(':') => (uri_authority.clone(), uri_authority.clone()),
-            None => (format!("{uri_authority}:80"), uri_authority.clone()),
+        // One owned authority per request; the listener name borrows it when it has a port.
+        let authority: String = match &self.config.target {
+            Some(t) => t.clone(),
+            None => parts
+                .uri
+                .authority()
+                .map(|a| a.as_str())
+                .or_else(|| {
+                    parts
+                        .headers
+                        .get(http::header::HOST)
+                        .and_then(|h| h.to_str().ok())
+                })
+                .unwrap_or_default()
+                .to_string(),
+        };
+        let default_port;
+        let listener: &str = if self.config.target.is_some() || authority.contains(':') {
+            &authority
+        } else {
+            default_port = format!("{authority}:80");
+            &default_port
         };
         // ThreadRng is not Send; a small generator seeded from it crosses awaits.
         let mut rng = SmallRng::from_rng(&mut rand::rng());
         let route_req =
             RouteRequest::new(&parts.method, &parts.uri, &parts.headers).with_authority(&authority);
-        let routed = match snap.route(&listener, &route_req, &mut rng) {
+        let routed = match snap.route(listener, &route_req, &mut rng) {
             Ok(r) => r,
             Err(e) => {
                 self.no_route
@@ -412,7 +423,7 @@ impl<C: MeshConnector> Shared<C> {
             );
         };
         let cluster_name = routed.cluster.cloned().unwrap_or_else(|| Arc::from(""));
-        let route_name = routed.route.name().to_string();
+        let route_name = routed.route.shared_name().clone();
 
         // Faults (A33): delay first, then abort, before anything is sent.
         if routed.listener.fault_filter()
@@ -701,7 +712,7 @@ impl<C: MeshConnector> Shared<C> {
                     let status = resp.status().as_u16();
                     let grpc_code = resp
                         .headers()
-                        .get("grpc-status")
+                        .get(&GRPC_STATUS)
                         .and_then(|v| v.to_str().ok())
                         .and_then(|v| v.parse::<u32>().ok());
                     let (failure, outcome) = match grpc_code {

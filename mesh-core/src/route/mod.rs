@@ -4,7 +4,7 @@ mod action;
 mod fault;
 mod retry;
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::sync::Arc;
 
 use rand::RngCore;
@@ -130,7 +130,7 @@ pub struct VirtualHost {
 /// A validated route.
 #[derive(Debug)]
 pub struct Route {
-    name: Box<str>,
+    name: Arc<str>,
     path: PathMatcher,
     headers: Box<[HeaderMatcher]>,
     query_params: Box<[QueryParamMatcher]>,
@@ -176,7 +176,7 @@ impl RouteConfig {
     /// Validates a spec: every virtual host and route, and domains unique across hosts.
     pub fn new(spec: &RouteConfigSpec) -> Result<Self, ConfigError> {
         let err = |e: FieldError| e.resource(ResourceKind::RouteConfiguration, &spec.name);
-        let mut exact = HashMap::new();
+        let mut exact = HashMap::default();
         let mut suffixes = Vec::new();
         let mut prefixes = Vec::new();
         let mut any = None;
@@ -420,6 +420,11 @@ impl Route {
 
     /// The route's name.
     pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The route's name, shared (cheap to keep per request).
+    pub fn shared_name(&self) -> &Arc<str> {
         &self.name
     }
 

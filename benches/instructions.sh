@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Instructions per request added by the mesh stack, counted by callgrind (deterministic for a
+# given binary and inputs, unlike CPU time on a shared machine). Runs the stack_load harness
+# twice — bare hyper only, then the mesh stack only — with the same setup (control plane, xDS
+# client, backend) and divides the difference by the request count. Not run by CI.
+#   benches/instructions.sh [requests] [concurrency]
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+n="${1:-20000}"; c="${2:-8}"
+cd "$root"
+cargo bench --bench stack_load --no-run 2>/dev/null
+bin="$(ls -t target/release/deps/stack_load-* | grep -v '\.d$' | head -1)"
+out="$(mktemp -d)"
+for path in bare mesh; do
+  STACK_LOAD_ONLY=$path valgrind --tool=callgrind --callgrind-out-file="$out/$path.out" "$bin" "$n" "$c" >/dev/null 2>"$out/$path.log"
+done
+total() { grep -E '^(summary|totals):' "$1" | head -1 | awk '{print $2}'; }
+b=$(total "$out/bare.out"); m=$(total "$out/mesh.out")
+echo "instructions: bare run $b, mesh run $m, $n requests each (same setup in both)"
+echo "added by the mesh stack: $(( (m - b) / n )) instructions per request"
+rm -rf "$out"
