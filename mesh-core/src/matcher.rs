@@ -245,15 +245,13 @@ impl HeaderMatcher {
         if name.is_empty() {
             return Err(FieldError::new("name", "must not be empty"));
         }
-        if name.starts_with(':') {
+        let parsed = if name.starts_with(':') {
             if !PSEUDO_HEADERS.contains(&name.as_str()) {
                 return Err(FieldError::new(
                     "name",
                     format!("unsupported pseudo-header {name:?} (supported: {PSEUDO_HEADERS:?})"),
                 ));
             }
-        }
-        let parsed = if name.starts_with(':') {
             None
         } else {
             Some(http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
