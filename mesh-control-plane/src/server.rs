@@ -275,6 +275,24 @@ impl ControlPlane {
         }));
     }
 
+    /// Records a client's node; returns its namespace (for short listener names).
+    fn note_node(&self, id: u64, node: &Node, protocol: &'static str) -> Option<String> {
+        let node_id = node.id.clone();
+        self.with_client(id, |c| {
+            c.node = node_id;
+            c.protocol = protocol;
+        });
+        node_namespace(node)
+    }
+
+    /// Logs a NACK at warn and records its error for the status output.
+    fn note_nack(&self, id: u64, type_url: &str, nonce: &str, error: &str) {
+        tracing::warn!(client = id, %type_url, %nonce, "NACK: {error}");
+        self.with_client(id, |c| {
+            c.types.entry(short(type_url)).or_default().nack = Some(error.to_string())
+        });
+    }
+
     fn drop_client(&self, id: u64) {
         self.clients
             .lock()
@@ -346,15 +364,12 @@ impl AggregatedDiscoveryService for ControlPlane {
                             _ => break,
                         };
                         if let Some(node) = &r.node {
-                            namespace = node_namespace(node);
-                            let node_id = node.id.clone();
-                            cp.with_client(id, |c| { c.node = node_id; c.protocol = "sotw"; });
+                            namespace = cp.note_node(id, node, "sotw");
                         }
                         let kind = short(&r.type_url);
                         let t = types.entry(r.type_url.clone()).or_default();
                         if let Some(err) = &r.error_detail {
-                            tracing::warn!(client = id, type_url = %r.type_url, nonce = %r.response_nonce, "NACK: {}", err.message);
-                            cp.with_client(id, |c| c.types.entry(kind).or_default().nack = Some(err.message.clone()));
+                            cp.note_nack(id, &r.type_url, &r.response_nonce, &err.message);
                             continue;
                         }
                         if !r.response_nonce.is_empty() && r.response_nonce != t.nonce {
@@ -473,14 +488,11 @@ impl AggregatedDiscoveryService for ControlPlane {
                             _ => break,
                         };
                         if let Some(node) = &r.node {
-                            namespace = node_namespace(node);
-                            let node_id = node.id.clone();
-                            cp.with_client(id, |c| { c.node = node_id; c.protocol = "delta"; });
+                            namespace = cp.note_node(id, node, "delta");
                         }
                         let kind = short(&r.type_url);
                         if let Some(err) = &r.error_detail {
-                            tracing::warn!(client = id, type_url = %r.type_url, nonce = %r.response_nonce, "NACK: {}", err.message);
-                            cp.with_client(id, |c| c.types.entry(kind).or_default().nack = Some(err.message.clone()));
+                            cp.note_nack(id, &r.type_url, &r.response_nonce, &err.message);
                             continue;
                         }
                         let first = !subs.contains_key(&r.type_url);
