@@ -285,6 +285,26 @@ impl ControlPlane {
         node_namespace(node)
     }
 
+    /// Records what a client subscribes to and, for an ACK, the version it accepted.
+    fn note_request(
+        &self,
+        id: u64,
+        kind: &'static str,
+        subscribed: usize,
+        wildcard: bool,
+        acked: Option<String>,
+    ) {
+        self.with_client(id, |c| {
+            let t = c.types.entry(kind).or_default();
+            t.subscribed = subscribed;
+            t.wildcard = wildcard;
+            if let Some(v) = acked {
+                t.acked = v;
+                t.nack = None;
+            }
+        });
+    }
+
     /// Logs a NACK at warn and records its error for the status output.
     fn note_nack(&self, id: u64, type_url: &str, nonce: &str, error: &str) {
         tracing::warn!(client = id, %type_url, %nonce, "NACK: {error}");
@@ -382,16 +402,8 @@ impl AggregatedDiscoveryService for ControlPlane {
                         let changed = first || names != t.names || wildcard != t.wildcard;
                         t.names = names;
                         t.wildcard = wildcard;
-                        let (subscribed, version) = (t.names.len(), r.version_info.clone());
-                        cp.with_client(id, |c| {
-                            let s = c.types.entry(kind).or_default();
-                            s.subscribed = subscribed;
-                            s.wildcard = wildcard;
-                            if !r.response_nonce.is_empty() {
-                                s.acked = version;
-                                s.nack = None;
-                            }
-                        });
+                        let acked = (!r.response_nonce.is_empty()).then(|| r.version_info.clone());
+                        cp.note_request(id, kind, t.names.len(), wildcard, acked);
                         if changed {
                             let current = served.borrow().clone();
                             if let Some(resp) = respond(t, &r.type_url, &current, namespace.as_deref(), &mut nonce, true)
@@ -513,16 +525,10 @@ impl AggregatedDiscoveryService for ControlPlane {
                         for n in &r.resource_names_unsubscribe {
                             k.remove(n);
                         }
-                        let (subscribed, wildcard) = (s.0.len(), s.1);
-                        cp.with_client(id, |c| {
-                            let st = c.types.entry(kind).or_default();
-                            st.subscribed = subscribed;
-                            st.wildcard = wildcard;
-                            if !r.response_nonce.is_empty() {
-                                st.acked = r.response_nonce.split('/').next().map(|v| format!("v{v}")).unwrap_or_default();
-                                st.nack = None;
-                            }
-                        });
+                        // Delta responses carry no version: the nonce starts with the push version.
+                        let acked = (!r.response_nonce.is_empty())
+                            .then(|| r.response_nonce.split('/').next().map(|v| format!("v{v}")).unwrap_or_default());
+                        cp.note_request(id, kind, s.0.len(), s.1, acked);
                         let current = served.borrow().clone();
                         if let Some(resp) = diff(&r.type_url, s, k, &current, namespace.as_deref(), &mut nonce, false)
                             && tx.send(Ok(resp)).await.is_err()

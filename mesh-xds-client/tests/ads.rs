@@ -401,7 +401,7 @@ async fn cold_start_from_the_disk_cache_while_the_server_is_down() {
 }
 
 #[tokio::test]
-async fn bad_targets_and_protocols_are_reported() {
+async fn bad_targets_are_reported() {
     let b = bootstrap("127.0.0.1:1", None);
     let e = XdsClientBuilder::new(b.clone())
         .target("ui")

@@ -126,43 +126,53 @@ impl FakeAds {
 
     /// Serves on 127.0.0.1:`port` (0: any) until the returned handle is stopped or dropped.
     pub async fn serve_tcp(&self, port: u16) -> Running {
+        self.serve_on_tcp(port, tonic::transport::Server::builder())
+            .await
+    }
+
+    /// Serves TLS on 127.0.0.1 (any port) with this certificate chain and key (PEM).
+    pub async fn serve_tls(&self, cert_pem: &str, key_pem: &str) -> Running {
+        let tls = tonic::transport::ServerTlsConfig::new()
+            .identity(tonic::transport::Identity::from_pem(cert_pem, key_pem));
+        let builder = tonic::transport::Server::builder().tls_config(tls).unwrap();
+        self.serve_on_tcp(0, builder).await
+    }
+
+    async fn serve_on_tcp(&self, port: u16, builder: tonic::transport::Server) -> Running {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
             .await
             .unwrap();
         let addr = listener.local_addr().unwrap();
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-        let (tx, rx) = oneshot::channel::<()>();
-        let svc = AggregatedDiscoveryServiceServer::new(self.clone());
-        let task = tokio::spawn(async move {
-            let _ = tonic::transport::Server::builder()
-                .add_service(svc)
-                .serve_with_incoming_shutdown(incoming, async {
-                    let _ = rx.await;
-                })
-                .await;
-        });
-        Running {
-            addr: Some(addr),
-            stop: Some(tx),
-            task,
-            generation: self.generation.clone(),
-        }
+        self.serve(builder, incoming, Some(addr))
     }
 
-    /// Serves TLS on 127.0.0.1 (any port) with this certificate chain and key (PEM).
-    pub async fn serve_tls(&self, cert_pem: &str, key_pem: &str) -> Running {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
-            .await
-            .unwrap();
-        let addr = listener.local_addr().unwrap();
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    /// Serves on a unix socket.
+    pub async fn serve_unix(&self, path: &Path) -> Running {
+        let listener = tokio::net::UnixListener::bind(path).unwrap();
+        let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+        self.serve(tonic::transport::Server::builder(), incoming, None)
+    }
+
+    /// Runs the ADS service on `incoming` until the returned handle is stopped or dropped.
+    fn serve<I, IO>(
+        &self,
+        mut builder: tonic::transport::Server,
+        incoming: I,
+        addr: Option<SocketAddr>,
+    ) -> Running
+    where
+        I: Stream<Item = std::io::Result<IO>> + Send + 'static,
+        IO: tokio::io::AsyncRead
+            + tokio::io::AsyncWrite
+            + tonic::transport::server::Connected
+            + Unpin
+            + Send
+            + 'static,
+    {
         let (tx, rx) = oneshot::channel::<()>();
         let svc = AggregatedDiscoveryServiceServer::new(self.clone());
-        let tls = tonic::transport::ServerTlsConfig::new()
-            .identity(tonic::transport::Identity::from_pem(cert_pem, key_pem));
-        let builder = tonic::transport::Server::builder().tls_config(tls).unwrap();
         let task = tokio::spawn(async move {
-            let mut builder = builder;
             let _ = builder
                 .add_service(svc)
                 .serve_with_incoming_shutdown(incoming, async {
@@ -171,29 +181,7 @@ impl FakeAds {
                 .await;
         });
         Running {
-            addr: Some(addr),
-            stop: Some(tx),
-            task,
-            generation: self.generation.clone(),
-        }
-    }
-
-    /// Serves on a unix socket.
-    pub async fn serve_unix(&self, path: &Path) -> Running {
-        let listener = tokio::net::UnixListener::bind(path).unwrap();
-        let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
-        let (tx, rx) = oneshot::channel::<()>();
-        let svc = AggregatedDiscoveryServiceServer::new(self.clone());
-        let task = tokio::spawn(async move {
-            let _ = tonic::transport::Server::builder()
-                .add_service(svc)
-                .serve_with_incoming_shutdown(incoming, async {
-                    let _ = rx.await;
-                })
-                .await;
-        });
-        Running {
-            addr: None,
+            addr,
             stop: Some(tx),
             task,
             generation: self.generation.clone(),
