@@ -1,5 +1,6 @@
 //! Features of the stack as standalone tower layers, for use around any HTTP client: a retry
-//! layer governed by a retry budget, a circuit breaker, and fault injection.
+//! layer governed by a retry budget, a circuit breaker, fault injection, request mirroring and
+//! outlier detection (timeouts come from `tower::timeout`).
 //!
 //! `MeshService` applies all of these from xDS; these layers take their config directly.
 
@@ -16,6 +17,12 @@ use tower::{Layer, Service};
 
 use crate::body::{MeshBody, full};
 use crate::service::OVERFLOW_HEADER;
+
+mod mirror;
+mod outlier;
+
+pub use mirror::{MirrorLayer, MirrorService};
+pub use outlier::{OutlierDetection, OutlierDetectionLayer, OutlierDetectionService};
 
 /// Retries per a [`RetryPolicy`] (status-based), each retry paid from a [`RetryBudget`], with
 /// the policy's jittered backoff. Requests must be cloneable (`Request<Bytes>`-like bodies).

@@ -544,11 +544,7 @@ impl<C: MeshConnector> Shared<C> {
             let Some(i) = state.picker().pick(None, rng) else {
                 continue;
             };
-            let host = head.authority.split(':').next().unwrap_or_default();
-            let shadow = match head.authority.split_once(':') {
-                Some((_, port)) => format!("{host}-shadow:{port}"),
-                None => format!("{host}-shadow"),
-            };
+            let shadow = shadow_authority(&head.authority);
             let req = build(
                 head,
                 state.authority(i),
@@ -786,6 +782,17 @@ fn outcome_for(status: u16) -> Outcome {
         Outcome::ServerError(status)
     } else {
         Outcome::Success
+    }
+}
+
+/// `authority` with `-shadow` appended to its host, the name Envoy gives mirrored requests:
+/// `ui.default:9080` → `ui.default-shadow:9080`.
+pub(crate) fn shadow_authority(authority: &str) -> String {
+    match authority.rsplit_once(':') {
+        Some((host, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => {
+            format!("{host}-shadow:{port}")
+        }
+        _ => format!("{authority}-shadow"),
     }
 }
 

@@ -148,3 +148,162 @@ async fn fault_layer_delays_and_aborts() {
         "paused clock: exactly the delay"
     );
 }
+
+/// A service answering 200 and counting calls, for the main path of the mirror tests.
+fn ok_backend(
+    calls: Arc<AtomicU64>,
+) -> impl Service<Request<Bytes>, Response = Response<MeshBody>, Error = Infallible, Future: Send> + Clone
+{
+    backend(|_| false, calls)
+}
+
+#[tokio::test(start_paused = true)]
+async fn mirror_layer_copies_its_share_with_a_shadow_host() {
+    let seen: Arc<std::sync::Mutex<Vec<(String, String)>>> = Arc::default();
+    let shadow = {
+        let seen = seen.clone();
+        tower::service_fn(move |req: Request<Bytes>| {
+            let authority = req
+                .uri()
+                .authority()
+                .map(|a| a.to_string())
+                .unwrap_or_default();
+            let host = req.headers()[http::header::HOST]
+                .to_str()
+                .unwrap()
+                .to_owned();
+            seen.lock().unwrap().push((authority, host));
+            async { Ok::<_, Infallible>(Response::new(crate::body::empty())) }
+        })
+    };
+    let main_calls = Arc::new(AtomicU64::new(0));
+    // Copies run only when the test task yields, so the bound must hold them all.
+    let layer = MirrorLayer::new(shadow, Fraction::percent(20), 2000);
+    let svc = layer.layer(ok_backend(main_calls.clone()));
+    let n = 2000;
+    for _ in 0..n {
+        let req = Request::builder()
+            .uri("http://ui.default:9080/x")
+            .header(http::header::HOST, "ui.default:9080")
+            .body(Bytes::from_static(b"body"))
+            .unwrap();
+        let r = svc.clone().oneshot(req).await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    // The paused clock only advances once every spawned copy has run.
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    assert_eq!(main_calls.load(Ordering::Relaxed), n);
+    assert_eq!(layer.skipped(), 0);
+    let seen = seen.lock().unwrap();
+    let share = seen.len() as f64 / n as f64;
+    assert!((0.15..=0.25).contains(&share), "mirrored share {share}");
+    for (authority, host) in seen.iter() {
+        assert_eq!(authority, "ui.default-shadow:9080");
+        assert_eq!(host, "ui.default-shadow:9080");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn mirror_layer_skips_copies_beyond_its_bound_and_never_waits_for_the_shadow() {
+    let started = Arc::new(AtomicU64::new(0));
+    let hung_shadow = {
+        let started = started.clone();
+        tower::service_fn(move |_req: Request<Bytes>| {
+            started.fetch_add(1, Ordering::Relaxed);
+            std::future::pending::<Result<Response<MeshBody>, Infallible>>()
+        })
+    };
+    let main_calls = Arc::new(AtomicU64::new(0));
+    let layer = MirrorLayer::new(hung_shadow, Fraction::ALL, 4);
+    let svc = layer.layer(ok_backend(main_calls.clone()));
+    for _ in 0..100 {
+        let req = Request::builder()
+            .uri("http://ui:80/")
+            .body(Bytes::new())
+            .unwrap();
+        assert_eq!(svc.clone().oneshot(req).await.unwrap().status(), 200);
+    }
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    assert_eq!(main_calls.load(Ordering::Relaxed), 100);
+    assert_eq!(started.load(Ordering::Relaxed), 4);
+    assert_eq!(layer.skipped(), 96);
+
+    // A shadow that fails outright does not fail the main request either.
+    let failing = tower::service_fn(|_req: Request<Bytes>| async {
+        Err::<Response<MeshBody>, _>(std::io::Error::other("shadow down"))
+    });
+    let svc = MirrorLayer::new(failing, Fraction::ALL, 4).layer(ok_backend(main_calls.clone()));
+    let req = Request::builder().uri("/").body(Bytes::new()).unwrap();
+    assert_eq!(svc.oneshot(req).await.unwrap().status(), 200);
+}
+
+#[test]
+fn shadow_authority_suffixes_the_host_not_the_port() {
+    use crate::service::shadow_authority;
+    assert_eq!(
+        shadow_authority("ui.default:9080"),
+        "ui.default-shadow:9080"
+    );
+    assert_eq!(shadow_authority("ui"), "ui-shadow");
+    assert_eq!(shadow_authority("[::1]:80"), "[::1]-shadow:80");
+    assert_eq!(shadow_authority("[::1]"), "[::1]-shadow");
+}
+
+#[tokio::test(start_paused = true)]
+async fn outlier_layer_keeps_an_ejected_endpoint_out_of_a_tower_balancer() {
+    use mesh_core::{OutlierDetectionConfig, OutlierDetectionSpec};
+    use std::time::Duration;
+    use tower::balance::p2c::Balance;
+    use tower::discover::ServiceList;
+    use tower::load::Constant;
+
+    let config = OutlierDetectionConfig::new(&OutlierDetectionSpec {
+        interval: Some(Duration::from_secs(1)),
+        base_ejection_time: Some(Duration::from_secs(30)),
+        consecutive_5xx: Some(3),
+        ..Default::default()
+    })
+    .unwrap();
+    let detection = OutlierDetection::new(config);
+    let calls: Vec<Arc<AtomicU64>> = (0..3).map(|_| Arc::new(AtomicU64::new(0))).collect();
+    let addrs: Vec<std::net::SocketAddr> = (1..=3)
+        .map(|i| std::net::SocketAddr::from(([127, 0, 0, i], 80)))
+        .collect();
+    let endpoints: Vec<_> = (0..3)
+        .map(|i| {
+            // Endpoint 0 always answers 500.
+            let fail = if i == 0 { |_| true } else { |_| false };
+            let svc = detection
+                .layer(addrs[i])
+                .layer(backend(fail, calls[i].clone()));
+            Constant::new(svc, 0u32)
+        })
+        .collect();
+    let mut balancer = Balance::new(ServiceList::new(endpoints));
+    let mut send = async |n: usize| {
+        for _ in 0..n {
+            let svc = balancer.ready().await.unwrap();
+            svc.call(Request::new(Bytes::new())).await.unwrap();
+        }
+    };
+    let bad = || calls[0].load(Ordering::Relaxed);
+
+    send(300).await;
+    assert_eq!(bad(), 3, "ejected after exactly consecutive_5xx failures");
+    assert!(detection.is_ejected(addrs[0]));
+    assert_eq!(detection.ejected_count(), 1);
+    let good = calls[1].load(Ordering::Relaxed) + calls[2].load(Ordering::Relaxed);
+    assert_eq!(good, 297);
+
+    // Still within the 30 s ejection: no traffic.
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    send(100).await;
+    assert_eq!(bad(), 3);
+
+    // Back after its ejection time; still failing, so ejected again after three more.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    assert!(!detection.is_ejected(addrs[0]));
+    send(300).await;
+    assert_eq!(bad(), 6);
+    assert!(detection.is_ejected(addrs[0]));
+}
