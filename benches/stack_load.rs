@@ -201,8 +201,13 @@ fn main() {
         .collect();
     let requests = args.first().copied().unwrap_or(200_000);
     let concurrency = args.get(1).copied().unwrap_or(32);
+    // STACK_LOAD_THREADS=1 takes cross-core cache traffic out of the comparison.
+    let threads: usize = std::env::var("STACK_LOAD_THREADS")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(2);
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(threads)
         .enable_all()
         .build()
         .unwrap();
@@ -265,24 +270,36 @@ apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: ui}}
         // Warm up both paths (connections, caches), then alternate rounds.
         drive(5_000, concurrency, &[], send_bare.clone()).await;
         drive(5_000, concurrency, &[], send_mesh.clone()).await;
-        // Paired rounds: each mesh round right after a bare one, so that machine noise (other
-        // tenants, frequency changes) hits both; the spread of the pairs is printed too.
-        let rounds = 7;
-        let (mut bare_runs, mut mesh_runs, mut added) = (Vec::new(), Vec::new(), Vec::new());
-        for _ in 0..rounds {
-            let b = drive(requests, concurrency, &[], send_bare.clone()).await;
-            let m = drive(requests, concurrency, &[], send_mesh.clone()).await;
+        // Paired rounds: the two paths back to back, so that machine noise (other tenants,
+        // frequency changes) hits both, in alternating order so that neither always runs
+        // second; the spread of the pairs is printed too. STACK_LOAD_ROUNDS sets the count.
+        let rounds: usize = std::env::var("STACK_LOAD_ROUNDS")
+            .ok()
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(7);
+        let (mut bare_runs, mut mesh_runs, mut added, mut ratios) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for round in 0..rounds {
+            let (b, m) = if round % 2 == 0 {
+                let b = drive(requests, concurrency, &[], send_bare.clone()).await;
+                (b, drive(requests, concurrency, &[], send_mesh.clone()).await)
+            } else {
+                let m = drive(requests, concurrency, &[], send_mesh.clone()).await;
+                (drive(requests, concurrency, &[], send_bare.clone()).await, m)
+            };
             added.push(m.cpu_us - b.cpu_us);
+            ratios.push(m.rps / b.rps);
             bare_runs.push(b);
             mesh_runs.push(m);
         }
         added.sort_by(f64::total_cmp);
+        ratios.sort_by(f64::total_cmp);
         let med = |runs: &mut Vec<Run>| {
             runs.sort_by(|a, b| a.rps.total_cmp(&b.rps));
             runs.remove(runs.len() / 2)
         };
         let (b, m) = (med(&mut bare_runs), med(&mut mesh_runs));
-        println!("stack load: {requests} requests × {rounds} paired rounds (median shown), concurrency {concurrency}, loopback, 2 worker threads; client and backend in one process");
+        println!("stack load: {requests} requests × {rounds} paired rounds (median shown), concurrency {concurrency}, loopback, {threads} worker threads; client and backend in one process");
         println!("| path | req/s | CPU µs/request (client + backend) | p50 µs | p99 µs |");
         println!("| --- | ---: | ---: | ---: | ---: |");
         println!("| bare hyper client | {:.0} | {:.1} | {} | {} |", b.rps, b.cpu_us, b.p50_us, b.p99_us);
@@ -299,6 +316,12 @@ apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: ui}}
             added[0],
             added[added.len() / 2],
             added[added.len() - 1]
+        );
+        println!(
+            "mesh throughput as a share of bare across the {rounds} pairs: min {:.1}%, median {:.1}%, max {:.1}%",
+            100.0 * ratios[0],
+            100.0 * ratios[ratios.len() / 2],
+            100.0 * ratios[ratios.len() - 1]
         );
         let Ok(bin) = std::env::var("MESH_ENVOY") else { return };
         let dir = tempfile::tempdir().unwrap();

@@ -26,8 +26,6 @@ pub struct ClusterState {
     pub budget: Arc<RetryBudget>,
     outlier: Option<OutlierState>,
     seed: u64,
-    /// Each endpoint as a URI authority, built once rather than per request.
-    authorities: Box<[http::uri::Authority]>,
 }
 
 struct Outlier {
@@ -118,14 +116,6 @@ impl ClusterState {
             }
         });
         let seed = rand::random();
-        let authorities = endpoints
-            .endpoints()
-            .iter()
-            .map(|e| {
-                http::uri::Authority::try_from(e.address.to_string().as_str())
-                    .unwrap_or_else(|_| http::uri::Authority::from_static("invalid"))
-            })
-            .collect();
         let state = Self {
             picker: RwLock::new(Arc::new(ClusterPicker::new(
                 cluster.lb(),
@@ -142,7 +132,6 @@ impl ClusterState {
             budget,
             outlier,
             seed,
-            authorities,
         };
         state.rebuild_picker();
         state
@@ -240,11 +229,6 @@ impl ClusterState {
         if changed {
             self.rebuild_picker();
         }
-    }
-
-    /// Endpoint `i` as a URI authority.
-    pub fn authority(&self, i: usize) -> &http::uri::Authority {
-        &self.authorities[i]
     }
 
     /// The load of endpoint `i`.

@@ -1,9 +1,12 @@
-//! Connections counted against a cluster's circuit breaker, as Envoy's per-cluster pools do:
-//! `max_connections` open at most, and up to `max_pending_requests` requests waiting for one.
+//! The connector seam ([`MeshConnector`]), and connections counted against a cluster's circuit
+//! breaker as Envoy's per-cluster pools do: `max_connections` open at most, and up to
+//! `max_pending_requests` requests waiting for one.
 //!
-//! hyper's pool races a new connection against a connection becoming idle, so a request that
-//! waits here is served by the first connection freed for reuse, or by a new one once a
-//! connection closes — and fails fast when the pending queue is full.
+//! The stack's own pools (per endpoint) apply the thresholds themselves. [`LimitedConnector`]
+//! applies them to any hyper-util client: its pool races a new connection against a
+//! connection becoming idle, so a request that waits here is served by the first connection
+//! freed for reuse, or by a new one once a connection closes, and fails fast when the pending
+//! queue is full.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -110,13 +113,7 @@ where
                 }
             };
             let io = inner.call(dst).await.map_err(Into::into)?;
-            Ok(Limited {
-                io,
-                _slot: Slot {
-                    permit: Some(permit),
-                    freed,
-                },
-            })
+            Ok(Limited::new(io, permit, freed))
         })
     }
 }
@@ -139,6 +136,19 @@ impl Drop for Slot {
 pub struct Limited<T> {
     io: T,
     _slot: Slot,
+}
+
+impl<T> Limited<T> {
+    /// `io` holding `permit` until it is dropped, then waking `freed`'s waiters.
+    pub(crate) fn new(io: T, permit: BreakerPermit, freed: Arc<Notify>) -> Self {
+        Self {
+            io,
+            _slot: Slot {
+                permit: Some(permit),
+                freed,
+            },
+        }
+    }
 }
 
 impl<T: Read + Unpin> Read for Limited<T> {

@@ -13,6 +13,7 @@ pub mod body;
 mod cluster;
 pub mod connector;
 pub mod layers;
+mod pool;
 pub mod service;
 
 pub use body::MeshBody;

@@ -15,9 +15,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body;
 use http_body_util::BodyExt;
-use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use mesh_core::route::{AttemptFailure, FaultAbort, ForwardAction, request_hash};
 use mesh_core::{BreakerResource, LbConfig, MeshSnapshot, Outcome, RouteRequest};
 use rand::SeedableRng;
@@ -27,7 +25,8 @@ use tokio::time::Instant;
 
 use crate::body::{BoxError, MeshBody, Prepared, empty, full, prepare};
 use crate::cluster::ClusterState;
-use crate::connector::{LimitedConnector, MeshConnector};
+use crate::connector::MeshConnector;
+use crate::pool::{ClusterConns, EndpointPool, SendError};
 
 /// `grpc-status`, parsed once rather than per lookup.
 static GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
@@ -106,9 +105,7 @@ impl<C> Clone for MeshService<C> {
 
 struct Shared<C> {
     snapshots: watch::Receiver<Arc<MeshSnapshot>>,
-    states: RwLock<HashMap<Arc<str>, Arc<ClusterState>>>,
-    /// Connection pools per cluster (as Envoy's), counted against its circuit breaker.
-    pools: RwLock<HashMap<Arc<str>, Arc<Pools<C>>>>,
+    clusters: RwLock<HashMap<Arc<str>, Arc<ClusterEntry<C>>>>,
     connector: C,
     config: MeshConfig,
     mirrors: Arc<Semaphore>,
@@ -116,10 +113,19 @@ struct Shared<C> {
     no_route: std::sync::atomic::AtomicU64,
 }
 
-/// A cluster's HTTP/1.1 and HTTP/2 (h2c) pools.
-struct Pools<C> {
-    http1: Client<LimitedConnector<C>, MeshBody>,
-    http2: Client<LimitedConnector<C>, MeshBody>,
+/// A cluster's runtime state and the connection pools of its endpoints (by endpoint index).
+struct ClusterEntry<C> {
+    state: ClusterState,
+    conns: Arc<ClusterConns<C>>,
+    pools: Box<[Arc<EndpointPool<C>>]>,
+}
+
+impl<C> std::ops::Deref for ClusterEntry<C> {
+    type Target = ClusterState;
+
+    fn deref(&self) -> &ClusterState {
+        &self.state
+    }
 }
 
 impl MeshService<HttpConnector> {
@@ -151,8 +157,7 @@ impl<C: MeshConnector> MeshService<C> {
         Self {
             shared: Arc::new(Shared {
                 snapshots,
-                states: RwLock::default(),
-                pools: RwLock::default(),
+                clusters: RwLock::default(),
                 no_route: Default::default(),
                 connector,
                 mirrors: Arc::new(Semaphore::new(config.mirror_concurrency)),
@@ -178,18 +183,21 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let shared = self.shared.clone();
-        Box::pin(async move {
+        let fut = async move {
+            // Clock reads are not free on every machine: only with an observer to tell.
+            let Some(o) = &shared.config.observer else {
+                return Ok(shared.handle(req).await);
+            };
             let started = Instant::now();
             let resp = shared.handle(req).await;
-            if let Some(o) = &shared.config.observer {
-                o.on_response(
-                    resp.extensions().get::<MeshInfo>(),
-                    resp.status(),
-                    started.elapsed(),
-                );
-            }
+            o.on_response(
+                resp.extensions().get::<MeshInfo>(),
+                resp.status(),
+                started.elapsed(),
+            );
             Ok(resp)
-        })
+        };
+        Box::pin(fut)
     }
 }
 
@@ -285,85 +293,64 @@ struct Head {
 }
 
 impl<C: MeshConnector> Shared<C> {
-    /// The connection pools of a cluster, created with its first state.
-    fn pools(&self, state: &ClusterState) -> Arc<Pools<C>> {
-        let name = state.cluster.name();
-        if let Some(p) = self
-            .pools
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(name)
-        {
-            return p.clone();
-        }
-        let mut pools = self.pools.write().unwrap_or_else(|e| e.into_inner());
-        pools
-            .entry(name.clone())
-            .or_insert_with(|| {
-                let connector =
-                    LimitedConnector::new(self.connector.clone(), state.breaker.clone());
-                let idle = self.config.pool_idle_timeout;
-                Arc::new(Pools {
-                    http1: Client::builder(TokioExecutor::new())
-                        .pool_idle_timeout(idle)
-                        .build(connector.clone()),
-                    http2: Client::builder(TokioExecutor::new())
-                        .pool_idle_timeout(idle)
-                        .http2_only(true)
-                        .build(connector),
-                })
-            })
-            .clone()
-    }
-
     /// The runtime state of a cluster for this snapshot, rebuilt only when the cluster or its
-    /// endpoints changed.
-    fn state(&self, snap: &MeshSnapshot, name: &str) -> Option<Arc<ClusterState>> {
+    /// endpoints changed. Endpoints that stay keep their pools (and connections); the pools of
+    /// endpoints that left are dropped, which closes their idle connections.
+    fn state(&self, snap: &MeshSnapshot, name: &str) -> Option<Arc<ClusterEntry<C>>> {
         let cluster = snap.cluster(name)?;
         let endpoints = snap.cluster_endpoints(cluster)?;
-        let current = self
-            .states
+        let current = |e: &Option<Arc<ClusterEntry<C>>>| {
+            e.as_ref().is_some_and(|s| {
+                Arc::ptr_eq(&s.cluster, cluster) && Arc::ptr_eq(&s.endpoints, endpoints)
+            })
+        };
+        let found = self
+            .clusters
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(name)
             .cloned();
-        if let Some(s) = &current
-            && Arc::ptr_eq(&s.cluster, cluster)
-            && Arc::ptr_eq(&s.endpoints, endpoints)
-        {
-            return current;
+        if current(&found) {
+            return found;
         }
-        let mut states = self.states.write().unwrap_or_else(|e| e.into_inner());
-        let previous = states.get(name).cloned();
-        if let Some(s) = &previous
-            && Arc::ptr_eq(&s.cluster, cluster)
-            && Arc::ptr_eq(&s.endpoints, endpoints)
-        {
+        let mut clusters = self.clusters.write().unwrap_or_else(|e| e.into_inner());
+        let previous = clusters.get(name).cloned();
+        if current(&previous) {
             return previous;
         }
-        let state = Arc::new(ClusterState::new(
+        let state = ClusterState::new(
             cluster.clone(),
             endpoints.clone(),
-            previous.as_deref(),
+            previous.as_deref().map(|p| &p.state),
             self.config.retry_budget,
             Instant::now().into_std(),
-        ));
-        states.insert(cluster.name().clone(), state.clone());
-        // An endpoint left EDS: start the cluster's pools afresh so that connections to it
-        // close. Requests in flight keep their connections until they finish; connections to
-        // the endpoints that stayed are opened again on demand.
-        if let Some(p) = &previous
-            && p.endpoints
-                .endpoints()
-                .iter()
-                .any(|e| endpoints.index_of(e.address).is_none())
-        {
-            self.pools
-                .write()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(cluster.name());
-        }
-        Some(state)
+        );
+        let conns = match &previous {
+            Some(p) => p.conns.clone(),
+            None => Arc::new(ClusterConns {
+                connector: self.connector.clone(),
+                breaker: state.breaker.clone(),
+                freed: Default::default(),
+                idle_timeout: self.config.pool_idle_timeout,
+            }),
+        };
+        let pools = endpoints
+            .endpoints()
+            .iter()
+            .map(|e| {
+                previous
+                    .as_ref()
+                    .and_then(|p| Some(p.pools[p.endpoints.index_of(e.address)?].clone()))
+                    .unwrap_or_else(|| EndpointPool::new(conns.clone(), e.address))
+            })
+            .collect();
+        let entry = Arc::new(ClusterEntry {
+            state,
+            conns,
+            pools,
+        });
+        clusters.insert(cluster.name().clone(), entry.clone());
+        Some(entry)
     }
 
     async fn handle<B>(self: &Arc<Self>, req: Request<B>) -> Response<MeshBody>
@@ -493,9 +480,15 @@ impl<C: MeshConnector> Shared<C> {
             }
         };
         self.mirror(fwd, &head, &prepared, &mut rng);
-        let attempts = self.attempts(&head, &mut prepared, &state, fwd, hash, grpc, &mut rng);
+        // Each arm builds its own future: one built before the match would be stored in the
+        // request's future twice (once as a local, once inside the timeout).
         let (mut resp, endpoint, tries) = match deadline {
-            Some(d) => match tokio::time::timeout(d, attempts).await {
+            Some(d) => match tokio::time::timeout(
+                d,
+                self.attempts(&head, &mut prepared, &state, fwd, hash, grpc, &mut rng),
+            )
+            .await
+            {
                 Ok(r) => r,
                 Err(_) => (
                     local(
@@ -508,7 +501,10 @@ impl<C: MeshConnector> Shared<C> {
                     0,
                 ),
             },
-            None => attempts.await,
+            None => {
+                self.attempts(&head, &mut prepared, &state, fwd, hash, grpc, &mut rng)
+                    .await
+            }
         };
         resp.extensions_mut().insert(MeshInfo {
             route: route_name,
@@ -545,21 +541,17 @@ impl<C: MeshConnector> Shared<C> {
                 continue;
             };
             let shadow = shadow_authority(&head.authority);
+            let h2 = wants_h2(head);
             let req = build(
                 head,
-                state.authority(i),
                 replay_body(data.clone(), trailers.clone()),
                 Some(&shadow),
+                h2,
             );
-            let pools = self.pools(&state);
-            let client = if wants_h2(head) {
-                pools.http2.clone()
-            } else {
-                pools.http1.clone()
-            };
+            let pool = state.pools[i].clone();
             tokio::spawn(async move {
                 let _permit = permit;
-                if let Ok(resp) = client.request(req).await {
+                if let Ok(resp) = pool.send(req, h2).await {
                     // Drain so the connection can be reused.
                     let _ = resp.into_body().collect().await;
                 }
@@ -572,7 +564,7 @@ impl<C: MeshConnector> Shared<C> {
         &self,
         head: &Head,
         prepared: &mut Prepared,
-        state: &ClusterState,
+        state: &ClusterEntry<C>,
         fwd: &ForwardAction,
         hash: Option<u64>,
         grpc: bool,
@@ -581,7 +573,9 @@ impl<C: MeshConnector> Shared<C> {
         let retry = fwd.retry_policy.as_ref();
         let max_attempts = 1 + retry.map_or(0, |r| r.num_retries());
         let std_now = || Instant::now().into_std();
-        state.budget.deposit(std_now());
+        // One clock read per attempt serves the budget, outlier detection and peak EWMA.
+        let mut sent = Instant::now();
+        state.budget.deposit(sent.into_std());
         let mut tried: Vec<usize> = Vec::new();
         let mut attempt = 0u32;
         loop {
@@ -665,45 +659,46 @@ impl<C: MeshConnector> Shared<C> {
             let addr = state.endpoints.endpoints()[i].address;
             let load = state.load(i).clone();
             let active = load.start();
-            let req = build(head, state.authority(i), body, None);
-            let pools = self.pools(state);
-            let client = if wants_h2(head) {
-                &pools.http2
-            } else {
-                &pools.http1
-            };
-            let sent = Instant::now();
+            let h2 = wants_h2(head);
+            let req = build(head, body, None, h2);
+            let pool = &state.pools[i];
+            if attempt > 1 {
+                sent = Instant::now();
+            }
             let per_try = retry.and_then(|r| r.per_try_timeout());
             let result = match per_try {
-                Some(t) => tokio::time::timeout(t, client.request(req))
+                Some(t) => tokio::time::timeout(t, pool.send(req, h2))
                     .await
                     .map_err(|_| AttemptFailure::PerTryTimeout),
-                None => Ok(client.request(req).await),
+                None => Ok(pool.send(req, h2).await),
             };
             drop(active);
             let (failure, outcome, response) = match result {
                 Err(f) => (Some(f), Outcome::LocalFailure, None),
-                Ok(Err(e)) if crate::connector::overflow_in(&e).is_some() => {
-                    let o = crate::connector::overflow_in(&e)
-                        .map(|o| o.resource.threshold_name())
-                        .unwrap_or("max_connections");
+                Ok(Err(SendError::Overflow(o))) => {
                     return (
-                        local(StatusCode::SERVICE_UNAVAILABLE, OVERFLOW_HEADER, o, grpc),
+                        local(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            OVERFLOW_HEADER,
+                            o.resource.threshold_name(),
+                            grpc,
+                        ),
                         None,
                         attempt,
                     );
                 }
                 Ok(Err(e)) => {
-                    let f = if e.is_connect() {
-                        AttemptFailure::ConnectFailure
-                    } else {
-                        AttemptFailure::Reset
+                    tracing::debug!(endpoint = %addr, error = %e, "upstream attempt failed");
+                    let f = match e {
+                        SendError::Connect(_) => AttemptFailure::ConnectFailure,
+                        _ => AttemptFailure::Reset,
                     };
                     (Some(f), Outcome::LocalFailure, None)
                 }
                 Ok(Ok(resp)) => {
                     if let LbConfig::PeakEwma { decay, .. } = state.cluster.lb() {
-                        load.observe(sent.elapsed(), std_now(), *decay);
+                        let now = Instant::now();
+                        load.observe(now - sent, now.into_std(), *decay);
                     }
                     let status = resp.status().as_u16();
                     let grpc_code = resp
@@ -722,14 +717,10 @@ impl<C: MeshConnector> Shared<C> {
                         ),
                         _ => (None, Outcome::Success),
                     };
-                    (
-                        failure,
-                        outcome,
-                        Some(resp.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed_unsync())),
-                    )
+                    (failure, outcome, Some(resp))
                 }
             };
-            state.record(i, addr, outcome, std_now());
+            state.record(i, addr, outcome, sent.into_std());
             let Some(failure) = failure else {
                 return (
                     response.unwrap_or_else(|| {
@@ -805,29 +796,44 @@ fn replay_body(data: Bytes, trailers: Option<HeaderMap>) -> MeshBody {
     p.attempt().unwrap_or_else(empty)
 }
 
-/// The upstream request for one attempt: the endpoint in the URI, the original authority in
-/// `Host` (or `host_override`, for mirrors).
+/// The upstream request for one attempt, addressed as the original request was (or as
+/// `authority_override`, for mirrors): origin-form with `Host` over HTTP/1.1, scheme and
+/// authority over HTTP/2. The endpoint is the pool's business, not the request's.
 fn build(
     head: &Head,
-    endpoint: &http::uri::Authority,
     body: MeshBody,
-    host_override: Option<&str>,
+    authority_override: Option<&str>,
+    h2: bool,
 ) -> Request<MeshBody> {
-    let mut parts = http::uri::Parts::default();
-    parts.scheme = Some(http::uri::Scheme::HTTP);
-    parts.authority = Some(endpoint.clone());
-    parts.path_and_query = Some(
+    let path = || {
         head.uri
             .path_and_query()
             .cloned()
-            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
-    );
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"))
+    };
     let mut req = Request::new(body);
     *req.method_mut() = head.method.clone();
-    *req.uri_mut() = Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("/"));
     *req.headers_mut() = head.headers.clone();
-    if !wants_h2(head) {
-        let host = match host_override {
+    if h2 {
+        *req.version_mut() = Version::HTTP_2;
+        *req.uri_mut() = match authority_override {
+            None if head.uri.scheme().is_some()
+                && head.uri.authority().map(|a| a.as_str()) == Some(&head.authority) =>
+            {
+                head.uri.clone()
+            }
+            a => {
+                let mut parts = http::uri::Parts::default();
+                parts.scheme = Some(http::uri::Scheme::HTTP);
+                parts.authority = http::uri::Authority::try_from(a.unwrap_or(&head.authority)).ok();
+                parts.path_and_query = Some(path());
+                Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("/"))
+            }
+        };
+    } else {
+        *req.version_mut() = Version::HTTP_11;
+        *req.uri_mut() = Uri::from(path());
+        let host = match authority_override {
             Some(h) => HeaderValue::from_str(h).ok(),
             None => head.host_header.clone(),
         };

@@ -582,3 +582,196 @@ async fn unknown_targets_get_a_clear_404() {
         "no route: no listener for this target"
     );
 }
+
+/// What a recording backend saw.
+#[derive(Default)]
+struct Seen {
+    /// Per request: request target, `Host` header, HTTP version, URI authority.
+    requests: std::sync::Mutex<Vec<(String, String, http::Version, String)>>,
+    accepted: AtomicU64,
+    open: AtomicU64,
+}
+
+/// A backend (HTTP/1.1 and h2c) recording its requests and connections; with `keep_alive`
+/// off it closes each connection after one response.
+async fn recording_backend(keep_alive: bool) -> (SocketAddr, Arc<Seen>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Seen::default());
+    let s = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            s.accepted.fetch_add(1, Ordering::Relaxed);
+            s.open.fetch_add(1, Ordering::Relaxed);
+            let s = s.clone();
+            tokio::spawn(async move {
+                let s2 = s.clone();
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let host = req
+                        .headers()
+                        .get(http::header::HOST)
+                        .map(|h| h.to_str().unwrap().to_string())
+                        .unwrap_or_default();
+                    let authority = req
+                        .uri()
+                        .authority()
+                        .map(|a| a.to_string())
+                        .unwrap_or_default();
+                    let target = req
+                        .uri()
+                        .path_and_query()
+                        .map(|p| p.to_string())
+                        .unwrap_or_default();
+                    // The request line as sent: origin-form has no scheme.
+                    let target = match req.uri().scheme() {
+                        Some(_) if req.version() == http::Version::HTTP_11 => req.uri().to_string(),
+                        _ => target,
+                    };
+                    s2.requests
+                        .lock()
+                        .unwrap()
+                        .push((target, host, req.version(), authority));
+                    async {
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+                    }
+                });
+                let mut builder =
+                    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                builder.http1().keep_alive(keep_alive);
+                let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                s.open.fetch_sub(1, Ordering::Relaxed);
+            });
+        }
+    });
+    (addr, seen)
+}
+
+const ROUTE_V1: &str = "  - name: r\n    route:\n    - destination: {host: ui.default.svc.cluster.local, subset: version-1}\n";
+
+#[tokio::test]
+async fn http1_reuses_one_connection_and_sends_origin_form_with_the_service_host() {
+    let (a, seen) = recording_backend(true).await;
+    let m = mesh(&yaml(
+        &[a],
+        &[],
+        "    loadBalancer: {simple: ROUND_ROBIN}",
+        ROUTE_V1,
+    ))
+    .await;
+    for _ in 0..50 {
+        let (status, _, info) = send(&m.svc, &[]).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(info.unwrap().attempts, 1);
+    }
+    assert_eq!(
+        seen.accepted.load(Ordering::Relaxed),
+        1,
+        "one pooled connection"
+    );
+    let requests = seen.requests.lock().unwrap();
+    assert_eq!(requests.len(), 50);
+    for (target, host, version, _) in requests.iter() {
+        assert_eq!(target, "/productpage");
+        assert_eq!(host, "ui.default.svc.cluster.local:9080");
+        assert_eq!(*version, http::Version::HTTP_11);
+    }
+}
+
+#[tokio::test]
+async fn http2_multiplexes_one_connection_and_keeps_the_authority() {
+    let (a, seen) = recording_backend(true).await;
+    let m = mesh(&yaml(
+        &[a],
+        &[],
+        "    loadBalancer: {simple: ROUND_ROBIN}",
+        ROUTE_V1,
+    ))
+    .await;
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let svc = m.svc.clone();
+            tokio::spawn(async move {
+                let req = Request::get(format!("http://{HOST}:9080/productpage"))
+                    .version(http::Version::HTTP_2)
+                    .body(Full::new(Bytes::new()))
+                    .unwrap();
+                let resp = svc.oneshot(req).await.unwrap();
+                let status = resp.status();
+                resp.into_body().collect().await.unwrap();
+                status
+            })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), StatusCode::OK);
+    }
+    assert_eq!(
+        seen.accepted.load(Ordering::Relaxed),
+        1,
+        "one h2 connection"
+    );
+    let requests = seen.requests.lock().unwrap();
+    assert_eq!(requests.len(), 20);
+    for (target, _, version, authority) in requests.iter() {
+        assert_eq!(target, "/productpage");
+        assert_eq!(*version, http::Version::HTTP_2);
+        // As Envoy does: the upstream sees the service's authority, not the endpoint address.
+        assert_eq!(authority, "ui.default.svc.cluster.local:9080");
+    }
+}
+
+#[tokio::test]
+async fn a_backend_closing_each_connection_costs_no_failed_request() {
+    let (a, seen) = recording_backend(false).await;
+    let m = mesh(&yaml(
+        &[a],
+        &[],
+        "    loadBalancer: {simple: ROUND_ROBIN}",
+        ROUTE_V1,
+    ))
+    .await;
+    for _ in 0..30 {
+        let (status, why, info) = send(&m.svc, &[]).await;
+        assert_eq!(status, StatusCode::OK, "{why}");
+        assert_eq!(info.unwrap().attempts, 1, "no retry was needed");
+    }
+    assert_eq!(seen.requests.lock().unwrap().len(), 30);
+    assert_eq!(
+        seen.accepted.load(Ordering::Relaxed),
+        30,
+        "a connection per request"
+    );
+}
+
+#[tokio::test]
+async fn idle_connections_close_after_the_idle_timeout() {
+    let (a, seen) = recording_backend(true).await;
+    let config = MeshConfig {
+        pool_idle_timeout: Duration::from_millis(200),
+        ..MeshConfig::default()
+    };
+    let m = mesh_with(
+        &yaml(
+            &[a],
+            &[],
+            "    loadBalancer: {simple: ROUND_ROBIN}",
+            ROUTE_V1,
+        ),
+        config,
+    )
+    .await;
+    for _ in 0..5 {
+        assert_eq!(send(&m.svc, &[]).await.0, StatusCode::OK);
+    }
+    assert_eq!(seen.open.load(Ordering::Relaxed), 1);
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while seen.open.load(Ordering::Relaxed) > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the idle connection closes with no request sent");
+    // And the pool opens a new one when needed.
+    assert_eq!(send(&m.svc, &[]).await.0, StatusCode::OK);
+    assert_eq!(seen.accepted.load(Ordering::Relaxed), 2);
+}

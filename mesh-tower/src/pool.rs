@@ -1,0 +1,411 @@
+//! Connections per endpoint, over hyper's connection API.
+//!
+//! The stack knows the endpoint of every attempt by index, so its pools are per endpoint and
+//! found without hashing a key, as linkerd2-proxy's per-endpoint stacks are. HTTP/1.1
+//! connections are reused LIFO once their response body has been read to the end; HTTP/2 uses
+//! one multiplexed connection. Connections count against the cluster's circuit breaker as
+//! Envoy's pools do: at most `max_connections` open, and up to `max_pending_requests` requests
+//! waiting for a connection, each served by the first connection returned to this endpoint's
+//! pool or by a new one once a slot frees. When an endpoint leaves EDS its pool is dropped,
+//! and with it the idle connections; in-flight requests finish on theirs, which then close.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, Uri};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::TokioExecutor;
+use mesh_core::{BreakerPermit, BreakerResource, CircuitBreaker, Overflow};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tower::ServiceExt;
+
+use crate::body::{BoxError, MeshBody};
+use crate::connector::{Limited, MeshConnector};
+
+/// Why a request could not be sent.
+#[derive(Debug)]
+pub(crate) enum SendError {
+    /// A circuit-breaker threshold refused a new connection or a place in the queue.
+    Overflow(Overflow),
+    /// Connecting (or the HTTP/2 handshake) failed.
+    Connect(BoxError),
+    /// The connection failed while the request was sent or its response awaited.
+    Request(hyper::Error),
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Overflow(o) => write!(f, "{o}"),
+            Self::Connect(e) => write!(f, "connect: {e}"),
+            Self::Request(e) => write!(f, "request: {e}"),
+        }
+    }
+}
+
+/// What every endpoint pool of one cluster shares.
+pub(crate) struct ClusterConns<C> {
+    pub connector: C,
+    pub breaker: Arc<CircuitBreaker>,
+    /// Woken when a connection of the cluster closes and its slot frees.
+    pub freed: Arc<Notify>,
+    pub idle_timeout: Duration,
+}
+
+/// The connections to one endpoint.
+pub(crate) struct EndpointPool<C> {
+    cluster: Arc<ClusterConns<C>>,
+    /// `http://address`, what the connector is asked to connect to.
+    target: Uri,
+    idle: Mutex<Idle>,
+    /// Woken when an HTTP/1.1 connection comes back to `idle`.
+    returned: Notify,
+    /// Requests waiting on `returned`: returning a connection touches the `Notify` (a lock)
+    /// only when someone waits.
+    waiting: AtomicUsize,
+    h2: Mutex<Option<http2::SendRequest<MeshBody>>>,
+    /// Held while an HTTP/2 connection is being opened, so that only one is.
+    h2_connecting: tokio::sync::Mutex<()>,
+}
+
+#[derive(Default)]
+struct Idle {
+    /// Oldest first; taken from the back (the warmest connection).
+    conns: Vec<(http1::SendRequest<MeshBody>, Instant)>,
+    reaper: bool,
+}
+
+impl Idle {
+    fn expire(&mut self, now: Instant, timeout: Duration) {
+        let keep = self
+            .conns
+            .iter()
+            .position(|(_, since)| now.saturating_duration_since(*since) < timeout)
+            .unwrap_or(self.conns.len());
+        self.conns.drain(..keep);
+    }
+}
+
+impl<C: MeshConnector> EndpointPool<C> {
+    /// An empty pool for the endpoint at `address`.
+    pub fn new(cluster: Arc<ClusterConns<C>>, address: SocketAddr) -> Arc<Self> {
+        let target = Uri::try_from(format!("http://{address}"))
+            .unwrap_or_else(|_| Uri::from_static("http://invalid"));
+        Arc::new(Self {
+            cluster,
+            target,
+            idle: Mutex::default(),
+            returned: Notify::new(),
+            waiting: AtomicUsize::new(0),
+            h2: Mutex::default(),
+            h2_connecting: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// Sends `req` (origin-form URI and `Host` for HTTP/1.1; scheme and authority for HTTP/2).
+    pub async fn send(
+        self: &Arc<Self>,
+        req: Request<MeshBody>,
+        h2: bool,
+    ) -> Result<Response<MeshBody>, SendError> {
+        if h2 {
+            self.send_h2(req).await
+        } else {
+            self.send_h1(req).await
+        }
+    }
+
+    async fn send_h1(
+        self: &Arc<Self>,
+        mut req: Request<MeshBody>,
+    ) -> Result<Response<MeshBody>, SendError> {
+        // A reused connection may have been closed by the server while idle; hyper hands the
+        // unsent request back, and it goes on another connection. Bounded: a new connection
+        // is never retried this way.
+        loop {
+            let (mut tx, reused) = self.checkout_h1().await?;
+            match tx.try_send_request(req).await {
+                Ok(resp) => {
+                    let pool = Arc::downgrade(self);
+                    return Ok(resp.map(|body| {
+                        PooledBody {
+                            body,
+                            conn: Some((tx, pool)),
+                        }
+                        .boxed_unsync()
+                    }));
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(r) if reused => req = r,
+                    _ => return Err(SendError::Request(e.into_error())),
+                },
+            }
+        }
+    }
+
+    /// A ready HTTP/1.1 connection, and whether it was reused.
+    async fn checkout_h1(&self) -> Result<(http1::SendRequest<MeshBody>, bool), SendError> {
+        // The common case first: an idle connection or a free slot, without registering as a
+        // waiter (which takes the `Notify`s' locks).
+        if let Some(tx) = self.ready_idle().await {
+            return Ok((tx, true));
+        }
+        // The rest (connecting, waiting) is rare per request: boxed, so that it does not
+        // enlarge every request's future.
+        Box::pin(self.checkout_h1_slow()).await
+    }
+
+    async fn checkout_h1_slow(&self) -> Result<(http1::SendRequest<MeshBody>, bool), SendError> {
+        let mut pending = None;
+        if let Some(permit) = self.slot(&mut pending)? {
+            return Ok((self.connect_h1(permit).await?, false));
+        }
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let _waiting = Waiting(&self.waiting);
+        loop {
+            let returned = self.returned.notified();
+            let freed = self.cluster.freed.notified();
+            tokio::pin!(returned, freed);
+            returned.as_mut().enable();
+            freed.as_mut().enable();
+            // Registered first, then looked again: nothing returned in between is missed.
+            if let Some(tx) = self.ready_idle().await {
+                return Ok((tx, true));
+            }
+            if let Some(permit) = self.slot(&mut pending)? {
+                return Ok((self.connect_h1(permit).await?, false));
+            }
+            tokio::select! {
+                _ = returned => {}
+                _ = freed => {}
+            }
+        }
+    }
+
+    /// The warmest idle connection that is ready, or else the warmest still open once it is.
+    ///
+    /// A connection is put back when its response body ends, a moment before its connection
+    /// task has noticed; preferring one that is ready already saves a wait and a wake-up.
+    async fn ready_idle(&self) -> Option<http1::SendRequest<MeshBody>> {
+        loop {
+            let mut tx = {
+                let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+                idle.conns.retain(|(tx, _)| !tx.is_closed());
+                match idle.conns.iter().rposition(|(tx, _)| tx.is_ready()) {
+                    Some(i) => return Some(idle.conns.remove(i).0),
+                    None => idle.conns.pop()?.0,
+                }
+            };
+            if tx.ready().await.is_ok() {
+                return Some(tx);
+            }
+        }
+    }
+
+    async fn connect_h1(
+        &self,
+        permit: BreakerPermit,
+    ) -> Result<http1::SendRequest<MeshBody>, SendError> {
+        let io = self.connect(permit).await?;
+        let (tx, conn) = http1::handshake(io)
+            .await
+            .map_err(|e| SendError::Connect(e.into()))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(tx)
+    }
+
+    /// Puts a connection whose response was read to the end back, for the next request.
+    fn put_idle(self: &Arc<Self>, tx: http1::SendRequest<MeshBody>) {
+        if tx.is_closed() {
+            return;
+        }
+        let now = Instant::now();
+        let spawn_reaper = {
+            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            idle.expire(now, self.cluster.idle_timeout);
+            idle.conns.push((tx, now));
+            !std::mem::replace(&mut idle.reaper, true)
+        };
+        if self.waiting.load(Ordering::SeqCst) > 0 {
+            self.returned.notify_waiters();
+        }
+        if spawn_reaper {
+            self.spawn_reaper();
+        }
+    }
+
+    /// Closes idle connections after the idle timeout even when no request comes; stops when
+    /// nothing is idle or the pool is gone.
+    fn spawn_reaper(self: &Arc<Self>) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            // Outside a runtime (shutting down): expiry happens on the next checkout.
+            self.idle.lock().unwrap_or_else(|e| e.into_inner()).reaper = false;
+            return;
+        };
+        let pool = Arc::downgrade(self);
+        let every = self.cluster.idle_timeout;
+        rt.spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(pool) = pool.upgrade() else { return };
+                let mut idle = pool.idle.lock().unwrap_or_else(|e| e.into_inner());
+                idle.expire(Instant::now(), every);
+                if idle.conns.is_empty() {
+                    idle.reaper = false;
+                    return;
+                }
+            }
+        });
+    }
+
+    async fn send_h2(&self, req: Request<MeshBody>) -> Result<Response<MeshBody>, SendError> {
+        let mut tx = self.checkout_h2().await?;
+        tx.ready().await.map_err(SendError::Request)?;
+        let resp = tx.send_request(req).await.map_err(SendError::Request)?;
+        Ok(resp.map(|b| b.map_err(BoxError::from).boxed_unsync()))
+    }
+
+    fn live_h2(&self) -> Option<http2::SendRequest<MeshBody>> {
+        let h2 = self.h2.lock().unwrap_or_else(|e| e.into_inner());
+        h2.as_ref().filter(|tx| !tx.is_closed()).cloned()
+    }
+
+    async fn checkout_h2(&self) -> Result<http2::SendRequest<MeshBody>, SendError> {
+        match self.live_h2() {
+            Some(tx) => Ok(tx),
+            // Boxed: opening a connection is rare per request (see `checkout_h1`).
+            None => Box::pin(self.open_h2()).await,
+        }
+    }
+
+    async fn open_h2(&self) -> Result<http2::SendRequest<MeshBody>, SendError> {
+        let _connecting = self.h2_connecting.lock().await;
+        if let Some(tx) = self.live_h2() {
+            return Ok(tx);
+        }
+        let mut pending = None;
+        let permit = loop {
+            let freed = self.cluster.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if let Some(p) = self.slot(&mut pending)? {
+                break p;
+            }
+            freed.await;
+        };
+        let io = self.connect(permit).await?;
+        let (tx, conn) = http2::handshake(TokioExecutor::new(), io)
+            .await
+            .map_err(|e| SendError::Connect(e.into()))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        *self.h2.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx.clone());
+        Ok(tx)
+    }
+
+    /// A connection slot if one is free; otherwise a place in the pending queue (taken once,
+    /// kept while waiting) or the overflow that refused it.
+    fn slot(
+        &self,
+        pending: &mut Option<BreakerPermit>,
+    ) -> Result<Option<BreakerPermit>, SendError> {
+        let breaker = &self.cluster.breaker;
+        match breaker.try_acquire(BreakerResource::Connections) {
+            Ok(p) => Ok(Some(p)),
+            Err(_) if pending.is_some() => Ok(None),
+            Err(_) => {
+                *pending = Some(
+                    breaker
+                        .try_acquire(BreakerResource::PendingRequests)
+                        .map_err(SendError::Overflow)?,
+                );
+                Ok(None)
+            }
+        }
+    }
+
+    async fn connect(&self, permit: BreakerPermit) -> Result<Limited<C::Conn>, SendError> {
+        let io = self
+            .cluster
+            .connector
+            .clone()
+            .oneshot(self.target.clone())
+            .await
+            .map_err(|e| SendError::Connect(e.into()))?;
+        Ok(Limited::new(io, permit, self.cluster.freed.clone()))
+    }
+}
+
+/// Counts a request as waiting for a connection while it lives.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A response body that gives its HTTP/1.1 connection back to the pool once read to the end.
+struct PooledBody<C: MeshConnector> {
+    body: Incoming,
+    conn: Option<(http1::SendRequest<MeshBody>, Weak<EndpointPool<C>>)>,
+}
+
+impl<C: MeshConnector> PooledBody<C> {
+    fn give_back(&mut self) {
+        if let Some((tx, pool)) = self.conn.take()
+            && let Some(pool) = pool.upgrade()
+        {
+            pool.put_idle(tx);
+        }
+    }
+}
+
+impl<C: MeshConnector> Body for PooledBody<C> {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let frame = std::task::ready!(Pin::new(&mut this.body).poll_frame(cx));
+        match &frame {
+            None => this.give_back(),
+            // A failed body leaves the connection in an unknown state: do not reuse it.
+            Some(Err(_)) => this.conn = None,
+            Some(Ok(_)) => {}
+        }
+        Poll::Ready(frame.map(|f| f.map_err(BoxError::from)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl<C: MeshConnector> Drop for PooledBody<C> {
+    fn drop(&mut self) {
+        // Dropped unread (hyper then closes the connection), unless nothing was left to read.
+        if self.body.is_end_stream() {
+            self.give_back();
+        }
+    }
+}
