@@ -12,7 +12,7 @@
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -135,7 +135,7 @@ impl<C: MeshConnector> EndpointPool<C> {
             let (mut tx, reused) = self.checkout_h1().await?;
             match tx.try_send_request(req).await {
                 Ok(resp) => {
-                    let pool = Arc::downgrade(self);
+                    let pool = self.clone();
                     return Ok(resp.map(|body| {
                         PooledBody {
                             body,
@@ -360,14 +360,14 @@ impl Drop for Waiting<'_> {
 /// A response body that gives its HTTP/1.1 connection back to the pool once read to the end.
 struct PooledBody<C: MeshConnector> {
     body: Incoming,
-    conn: Option<(http1::SendRequest<MeshBody>, Weak<EndpointPool<C>>)>,
+    /// The connection and its pool (kept alive by a body still being read, so that the
+    /// connection has somewhere to go back to; dropped with the body otherwise).
+    conn: Option<(http1::SendRequest<MeshBody>, Arc<EndpointPool<C>>)>,
 }
 
 impl<C: MeshConnector> PooledBody<C> {
     fn give_back(&mut self) {
-        if let Some((tx, pool)) = self.conn.take()
-            && let Some(pool) = pool.upgrade()
-        {
+        if let Some((tx, pool)) = self.conn.take() {
             pool.put_idle(tx);
         }
     }
