@@ -137,12 +137,25 @@ impl ClusterState {
         state
     }
 
-    /// The current picker.
-    pub fn picker(&self) -> Arc<ClusterPicker> {
-        self.picker
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+    /// Picks an endpoint with the current picker, avoiding the endpoints in `avoid` where
+    /// possible (up to three more draws; hash-based picks are never redrawn).
+    pub fn pick(
+        &self,
+        hash: Option<u64>,
+        avoid: &[usize],
+        rng: &mut impl rand::RngCore,
+    ) -> Option<usize> {
+        // Picked under the read lock rather than with a clone of the picker's `Arc`: two
+        // fewer updates of a counter every thread shares, per attempt.
+        let picker = self.picker.read().unwrap_or_else(|e| e.into_inner());
+        let mut pick = picker.pick(hash, rng);
+        for _ in 0..3 {
+            match pick {
+                Some(i) if hash.is_none() && avoid.contains(&i) => pick = picker.pick(None, rng),
+                _ => break,
+            }
+        }
+        pick
     }
 
     fn rebuild_picker(&self) {

@@ -537,7 +537,7 @@ impl<C: MeshConnector> Shared<C> {
             let Some(state) = self.state(&snap, &m.cluster) else {
                 continue;
             };
-            let Some(i) = state.picker().pick(None, rng) else {
+            let Some(i) = state.pick(None, &[], rng) else {
                 continue;
             };
             let shadow = shadow_authority(&head.authority);
@@ -576,7 +576,8 @@ impl<C: MeshConnector> Shared<C> {
         // One clock read per attempt serves the budget, outlier detection and peak EWMA.
         let mut sent = Instant::now();
         state.budget.deposit(sent.into_std());
-        let mut tried: Vec<usize> = Vec::new();
+        // The last few endpoints tried (no allocation per request; usize::MAX is no endpoint).
+        let mut tried = [usize::MAX; 4];
         let mut attempt = 0u32;
         loop {
             attempt += 1;
@@ -626,22 +627,11 @@ impl<C: MeshConnector> Shared<C> {
                     attempt - 1,
                 );
             };
-            let mut picker = state.picker();
-            let mut pick = picker.pick(hash, rng);
+            let mut pick = state.pick(hash, &tried, rng);
             if pick.is_none() {
                 // Everything may be ejected with no traffic left to trigger a sweep.
                 state.maybe_sweep(std_now());
-                picker = state.picker();
-                pick = picker.pick(hash, rng);
-            }
-            // A different endpoint per attempt where possible.
-            for _ in 0..3 {
-                match pick {
-                    Some(i) if tried.contains(&i) && hash.is_none() => {
-                        pick = picker.pick(None, rng)
-                    }
-                    _ => break,
-                }
+                pick = state.pick(hash, &tried, rng);
             }
             let Some(i) = pick else {
                 return (
@@ -655,7 +645,7 @@ impl<C: MeshConnector> Shared<C> {
                     attempt - 1,
                 );
             };
-            tried.push(i);
+            tried[(attempt as usize - 1) % tried.len()] = i;
             let addr = state.endpoints.endpoints()[i].address;
             let load = state.load(i).clone();
             let active = load.start();
