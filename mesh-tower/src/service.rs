@@ -103,14 +103,31 @@ impl<C> Clone for MeshService<C> {
     }
 }
 
+/// Aligned to 128 bytes (two cache lines, as adjacent-line prefetch pairs them), so that
+/// what every request reads does not share a line with what every request writes: the
+/// `Arc`'s reference counts sit before `Shared`, and `clusters`' lock word gets its own lines.
+#[repr(align(128))]
 struct Shared<C> {
     snapshots: watch::Receiver<Arc<MeshSnapshot>>,
-    clusters: RwLock<HashMap<Arc<str>, Arc<ClusterEntry<C>>>>,
+    clusters: CacheLines<RwLock<HashMap<Arc<str>, Arc<ClusterEntry<C>>>>>,
     connector: C,
     config: MeshConfig,
     mirrors: Arc<Semaphore>,
     /// Requests that matched no route.
     no_route: std::sync::atomic::AtomicU64,
+}
+
+/// A value on cache lines of its own.
+#[repr(align(128))]
+#[derive(Default)]
+struct CacheLines<T>(T);
+
+impl<T> std::ops::Deref for CacheLines<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.0
+    }
 }
 
 /// A cluster's runtime state and the connection pools of its endpoints (by endpoint index).
@@ -157,7 +174,7 @@ impl<C: MeshConnector> MeshService<C> {
         Self {
             shared: Arc::new(Shared {
                 snapshots,
-                clusters: RwLock::default(),
+                clusters: CacheLines::default(),
                 no_route: Default::default(),
                 connector,
                 mirrors: Arc::new(Semaphore::new(config.mirror_concurrency)),
@@ -647,8 +664,13 @@ impl<C: MeshConnector> Shared<C> {
             };
             tried[(attempt as usize - 1) % tried.len()] = i;
             let addr = state.endpoints.endpoints()[i].address;
-            let load = state.load(i).clone();
-            let active = load.start();
+            // In-flight counts feed only the load-aware balancers; the others skip the shared
+            // counter updates.
+            let active = matches!(
+                state.cluster.lb(),
+                LbConfig::LeastRequest { .. } | LbConfig::PeakEwma { .. }
+            )
+            .then(|| state.load(i).start());
             let h2 = wants_h2(head);
             let req = build(head, body, None, h2);
             let pool = &state.pools[i];
@@ -688,7 +710,7 @@ impl<C: MeshConnector> Shared<C> {
                 Ok(Ok(resp)) => {
                     if let LbConfig::PeakEwma { decay, .. } = state.cluster.lb() {
                         let now = Instant::now();
-                        load.observe(now - sent, now.into_std(), *decay);
+                        state.load(i).observe(now - sent, now.into_std(), *decay);
                     }
                     let status = resp.status().as_u16();
                     let grpc_code = resp
