@@ -109,13 +109,16 @@ impl<C> Clone for MeshService<C> {
 #[repr(align(128))]
 struct Shared<C> {
     snapshots: watch::Receiver<Arc<MeshSnapshot>>,
-    clusters: CacheLines<RwLock<HashMap<Arc<str>, Arc<ClusterEntry<C>>>>>,
+    clusters: CacheLines<RwLock<ClusterMap<C>>>,
     connector: C,
     config: MeshConfig,
     mirrors: Arc<Semaphore>,
     /// Requests that matched no route.
     no_route: std::sync::atomic::AtomicU64,
 }
+
+/// Each cluster's entry, by name.
+type ClusterMap<C> = HashMap<Arc<str>, Arc<ClusterEntry<C>>>;
 
 /// A value on cache lines of its own.
 #[repr(align(128))]
