@@ -775,3 +775,42 @@ async fn idle_connections_close_after_the_idle_timeout() {
     assert_eq!(send(&m.svc, &[]).await.0, StatusCode::OK);
     assert_eq!(seen.accepted.load(Ordering::Relaxed), 2);
 }
+
+#[tokio::test]
+async fn a_refused_connection_is_a_connect_failure_and_is_retried_elsewhere() {
+    // A port with nothing listening: connections are refused.
+    let dead = {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        l.local_addr().unwrap()
+    };
+    let good = backend("good", Behavior::Ok).await;
+    let policy = "    loadBalancer: {simple: ROUND_ROBIN}";
+    let retried = "  - name: r\n    route:\n    - destination: {host: ui.default.svc.cluster.local, subset: version-1}\n    retries: {attempts: 2, retryOn: connect-failure}\n";
+    let m = mesh(&yaml(&[dead, good.addr], &[], policy, retried)).await;
+    let mut second_tries = 0;
+    for _ in 0..20 {
+        let (status, why, info) = send(&m.svc, &[]).await;
+        assert_eq!(status, StatusCode::OK, "{why}");
+        let info = info.unwrap();
+        assert_eq!(info.endpoint, Some(good.addr));
+        if info.attempts == 2 {
+            second_tries += 1;
+        }
+    }
+    assert_eq!(good.hits.load(Ordering::Relaxed), 20);
+    assert!(
+        second_tries >= 5,
+        "round robin sends some first tries to the dead endpoint: {second_tries}"
+    );
+
+    // With retries off (Istio's default policy would retry twice) the failure is the
+    // answer, named.
+    let once = "  - name: r\n    route:\n    - destination: {host: ui.default.svc.cluster.local, subset: version-1}\n    retries: {attempts: 0}\n";
+    let m = mesh(&yaml(&[dead], &[], policy, once)).await;
+    let (status, why, info) = send(&m.svc, &[]).await;
+    assert_eq!(
+        (status, why.as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, "upstream connect error")
+    );
+    assert_eq!(info.unwrap().attempts, 1);
+}
