@@ -648,16 +648,19 @@ async fn recording_backend(keep_alive: bool) -> (SocketAddr, Arc<Seen>) {
 
 const ROUTE_V1: &str = "  - name: r\n    route:\n    - destination: {host: ui.default.svc.cluster.local, subset: version-1}\n";
 
+/// A recording backend as the only endpoint of `ui`, and a stack in front of it.
+async fn one_recorded_endpoint(keep_alive: bool, config: MeshConfig) -> (Mesh, Arc<Seen>) {
+    let (a, seen) = recording_backend(keep_alive).await;
+    let policy = "    loadBalancer: {simple: ROUND_ROBIN}";
+    (
+        mesh_with(&yaml(&[a], &[], policy, ROUTE_V1), config).await,
+        seen,
+    )
+}
+
 #[tokio::test]
 async fn http1_reuses_one_connection_and_sends_origin_form_with_the_service_host() {
-    let (a, seen) = recording_backend(true).await;
-    let m = mesh(&yaml(
-        &[a],
-        &[],
-        "    loadBalancer: {simple: ROUND_ROBIN}",
-        ROUTE_V1,
-    ))
-    .await;
+    let (m, seen) = one_recorded_endpoint(true, MeshConfig::default()).await;
     for _ in 0..50 {
         let (status, _, info) = send(&m.svc, &[]).await;
         assert_eq!(status, StatusCode::OK);
@@ -679,14 +682,7 @@ async fn http1_reuses_one_connection_and_sends_origin_form_with_the_service_host
 
 #[tokio::test]
 async fn http2_multiplexes_one_connection_and_keeps_the_authority() {
-    let (a, seen) = recording_backend(true).await;
-    let m = mesh(&yaml(
-        &[a],
-        &[],
-        "    loadBalancer: {simple: ROUND_ROBIN}",
-        ROUTE_V1,
-    ))
-    .await;
+    let (m, seen) = one_recorded_endpoint(true, MeshConfig::default()).await;
     let tasks: Vec<_> = (0..20)
         .map(|_| {
             let svc = m.svc.clone();
@@ -722,14 +718,7 @@ async fn http2_multiplexes_one_connection_and_keeps_the_authority() {
 
 #[tokio::test]
 async fn a_backend_closing_each_connection_costs_no_failed_request() {
-    let (a, seen) = recording_backend(false).await;
-    let m = mesh(&yaml(
-        &[a],
-        &[],
-        "    loadBalancer: {simple: ROUND_ROBIN}",
-        ROUTE_V1,
-    ))
-    .await;
+    let (m, seen) = one_recorded_endpoint(false, MeshConfig::default()).await;
     for _ in 0..30 {
         let (status, why, info) = send(&m.svc, &[]).await;
         assert_eq!(status, StatusCode::OK, "{why}");
@@ -745,21 +734,11 @@ async fn a_backend_closing_each_connection_costs_no_failed_request() {
 
 #[tokio::test]
 async fn idle_connections_close_after_the_idle_timeout() {
-    let (a, seen) = recording_backend(true).await;
     let config = MeshConfig {
         pool_idle_timeout: Duration::from_millis(200),
         ..MeshConfig::default()
     };
-    let m = mesh_with(
-        &yaml(
-            &[a],
-            &[],
-            "    loadBalancer: {simple: ROUND_ROBIN}",
-            ROUTE_V1,
-        ),
-        config,
-    )
-    .await;
+    let (m, seen) = one_recorded_endpoint(true, config).await;
     for _ in 0..5 {
         assert_eq!(send(&m.svc, &[]).await.0, StatusCode::OK);
     }
