@@ -219,8 +219,9 @@ impl<C: MeshConnector> EndpointPool<C> {
         let (tx, conn) = http1::handshake(io)
             .await
             .map_err(|e| SendError::Connect(e.into()))?;
+        // With upgrades, so that `hyper::upgrade::on` works on responses (WebSocket, 101).
         tokio::spawn(async move {
-            let _ = conn.await;
+            let _ = conn.with_upgrades().await;
         });
         Ok(tx)
     }

@@ -793,3 +793,61 @@ async fn a_refused_connection_is_a_connect_failure_and_is_retried_elsewhere() {
     );
     assert_eq!(info.unwrap().attempts, 1);
 }
+
+#[tokio::test]
+async fn an_http_upgrade_passes_through_the_stack() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A backend that upgrades to an echo protocol.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|mut req: Request<Incoming>| async move {
+                    tokio::spawn(async move {
+                        let Ok(up) = hyper::upgrade::on(&mut req).await else {
+                            return;
+                        };
+                        let mut io = TokioIo::new(up);
+                        let mut buf = [0u8; 5];
+                        if io.read_exact(&mut buf).await.is_ok() {
+                            let _ = io.write_all(&buf).await;
+                        }
+                    });
+                    let mut r = Response::new(Full::new(Bytes::new()));
+                    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+                    r.headers_mut()
+                        .insert(http::header::UPGRADE, "echo".parse().unwrap());
+                    r.headers_mut()
+                        .insert(http::header::CONNECTION, "upgrade".parse().unwrap());
+                    Ok::<_, Infallible>(r)
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    let policy = "    loadBalancer: {simple: ROUND_ROBIN}";
+    let m = mesh(&yaml(&[addr], &[], policy, ROUTE_V1)).await;
+    let req = Request::get(format!("http://{HOST}:9080/echo"))
+        .header(http::header::CONNECTION, "upgrade")
+        .header(http::header::UPGRADE, "echo")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = m.svc.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+    let up = tokio::time::timeout(Duration::from_secs(5), hyper::upgrade::on(resp))
+        .await
+        .expect("upgrade in time")
+        .expect("upgraded");
+    let mut io = TokioIo::new(up);
+    io.write_all(b"hello").await.unwrap();
+    let mut buf = [0u8; 5];
+    tokio::time::timeout(Duration::from_secs(5), io.read_exact(&mut buf))
+        .await
+        .expect("echo in time")
+        .unwrap();
+    assert_eq!(&buf, b"hello");
+}
