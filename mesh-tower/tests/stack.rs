@@ -349,6 +349,18 @@ async fn max_connections_queue_up_to_max_pending_then_fail_fast() {
         ["503 Service Unavailable max_pending_requests", "ok", "ok"]
     );
     assert_eq!(a.hits.load(Ordering::Relaxed), 2);
+
+    // The request that waited gave its place in the queue back when it was served: the queue
+    // takes one again (a connect kept waiting in the background would still hold it).
+    let tasks: Vec<_> = (0..2)
+        .map(|_| {
+            let svc = m.svc.clone();
+            tokio::spawn(async move { send(&svc, &[]).await.0 })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), StatusCode::OK);
+    }
 }
 
 /// A backend that counts its open connections.
