@@ -114,4 +114,3 @@ impl<T: Write + Unpin> Write for Limited<T> {
         Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
     }
 }
-
