@@ -143,17 +143,39 @@ impl CircuitBreaker {
         self: &Arc<Self>,
         resource: BreakerResource,
     ) -> Result<BreakerPermit, Overflow> {
+        let slot = self.take(resource)?;
+        Ok(BreakerPermit {
+            breaker: self.clone(),
+            slot,
+        })
+    }
+
+    /// Takes a permit that borrows the breaker: for holders that keep the breaker alive
+    /// anyway, it saves the shared reference-count updates of [`Self::try_acquire`].
+    #[inline]
+    pub fn try_acquire_ref(
+        &self,
+        resource: BreakerResource,
+    ) -> Result<BreakerPermitRef<'_>, Overflow> {
+        let slot = self.take(resource)?;
+        Ok(BreakerPermitRef {
+            breaker: self,
+            slot,
+        })
+    }
+
+    #[inline]
+    fn take(&self, resource: BreakerResource) -> Result<usize, Overflow> {
         let i = slot(resource);
-        let limit = self.limits[i].load(Ordering::Relaxed);
+        // The count first: it takes the cache line for writing, and the limit beside it is
+        // then read from the same line.
         let previous = self.in_use[i].fetch_add(1, Ordering::AcqRel);
+        let limit = self.limits[i].load(Ordering::Relaxed);
         if previous >= limit {
             self.in_use[i].fetch_sub(1, Ordering::AcqRel);
             return Err(Overflow { resource, limit });
         }
-        Ok(BreakerPermit {
-            breaker: self.clone(),
-            slot: i,
-        })
+        Ok(i)
     }
 }
 
@@ -165,6 +187,19 @@ pub struct BreakerPermit {
 }
 
 impl Drop for BreakerPermit {
+    fn drop(&mut self) {
+        self.breaker.in_use[self.slot].fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A held permit borrowing its breaker; dropping it releases the resource.
+#[derive(Debug)]
+pub struct BreakerPermitRef<'a> {
+    breaker: &'a CircuitBreaker,
+    slot: usize,
+}
+
+impl Drop for BreakerPermitRef<'_> {
     fn drop(&mut self) {
         self.breaker.in_use[self.slot].fetch_sub(1, Ordering::AcqRel);
     }
@@ -198,6 +233,20 @@ mod tests {
             .collect();
         assert!(b.try_acquire(BreakerResource::Retries).is_err());
         drop(retries);
+
+        // Borrowing permits count against the same limits.
+        let owned = b.try_acquire(BreakerResource::Requests).unwrap();
+        let borrowed = b.try_acquire_ref(BreakerResource::Requests).unwrap();
+        assert_eq!(
+            b.try_acquire_ref(BreakerResource::Requests)
+                .unwrap_err()
+                .to_string(),
+            "circuit breaker: max_requests (2) reached"
+        );
+        drop(borrowed);
+        assert_eq!(b.in_use(BreakerResource::Requests), 1);
+        drop(owned);
+        assert_eq!(b.in_use(BreakerResource::Requests), 0);
     }
 
     #[test]

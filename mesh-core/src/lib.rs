@@ -30,7 +30,8 @@ pub mod snapshot;
 mod test_support;
 
 pub use breaker::{
-    BreakerPermit, BreakerResource, CircuitBreaker, CircuitBreakerSpec, Overflow, Thresholds,
+    BreakerPermit, BreakerPermitRef, BreakerResource, CircuitBreaker, CircuitBreakerSpec, Overflow,
+    Thresholds,
 };
 pub use budget::{RetryBudget, RetryBudgetConfig, RetryBudgetSpec};
 pub use cluster::{Cluster, ClusterSpec, UpstreamTls, UpstreamTlsSpec};

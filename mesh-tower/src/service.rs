@@ -602,7 +602,7 @@ impl<C: MeshConnector> Shared<C> {
         let mut attempt = 0u32;
         loop {
             attempt += 1;
-            let _request_permit = match state.breaker.try_acquire(BreakerResource::Requests) {
+            let _request_permit = match state.breaker.try_acquire_ref(BreakerResource::Requests) {
                 Ok(p) => p,
                 Err(o) => {
                     return (
@@ -618,7 +618,7 @@ impl<C: MeshConnector> Shared<C> {
                 }
             };
             let _retry_permit = if attempt > 1 {
-                match state.breaker.try_acquire(BreakerResource::Retries) {
+                match state.breaker.try_acquire_ref(BreakerResource::Retries) {
                     Ok(p) => Some(p),
                     Err(_) => {
                         return (
