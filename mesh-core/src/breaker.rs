@@ -216,7 +216,7 @@ mod tests {
             ..Default::default()
         }));
         let p1 = b.try_acquire(BreakerResource::Requests).unwrap();
-        let _p2 = b.try_acquire(BreakerResource::Requests).unwrap();
+        let p2 = b.try_acquire(BreakerResource::Requests).unwrap();
         let overflow = b.try_acquire(BreakerResource::Requests).unwrap_err();
         assert_eq!(
             overflow.to_string(),
@@ -235,6 +235,7 @@ mod tests {
         drop(retries);
 
         // Borrowing permits count against the same limits.
+        drop(p2);
         let owned = b.try_acquire(BreakerResource::Requests).unwrap();
         let borrowed = b.try_acquire_ref(BreakerResource::Requests).unwrap();
         assert_eq!(
