@@ -72,7 +72,8 @@ pub(crate) struct EndpointPool<C> {
     /// Requests waiting on `returned`: returning a connection touches the `Notify` (a lock)
     /// only when someone waits.
     waiting: AtomicUsize,
-    h2: Mutex<Option<http2::SendRequest<MeshBody>>>,
+    /// The HTTP/2 connection and when it was last used.
+    h2: Mutex<Option<(http2::SendRequest<MeshBody>, Instant)>>,
     /// Held while an HTTP/2 connection is being opened, so that only one is.
     h2_connecting: tokio::sync::Mutex<()>,
 }
@@ -250,7 +251,8 @@ impl<C: MeshConnector> EndpointPool<C> {
     /// nothing is idle or the pool is gone.
     fn spawn_reaper(self: &Arc<Self>) {
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            // Outside a runtime (shutting down): expiry happens on the next checkout.
+            // Outside a runtime (shutting down): HTTP/1.1 connections still expire when one is
+            // next put back.
             self.idle.lock().unwrap_or_else(|e| e.into_inner()).reaper = false;
             return;
         };
@@ -260,9 +262,22 @@ impl<C: MeshConnector> EndpointPool<C> {
             loop {
                 tokio::time::sleep(every).await;
                 let Some(pool) = pool.upgrade() else { return };
+                let now = Instant::now();
+                // Lock order: `idle`, then `h2` (as in `open_h2`), so that a connection stored
+                // while the reaper stops is seen by one or the other.
                 let mut idle = pool.idle.lock().unwrap_or_else(|e| e.into_inner());
-                idle.expire(Instant::now(), every);
-                if idle.conns.is_empty() {
+                idle.expire(now, every);
+                let h2_left = {
+                    let mut h2 = pool.h2.lock().unwrap_or_else(|e| e.into_inner());
+                    // Dropping the last sender lets the connection close once its streams end.
+                    if h2.as_ref().is_some_and(|(tx, used)| {
+                        tx.is_closed() || now.saturating_duration_since(*used) >= every
+                    }) {
+                        *h2 = None;
+                    }
+                    h2.is_some()
+                };
+                if idle.conns.is_empty() && !h2_left {
                     idle.reaper = false;
                     return;
                 }
@@ -270,7 +285,10 @@ impl<C: MeshConnector> EndpointPool<C> {
         });
     }
 
-    async fn send_h2(&self, req: Request<MeshBody>) -> Result<Response<MeshBody>, SendError> {
+    async fn send_h2(
+        self: &Arc<Self>,
+        req: Request<MeshBody>,
+    ) -> Result<Response<MeshBody>, SendError> {
         let mut tx = self.checkout_h2().await?;
         tx.ready().await.map_err(SendError::Request)?;
         let resp = tx.send_request(req).await.map_err(SendError::Request)?;
@@ -278,11 +296,17 @@ impl<C: MeshConnector> EndpointPool<C> {
     }
 
     fn live_h2(&self) -> Option<http2::SendRequest<MeshBody>> {
-        let h2 = self.h2.lock().unwrap_or_else(|e| e.into_inner());
-        h2.as_ref().filter(|tx| !tx.is_closed()).cloned()
+        let mut h2 = self.h2.lock().unwrap_or_else(|e| e.into_inner());
+        match h2.as_mut() {
+            Some((tx, used)) if !tx.is_closed() => {
+                *used = Instant::now();
+                Some(tx.clone())
+            }
+            _ => None,
+        }
     }
 
-    async fn checkout_h2(&self) -> Result<http2::SendRequest<MeshBody>, SendError> {
+    async fn checkout_h2(self: &Arc<Self>) -> Result<http2::SendRequest<MeshBody>, SendError> {
         match self.live_h2() {
             Some(tx) => Ok(tx),
             // Boxed: opening a connection is rare per request (see `checkout_h1`).
@@ -290,7 +314,7 @@ impl<C: MeshConnector> EndpointPool<C> {
         }
     }
 
-    async fn open_h2(&self) -> Result<http2::SendRequest<MeshBody>, SendError> {
+    async fn open_h2(self: &Arc<Self>) -> Result<http2::SendRequest<MeshBody>, SendError> {
         let _connecting = self.h2_connecting.lock().await;
         if let Some(tx) = self.live_h2() {
             return Ok(tx);
@@ -312,7 +336,14 @@ impl<C: MeshConnector> EndpointPool<C> {
         tokio::spawn(async move {
             let _ = conn.await;
         });
-        *self.h2.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx.clone());
+        let spawn_reaper = {
+            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            *self.h2.lock().unwrap_or_else(|e| e.into_inner()) = Some((tx.clone(), Instant::now()));
+            !std::mem::replace(&mut idle.reaper, true)
+        };
+        if spawn_reaper {
+            self.spawn_reaper();
+        }
         Ok(tx)
     }
 

@@ -67,8 +67,8 @@ pub struct MeshConfig {
     pub max_replay_bytes: usize,
     /// Mirrored requests in flight at most (default 64); beyond it mirrors are skipped.
     pub mirror_concurrency: usize,
-    /// Idle HTTP/1.1 connections are closed after this long (default 90 s; checked every
-    /// timeout, so a connection may stay up to twice this long).
+    /// Idle connections (HTTP/1.1 and HTTP/2) are closed after this long (default 90 s;
+    /// checked every timeout, so a connection may stay up to twice this long).
     pub pool_idle_timeout: Duration,
     /// Optional per-request hook.
     pub observer: Option<Arc<dyn Observer>>,

@@ -660,6 +660,18 @@ async fn recording_backend(keep_alive: bool) -> (SocketAddr, Arc<Seen>) {
 
 const ROUTE_V1: &str = "  - name: r\n    route:\n    - destination: {host: ui.default.svc.cluster.local, subset: version-1}\n";
 
+/// Sends an HTTP/2 request (h2c upstream) and reads its body.
+async fn send_h2(svc: &MeshService) -> StatusCode {
+    let req = Request::get(format!("http://{HOST}:9080/productpage"))
+        .version(http::Version::HTTP_2)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = svc.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    resp.into_body().collect().await.unwrap();
+    status
+}
+
 /// A recording backend as the only endpoint of `ui`, and a stack in front of it.
 async fn one_recorded_endpoint(keep_alive: bool, config: MeshConfig) -> (Mesh, Arc<Seen>) {
     let (a, seen) = recording_backend(keep_alive).await;
@@ -698,16 +710,7 @@ async fn http2_multiplexes_one_connection_and_keeps_the_authority() {
     let tasks: Vec<_> = (0..20)
         .map(|_| {
             let svc = m.svc.clone();
-            tokio::spawn(async move {
-                let req = Request::get(format!("http://{HOST}:9080/productpage"))
-                    .version(http::Version::HTTP_2)
-                    .body(Full::new(Bytes::new()))
-                    .unwrap();
-                let resp = svc.oneshot(req).await.unwrap();
-                let status = resp.status();
-                resp.into_body().collect().await.unwrap();
-                status
-            })
+            tokio::spawn(async move { send_h2(&svc).await })
         })
         .collect();
     for t in tasks {
@@ -862,4 +865,26 @@ async fn an_http_upgrade_passes_through_the_stack() {
         .expect("echo in time")
         .unwrap();
     assert_eq!(&buf, b"hello");
+}
+
+#[tokio::test]
+async fn idle_http2_connections_close_after_the_idle_timeout() {
+    let config = MeshConfig {
+        pool_idle_timeout: Duration::from_millis(200),
+        ..MeshConfig::default()
+    };
+    let (m, seen) = one_recorded_endpoint(true, config).await;
+    for _ in 0..3 {
+        assert_eq!(send_h2(&m.svc).await, StatusCode::OK);
+    }
+    assert_eq!(seen.open.load(Ordering::Relaxed), 1);
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while seen.open.load(Ordering::Relaxed) > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the idle HTTP/2 connection closes");
+    assert_eq!(send_h2(&m.svc).await, StatusCode::OK);
+    assert_eq!(seen.accepted.load(Ordering::Relaxed), 2);
 }
