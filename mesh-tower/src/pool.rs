@@ -4,10 +4,12 @@
 //! found without hashing a key, as linkerd2-proxy's per-endpoint stacks are. HTTP/1.1
 //! connections are reused LIFO once their response body has been read to the end; HTTP/2 uses
 //! one multiplexed connection. Connections of either kind unused for the idle timeout close.
+//!
 //! Connections count against the cluster's circuit breaker as Envoy's pools do: at most
-//! `max_connections` open, and up to `max_pending_requests` requests waiting for a connection, each served by the first connection returned to this endpoint's
-//! pool or by a new one once a slot frees. When an endpoint leaves EDS its pool is dropped,
-//! and with it the idle connections; in-flight requests finish on theirs, which then close.
+//! `max_connections` open, and up to `max_pending_requests` requests waiting for a
+//! connection, each served by the first connection returned to this endpoint's pool or by a
+//! new one once a slot frees. When an endpoint leaves EDS its pool is dropped, and with it the
+//! idle connections; in-flight requests finish on theirs, which then close.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
