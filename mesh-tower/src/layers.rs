@@ -1,6 +1,7 @@
 //! Features of the stack as standalone tower layers, for use around any HTTP client: a retry
-//! layer governed by a retry budget, a circuit breaker, fault injection, request mirroring and
-//! outlier detection (timeouts come from `tower::timeout`).
+//! layer governed by a retry budget, a circuit breaker, fault injection, request mirroring,
+//! outlier detection and load balancing with mesh's pickers (timeouts come from
+//! `tower::timeout`).
 //!
 //! `MeshService` applies all of these from xDS; these layers take their config directly.
 
@@ -18,9 +19,11 @@ use tower::{Layer, Service};
 use crate::body::{MeshBody, full};
 use crate::service::OVERFLOW_HEADER;
 
+mod balance;
 mod mirror;
 mod outlier;
 
+pub use balance::{BalanceError, LoadBalancer};
 pub use mirror::{MirrorLayer, MirrorService};
 pub use outlier::{OutlierDetection, OutlierDetectionLayer, OutlierDetectionService};
 

@@ -307,3 +307,120 @@ async fn outlier_layer_keeps_an_ejected_endpoint_out_of_a_tower_balancer() {
     assert_eq!(bad(), 6);
     assert!(detection.is_ejected(addrs[0]));
 }
+
+type Endpoint = tower::util::BoxCloneService<Request<()>, Response<()>, std::io::Error>;
+
+/// Three endpoint services counting their calls; the third fails every call.
+fn counted_endpoints(
+    weights: [u32; 3],
+) -> (
+    Vec<(mesh_core::EndpointSpec, Endpoint)>,
+    Vec<Arc<AtomicU64>>,
+) {
+    let counts: Vec<_> = (0..3).map(|_| Arc::new(AtomicU64::new(0))).collect();
+    let endpoints = (0..3)
+        .map(|i| {
+            let mut spec = mesh_core::EndpointSpec::new(std::net::SocketAddr::from((
+                [10, 0, 0, i as u8 + 1],
+                80,
+            )));
+            spec.weight = Some(weights[i]);
+            let c = counts[i].clone();
+            let svc = tower::service_fn(move |_req: Request<()>| {
+                c.fetch_add(1, Ordering::Relaxed);
+                async move {
+                    if i == 2 {
+                        Err(std::io::Error::other("refused"))
+                    } else {
+                        Ok(Response::new(()))
+                    }
+                }
+            });
+            (spec, Endpoint::new(svc))
+        })
+        .collect();
+    (endpoints, counts)
+}
+
+#[tokio::test]
+async fn load_balancer_follows_endpoint_weights_and_names_a_failing_endpoint() {
+    use mesh_core::{LbConfig, LbPolicySpec};
+    let (endpoints, counts) = counted_endpoints([3, 1, 1]);
+    let lb = LbConfig::new(&LbPolicySpec::RoundRobin).unwrap();
+    let svc = LoadBalancer::new(lb, endpoints, Vec::new()).unwrap();
+    let mut errors = Vec::new();
+    for _ in 0..5000 {
+        if let Err(e) = svc.clone().oneshot(Request::new(())).await {
+            errors.push(e.to_string());
+        }
+    }
+    let n: Vec<u64> = counts.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+    // Smooth weighted round robin: exact shares, up to where the last cycle stopped.
+    for (got, want) in n.iter().zip([3000u64, 1000, 1000]) {
+        assert!(got.abs_diff(want) <= 5, "{n:?}");
+    }
+    assert_eq!(errors.len() as u64, n[2]);
+    assert_eq!(errors[0], "endpoint 10.0.0.3:80: refused");
+}
+
+#[tokio::test]
+async fn load_balancer_ring_hash_keeps_a_key_on_one_endpoint_and_spreads_keys() {
+    use mesh_core::route::{HashPolicyKind, HashPolicySpec};
+    use mesh_core::{LbConfig, LbPolicySpec};
+    let (endpoints, counts) = counted_endpoints([1, 1, 1]);
+    let lb = LbConfig::new(&LbPolicySpec::RingHash {
+        min_ring_size: None,
+        max_ring_size: None,
+    })
+    .unwrap();
+    let policy = mesh_core::route::HashPolicy::new(&HashPolicySpec {
+        kind: HashPolicyKind::Header {
+            name: "x-user".into(),
+            regex_rewrite: None,
+        },
+        terminal: false,
+    })
+    .unwrap();
+    let svc = LoadBalancer::new(lb, endpoints, vec![policy]).unwrap();
+    let send = |user: String| {
+        let svc = svc.clone();
+        async move {
+            let req = Request::builder().header("x-user", user).body(()).unwrap();
+            let _ = svc.oneshot(req).await;
+        }
+    };
+    let snapshot = || {
+        counts
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect::<Vec<_>>()
+    };
+    // One key: every request to the same endpoint.
+    for _ in 0..50 {
+        send("alice".into()).await;
+    }
+    let n = snapshot();
+    assert_eq!(n.iter().filter(|c| **c == 50).count(), 1, "{n:?}");
+    // Many keys: spread over all three.
+    for u in 0..600 {
+        send(format!("user-{u}")).await;
+    }
+    let after = snapshot();
+    for (a, b) in after.iter().zip(&n) {
+        let share = a - b;
+        assert!((100..=300).contains(&share), "{after:?}");
+    }
+}
+
+#[test]
+fn load_balancer_rejects_a_duplicate_endpoint_naming_it() {
+    use mesh_core::{LbConfig, LbPolicySpec};
+    let (mut endpoints, _) = counted_endpoints([1, 1, 1]);
+    endpoints[1].0.address = endpoints[0].0.address;
+    let lb = LbConfig::new(&LbPolicySpec::RoundRobin).unwrap();
+    let err = LoadBalancer::new(lb, endpoints, Vec::new()).err().unwrap();
+    assert_eq!(
+        err.to_string(),
+        "cluster load assignment \"balancer\": endpoints[0].lb_endpoints[1].endpoint.address: 10.0.0.1:80 appears more than once in the cluster"
+    );
+}
