@@ -13,7 +13,7 @@
 
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -61,6 +61,8 @@ pub(crate) struct ClusterConns<C> {
     /// Woken when a connection of the cluster closes and its slot frees.
     pub freed: Arc<Notify>,
     pub idle_timeout: Duration,
+    /// The cluster's `connect_timeout` in nanoseconds (it may change with CDS; the pools stay).
+    pub connect_timeout_nanos: AtomicU64,
 }
 
 /// The connections to one endpoint.
@@ -371,12 +373,12 @@ impl<C: MeshConnector> EndpointPool<C> {
     }
 
     async fn connect(&self, permit: BreakerPermit) -> Result<Limited<C::Conn>, SendError> {
-        let io = self
-            .cluster
-            .connector
-            .clone()
-            .oneshot(self.target.clone())
+        let limit =
+            Duration::from_nanos(self.cluster.connect_timeout_nanos.load(Ordering::Relaxed));
+        let connecting = self.cluster.connector.clone().oneshot(self.target.clone());
+        let io = tokio::time::timeout(limit, connecting)
             .await
+            .map_err(|_| SendError::Connect(format!("connect timeout after {limit:?}").into()))?
             .map_err(|e| SendError::Connect(e.into()))?;
         Ok(Limited::new(io, permit, self.cluster.freed.clone()))
     }

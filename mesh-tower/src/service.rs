@@ -353,8 +353,13 @@ impl<C: MeshConnector> Shared<C> {
                 breaker: state.breaker.clone(),
                 freed: Default::default(),
                 idle_timeout: self.config.pool_idle_timeout,
+                connect_timeout_nanos: Default::default(),
             }),
         };
+        conns.connect_timeout_nanos.store(
+            u64::try_from(cluster.connect_timeout().as_nanos()).unwrap_or(u64::MAX),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let pools = endpoints
             .endpoints()
             .iter()

@@ -103,7 +103,7 @@ fn resources(yaml: &str) -> mesh_control_plane::Resources {
 
 struct Mesh {
     cp: ControlPlane,
-    _client: XdsClient,
+    client: XdsClient,
     svc: MeshService,
 }
 
@@ -131,11 +131,7 @@ async fn mesh_with(yaml: &str, config: MeshConfig) -> Mesh {
         .await
         .expect("config ready");
     let svc = MeshService::new(client.snapshots(), config);
-    Mesh {
-        cp,
-        _client: client,
-        svc,
-    }
+    Mesh { cp, client, svc }
 }
 
 async fn send(
@@ -887,4 +883,29 @@ async fn idle_http2_connections_close_after_the_idle_timeout() {
     .expect("the idle HTTP/2 connection closes");
     assert_eq!(send_h2(&m.svc).await, StatusCode::OK);
     assert_eq!(seen.accepted.load(Ordering::Relaxed), 2);
+}
+
+#[tokio::test]
+async fn a_connect_slower_than_the_cluster_connect_timeout_fails_as_a_connect_failure() {
+    // A connector whose connections never complete (a black-holed address, without leaving
+    // loopback).
+    let hanging = tower::service_fn(|_: http::Uri| {
+        std::future::pending::<Result<TokioIo<tokio::net::TcpStream>, std::io::Error>>()
+    });
+    let good = backend("good", Behavior::Ok).await;
+    let policy = "    connectionPool:\n      tcp: {connectTimeout: 100ms}";
+    let once = "  - name: r\n    route:\n    - destination: {host: ui.default.svc.cluster.local, subset: version-1}\n    retries: {attempts: 0}\n";
+    let m = mesh(&yaml(&[good.addr], &[], policy, once)).await;
+    let svc = MeshService::with_connector(m.client.snapshots(), MeshConfig::default(), hanging);
+    let req = Request::get(format!("http://{HOST}:9080/productpage"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    // Bounded: without the cluster's connect timeout the request would wait forever.
+    let resp = tokio::time::timeout(Duration::from_secs(10), svc.oneshot(req))
+        .await
+        .expect("the connect timeout ends the attempt")
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(resp.headers()[ERROR_HEADER], "upstream connect error");
+    assert_eq!(good.hits.load(Ordering::Relaxed), 0);
 }
