@@ -506,15 +506,9 @@ impl<C: MeshConnector> Shared<C> {
             }
         };
         self.mirror(fwd, &head, &prepared, &mut rng);
-        // Each arm builds its own future: one built before the match would be stored in the
-        // request's future twice (once as a local, once inside the timeout).
+        let attempts = self.attempts(&head, &mut prepared, &state, fwd, hash, grpc, &mut rng);
         let (mut resp, endpoint, tries) = match deadline {
-            Some(d) => match tokio::time::timeout(
-                d,
-                self.attempts(&head, &mut prepared, &state, fwd, hash, grpc, &mut rng),
-            )
-            .await
-            {
+            Some(d) => match tokio::time::timeout(d, attempts).await {
                 Ok(r) => r,
                 Err(_) => (
                     local(
@@ -527,10 +521,7 @@ impl<C: MeshConnector> Shared<C> {
                     0,
                 ),
             },
-            None => {
-                self.attempts(&head, &mut prepared, &state, fwd, hash, grpc, &mut rng)
-                    .await
-            }
+            None => attempts.await,
         };
         resp.extensions_mut().insert(MeshInfo {
             route: route_name,
@@ -838,7 +829,8 @@ fn build(
     if h2 {
         *req.version_mut() = Version::HTTP_2;
         *req.uri_mut() = match authority_override {
-            None if head.uri.scheme().is_some()
+            // Reused as is when it already says what goes upstream (h2c: `http`).
+            None if head.uri.scheme() == Some(&http::uri::Scheme::HTTP)
                 && head.uri.authority().map(|a| a.as_str()) == Some(&head.authority) =>
             {
                 head.uri.clone()
