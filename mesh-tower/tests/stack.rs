@@ -107,6 +107,14 @@ struct Mesh {
     svc: MeshService,
 }
 
+/// A DestinationRule policy balancing round robin.
+const ROUND_ROBIN: &str = "    loadBalancer: {simple: ROUND_ROBIN}";
+
+/// `ui` with these version-1 endpoints, balanced round robin, routed by `http`.
+async fn round_robin(v1: &[SocketAddr], http: &str) -> Mesh {
+    mesh(&yaml(v1, &[], ROUND_ROBIN, http)).await
+}
+
 async fn mesh(yaml: &str) -> Mesh {
     mesh_with(yaml, MeshConfig::default()).await
 }
@@ -253,13 +261,7 @@ async fn retries_turn_a_flaky_backend_into_successes() {
 #[tokio::test]
 async fn the_budget_caps_retries_against_a_dead_backend() {
     let a = backend("v1", Behavior::FailAll).await;
-    let m = mesh(&yaml(
-        &[a.addr],
-        &[],
-        "    loadBalancer: {simple: ROUND_ROBIN}",
-        RETRY_3,
-    ))
-    .await;
+    let m = round_robin(&[a.addr], RETRY_3).await;
     let (n, mut attempts) = (2000u64, 0u64);
     for _ in 0..n {
         let (s, _, info) = send(&m.svc, &[]).await;
@@ -388,8 +390,7 @@ async fn connections_to_an_endpoint_that_left_eds_are_closed() {
     let (a, a_open) = counting_backend().await;
     let (b, _) = counting_backend().await;
     let route = "  - name: r\n    route:\n    - destination: {host: ui.default.svc.cluster.local, subset: version-1}\n";
-    let policy = "    loadBalancer: {simple: ROUND_ROBIN}";
-    let m = mesh(&yaml(&[a, b], &[], policy, route)).await;
+    let m = round_robin(&[a, b], route).await;
     for _ in 0..10 {
         assert_eq!(send(&m.svc, &[]).await.0, StatusCode::OK);
     }
@@ -398,7 +399,7 @@ async fn connections_to_an_endpoint_that_left_eds_are_closed() {
         "an idle pooled connection to a"
     );
     // `a` leaves EDS; the next requests go to `b` only, and a's idle connection is closed.
-    m.cp.update(resources(&yaml(&[b], &[], policy, route)));
+    m.cp.update(resources(&yaml(&[b], &[], ROUND_ROBIN, route)));
     tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             send(&m.svc, &[]).await;
@@ -502,13 +503,7 @@ async fn a_slow_or_dead_shadow_does_not_touch_the_main_request() {
 async fn fault_abort_share_and_timeouts() {
     let a = backend("v1", Behavior::Ok).await;
     let route = "  - name: faulty\n    fault:\n      abort: {httpStatus: 418, percentage: {value: 50}}\n    route:\n    - destination: {host: ui.default.svc.cluster.local, subset: version-1}\n";
-    let m = mesh(&yaml(
-        &[a.addr],
-        &[],
-        "    loadBalancer: {simple: ROUND_ROBIN}",
-        route,
-    ))
-    .await;
+    let m = round_robin(&[a.addr], route).await;
     let mut aborted = 0;
     for _ in 0..2000 {
         match send(&m.svc, &[]).await.0 {
@@ -526,13 +521,7 @@ async fn fault_abort_share_and_timeouts() {
 
     let slow = backend("slow", Behavior::Slow(Duration::from_millis(500))).await;
     let route = "  - name: t\n    timeout: 100ms\n    route:\n    - destination: {host: ui.default.svc.cluster.local, subset: version-1}\n";
-    let m = mesh(&yaml(
-        &[slow.addr],
-        &[],
-        "    loadBalancer: {simple: ROUND_ROBIN}",
-        route,
-    ))
-    .await;
+    let m = round_robin(&[slow.addr], route).await;
     let (s, why, _) = send(&m.svc, &[]).await;
     assert_eq!(
         (s, why.as_str()),
@@ -544,13 +533,7 @@ async fn fault_abort_share_and_timeouts() {
 async fn fault_delay_adds_the_configured_delay() {
     let a = backend("v1", Behavior::Ok).await;
     let route = "  - name: slowed\n    fault:\n      delay: {fixedDelay: 300ms, percentage: {value: 100}}\n    route:\n    - destination: {host: ui.default.svc.cluster.local, subset: version-1}\n";
-    let m = mesh(&yaml(
-        &[a.addr],
-        &[],
-        "    loadBalancer: {simple: ROUND_ROBIN}",
-        route,
-    ))
-    .await;
+    let m = round_robin(&[a.addr], route).await;
     for _ in 0..3 {
         let started = tokio::time::Instant::now();
         let (s, body, _) = send(&m.svc, &[]).await;
@@ -567,13 +550,7 @@ async fn fault_delay_adds_the_configured_delay() {
 #[tokio::test]
 async fn unknown_targets_get_a_clear_404() {
     let a = backend("v1", Behavior::Ok).await;
-    let m = mesh(&yaml(
-        &[a.addr],
-        &[],
-        "    loadBalancer: {simple: ROUND_ROBIN}",
-        SPLIT_90_10,
-    ))
-    .await;
+    let m = round_robin(&[a.addr], SPLIT_90_10).await;
     let req = Request::get("http://elsewhere:80/")
         .body(Full::new(Bytes::new()))
         .unwrap();
@@ -671,9 +648,8 @@ async fn send_h2(svc: &MeshService) -> StatusCode {
 /// A recording backend as the only endpoint of `ui`, and a stack in front of it.
 async fn one_recorded_endpoint(keep_alive: bool, config: MeshConfig) -> (Mesh, Arc<Seen>) {
     let (a, seen) = recording_backend(keep_alive).await;
-    let policy = "    loadBalancer: {simple: ROUND_ROBIN}";
     (
-        mesh_with(&yaml(&[a], &[], policy, ROUTE_V1), config).await,
+        mesh_with(&yaml(&[a], &[], ROUND_ROBIN, ROUTE_V1), config).await,
         seen,
     )
 }
@@ -774,9 +750,8 @@ async fn a_refused_connection_is_a_connect_failure_and_is_retried_elsewhere() {
         l.local_addr().unwrap()
     };
     let good = backend("good", Behavior::Ok).await;
-    let policy = "    loadBalancer: {simple: ROUND_ROBIN}";
     let retried = "  - name: r\n    route:\n    - destination: {host: ui.default.svc.cluster.local, subset: version-1}\n    retries: {attempts: 2, retryOn: connect-failure}\n";
-    let m = mesh(&yaml(&[dead, good.addr], &[], policy, retried)).await;
+    let m = round_robin(&[dead, good.addr], retried).await;
     let mut second_tries = 0;
     for _ in 0..20 {
         let (status, why, info) = send(&m.svc, &[]).await;
@@ -796,7 +771,7 @@ async fn a_refused_connection_is_a_connect_failure_and_is_retried_elsewhere() {
     // With retries off (Istio's default policy would retry twice) the failure is the
     // answer, named.
     let once = "  - name: r\n    route:\n    - destination: {host: ui.default.svc.cluster.local, subset: version-1}\n    retries: {attempts: 0}\n";
-    let m = mesh(&yaml(&[dead], &[], policy, once)).await;
+    let m = round_robin(&[dead], once).await;
     let (status, why, info) = send(&m.svc, &[]).await;
     assert_eq!(
         (status, why.as_str()),
@@ -840,8 +815,7 @@ async fn an_http_upgrade_passes_through_the_stack() {
             });
         }
     });
-    let policy = "    loadBalancer: {simple: ROUND_ROBIN}";
-    let m = mesh(&yaml(&[addr], &[], policy, ROUTE_V1)).await;
+    let m = round_robin(&[addr], ROUTE_V1).await;
     let req = Request::get(format!("http://{HOST}:9080/echo"))
         .header(http::header::CONNECTION, "upgrade")
         .header(http::header::UPGRADE, "echo")
