@@ -69,8 +69,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!(
             "{} via {} → {}",
             resp.status(),
-            info.as_ref().map_or("-".into(), |i| i.cluster.to_string()),
-            info.and_then(|i| i.endpoint)
+            info.as_ref()
+                .and_then(|i| i.cluster.as_deref())
+                .unwrap_or("-"),
+            info.as_ref()
+                .and_then(|i| i.endpoint)
                 .map_or("-".into(), |e| e.to_string())
         );
     }

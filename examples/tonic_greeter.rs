@@ -92,10 +92,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tokio::time::timeout(Duration::from_secs(10), client.ready()).await?;
     let mesh = MeshService::new(
         client.snapshots(),
-        MeshConfig {
-            target: Some(format!("{host}:50051")),
-            ..MeshConfig::default()
-        },
+        MeshConfig::default().target(format!("{host}:50051")),
     );
 
     let mut grpc = tonic::client::Grpc::with_origin(mesh, format!("http://{host}:50051").parse()?);

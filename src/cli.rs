@@ -494,8 +494,8 @@ pub async fn request(args: RequestArgs) -> Result<String, String> {
             }
             if let Some(i) = info {
                 attempts += u64::from(i.attempts);
-                if !i.cluster.is_empty() {
-                    *clusters.entry(i.cluster.to_string()).or_default() += 1;
+                if let Some(c) = &i.cluster {
+                    *clusters.entry(c.to_string()).or_default() += 1;
                 }
                 if let Some(ep) = i.endpoint {
                     *endpoints.entry(ep.to_string()).or_default() += 1;

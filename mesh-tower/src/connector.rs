@@ -1,29 +1,94 @@
-//! The connector seam ([`MeshConnector`]), and connections that hold their circuit-breaker
-//! slot (`max_connections`) for as long as they are open.
+//! The connector seam ([`MeshConnector`]): what the stack asks a connector for (a typed
+//! [`ConnectTarget`]: endpoint, cluster, TLS requirements, connect timeout) and what a
+//! connection reports back (the protocol it negotiated); the plain TCP connector; and
+//! connections that hold their circuit-breaker slot (`max_connections`) while open.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
-use http::Uri;
 use hyper::rt::{Read, ReadBufCursor, Write};
-use mesh_core::BreakerPermit;
+use hyper_util::rt::TokioIo;
+use mesh_core::{BreakerPermit, Cluster, UpstreamTls};
 use tokio::sync::Notify;
 
 use crate::body::BoxError;
 
-/// What the stack can connect with: a `tower::Service<Uri>` (asked for `http://address` of
-/// an endpoint) yielding hyper I/O (the seam for mTLS). hyper-util's `HttpConnector` is one.
+/// Where the stack wants a connection: one endpoint of one cluster, with the cluster's
+/// transport requirements as of this connect.
+#[derive(Debug, Clone)]
+pub struct ConnectTarget {
+    address: SocketAddr,
+    cluster: Arc<Cluster>,
+}
+
+impl ConnectTarget {
+    /// A target for endpoint `address` of `cluster`.
+    pub fn new(address: SocketAddr, cluster: Arc<Cluster>) -> Self {
+        Self { address, cluster }
+    }
+
+    /// The endpoint's address.
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// The cluster's name.
+    pub fn cluster_name(&self) -> &Arc<str> {
+        self.cluster.name()
+    }
+
+    /// The cluster's TLS requirements (SNI, SAN matchers, certificate providers); `None`
+    /// means plaintext. A connector must not connect in plaintext when this is set.
+    pub fn tls(&self) -> Option<&UpstreamTls> {
+        self.cluster.tls()
+    }
+
+    /// The cluster's connect timeout (the stack applies it around the connector too).
+    pub fn connect_timeout(&self) -> Duration {
+        self.cluster.connect_timeout()
+    }
+}
+
+/// The application protocol a connection negotiated (TLS ALPN).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Negotiated {
+    /// Nothing was negotiated (plaintext): the request decides, HTTP/2 for HTTP/2 and gRPC.
+    Unknown,
+    /// `http/1.1`.
+    Http1,
+    /// `h2`.
+    H2,
+}
+
+/// A connection the stack can speak HTTP over.
+pub trait MeshConnection: Read + Write + Unpin + Send + 'static {
+    /// The protocol negotiated when the connection was set up.
+    fn negotiated(&self) -> Negotiated {
+        Negotiated::Unknown
+    }
+}
+
+impl<T> MeshConnection for TokioIo<T> where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static
+{
+}
+
+/// What the stack can connect with: a `tower::Service<ConnectTarget>` yielding connections
+/// (the seam for mTLS). [`TcpConnector`] is the plaintext one.
 pub trait MeshConnector:
-    tower::Service<Uri, Response = Self::Conn, Future = Self::Fut, Error = Self::Err>
+    tower::Service<ConnectTarget, Response = Self::Conn, Future = Self::Fut, Error = Self::Err>
     + Clone
     + Send
     + Sync
     + 'static
 {
     /// The connection type.
-    type Conn: Read + Write + Unpin + Send + 'static;
+    type Conn: MeshConnection;
     /// The connect future.
     type Fut: Future<Output = Result<Self::Conn, Self::Err>> + Send + 'static;
     /// The connect error.
@@ -32,14 +97,57 @@ pub trait MeshConnector:
 
 impl<C> MeshConnector for C
 where
-    C: tower::Service<Uri> + Clone + Send + Sync + 'static,
-    C::Response: Read + Write + Unpin + Send + 'static,
+    C: tower::Service<ConnectTarget> + Clone + Send + Sync + 'static,
+    C::Response: MeshConnection,
     C::Future: Send + 'static,
     C::Error: Into<BoxError>,
 {
     type Conn = C::Response;
     type Fut = C::Future;
     type Err = C::Error;
+}
+
+/// Plain TCP with `TCP_NODELAY`. It refuses targets whose cluster requires TLS: a cluster the
+/// configuration says is encrypted is never sent plaintext.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TcpConnector;
+
+/// Why [`TcpConnector`] did not connect.
+#[derive(Debug, thiserror::Error)]
+pub enum TcpConnectError {
+    /// The cluster requires TLS, which this connector does not do.
+    #[error("cluster {0} requires TLS; this connector only does plaintext")]
+    TlsRequired(Arc<str>),
+    /// The TCP connect failed.
+    #[error("tcp connect to {0}: {1}")]
+    Io(SocketAddr, std::io::Error),
+}
+
+impl tower::Service<ConnectTarget> for TcpConnector {
+    type Response = TokioIo<tokio::net::TcpStream>;
+    type Error = TcpConnectError;
+    type Future =
+        Pin<Box<dyn Future<Output = Result<Self::Response, TcpConnectError>> + Send + 'static>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), TcpConnectError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, target: ConnectTarget) -> Self::Future {
+        Box::pin(async move {
+            if target.tls().is_some() {
+                return Err(TcpConnectError::TlsRequired(target.cluster_name().clone()));
+            }
+            let addr = target.address();
+            let stream = tokio::net::TcpStream::connect(addr)
+                .await
+                .map_err(|e| TcpConnectError::Io(addr, e))?;
+            stream
+                .set_nodelay(true)
+                .map_err(|e| TcpConnectError::Io(addr, e))?;
+            Ok(TokioIo::new(stream))
+        })
+    }
 }
 
 /// A connection slot: released, and waiters woken, when the connection closes.
@@ -72,6 +180,12 @@ impl<T> Limited<T> {
                 freed,
             },
         }
+    }
+}
+
+impl<T: MeshConnection> MeshConnection for Limited<T> {
+    fn negotiated(&self) -> Negotiated {
+        self.io.negotiated()
     }
 }
 

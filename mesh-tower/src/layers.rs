@@ -17,7 +17,7 @@ use mesh_core::{BreakerResource, CircuitBreaker, RetryBudget, RouteRequest};
 use tower::{Layer, Service};
 
 use crate::body::{MeshBody, full};
-use crate::service::OVERFLOW_HEADER;
+use crate::protocol::OVERFLOW_HEADER;
 
 mod balance;
 mod mirror;

@@ -10,11 +10,18 @@
 #![warn(missing_docs)]
 
 pub mod body;
+pub mod client;
 mod cluster;
 pub mod connector;
 pub mod layers;
+pub mod observe;
 mod pool;
-pub mod service;
+pub mod protocol;
+pub mod reply;
 
 pub use body::MeshBody;
-pub use service::{ERROR_HEADER, MeshConfig, MeshInfo, MeshService, OVERFLOW_HEADER, Observer};
+pub use client::{MeshConfig, MeshService};
+pub use connector::{ConnectTarget, MeshConnection, MeshConnector, Negotiated, TcpConnector};
+pub use observe::{MeshInfo, Observer, RequestObserver};
+pub use protocol::{ERROR_HEADER, FLAGS_HEADER, OVERFLOW_HEADER};
+pub use reply::{LocalReason, ResponseFlags};

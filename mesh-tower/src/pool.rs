@@ -13,25 +13,25 @@
 
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response, Uri};
+use http::{Request, Response, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::TokioExecutor;
-use mesh_core::{BreakerPermit, BreakerResource, CircuitBreaker, Overflow};
+use mesh_core::{BreakerPermit, BreakerResource, CircuitBreaker, Cluster, Overflow};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tower::ServiceExt;
 
 use crate::body::{BoxError, MeshBody};
-use crate::connector::{Limited, MeshConnector};
+use crate::connector::{ConnectTarget, Limited, MeshConnection, MeshConnector, Negotiated};
 
 /// Why a request could not be sent.
 #[derive(Debug)]
@@ -61,15 +61,17 @@ pub(crate) struct ClusterConns<C> {
     /// Woken when a connection of the cluster closes and its slot frees.
     pub freed: Arc<Notify>,
     pub idle_timeout: Duration,
-    /// The cluster's `connect_timeout` in nanoseconds (it may change with CDS; the pools stay).
-    pub connect_timeout_nanos: AtomicU64,
+    /// The cluster as of its last update (it may change with CDS; the pools stay): what each
+    /// connect's target and timeout come from.
+    pub cluster: RwLock<Arc<Cluster>>,
 }
 
 /// The connections to one endpoint.
 pub(crate) struct EndpointPool<C> {
     cluster: Arc<ClusterConns<C>>,
-    /// `http://address`, what the connector is asked to connect to.
-    target: Uri,
+    address: SocketAddr,
+    /// A connection to this endpoint negotiated `h2` (ALPN): every request goes over HTTP/2.
+    alpn_h2: AtomicBool,
     idle: Mutex<Idle>,
     /// Woken when an HTTP/1.1 connection comes back to `idle`.
     returned: Notify,
@@ -103,11 +105,10 @@ impl Idle {
 impl<C: MeshConnector> EndpointPool<C> {
     /// An empty pool for the endpoint at `address`.
     pub fn new(cluster: Arc<ClusterConns<C>>, address: SocketAddr) -> Arc<Self> {
-        let target = Uri::try_from(format!("http://{address}"))
-            .unwrap_or_else(|_| Uri::from_static("http://invalid"));
         Arc::new(Self {
             cluster,
-            target,
+            address,
+            alpn_h2: AtomicBool::new(false),
             idle: Mutex::default(),
             returned: Notify::new(),
             waiting: AtomicUsize::new(0),
@@ -124,6 +125,8 @@ impl<C: MeshConnector> EndpointPool<C> {
     ) -> Result<Response<MeshBody>, SendError> {
         if h2 {
             self.send_h2(req).await
+        } else if self.alpn_h2.load(Ordering::Relaxed) {
+            self.send_h2(into_h2(req)).await
         } else {
             self.send_h1(req).await
         }
@@ -137,7 +140,11 @@ impl<C: MeshConnector> EndpointPool<C> {
         // unsent request back, and it goes on another connection. Bounded: a new connection
         // is never retried this way.
         loop {
-            let (mut tx, reused) = self.checkout_h1().await?;
+            let (mut tx, reused) = match self.checkout_h1().await? {
+                Checkout::H1(tx, reused) => (tx, reused),
+                // The connection negotiated HTTP/2: the request goes over it.
+                Checkout::NegotiatedH2 => return self.send_h2(into_h2(req)).await,
+            };
             match tx.try_send_request(req).await {
                 Ok(resp) => {
                     let pool = self.clone();
@@ -158,21 +165,21 @@ impl<C: MeshConnector> EndpointPool<C> {
     }
 
     /// A ready HTTP/1.1 connection, and whether it was reused.
-    async fn checkout_h1(&self) -> Result<(http1::SendRequest<MeshBody>, bool), SendError> {
+    async fn checkout_h1(self: &Arc<Self>) -> Result<Checkout, SendError> {
         // The common case first: an idle connection or a free slot, without registering as a
         // waiter (which takes the `Notify`s' locks).
         if let Some(tx) = self.ready_idle().await {
-            return Ok((tx, true));
+            return Ok(Checkout::H1(tx, true));
         }
         // The rest (connecting, waiting) is rare per request: boxed, so that it does not
         // enlarge every request's future.
         Box::pin(self.checkout_h1_slow()).await
     }
 
-    async fn checkout_h1_slow(&self) -> Result<(http1::SendRequest<MeshBody>, bool), SendError> {
+    async fn checkout_h1_slow(self: &Arc<Self>) -> Result<Checkout, SendError> {
         let mut pending = None;
         if let Some(permit) = self.slot(&mut pending)? {
-            return Ok((self.connect_h1(permit).await?, false));
+            return self.connect_h1(permit).await;
         }
         self.waiting.fetch_add(1, Ordering::SeqCst);
         let _waiting = Waiting(&self.waiting);
@@ -184,10 +191,10 @@ impl<C: MeshConnector> EndpointPool<C> {
             freed.as_mut().enable();
             // Registered first, then looked again: nothing returned in between is missed.
             if let Some(tx) = self.ready_idle().await {
-                return Ok((tx, true));
+                return Ok(Checkout::H1(tx, true));
             }
             if let Some(permit) = self.slot(&mut pending)? {
-                return Ok((self.connect_h1(permit).await?, false));
+                return self.connect_h1(permit).await;
             }
             tokio::select! {
                 _ = returned => {}
@@ -216,11 +223,16 @@ impl<C: MeshConnector> EndpointPool<C> {
         }
     }
 
-    async fn connect_h1(
-        &self,
-        permit: BreakerPermit,
-    ) -> Result<http1::SendRequest<MeshBody>, SendError> {
+    async fn connect_h1(self: &Arc<Self>, permit: BreakerPermit) -> Result<Checkout, SendError> {
         let io = self.connect(permit).await?;
+        if io.negotiated() == Negotiated::H2 {
+            self.alpn_h2.store(true, Ordering::Relaxed);
+            let _connecting = self.h2_connecting.lock().await;
+            if self.live_h2().is_none() {
+                self.handshake_h2(io).await?;
+            }
+            return Ok(Checkout::NegotiatedH2);
+        }
         let (tx, conn) = http1::handshake(io)
             .await
             .map_err(|e| SendError::Connect(e.into()))?;
@@ -228,7 +240,7 @@ impl<C: MeshConnector> EndpointPool<C> {
         tokio::spawn(async move {
             let _ = conn.with_upgrades().await;
         });
-        Ok(tx)
+        Ok(Checkout::H1(tx, false))
     }
 
     /// Puts a connection whose response was read to the end back, for the next request.
@@ -334,6 +346,23 @@ impl<C: MeshConnector> EndpointPool<C> {
             freed.await;
         };
         let io = self.connect(permit).await?;
+        if io.negotiated() == Negotiated::Http1 {
+            return Err(SendError::Connect(
+                format!(
+                    "{} negotiated http/1.1, and this request needs HTTP/2",
+                    self.address
+                )
+                .into(),
+            ));
+        }
+        self.handshake_h2(io).await
+    }
+
+    /// Sets up HTTP/2 on a new connection and makes it the endpoint's HTTP/2 connection.
+    async fn handshake_h2(
+        self: &Arc<Self>,
+        io: Limited<C::Conn>,
+    ) -> Result<http2::SendRequest<MeshBody>, SendError> {
         let (tx, conn) = http2::handshake(TokioExecutor::new(), io)
             .await
             .map_err(|e| SendError::Connect(e.into()))?;
@@ -373,15 +402,49 @@ impl<C: MeshConnector> EndpointPool<C> {
     }
 
     async fn connect(&self, permit: BreakerPermit) -> Result<Limited<C::Conn>, SendError> {
-        let limit =
-            Duration::from_nanos(self.cluster.connect_timeout_nanos.load(Ordering::Relaxed));
-        let connecting = self.cluster.connector.clone().oneshot(self.target.clone());
+        let cluster = self
+            .cluster
+            .cluster
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let limit = cluster.connect_timeout();
+        let target = ConnectTarget::new(self.address, cluster);
+        let connecting = self.cluster.connector.clone().oneshot(target);
         let io = tokio::time::timeout(limit, connecting)
             .await
             .map_err(|_| SendError::Connect(format!("connect timeout after {limit:?}").into()))?
             .map_err(|e| SendError::Connect(e.into()))?;
         Ok(Limited::new(io, permit, self.cluster.freed.clone()))
     }
+}
+
+/// What an HTTP/1.1 checkout found.
+enum Checkout {
+    /// A ready connection, and whether it was reused.
+    H1(http1::SendRequest<MeshBody>, bool),
+    /// The new connection negotiated `h2` and is now the endpoint's HTTP/2 connection.
+    NegotiatedH2,
+}
+
+/// An HTTP/1.1-form request (origin-form URI, `Host`) in HTTP/2 form (scheme and authority).
+fn into_h2(mut req: Request<MeshBody>) -> Request<MeshBody> {
+    *req.version_mut() = Version::HTTP_2;
+    let authority = req
+        .headers_mut()
+        .remove(http::header::HOST)
+        .and_then(|h| http::uri::Authority::try_from(h.as_bytes()).ok());
+    if req.uri().authority().is_none()
+        && let Some(authority) = authority
+    {
+        let mut parts = req.uri().clone().into_parts();
+        parts.scheme = Some(http::uri::Scheme::HTTP);
+        parts.authority = Some(authority);
+        if let Ok(uri) = Uri::from_parts(parts) {
+            *req.uri_mut() = uri;
+        }
+    }
+    req
 }
 
 /// Counts a request as waiting for a connection while it lives.

@@ -235,10 +235,7 @@ async fn retries_turn_a_flaky_backend_into_successes() {
         ..Default::default()
     })
     .unwrap();
-    let config = MeshConfig {
-        retry_budget: Some(budget),
-        ..MeshConfig::default()
-    };
+    let config = MeshConfig::default().retry_budget(budget);
     let m = mesh_with(
         &yaml(
             &[a.addr],
@@ -721,10 +718,7 @@ async fn a_backend_closing_each_connection_costs_no_failed_request() {
 
 #[tokio::test]
 async fn idle_connections_close_after_the_idle_timeout() {
-    let config = MeshConfig {
-        pool_idle_timeout: Duration::from_millis(200),
-        ..MeshConfig::default()
-    };
+    let config = MeshConfig::default().pool_idle_timeout(Duration::from_millis(200));
     let (m, seen) = one_recorded_endpoint(true, config).await;
     for _ in 0..5 {
         assert_eq!(send(&m.svc, &[]).await.0, StatusCode::OK);
@@ -839,10 +833,7 @@ async fn an_http_upgrade_passes_through_the_stack() {
 
 #[tokio::test]
 async fn idle_http2_connections_close_after_the_idle_timeout() {
-    let config = MeshConfig {
-        pool_idle_timeout: Duration::from_millis(200),
-        ..MeshConfig::default()
-    };
+    let config = MeshConfig::default().pool_idle_timeout(Duration::from_millis(200));
     let (m, seen) = one_recorded_endpoint(true, config).await;
     for _ in 0..3 {
         assert_eq!(send_h2(&m.svc).await, StatusCode::OK);
@@ -863,7 +854,7 @@ async fn idle_http2_connections_close_after_the_idle_timeout() {
 async fn a_connect_slower_than_the_cluster_connect_timeout_fails_as_a_connect_failure() {
     // A connector whose connections never complete (a black-holed address, without leaving
     // loopback).
-    let hanging = tower::service_fn(|_: http::Uri| {
+    let hanging = tower::service_fn(|_: mesh_tower::ConnectTarget| {
         std::future::pending::<Result<TokioIo<tokio::net::TcpStream>, std::io::Error>>()
     });
     let good = backend("good", Behavior::Ok).await;

@@ -89,10 +89,7 @@ async fn a_tonic_client_calls_through_the_mesh() {
         .unwrap();
     let svc = MeshService::new(
         client.snapshots(),
-        MeshConfig {
-            target: Some(format!("{host}:50051")),
-            ..MeshConfig::default()
-        },
+        MeshConfig::default().target(format!("{host}:50051")),
     );
 
     let mut grpc =

@@ -12,7 +12,7 @@ use mesh_core::Fraction;
 use tokio::sync::Semaphore;
 use tower::{Layer, Service, ServiceExt};
 
-use crate::service::shadow_authority;
+use crate::protocol::shadow_authority;
 
 /// Mirrors `fraction` of requests to a shadow service. At most `max_in_flight` copies run at
 /// once; beyond that a copy is skipped (and counted) rather than queued, so a slow or dead

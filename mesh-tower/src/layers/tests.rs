@@ -239,7 +239,7 @@ async fn mirror_layer_skips_copies_beyond_its_bound_and_never_waits_for_the_shad
 
 #[test]
 fn shadow_authority_suffixes_the_host_not_the_port() {
-    use crate::service::shadow_authority;
+    use crate::protocol::shadow_authority;
     assert_eq!(
         shadow_authority("ui.default:9080"),
         "ui.default-shadow:9080"

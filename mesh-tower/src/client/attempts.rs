@@ -1,0 +1,250 @@
+//! The attempts stage: breaker permits, pick, send, classify, outlier detection, budget and
+//! backoff, until a response to return, into an [`AttemptOutcome`].
+
+use std::net::SocketAddr;
+
+use http::Response;
+use http_body_util::BodyExt;
+use mesh_core::route::{AttemptFailure, RetryPolicy};
+use mesh_core::{BreakerResource, LbConfig, Outcome};
+use rand::rngs::SmallRng;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use super::clusters::ClusterEntry;
+use super::upstream::Head;
+use crate::body::{MeshBody, Prepared};
+use crate::connector::MeshConnector;
+use crate::observe::{AttemptEnd, AttemptStart, RequestObserver};
+use crate::pool::SendError;
+use crate::protocol::{classify, local_reply};
+use crate::reply::LocalReason;
+
+/// Everything the attempts of one request work with.
+pub(crate) struct Attempts<'r, C> {
+    pub head: &'r Head,
+    pub body: &'r mut Prepared,
+    pub cluster: &'r ClusterEntry<C>,
+    pub retry: Option<&'r RetryPolicy>,
+    /// The request's hash, for hash-based balancers.
+    pub hash: Option<u64>,
+    pub grpc: bool,
+    pub rng: &'r mut SmallRng,
+    pub observer: &'r mut Option<Box<dyn RequestObserver>>,
+    /// Kept outside the attempts' future, so that it is known even when the route timeout
+    /// drops that future.
+    pub progress: &'r mut Progress,
+}
+
+/// How far the attempts got.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Progress {
+    /// Attempts sent (or refused at the last step).
+    pub attempts: u32,
+    /// The endpoint of the last attempt.
+    pub endpoint: Option<SocketAddr>,
+}
+
+/// The response the attempts settled on.
+pub(crate) struct AttemptOutcome {
+    pub response: Response<MeshBody>,
+    /// Why the stack answered itself, if it did.
+    pub reason: Option<LocalReason>,
+    /// The retries allowed ran out on a retriable failure (Envoy's `URX`).
+    pub retries_exhausted: bool,
+}
+
+impl AttemptOutcome {
+    fn local(reason: LocalReason, grpc: bool) -> Self {
+        Self {
+            response: local_reply(reason, None, grpc),
+            reason: Some(reason),
+            retries_exhausted: false,
+        }
+    }
+}
+
+/// What one attempt came to.
+struct Tried {
+    failure: Option<AttemptFailure>,
+    outcome: Outcome,
+    response: Result<Response<MeshBody>, LocalReason>,
+}
+
+impl<C: MeshConnector> Attempts<'_, C> {
+    /// Runs attempts until one succeeds, fails without a retry left, or is refused.
+    pub async fn run(self) -> AttemptOutcome {
+        let Self {
+            head,
+            body,
+            cluster: state,
+            retry,
+            hash,
+            grpc,
+            rng,
+            observer,
+            progress,
+        } = self;
+        let max_attempts = retry.map_or(1, |r| r.num_retries().saturating_add(1));
+        // One clock read per attempt serves the budget, outlier detection and peak EWMA.
+        let mut sent = Instant::now();
+        state.budget.deposit(sent.into_std());
+        // The last few endpoints tried (no allocation per request; usize::MAX is no endpoint).
+        let mut tried = [usize::MAX; 4];
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let _request_permit = match state.breaker.try_acquire_ref(BreakerResource::Requests) {
+                Ok(p) => p,
+                Err(o) => return AttemptOutcome::local(LocalReason::Overflow(o.resource), grpc),
+            };
+            let _retry_permit = if attempt > 1 {
+                match state.breaker.try_acquire_ref(BreakerResource::Retries) {
+                    Ok(p) => Some(p),
+                    Err(o) => {
+                        return AttemptOutcome::local(LocalReason::Overflow(o.resource), grpc);
+                    }
+                }
+            } else {
+                None
+            };
+            let Some(attempt_body) = body.attempt() else {
+                return AttemptOutcome::local(LocalReason::RequestBody, grpc);
+            };
+            let mut pick = state.pick(hash, &tried, rng);
+            if pick.is_none() {
+                // Everything may be ejected with no traffic left to trigger a sweep.
+                state.maybe_sweep(Instant::now().into_std());
+                pick = state.pick(hash, &tried, rng);
+            }
+            let Some(i) = pick else {
+                return AttemptOutcome::local(LocalReason::NoHealthyUpstream, grpc);
+            };
+            tried[(attempt as usize - 1) % tried.len()] = i;
+            let addr = state.endpoints.endpoints()[i].address;
+            progress.attempts = attempt;
+            progress.endpoint = Some(addr);
+            let mut req = head.build(attempt_body, None);
+            if let Some(o) = observer.as_mut() {
+                o.on_attempt(&mut AttemptStart {
+                    attempt,
+                    cluster: state.cluster.name(),
+                    endpoint: addr,
+                    headers: req.headers_mut(),
+                });
+            }
+            if attempt > 1 {
+                sent = Instant::now();
+            }
+            let span = tracing::debug_span!("mesh.attempt", attempt, endpoint = %addr);
+            let t = Self::send(state, i, req, head.wants_h2(), retry, sent)
+                .instrument(span)
+                .await;
+            if let Err(r @ LocalReason::Overflow(_)) = t.response {
+                // The pool refused the request: nothing was sent, so there is nothing to
+                // record or retry.
+                return AttemptOutcome::local(r, grpc);
+            }
+            state.record(i, addr, t.outcome, sent.into_std());
+            if let Some(o) = observer.as_mut() {
+                o.on_attempt_end(&AttemptEnd {
+                    attempt,
+                    cluster: state.cluster.name(),
+                    endpoint: addr,
+                    status: t.response.as_ref().ok().map(|r| r.status()),
+                    failure: t.failure,
+                    reason: t.response.as_ref().err().copied(),
+                    elapsed: sent.elapsed(),
+                });
+            }
+            let (response, reason) = match t.response {
+                Ok(r) => (r, None),
+                Err(r) => (local_reply(r, None, grpc), Some(r)),
+            };
+            let Some(failure) = t.failure else {
+                return AttemptOutcome {
+                    response,
+                    reason,
+                    retries_exhausted: false,
+                };
+            };
+            let retriable = retry.is_some_and(|r| r.is_retriable(failure));
+            let retry_ok = attempt < max_attempts
+                && retriable
+                && body.is_replayable()
+                && state.budget.try_withdraw(Instant::now().into_std());
+            if !retry_ok {
+                return AttemptOutcome {
+                    response,
+                    reason,
+                    retries_exhausted: retriable && max_attempts > 1 && attempt >= max_attempts,
+                };
+            }
+            // Drain the failed response so its connection goes back to the pool.
+            let _ = response.into_body().collect().await;
+            if let Some(r) = retry {
+                tokio::time::sleep(r.backoff(attempt, &mut *rng)).await;
+            }
+        }
+    }
+
+    /// Sends one attempt on endpoint `i` and classifies how it went.
+    async fn send(
+        state: &ClusterEntry<C>,
+        i: usize,
+        req: http::Request<MeshBody>,
+        h2: bool,
+        retry: Option<&RetryPolicy>,
+        sent: Instant,
+    ) -> Tried {
+        // In-flight counts feed only the load-aware balancers; the others skip the shared
+        // counter updates.
+        let active = matches!(
+            state.cluster.lb(),
+            LbConfig::LeastRequest { .. } | LbConfig::PeakEwma { .. }
+        )
+        .then(|| state.load(i).start());
+        let pool = &state.pools[i];
+        let result = match retry.and_then(|r| r.per_try_timeout()) {
+            Some(t) => tokio::time::timeout(t, pool.send(req, h2))
+                .await
+                .map_err(|_| LocalReason::PerTryTimeout),
+            None => Ok(pool.send(req, h2).await),
+        };
+        drop(active);
+        let failed = |reason, failure| Tried {
+            failure: Some(failure),
+            outcome: Outcome::LocalFailure,
+            response: Err(reason),
+        };
+        match result {
+            Err(r) => failed(r, AttemptFailure::PerTryTimeout),
+            Ok(Err(SendError::Overflow(o))) => Tried {
+                failure: None,
+                outcome: Outcome::Success,
+                response: Err(LocalReason::Overflow(o.resource)),
+            },
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "upstream attempt failed");
+                match e {
+                    SendError::Connect(_) => {
+                        failed(LocalReason::ConnectFailure, AttemptFailure::ConnectFailure)
+                    }
+                    _ => failed(LocalReason::Reset, AttemptFailure::Reset),
+                }
+            }
+            Ok(Ok(resp)) => {
+                if let LbConfig::PeakEwma { decay, .. } = state.cluster.lb() {
+                    let now = Instant::now();
+                    state.load(i).observe(now - sent, now.into_std(), *decay);
+                }
+                let (failure, outcome) = classify(resp.status(), resp.headers());
+                Tried {
+                    failure,
+                    outcome,
+                    response: Ok(resp),
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,226 @@
+//! The stack's per-cluster runtime state (picker, breaker, budget, outlier detection and the
+//! endpoints' connection pools), kept across snapshots and found by cluster name.
+//!
+//! State is built lazily, for clusters that get traffic, and rebuilt when the cluster or its
+//! endpoints change. Three rules keep it honest while snapshots change under requests:
+//! - building (a picker can be a 5M-slot Maglev table) happens outside the map's lock, so
+//!   requests to other clusters never wait for it; builds are serialised among themselves,
+//!   as each takes over what the previous state had (counters, ejections, pools);
+//! - state is built for the newest snapshot: a request still holding an older one uses the
+//!   newer state rather than replacing it (a cluster the newest snapshot lacks gets state for
+//!   that request only);
+//! - entries of clusters that left the snapshot are dropped, closing their idle connections.
+
+use rustc_hash::FxHashMap as HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use mesh_core::{MeshSnapshot, RetryBudgetConfig};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::cluster::ClusterState;
+use crate::connector::MeshConnector;
+use crate::pool::{ClusterConns, EndpointPool};
+
+/// A cluster's runtime state and the connection pools of its endpoints (by endpoint index).
+pub(crate) struct ClusterEntry<C> {
+    pub state: ClusterState,
+    pub conns: Arc<ClusterConns<C>>,
+    pub pools: Box<[Arc<EndpointPool<C>>]>,
+}
+
+impl<C> std::ops::Deref for ClusterEntry<C> {
+    type Target = ClusterState;
+
+    fn deref(&self) -> &ClusterState {
+        &self.state
+    }
+}
+
+/// What building an entry needs from the stack's settings.
+pub(crate) struct BuildSettings {
+    pub retry_budget: Option<RetryBudgetConfig>,
+    pub idle_timeout: Duration,
+}
+
+/// Every cluster's entry, by name.
+pub(crate) struct Clusters<C> {
+    map: RwLock<HashMap<Arc<str>, Arc<ClusterEntry<C>>>>,
+    /// Held while an entry is built (never while the map is locked).
+    building: Mutex<()>,
+    /// The address of the snapshot entries were last pruned for: a request that sees another
+    /// one checks for clusters that left. Only compared, never dereferenced.
+    pruned_for: AtomicUsize,
+}
+
+impl<C> Default for Clusters<C> {
+    fn default() -> Self {
+        Self {
+            map: RwLock::default(),
+            building: Mutex::default(),
+            pruned_for: AtomicUsize::new(0),
+        }
+    }
+}
+
+fn current_for<C>(e: &ClusterEntry<C>, snap: &MeshSnapshot, name: &str) -> bool {
+    snap.cluster(name).is_some_and(|c| {
+        Arc::ptr_eq(&e.cluster, c)
+            && snap
+                .cluster_endpoints(c)
+                .is_some_and(|eps| Arc::ptr_eq(&e.endpoints, eps))
+    })
+}
+
+impl<C: MeshConnector> Clusters<C> {
+    /// The state of cluster `name` for a request routed with `snap`; `newest` is the stack's
+    /// snapshot channel. `None` when neither snapshot has the cluster and its endpoints.
+    pub fn get(
+        &self,
+        snap: &Arc<MeshSnapshot>,
+        newest: &watch::Receiver<Arc<MeshSnapshot>>,
+        name: &str,
+        connector: &C,
+        settings: &BuildSettings,
+    ) -> Option<Arc<ClusterEntry<C>>> {
+        if self.pruned_for.load(Ordering::Relaxed) != Arc::as_ptr(snap) as usize {
+            self.prune(snap, newest);
+        }
+        let found = self.lookup(name);
+        if let Some(e) = &found
+            && current_for(e, snap, name)
+        {
+            return found;
+        }
+        self.rebuild(snap, newest, name, found, connector, settings)
+    }
+
+    fn lookup(&self, name: &str) -> Option<Arc<ClusterEntry<C>>> {
+        self.map
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    #[cold]
+    fn rebuild(
+        &self,
+        snap: &Arc<MeshSnapshot>,
+        newest: &watch::Receiver<Arc<MeshSnapshot>>,
+        name: &str,
+        found: Option<Arc<ClusterEntry<C>>>,
+        connector: &C,
+        settings: &BuildSettings,
+    ) -> Option<Arc<ClusterEntry<C>>> {
+        let latest = newest.borrow().clone();
+        if !Arc::ptr_eq(snap, &latest) {
+            if let Some(e) = &found
+                && current_for(e, &latest, name)
+            {
+                // The request's snapshot is older than this state: use the newer state.
+                return found;
+            }
+            if latest.cluster(name).is_none() {
+                // Gone from the newest snapshot: state for this request only, stored nowhere.
+                return build(snap, name, found.as_deref(), connector, settings).map(Arc::new);
+            }
+        }
+        let _building = self.building.lock().unwrap_or_else(|e| e.into_inner());
+        // Another request may have built it while this one waited.
+        let previous = self.lookup(name);
+        if let Some(e) = &previous
+            && current_for(e, &latest, name)
+        {
+            return previous;
+        }
+        let entry = Arc::new(build(
+            &latest,
+            name,
+            previous.as_deref(),
+            connector,
+            settings,
+        )?);
+        self.map
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(entry.cluster.name().clone(), entry.clone());
+        Some(entry)
+    }
+
+    /// Drops the entries of clusters `snap` does not have, if `snap` is the newest snapshot
+    /// (pruning for an older one could drop state a newer snapshot still needs).
+    #[cold]
+    fn prune(&self, snap: &Arc<MeshSnapshot>, newest: &watch::Receiver<Arc<MeshSnapshot>>) {
+        if !Arc::ptr_eq(snap, &newest.borrow()) {
+            return;
+        }
+        let seen = Arc::as_ptr(snap) as usize;
+        if self.pruned_for.swap(seen, Ordering::Relaxed) == seen {
+            return;
+        }
+        let gone: Vec<Arc<ClusterEntry<C>>> = {
+            let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+            let names: Vec<Arc<str>> = map
+                .keys()
+                .filter(|n| snap.cluster(n).is_none())
+                .cloned()
+                .collect();
+            names.iter().filter_map(|n| map.remove(n)).collect()
+        };
+        // Dropped outside the lock: closing connections is not the map's business.
+        drop(gone);
+    }
+
+    /// How many clusters have state (for tests and `config-dump`).
+    pub fn len(&self) -> usize {
+        self.map.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+/// Builds the entry of cluster `name` from `snap`, taking over what `previous` had: counters,
+/// ejections, and the pools of endpoints that stay (their connections with them).
+fn build<C: MeshConnector>(
+    snap: &MeshSnapshot,
+    name: &str,
+    previous: Option<&ClusterEntry<C>>,
+    connector: &C,
+    settings: &BuildSettings,
+) -> Option<ClusterEntry<C>> {
+    let cluster = snap.cluster(name)?;
+    let endpoints = snap.cluster_endpoints(cluster)?;
+    let state = ClusterState::new(
+        cluster.clone(),
+        endpoints.clone(),
+        previous.map(|p| &p.state),
+        settings.retry_budget,
+        Instant::now().into_std(),
+    );
+    let conns = match previous {
+        Some(p) => p.conns.clone(),
+        None => Arc::new(ClusterConns {
+            connector: connector.clone(),
+            breaker: state.breaker.clone(),
+            freed: Default::default(),
+            idle_timeout: settings.idle_timeout,
+            cluster: RwLock::new(cluster.clone()),
+        }),
+    };
+    *conns.cluster.write().unwrap_or_else(|e| e.into_inner()) = cluster.clone();
+    let pools = endpoints
+        .endpoints()
+        .iter()
+        .map(|e| {
+            previous
+                .and_then(|p| Some(p.pools[p.endpoints.index_of(e.address)?].clone()))
+                .unwrap_or_else(|| EndpointPool::new(conns.clone(), e.address))
+        })
+        .collect();
+    Some(ClusterEntry {
+        state,
+        conns,
+        pools,
+    })
+}
