@@ -10,14 +10,14 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
-use http::{Request, Response, StatusCode};
-use mesh_core::route::{AttemptFailure, FaultAbort, FaultConfig, RetryPolicy};
+use http::{Request, Response};
+use mesh_core::route::{AttemptFailure, FaultConfig, RetryPolicy};
 use mesh_core::{BreakerResource, CircuitBreaker, RetryBudget, RouteRequest};
 use tower::{Layer, Service};
 
-use crate::body::{MeshBody, full};
-use crate::protocol::OVERFLOW_HEADER;
+use crate::body::MeshBody;
+use crate::protocol::{classify, fault_abort_reply, is_grpc, local_reply};
+use crate::reply::LocalReason;
 
 mod balance;
 mod mirror;
@@ -85,16 +85,7 @@ impl<B: Clone, Res, E> tower::retry::Policy<Request<B>, Response<Res>, E> for Bu
             self.deposited = true;
         }
         let failure = match result {
-            Ok(r) if r.status().as_u16() >= 400 => AttemptFailure::HttpStatus(r.status().as_u16()),
-            Ok(r) => match r
-                .headers()
-                .get("grpc-status")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse().ok())
-            {
-                Some(c) if c != 0 => AttemptFailure::GrpcStatus(c),
-                _ => return None,
-            },
+            Ok(r) => classify(r.status(), r.headers()).0?,
             Err(_) => AttemptFailure::Reset,
         };
         self.attempt += 1;
@@ -119,7 +110,8 @@ impl<B: Clone, Res, E> tower::retry::Policy<Request<B>, Response<Res>, E> for Bu
     }
 }
 
-/// Fails fast with 503 and `x-mesh-overflow: max_requests` beyond a breaker's limit.
+/// Fails fast beyond a breaker's limit: 503 and `x-mesh-overflow: max_requests`, or for gRPC
+/// callers UNAVAILABLE, as the stack answers.
 #[derive(Clone)]
 pub struct CircuitBreakerLayer {
     breaker: Arc<CircuitBreaker>,
@@ -169,12 +161,8 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         match self.breaker.try_acquire(BreakerResource::Requests) {
             Err(o) => {
-                let mut r = Response::new(full(format!("{o}\n")));
-                *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-                r.headers_mut().insert(
-                    OVERFLOW_HEADER,
-                    http::HeaderValue::from_static(o.resource.threshold_name()),
-                );
+                let grpc = is_grpc(req.headers());
+                let r = local_reply(LocalReason::Overflow(o.resource), None, grpc);
                 Box::pin(std::future::ready(Ok(r)))
             }
             Ok(permit) => {
@@ -189,7 +177,8 @@ where
     }
 }
 
-/// Injects delays and aborts per a [`FaultConfig`] (percentages and header control as A33).
+/// Injects delays and aborts per a [`FaultConfig`] (percentages and header control as A33);
+/// gRPC callers get an HTTP abort as the gRPC code gRPC's spec maps it to.
 #[derive(Clone)]
 pub struct FaultLayer {
     fault: Arc<FaultConfig>,
@@ -241,6 +230,7 @@ where
             let view = RouteRequest::new(req.method(), req.uri(), req.headers());
             self.fault.decide(&view, &mut rand::rng())
         };
+        let grpc = is_grpc(req.headers());
         // The inner service was polled ready; keep that one for this call.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
@@ -249,22 +239,7 @@ where
                 tokio::time::sleep(d).await;
             }
             match decision.abort {
-                Some(FaultAbort::Http(s)) => {
-                    let mut r = Response::new(full(Bytes::from_static(b"fault filter abort")));
-                    *r.status_mut() =
-                        StatusCode::from_u16(s).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-                    Ok(r)
-                }
-                Some(FaultAbort::Grpc(c)) => {
-                    let mut r = Response::new(crate::body::empty());
-                    r.headers_mut().insert(
-                        http::header::CONTENT_TYPE,
-                        http::HeaderValue::from_static("application/grpc"),
-                    );
-                    r.headers_mut()
-                        .insert("grpc-status", http::HeaderValue::from(c.min(16)));
-                    Ok(r)
-                }
+                Some(abort) => Ok(fault_abort_reply(abort, grpc)),
                 None => inner.call(req).await,
             }
         })

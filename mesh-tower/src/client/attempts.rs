@@ -68,7 +68,8 @@ impl AttemptOutcome {
 struct Tried {
     failure: Option<AttemptFailure>,
     outcome: Outcome,
-    response: Result<Response<MeshBody>, LocalReason>,
+    /// The response, or why there is none and what went wrong.
+    response: Result<Response<MeshBody>, (LocalReason, Option<String>)>,
 }
 
 impl<C: MeshConnector> Attempts<'_, C> {
@@ -140,7 +141,7 @@ impl<C: MeshConnector> Attempts<'_, C> {
             let t = Self::send(state, i, req, head.wants_h2(), retry, sent)
                 .instrument(span)
                 .await;
-            if let Err(r @ LocalReason::Overflow(_)) = t.response {
+            if let Err((r @ LocalReason::Overflow(_), _)) = t.response {
                 // The pool refused the request: nothing was sent, so there is nothing to
                 // record or retry.
                 return AttemptOutcome::local(r, grpc);
@@ -153,13 +154,13 @@ impl<C: MeshConnector> Attempts<'_, C> {
                     endpoint: addr,
                     status: t.response.as_ref().ok().map(|r| r.status()),
                     failure: t.failure,
-                    reason: t.response.as_ref().err().copied(),
+                    reason: t.response.as_ref().err().map(|(r, _)| *r),
                     elapsed: sent.elapsed(),
                 });
             }
             let (response, reason) = match t.response {
                 Ok(r) => (r, None),
-                Err(r) => (local_reply(r, None, grpc), Some(r)),
+                Err((r, detail)) => (local_reply(r, detail.as_deref(), grpc), Some(r)),
             };
             let Some(failure) = t.failure else {
                 return AttemptOutcome {
@@ -208,7 +209,7 @@ impl<C: MeshConnector> Attempts<'_, C> {
         let result = match retry.and_then(|r| r.per_try_timeout()) {
             Some(t) => tokio::time::timeout(t, pool.send(req, h2))
                 .await
-                .map_err(|_| LocalReason::PerTryTimeout),
+                .map_err(|_| (LocalReason::PerTryTimeout, None)),
             None => Ok(pool.send(req, h2).await),
         };
         drop(active);
@@ -222,16 +223,21 @@ impl<C: MeshConnector> Attempts<'_, C> {
             Ok(Err(SendError::Overflow(o))) => Tried {
                 failure: None,
                 outcome: Outcome::Success,
-                response: Err(LocalReason::Overflow(o.resource)),
+                response: Err((LocalReason::Overflow(o.resource), None)),
             },
-            Ok(Err(e)) => {
-                tracing::debug!(error = %e, "upstream attempt failed");
-                match e {
-                    SendError::Connect(_) => {
-                        failed(LocalReason::ConnectFailure, AttemptFailure::ConnectFailure)
-                    }
-                    _ => failed(LocalReason::Reset, AttemptFailure::Reset),
-                }
+            Ok(Err(SendError::Connect(e))) => {
+                tracing::debug!(error = %e, "upstream connect failed");
+                failed(
+                    (LocalReason::ConnectFailure, Some(e.to_string())),
+                    AttemptFailure::ConnectFailure,
+                )
+            }
+            Ok(Err(SendError::Request(e))) => {
+                tracing::debug!(error = %e, "upstream request failed");
+                failed(
+                    (LocalReason::Reset, Some(e.to_string())),
+                    AttemptFailure::Reset,
+                )
             }
             Ok(Ok(resp)) => {
                 if let LbConfig::PeakEwma { decay, .. } = state.cluster.lb() {

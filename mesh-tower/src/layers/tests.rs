@@ -8,6 +8,9 @@ use mesh_core::{CircuitBreakerSpec, Fraction, RetryBudgetConfig, RetryBudgetSpec
 use tower::ServiceExt;
 
 use super::*;
+use crate::protocol::OVERFLOW_HEADER;
+use bytes::Bytes;
+use http::StatusCode;
 
 fn policy(retries: u32) -> RetryPolicy {
     RetryPolicy::new(&RetryPolicySpec {
@@ -423,4 +426,94 @@ fn load_balancer_rejects_a_duplicate_endpoint_naming_it() {
         err.to_string(),
         "cluster load assignment \"balancer\": endpoints[0].lb_endpoints[1].endpoint.address: 10.0.0.1:80 appears more than once in the cluster"
     );
+}
+
+fn grpc_request<B>(body: B) -> Request<B> {
+    Request::builder()
+        .uri("http://greeter:50051/helloworld.Greeter/SayHello")
+        .header(http::header::CONTENT_TYPE, "application/grpc")
+        .body(body)
+        .unwrap()
+}
+
+fn grpc_status(r: &Response<MeshBody>) -> Option<&str> {
+    r.headers().get("grpc-status").map(|v| v.to_str().unwrap())
+}
+
+#[tokio::test(start_paused = true)]
+async fn fault_layer_answers_a_grpc_caller_in_grpc() {
+    let calls = Arc::new(AtomicU64::new(0));
+    let abort = FaultConfig::new(&FaultSpec {
+        abort: Some(FaultAbortSpec {
+            kind: FaultAbortKind::Http(503),
+            percentage: Fraction::percent(100),
+        }),
+        ..Default::default()
+    })
+    .unwrap();
+    let svc = FaultLayer::new(abort).layer(backend(|_| false, calls.clone()));
+    let r = svc.oneshot(grpc_request(Bytes::new())).await.unwrap();
+    // gRPC's HTTP → gRPC mapping: 503 is UNAVAILABLE, in a 200 trailers-only response.
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(grpc_status(&r), Some("14"));
+    assert_eq!(r.headers()["content-type"], "application/grpc");
+    assert_eq!(calls.load(Ordering::Relaxed), 0);
+}
+
+#[tokio::test]
+async fn breaker_layer_answers_a_grpc_caller_in_grpc() {
+    let breaker = CircuitBreaker::new(Thresholds::new(&CircuitBreakerSpec {
+        max_requests: Some(0),
+        ..Default::default()
+    }));
+    let inner = tower::service_fn(|_req: Request<()>| async {
+        Ok::<_, Infallible>(Response::new(crate::body::empty()))
+    });
+    let svc = CircuitBreakerLayer::new(breaker).layer(inner);
+    let r = svc.clone().oneshot(grpc_request(())).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(grpc_status(&r), Some("14"));
+    assert_eq!(r.headers()["grpc-message"], "max_requests");
+    assert_eq!(r.headers()[OVERFLOW_HEADER], "max_requests");
+    // A plain HTTP caller still gets the 503.
+    let r = svc.oneshot(Request::new(())).await.unwrap();
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_layer_reads_grpc_status_before_the_http_status() {
+    // A proxy's 503 that carries grpc-status UNAVAILABLE: a policy retrying on `unavailable`
+    // (a gRPC condition) retries it, as the stack does.
+    let calls = Arc::new(AtomicU64::new(0));
+    let c = calls.clone();
+    let inner = tower::service_fn(move |_req: Request<Bytes>| {
+        let first = c.fetch_add(1, Ordering::Relaxed) == 0;
+        async move {
+            let mut r = Response::new(crate::body::empty());
+            if first {
+                *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                r.headers_mut()
+                    .insert("grpc-status", http::HeaderValue::from_static("14"));
+            } else {
+                r.headers_mut()
+                    .insert("grpc-status", http::HeaderValue::from_static("0"));
+            }
+            Ok::<_, Infallible>(r)
+        }
+    });
+    let unavailable = RetryPolicy::new(&RetryPolicySpec {
+        retry_on: "unavailable".into(),
+        num_retries: Some(1),
+        ..Default::default()
+    })
+    .unwrap();
+    let generous = RetryBudgetConfig::new(&RetryBudgetSpec {
+        retry_percent: Some(100.0),
+        ..Default::default()
+    })
+    .unwrap();
+    let svc = RetryBudgetLayer::new(unavailable, Arc::new(RetryBudget::new(generous))).layer(inner);
+    let r = svc.oneshot(grpc_request(Bytes::new())).await.unwrap();
+    assert_eq!(grpc_status(&r), Some("0"));
+    assert_eq!(calls.load(Ordering::Relaxed), 2);
 }
