@@ -224,3 +224,94 @@ fn build<C: MeshConnector>(
         pools,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::connector::TcpConnector;
+    use mesh_core::{
+        Cluster, ClusterLoadAssignmentSpec, ClusterSpec, EndpointSet, EndpointSpec,
+        LocalityEndpointsSpec,
+    };
+
+    fn snapshot(ports: &[u16]) -> Arc<MeshSnapshot> {
+        let mut snap = MeshSnapshot::new();
+        snap.insert_cluster(
+            Cluster::new(&ClusterSpec {
+                name: "c".into(),
+                ..Default::default()
+            })
+            .unwrap(),
+        );
+        snap.insert_endpoints(
+            EndpointSet::new(&ClusterLoadAssignmentSpec {
+                cluster_name: "c".into(),
+                localities: vec![LocalityEndpointsSpec {
+                    weight: Some(1),
+                    endpoints: ports
+                        .iter()
+                        .map(|p| EndpointSpec::new(([127, 0, 0, 1], *p).into()))
+                        .collect(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })
+            .unwrap(),
+        );
+        Arc::new(snap)
+    }
+
+    fn ports(e: &ClusterEntry<TcpConnector>) -> Vec<u16> {
+        e.endpoints
+            .endpoints()
+            .iter()
+            .map(|e| e.address.port())
+            .collect()
+    }
+
+    const SETTINGS: BuildSettings = BuildSettings {
+        retry_budget: None,
+        idle_timeout: Duration::from_secs(90),
+    };
+
+    #[tokio::test]
+    async fn a_request_holding_an_old_snapshot_never_replaces_newer_state() {
+        let old = snapshot(&[1]);
+        let (tx, rx) = watch::channel(old.clone());
+        let clusters = Clusters::<TcpConnector>::default();
+        let first = clusters
+            .get(&old, &rx, "c", &TcpConnector, &SETTINGS)
+            .unwrap();
+        assert_eq!(ports(&first), [1]);
+
+        let new = snapshot(&[2, 3]);
+        tx.send(new.clone()).unwrap();
+        let newer = clusters
+            .get(&new, &rx, "c", &TcpConnector, &SETTINGS)
+            .unwrap();
+        assert_eq!(ports(&newer), [2, 3]);
+        // A request still routed with the old snapshot uses the newer state...
+        let late = clusters
+            .get(&old, &rx, "c", &TcpConnector, &SETTINGS)
+            .unwrap();
+        assert!(Arc::ptr_eq(&late, &newer));
+        // ...and leaves it in place.
+        let again = clusters
+            .get(&new, &rx, "c", &TcpConnector, &SETTINGS)
+            .unwrap();
+        assert!(Arc::ptr_eq(&again, &newer));
+    }
+
+    #[tokio::test]
+    async fn an_old_request_to_a_removed_cluster_gets_state_that_is_not_kept() {
+        let old = snapshot(&[1]);
+        let (tx, rx) = watch::channel(old.clone());
+        let clusters = Clusters::<TcpConnector>::default();
+        tx.send(Arc::new(MeshSnapshot::new())).unwrap();
+        let e = clusters
+            .get(&old, &rx, "c", &TcpConnector, &SETTINGS)
+            .unwrap();
+        assert_eq!(ports(&e), [1]);
+        assert_eq!(clusters.len(), 0);
+    }
+}

@@ -142,8 +142,8 @@ pub async fn mesh_with(yaml: &str, config: MeshConfig) -> Mesh {
     Mesh { cp, client, svc }
 }
 
-pub async fn send(
-    svc: &MeshService,
+pub async fn send<C: mesh_tower::MeshConnector>(
+    svc: &MeshService<C>,
     headers: &[(&str, &str)],
 ) -> (StatusCode, String, Option<MeshInfo>) {
     let mut req = Request::get(format!("http://{HOST}:9080/productpage"));
