@@ -54,6 +54,8 @@ pub struct Health {
     pub last_error: Option<String>,
     /// Snapshots published so far.
     pub generation: u64,
+    /// The client was shut down: no more configuration will come.
+    pub stopped: bool,
 }
 
 /// Per-resource and per-type xDS status.
@@ -272,6 +274,7 @@ enum Command {
     Subscribe(String),
     Unsubscribe(String),
     Status(oneshot::Sender<XdsStatus>),
+    Shutdown(oneshot::Sender<()>),
 }
 
 /// A running xDS client; dropping it stops the background task.
@@ -313,11 +316,12 @@ impl XdsClient {
     }
 
     /// Waits until a complete configuration for the subscribed listeners is in (from the
-    /// server, or from the disk cache when the server is unreachable) and returns it.
+    /// server, or from the disk cache when the server is unreachable) and returns it; after
+    /// [`XdsClient::shutdown`] it returns whatever was last published.
     pub async fn ready(&self) -> Arc<MeshSnapshot> {
         let mut h = self.health.clone();
         // The task only ends when the client is dropped, so the sender outlives `self`.
-        let _ = h.wait_for(|h| h.ready).await;
+        let _ = h.wait_for(|h| h.ready || h.stopped).await;
         self.snapshot()
     }
 
@@ -333,6 +337,16 @@ impl XdsClient {
         let l = listener_for(&self.bootstrap, target)?;
         let _ = self.commands.send(Command::Unsubscribe(l));
         Ok(())
+    }
+
+    /// Stops following the control plane: the last-known-good cache is written if the last
+    /// complete configuration is not in it yet, the stream closes, and health says `stopped`.
+    /// The last snapshot stays published.
+    pub async fn shutdown(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.commands.send(Command::Shutdown(tx)).is_ok() {
+            let _ = rx.await;
+        }
     }
 
     /// Every resource's status and each type's version and nonce.
@@ -419,6 +433,10 @@ impl Worker {
                 _ = &mut deadline => return true,
                 cmd = self.commands.recv() => match cmd {
                     None => return false,
+                    Some(Command::Shutdown(done)) => {
+                        self.shutdown(done).await;
+                        return false;
+                    }
                     Some(c) => self.command(c, None),
                 },
             }
@@ -430,6 +448,8 @@ impl Worker {
         let outputs = match c {
             Command::Subscribe(l) => self.state.subscribe_listener(&l, now),
             Command::Unsubscribe(l) => self.state.unsubscribe_listener(&l, now),
+            // Handled where the worker can stop.
+            Command::Shutdown(_) => Vec::new(),
             Command::Status(reply) => {
                 let _ = reply.send(XdsStatus {
                     health: self.health_tx.borrow().clone(),
@@ -472,6 +492,27 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// Writes what the cache lacks, then says the worker is done.
+    async fn shutdown(&mut self, done: oneshot::Sender<()>) {
+        if self.cache_dirty
+            && let Some(cache) = self.cache.clone()
+        {
+            self.cache_dirty = false;
+            let contents = self.state.cache_contents();
+            let path = cache.path().display().to_string();
+            match tokio::task::spawn_blocking(move || cache.store(&contents)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(%path, "cannot write the xDS cache: {e}"),
+                Err(e) => tracing::warn!(%path, "cannot write the xDS cache: {e}"),
+            }
+        }
+        self.health_tx.send_modify(|h| {
+            h.connected = false;
+            h.stopped = true;
+        });
+        let _ = done.send(());
     }
 
     fn persist(&mut self) {
@@ -534,6 +575,10 @@ impl Worker {
                         },
                         cmd = self.commands.recv() => match cmd {
                             None => return StreamEnd::Shutdown,
+                            Some(Command::Shutdown(done)) => {
+                                self.shutdown(done).await;
+                                return StreamEnd::Shutdown;
+                            }
                             Some(c) => self.command(c, Some(&sink)),
                         },
                         _ = tick.tick() => {

@@ -1,0 +1,137 @@
+//! `mesh::Client` and `mesh::Channel`, the one-line entry points, against the local control
+//! plane and a hyper backend on 127.0.0.1.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use mesh::xds::Bootstrap;
+use mesh::{Channel, Client};
+use mesh_control_plane::{ControlPlane, IstioConfig, translate};
+use tower::ServiceExt;
+
+const HOST: &str = "ui.default.svc.cluster.local";
+
+async fn backend() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let svc = hyper::service::service_fn(|_req: Request<hyper::body::Incoming>| async {
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ui"))))
+            });
+            tokio::spawn(
+                hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .into_owned(),
+            );
+        }
+    });
+    addr
+}
+
+async fn control_plane(backend: SocketAddr) -> SocketAddr {
+    let yaml = format!(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: ui}}\nspec:\n  hosts: [{HOST}]\n  ports: [{{number: 9080, name: http}}]\n  endpoints:\n  - address: 127.0.0.1\n    ports: {{http: {}}}\n",
+        backend.port()
+    );
+    let mut cfg = IstioConfig::default();
+    cfg.add_text("ui.yaml", &yaml).unwrap();
+    ControlPlane::new(translate(&cfg).unwrap())
+        .spawn("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap()
+}
+
+fn bootstrap(cp: SocketAddr) -> Bootstrap {
+    Bootstrap::from_json(
+        &format!(r#"{{"xds_servers": [{{"server_uri": "{cp}", "channel_creds": [{{"type": "insecure"}}]}}], "node": {{"id": "sidecar~127.0.0.1~t.default~default.svc.cluster.local"}}}}"#),
+        "test",
+    )
+    .unwrap()
+}
+
+async fn get<S>(svc: S, url: &str) -> (StatusCode, String)
+where
+    S: tower::Service<Request<Full<Bytes>>, Response = Response<mesh::tower::MeshBody>>,
+    S::Error: std::fmt::Debug,
+{
+    let resp = svc
+        .oneshot(Request::get(url).body(Full::new(Bytes::new())).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test]
+async fn a_client_subscribes_to_an_authority_on_first_use() {
+    let cp = control_plane(backend().await).await;
+    let client = Client::builder().bootstrap(bootstrap(cp)).build().unwrap();
+    // Nobody subscribed to ui beforehand: the first request waits for its configuration.
+    let url = format!("http://{HOST}:9080/");
+    assert_eq!(
+        get(client.clone(), &url).await,
+        (StatusCode::OK, "ui".into())
+    );
+    assert_eq!(get(client.clone(), &url).await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn an_authority_the_control_plane_does_not_know_times_out_with_a_clear_error() {
+    let cp = control_plane(backend().await).await;
+    let client = Client::builder()
+        .bootstrap(bootstrap(cp))
+        .config_timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let (status, body) = get(client, "http://nothere.default.svc.cluster.local:9080/").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        body,
+        "configuration not received in time: no listener nothere.default.svc.cluster.local:9080 after 300ms; the control plane has not sent it\n"
+    );
+}
+
+#[tokio::test]
+async fn a_channel_sends_every_call_to_its_target() {
+    let cp = control_plane(backend().await).await;
+    let channel = Channel::from_builder(
+        Client::builder()
+            .bootstrap(bootstrap(cp))
+            .target(format!("xds:///{HOST}:9080")),
+    )
+    .unwrap();
+    // The request's own authority does not matter to a channel.
+    assert_eq!(
+        get(channel, "http://anything:1234/").await,
+        (StatusCode::OK, "ui".into())
+    );
+}
+
+#[tokio::test]
+async fn shutdown_writes_the_cache_and_health_says_stopped() {
+    let cp = control_plane(backend().await).await;
+    let dir = tempfile::tempdir().unwrap();
+    let client = Client::builder()
+        .bootstrap(bootstrap(cp))
+        .target(format!("xds:///{HOST}:9080"))
+        .cache_dir(dir.path())
+        .build()
+        .unwrap();
+    client.xds().ready().await;
+    client.shutdown().await;
+    assert!(client.health().borrow().stopped);
+    let files: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert_eq!(files.len(), 1, "the cache is written at shutdown");
+    // The last configuration keeps serving.
+    assert_eq!(
+        get(client, &format!("http://{HOST}:9080/")).await.0,
+        StatusCode::OK
+    );
+}
