@@ -6,12 +6,10 @@
 //! `cargo run --example tonic_greeter`
 
 use std::convert::Infallible;
-use std::time::Duration;
 
 use http::Request;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use mesh::tower::{MeshConfig, MeshService};
-use mesh::xds::{Bootstrap, XdsClientBuilder};
+use mesh::xds::Bootstrap;
 use mesh_control_plane::{ControlPlane, IstioConfig, translate};
 use tonic_prost::ProstCodec;
 
@@ -86,16 +84,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         ),
         "example",
     )?;
-    let client = XdsClientBuilder::new(bootstrap)
-        .target(format!("xds:///{host}:50051"))
-        .start()?;
-    tokio::time::timeout(Duration::from_secs(10), client.ready()).await?;
-    let mesh = MeshService::new(
-        client.snapshots(),
-        MeshConfig::default().target(format!("{host}:50051")),
-    );
+    // One line in a real workload: `mesh::Channel::from_env("xds:///greeter...:50051")?`.
+    let channel = mesh::Channel::from_builder(
+        mesh::Client::builder()
+            .bootstrap(bootstrap)
+            .target(format!("xds:///{host}:50051")),
+    )?;
 
-    let mut grpc = tonic::client::Grpc::with_origin(mesh, format!("http://{host}:50051").parse()?);
+    let mut grpc =
+        tonic::client::Grpc::with_origin(channel, format!("http://{host}:50051").parse()?);
     let path = http::uri::PathAndQuery::from_static("/helloworld.Greeter/SayHello");
     for i in 0..6 {
         grpc.ready().await?;

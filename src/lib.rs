@@ -16,3 +16,8 @@ pub mod cli;
 pub mod client;
 
 pub use client::{Channel, Client, ClientBuilder, Error};
+
+/// The README's examples, compiled as doctests so that they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

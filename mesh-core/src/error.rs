@@ -38,6 +38,19 @@ pub struct FieldError {
     pub reason: String,
 }
 
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.field.is_empty() {
+            f.write_str(&self.reason)
+        } else {
+            write!(f, "{}: {}", self.field, self.reason)
+        }
+    }
+}
+
+/// Users of the standalone layers validate configs in code and propagate this with `?`.
+impl std::error::Error for FieldError {}
+
 impl FieldError {
     /// A field error for `field` with `reason`.
     pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {

@@ -103,7 +103,10 @@ pub const RING_SIZE_CAP: u64 = 1024 * 1024;
 pub const MAX_MAGLEV_TABLE_SIZE: u64 = 5_000_011;
 
 fn is_prime(n: u64) -> bool {
-    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0)
+    n >= 2
+        && (2..)
+            .take_while(|d| d * d <= n)
+            .all(|d| !n.is_multiple_of(d))
 }
 
 impl LbConfig {

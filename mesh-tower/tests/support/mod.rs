@@ -55,7 +55,9 @@ pub async fn backend(name: &'static str, behavior: Behavior) -> Backend {
                         let _ = req.into_body().collect().await;
                         let status = match behavior {
                             Behavior::Ok => StatusCode::OK,
-                            Behavior::FailHalf if n % 2 == 0 => StatusCode::SERVICE_UNAVAILABLE,
+                            Behavior::FailHalf if n.is_multiple_of(2) => {
+                                StatusCode::SERVICE_UNAVAILABLE
+                            }
                             Behavior::FailHalf => StatusCode::OK,
                             Behavior::FailAll => StatusCode::SERVICE_UNAVAILABLE,
                             Behavior::Slow(d) => {
