@@ -331,11 +331,24 @@ impl<C: MeshConnector> EndpointPool<C> {
     }
 
     async fn open_h2(self: &Arc<Self>) -> Result<http2::SendRequest<MeshBody>, SendError> {
-        let _connecting = self.h2_connecting.lock().await;
+        let mut pending = None;
+        // A request waiting for another's connect is pending, as an HTTP/1.1 waiter is: it
+        // holds a `max_pending_requests` place while it waits, or overflows.
+        let _connecting = match self.h2_connecting.try_lock() {
+            Ok(guard) => guard,
+            Err(_) => {
+                pending = Some(
+                    self.cluster
+                        .breaker
+                        .try_acquire(BreakerResource::PendingRequests)
+                        .map_err(SendError::Overflow)?,
+                );
+                self.h2_connecting.lock().await
+            }
+        };
         if let Some(tx) = self.live_h2() {
             return Ok(tx);
         }
-        let mut pending = None;
         let permit = loop {
             let freed = self.cluster.freed.notified();
             tokio::pin!(freed);

@@ -325,3 +325,38 @@ async fn state_of_a_cluster_that_left_the_snapshot_is_dropped_with_its_connectio
     .await
     .expect("the idle connection of the removed cluster closes");
 }
+
+#[tokio::test]
+async fn http2_requests_waiting_for_a_connect_count_against_max_pending_requests() {
+    let a = backend("v1", Behavior::Ok).await;
+    // Connects that never complete: the first request connects, the others wait for it.
+    let hanging = tower::service_fn(|_: ConnectTarget| {
+        std::future::pending::<Result<TokioIo<tokio::net::TcpStream>, std::io::Error>>()
+    });
+    let policy = "    connectionPool:\n      tcp: {connectTimeout: 10s}\n      http: {http1MaxPendingRequests: 1}";
+    let once = "  - name: r\n    route:\n    - destination: {host: ui.default.svc.cluster.local, subset: version-1}\n    retries: {attempts: 0}\n";
+    let m = mesh(&yaml(&[a.addr], &[], policy, once)).await;
+    let svc = MeshService::with_connector(m.client.snapshots(), MeshConfig::default(), hanging);
+    let h2 = || {
+        Request::get(format!("http://{HOST}:9080/"))
+            .version(http::Version::HTTP_2)
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    let connecting = tokio::spawn(svc.clone().oneshot(h2()));
+    let waiting = tokio::spawn(svc.clone().oneshot(h2()));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The one pending place is taken: the third request overflows at once.
+    let resp = tokio::time::timeout(Duration::from_secs(2), svc.clone().oneshot(h2()))
+        .await
+        .expect("an overflow answers at once")
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        resp.headers()[mesh_tower::OVERFLOW_HEADER],
+        "max_pending_requests"
+    );
+    assert!(!connecting.is_finished() && !waiting.is_finished());
+    connecting.abort();
+    waiting.abort();
+}
