@@ -125,6 +125,7 @@ impl<C: MeshConnector> Attempts<'_, C> {
             let addr = state.endpoints.endpoints()[i].address;
             progress.attempts = attempt;
             progress.endpoint = Some(addr);
+            let h2 = head.wants_h2();
             let mut req = head.build(attempt_body, None);
             if let Some(o) = observer.as_mut() {
                 o.on_attempt(&mut AttemptStart {
@@ -138,9 +139,12 @@ impl<C: MeshConnector> Attempts<'_, C> {
                 sent = Instant::now();
             }
             let span = tracing::debug_span!("mesh.attempt", attempt, endpoint = %addr);
-            let t = Self::send(state, i, req, head.wants_h2(), retry, sent)
-                .instrument(span)
-                .await;
+            let send = Self::send(state, i, req, h2, retry, sent);
+            let t = if span.is_disabled() {
+                send.await
+            } else {
+                send.instrument(span).await
+            };
             if let Err((r @ LocalReason::Overflow(_), _)) = t.response {
                 // The pool refused the request: nothing was sent, so there is nothing to
                 // record or retry.

@@ -188,12 +188,21 @@ impl<C: MeshConnector> Shared<C> {
         });
         let span = tracing::debug_span!("mesh.request", method = %req.method(), uri = %req.uri());
         // Clock reads are not free on every machine: only with an observer to tell.
+        // A disabled span is not wrapped around the request: moving the request's future
+        // into `Instrumented` costs a copy of it.
         let Some(observer) = observer else {
+            if span.is_disabled() {
+                return self.handle(req, grpc, &mut None).await;
+            }
             return self.handle(req, grpc, &mut None).instrument(span).await;
         };
         let started = Instant::now();
         let mut observer = Some(observer);
-        let resp = self.handle(req, grpc, &mut observer).instrument(span).await;
+        let resp = if span.is_disabled() {
+            self.handle(req, grpc, &mut observer).await
+        } else {
+            self.handle(req, grpc, &mut observer).instrument(span).await
+        };
         if let (Some(o), Some(info)) = (observer, resp.extensions().get::<MeshInfo>()) {
             o.on_response(&ResponseEnd {
                 info,
