@@ -5,6 +5,7 @@
 //! authority's configuration, bounded by a timeout, instead of answering 404 because nobody
 //! subscribed to it first.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::future::Future;
 use std::path::PathBuf;
@@ -177,15 +178,15 @@ impl Client {
 }
 
 /// The `host:port` a request is routed by (port 80 when the authority has none).
-fn listener_of<B>(req: &Request<B>) -> Option<String> {
+fn listener_of<B>(req: &Request<B>) -> Option<Cow<'_, str>> {
     let authority = req.uri().authority().map(|a| a.as_str()).or_else(|| {
         req.headers()
             .get(http::header::HOST)
             .and_then(|h| h.to_str().ok())
     })?;
     Some(match authority.rsplit_once(':') {
-        Some((_, port)) if port.bytes().all(|b| b.is_ascii_digit()) => authority.to_string(),
-        _ => format!("{authority}:80"),
+        Some((_, port)) if port.bytes().all(|b| b.is_ascii_digit()) => Cow::Borrowed(authority),
+        _ => Cow::Owned(format!("{authority}:80")),
     })
 }
 
@@ -244,18 +245,20 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let mut svc = self.svc.clone();
         // A channel's one target was subscribed at start; a client's authorities on first use.
+        // The common case (configuration already in) borrows, allocates and clones nothing.
         let listener = match &self.inner.target {
-            Some(t) => Some(t.clone()),
+            Some(t) => Some(Cow::Borrowed(t.as_str())),
             None => listener_of(&req),
         };
         let known = listener
             .as_deref()
-            .is_none_or(|l| svc.snapshots().borrow().listener(l).is_some());
+            .is_none_or(|l| self.svc.snapshots().borrow().listener(l).is_some());
         if known {
-            return svc.call(req);
+            return self.svc.call(req);
         }
+        let listener = listener.map(Cow::into_owned);
+        let mut svc = self.svc.clone();
         let inner = self.inner.clone();
         Box::pin(async move {
             let listener = listener.unwrap_or_default();
