@@ -12,7 +12,6 @@ pub use mesh_core as core;
 pub use mesh_tower as tower;
 pub use mesh_xds_client as xds;
 
-pub mod cli;
 pub mod client;
 
 pub use client::{Channel, Client, ClientBuilder, Error};

@@ -21,7 +21,7 @@ py="$venv/bin/python"
 envoy="$venv/bin/envoy"
 echo "envoy: $("$envoy" --version | grep -o '/[0-9]*\.[0-9]*\.[0-9]*/' | tr -d /)  grpcio: $("$py" -c 'import grpc; print(grpc.__version__)')"
 
-cargo build --quiet --manifest-path "$root/Cargo.toml" --bin mesh
+cargo build --quiet --manifest-path "$root/Cargo.toml" -p proxyless-mesh-cli --bin mesh
 mkdir "$work/config"
 cp "$root"/examples/config/*.yaml "$work/config/"
 xds_port=15010

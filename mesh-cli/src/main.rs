@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use mesh::cli;
+use mesh_cli as cli;
 
 #[derive(Parser)]
 #[command(name = "mesh", version, about = "A proxyless service mesh for Rust")]

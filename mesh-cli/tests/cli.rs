@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use mesh::cli::{ConfigDumpArgs, XdsOptions, config_dump};
+use mesh_cli::{ConfigDumpArgs, XdsOptions, config_dump};
 use mesh_control_plane::ControlPlane;
 use mesh_control_plane::watch::load;
 
@@ -40,7 +40,7 @@ fn args(bootstrap: std::path::PathBuf, timeout: Duration) -> ConfigDumpArgs {
 #[tokio::test]
 async fn config_dump_shows_what_the_client_resolved() {
     let cp = ControlPlane::new(
-        load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/config")).unwrap(),
+        load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/config")).unwrap(),
     );
     let addr = cp.spawn("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -129,7 +129,7 @@ async fn request_reports_statuses_clusters_endpoints_attempts_and_latency() {
     let (v1, v2) = (ok_backend("v1").await, ok_backend("v2").await);
     // The bundled examples, with the ServiceEntry pointed at these two backends.
     let dir = tempfile::tempdir().unwrap();
-    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/config");
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/config");
     for f in ["ui-service.yaml", "ui-routes.yaml"] {
         let text = std::fs::read_to_string(examples.join(f)).unwrap();
         let text = text
@@ -141,7 +141,7 @@ async fn request_reports_statuses_clusters_endpoints_attempts_and_latency() {
     }
     let cp = ControlPlane::new(load(dir.path()).unwrap());
     let addr = cp.spawn("127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let out = mesh::cli::request(mesh::cli::RequestArgs {
+    let out = mesh_cli::request(mesh_cli::RequestArgs {
         url: "http://ui.default.svc.cluster.local:9080/".into(),
         requests: 2000,
         concurrency: 8,
