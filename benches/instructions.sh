@@ -4,12 +4,18 @@
 # twice — bare hyper only, then the mesh stack only — with the same setup (control plane, xDS
 # client, backend) and divides the difference by the request count. Not run by CI.
 #   benches/instructions.sh [requests] [concurrency]
+# STACK_LOAD_BIN=path runs that stack_load binary instead of building this tree's (to compare
+# against another commit's, built with CARGO_TARGET_DIR elsewhere).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 n="${1:-20000}"; c="${2:-8}"
 cd "$root"
-cargo bench --bench stack_load --no-run 2>/dev/null
-bin="$(ls -t target/release/deps/stack_load-* | grep -v '\.d$' | head -1)"
+if [ -n "${STACK_LOAD_BIN:-}" ]; then
+  bin="$STACK_LOAD_BIN"
+else
+  cargo bench --bench stack_load --no-run 2>/dev/null
+  bin="$(ls -t target/release/deps/stack_load-* | grep -v '\.d$' | head -1)"
+fi
 out="$(mktemp -d)"
 for path in bare mesh; do
   STACK_LOAD_ONLY=$path valgrind --tool=callgrind --callgrind-out-file="$out/$path.out" "$bin" "$n" "$c" >/dev/null 2>"$out/$path.log"

@@ -166,19 +166,20 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let shared = self.shared.clone();
-        Box::pin(async move { Ok(shared.call(req).await) })
+        // The request's future goes straight into the box: each level of `async` nesting
+        // would add a move of the whole (several-kilobyte) future.
+        Box::pin(self.shared.clone().serve(req))
     }
 }
 
 impl<C: MeshConnector> Shared<C> {
-    async fn call<B>(self: Arc<Self>, req: Request<B>) -> Response<MeshBody>
+    async fn serve<B>(self: Arc<Self>, req: Request<B>) -> Result<Response<MeshBody>, Infallible>
     where
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
         let grpc = is_grpc(req.headers());
-        let observer = self.config.observer.as_ref().and_then(|o| {
+        let mut observer = self.config.observer.as_ref().and_then(|o| {
             o.on_request(&RequestStart {
                 method: req.method(),
                 uri: req.uri(),
@@ -186,59 +187,41 @@ impl<C: MeshConnector> Shared<C> {
                 grpc,
             })
         });
-        let span = tracing::debug_span!("mesh.request", method = %req.method(), uri = %req.uri());
         // Clock reads are not free on every machine: only with an observer to tell.
+        let started = observer.is_some().then(Instant::now);
+        let span = tracing::debug_span!("mesh.request", method = %req.method(), uri = %req.uri());
+        let mut info = MeshInfo::default();
         // A disabled span is not wrapped around the request: moving the request's future
         // into `Instrumented` costs a copy of it.
-        let Some(observer) = observer else {
-            if span.is_disabled() {
-                return self.handle(req, grpc, &mut None).await;
-            }
-            return self.handle(req, grpc, &mut None).instrument(span).await;
-        };
-        let started = Instant::now();
-        let mut observer = Some(observer);
-        let resp = if span.is_disabled() {
-            self.handle(req, grpc, &mut observer).await
+        let forwarded = if span.is_disabled() {
+            self.forward(req, grpc, &mut info, &mut observer).await
         } else {
-            self.handle(req, grpc, &mut observer).instrument(span).await
+            self.forward(req, grpc, &mut info, &mut observer)
+                .instrument(span)
+                .await
         };
-        if let (Some(o), Some(info)) = (observer, resp.extensions().get::<MeshInfo>()) {
-            o.on_response(&ResponseEnd {
-                info,
-                status: resp.status(),
-                latency: started.elapsed(),
-            });
-        }
-        resp
-    }
-
-    /// The state of cluster `name`, for a request routed with `snap`.
-    fn cluster(&self, snap: &Arc<MeshSnapshot>, name: &str) -> Option<Arc<ClusterEntry<C>>> {
-        self.clusters
-            .get(snap, &self.snapshots, name, &self.connector, &self.build)
-    }
-
-    async fn handle<B>(
-        self: &Arc<Self>,
-        req: Request<B>,
-        grpc: bool,
-        observer: &mut Option<Box<dyn RequestObserver>>,
-    ) -> Response<MeshBody>
-    where
-        B: Body<Data = Bytes> + Send + 'static,
-        B::Error: Into<BoxError>,
-    {
-        let mut info = MeshInfo::default();
-        let mut resp = match self.forward(req, grpc, &mut info, observer).await {
+        let mut resp = match forwarded {
             Ok(r) => r,
             Err(l) => {
                 info.flags.reason = Some(l.reason);
                 local_reply(l.reason, l.detail.as_deref(), grpc)
             }
         };
+        if let (Some(o), Some(started)) = (observer, started) {
+            o.on_response(&ResponseEnd {
+                info: &info,
+                status: resp.status(),
+                latency: started.elapsed(),
+            });
+        }
         resp.extensions_mut().insert(info);
-        resp
+        Ok(resp)
+    }
+
+    /// The state of cluster `name`, for a request routed with `snap`.
+    fn cluster(&self, snap: &Arc<MeshSnapshot>, name: &str) -> Option<Arc<ClusterEntry<C>>> {
+        self.clusters
+            .get(snap, &self.snapshots, name, &self.connector, &self.build)
     }
 
     async fn forward<B>(
@@ -285,7 +268,8 @@ impl<C: MeshConnector> Shared<C> {
         info.cluster = Some(plan.cluster.clone());
 
         if let Some(fault) = plan.fault {
-            let f = fault::apply(fault, &route_req, grpc, &mut rng).await;
+            // Boxed: rare, and it would enlarge every request's future by a timer.
+            let f = Box::pin(fault::apply(fault, &route_req, grpc, &mut rng)).await;
             info.flags.delayed = f.delayed;
             if let Some(abort) = f.abort {
                 info.flags.reason = Some(LocalReason::FaultAbort);
@@ -331,11 +315,11 @@ impl<C: MeshConnector> Shared<C> {
             rng: &mut rng,
             observer,
             progress: &mut progress,
-        }
-        .run();
+        };
+        // Each future made where it is awaited (see `call`).
         let outcome = match deadline {
-            Some(d) => tokio::time::timeout(d, attempts).await.ok(),
-            None => Some(attempts.await),
+            Some(d) => tokio::time::timeout(d, attempts.run()).await.ok(),
+            None => Some(attempts.run().await),
         };
         info.attempts = progress.attempts;
         let Some(outcome) = outcome else {
