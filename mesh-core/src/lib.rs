@@ -28,6 +28,7 @@ pub mod route;
 pub mod snapshot;
 #[cfg(test)]
 mod test_support;
+pub mod time;
 
 pub use breaker::{
     BreakerPermit, BreakerPermitRef, BreakerResource, CircuitBreaker, CircuitBreakerSpec, Overflow,
@@ -50,3 +51,4 @@ pub use route::{
     RouteSpec, VirtualHost, VirtualHostSpec,
 };
 pub use snapshot::{Dangling, MeshSnapshot, Routed};
+pub use time::MAX_DURATION;

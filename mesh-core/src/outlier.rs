@@ -93,7 +93,7 @@ impl OutlierDetectionConfig {
         let positive = |d: Option<Duration>, default: u64, field: &str| -> FieldResult<Duration> {
             match d {
                 Some(d) if d.is_zero() => Err(FieldError::new(field, "must be greater than 0")),
-                Some(d) => Ok(d),
+                Some(d) => Ok(crate::time::capped(d)),
                 None => Ok(Duration::from_secs(default)),
             }
         };
@@ -279,9 +279,7 @@ impl OutlierDetector {
             .saturating_mul(host.multiplier)
             .min(c.max_ejection_time);
         // A config can ask for an ejection longer than `Instant` can represent from now.
-        let until = now
-            .checked_add(time)
-            .unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600));
+        let until = crate::time::after(now, time);
         host.ejected_until = Some(until);
         host.consecutive_5xx = 0;
         host.consecutive_gateway = 0;

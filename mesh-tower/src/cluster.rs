@@ -101,7 +101,7 @@ impl ClusterState {
             OutlierState {
                 inner: Mutex::new(Outlier {
                     detector,
-                    next_sweep: now + cfg.interval,
+                    next_sweep: mesh_core::time::after(now, cfg.interval),
                 }),
                 needs_counts: cfg.enforcing_success_rate > 0
                     || cfg.enforcing_failure_percentage > 0,
@@ -112,7 +112,7 @@ impl ClusterState {
                     .map(|_| AtomicBool::new(true))
                     .collect(),
                 base: now,
-                next_sweep_nanos: AtomicU64::new(cfg.interval.as_nanos() as u64),
+                next_sweep_nanos: AtomicU64::new(mesh_core::time::nanos(cfg.interval)),
             }
         });
         let seed = rand::random();
@@ -186,7 +186,7 @@ impl ClusterState {
     pub fn record(&self, i: usize, address: SocketAddr, outcome: Outcome, now: Instant) {
         let Some(o) = &self.outlier else { return };
         let success = outcome == Outcome::Success;
-        let since = now.saturating_duration_since(o.base).as_nanos() as u64;
+        let since = mesh_core::time::nanos(now.saturating_duration_since(o.base));
         if success
             && !o.needs_counts
             && !o.streak[i].load(Ordering::Relaxed)
@@ -204,12 +204,9 @@ impl ClusterState {
                 .is_some();
             if now >= inner.next_sweep {
                 changed |= !inner.detector.tick(now, &mut rng).is_empty();
-                inner.next_sweep = now + inner.detector.config().interval;
+                inner.next_sweep = mesh_core::time::after(now, inner.detector.config().interval);
                 o.next_sweep_nanos.store(
-                    inner
-                        .next_sweep
-                        .saturating_duration_since(o.base)
-                        .as_nanos() as u64,
+                    mesh_core::time::nanos(inner.next_sweep.saturating_duration_since(o.base)),
                     Ordering::Relaxed,
                 );
             }
@@ -229,12 +226,9 @@ impl ClusterState {
             if now < inner.next_sweep {
                 return;
             }
-            inner.next_sweep = now + inner.detector.config().interval;
+            inner.next_sweep = mesh_core::time::after(now, inner.detector.config().interval);
             o.next_sweep_nanos.store(
-                inner
-                    .next_sweep
-                    .saturating_duration_since(o.base)
-                    .as_nanos() as u64,
+                mesh_core::time::nanos(inner.next_sweep.saturating_duration_since(o.base)),
                 Ordering::Relaxed,
             );
             !inner.detector.tick(now, &mut rand::rng()).is_empty()

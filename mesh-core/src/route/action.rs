@@ -1,5 +1,6 @@
 //! What a matched route does: destination cluster(s), timeouts, retries, mirrors, hashing.
 
+use crate::time::capped;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -315,9 +316,9 @@ impl Timeouts {
     /// Resolves a spec: unset timeout becomes 15 s, zeros become "none".
     pub fn new(spec: &TimeoutSpec) -> Self {
         Self {
-            route: nonzero(Some(spec.timeout.unwrap_or(DEFAULT_ROUTE_TIMEOUT))),
-            max_stream_duration: spec.max_stream_duration,
-            grpc_timeout_header_max: spec.grpc_timeout_header_max,
+            route: nonzero(Some(spec.timeout.unwrap_or(DEFAULT_ROUTE_TIMEOUT))).map(capped),
+            max_stream_duration: spec.max_stream_duration.map(capped),
+            grpc_timeout_header_max: spec.grpc_timeout_header_max.map(capped),
         }
     }
 
@@ -334,6 +335,8 @@ impl Timeouts {
         grpc_timeout: Option<Duration>,
         listener_max_stream_duration: Option<Duration>,
     ) -> Option<Duration> {
+        // A caller's `grpc-timeout` may say up to 99,999,999 hours.
+        let grpc_timeout = grpc_timeout.map(capped);
         let base = match (self.grpc_timeout_header_max, grpc_timeout) {
             (Some(cap), Some(asked)) => Some(match nonzero(Some(cap)) {
                 Some(cap) => asked.min(cap),

@@ -174,14 +174,17 @@ impl RetryPolicy {
         if spec.per_try_timeout == Some(Duration::ZERO) {
             return Err(FieldError::new("per_try_timeout", "must be greater than 0"));
         }
-        let backoff_base = spec.backoff_base.unwrap_or(DEFAULT_BACKOFF_BASE);
+        let backoff_base = crate::time::capped(spec.backoff_base.unwrap_or(DEFAULT_BACKOFF_BASE));
         if backoff_base.is_zero() {
             return Err(FieldError::new(
                 "retry_back_off.base_interval",
                 "must be greater than 0",
             ));
         }
-        let backoff_max = spec.backoff_max.unwrap_or(backoff_base * 10);
+        let backoff_max = crate::time::capped(
+            spec.backoff_max
+                .unwrap_or_else(|| backoff_base.saturating_mul(10)),
+        );
         if backoff_max < backoff_base {
             return Err(FieldError::new(
                 "retry_back_off.max_interval",
@@ -193,7 +196,7 @@ impl RetryPolicy {
         Ok(Self {
             retry_on,
             num_retries: spec.num_retries.unwrap_or(1),
-            per_try_timeout: spec.per_try_timeout,
+            per_try_timeout: spec.per_try_timeout.map(crate::time::capped),
             retriable_status_codes,
             backoff_base: backoff_base.max(MIN_BACKOFF),
             backoff_max: backoff_max.max(MIN_BACKOFF),

@@ -541,3 +541,27 @@ fn errors_name_the_route_and_field() {
         "route configuration \"rc\": virtual_hosts[0].routes[0].route.weighted_clusters.clusters: the sum of weights is 0"
     );
 }
+
+#[test]
+fn retry_and_timeout_durations_are_capped_without_overflow() {
+    use crate::time::MAX_DURATION;
+    let retry = RetryPolicy::new(&RetryPolicySpec {
+        retry_on: "5xx".into(),
+        backoff_base: Some(Duration::MAX),
+        per_try_timeout: Some(Duration::MAX),
+        num_retries: Some(u32::MAX),
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(retry.backoff_bounds(), (MAX_DURATION, MAX_DURATION));
+    assert_eq!(retry.per_try_timeout(), Some(MAX_DURATION));
+    let mut rng = SmallRng::seed_from_u64(1);
+    assert!(retry.backoff(u32::MAX, &mut rng) <= MAX_DURATION);
+    let t = Timeouts::new(&TimeoutSpec {
+        timeout: Some(Duration::MAX),
+        grpc_timeout_header_max: Some(Duration::ZERO),
+        ..Default::default()
+    });
+    assert_eq!(t.route_timeout(), Some(MAX_DURATION));
+    assert_eq!(t.effective(Some(Duration::MAX), None), Some(MAX_DURATION));
+}

@@ -33,7 +33,7 @@ impl Detection {
     fn sweep_if_due(&mut self, now: Instant) {
         if now >= self.next_sweep {
             self.detector.tick(now, &mut rand::rng());
-            self.next_sweep = now + self.detector.config().interval;
+            self.next_sweep = mesh_core::time::after(now, self.detector.config().interval);
         }
     }
 }

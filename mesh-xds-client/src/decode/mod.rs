@@ -183,7 +183,8 @@ pub fn decode(ty: ResourceType, any: &Any) -> Result<Decoded, ResourceError> {
     })
 }
 
-/// A protobuf duration as a `std` one; negative or out-of-range values are errors.
+/// A protobuf duration as a `std` one, capped at [`mesh_core::MAX_DURATION`] (one year);
+/// negative or out-of-range values are errors.
 pub(crate) fn duration(d: &PbDuration, field: &str) -> Result<Duration, FieldError> {
     if d.seconds < 0 || d.nanos < 0 || d.nanos >= 1_000_000_000 {
         return Err(FieldError::new(
@@ -194,7 +195,10 @@ pub(crate) fn duration(d: &PbDuration, field: &str) -> Result<Duration, FieldErr
             ),
         ));
     }
-    Ok(Duration::new(d.seconds as u64, d.nanos as u32))
+    // Both checked non-negative above; nanos < 1e9 fits a u32.
+    let secs = u64::try_from(d.seconds).unwrap_or(u64::MAX);
+    let nanos = u32::try_from(d.nanos).unwrap_or(0);
+    Ok(mesh_core::time::capped(Duration::new(secs, nanos)))
 }
 
 /// An optional protobuf duration.

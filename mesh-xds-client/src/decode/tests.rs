@@ -506,3 +506,51 @@ mod no_panic {
         }
     }
 }
+
+/// A control plane sent a retry back-off near protobuf's Duration limit (2e18 s); validating it
+/// multiplied the base by 10 and panicked, which ended the ADS task.
+#[test]
+fn durations_near_the_protobuf_limit_are_capped_not_fatal() {
+    let huge = PbDuration {
+        seconds: 2_000_000_000_000_000_000,
+        nanos: 999_999_999,
+    };
+    let action = rpb::RouteAction {
+        cluster_specifier: Some(rpb::route_action::ClusterSpecifier::Cluster("c".into())),
+        timeout: Some(huge),
+        retry_policy: Some(rpb::RetryPolicy {
+            retry_on: "5xx".into(),
+            num_retries: Some(UInt32Value { value: u32::MAX }),
+            per_try_timeout: Some(huge),
+            retry_back_off: Some(rpb::retry_policy::RetryBackOff {
+                base_interval: Some(huge),
+                max_interval: None,
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let rc = rpb::RouteConfiguration {
+        name: "rc".into(),
+        virtual_hosts: vec![rpb::VirtualHost {
+            name: "v".into(),
+            domains: vec!["*".into()],
+            routes: vec![route(Some(rpb::route::Action::Route(action)), prefix("/"))],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let any = testing::any(ResourceType::RouteConfiguration.type_url(), &rc);
+    let Ok(Decoded::RouteConfig(rc)) = decode(ResourceType::RouteConfiguration, &any) else {
+        panic!("a huge duration is capped, not rejected");
+    };
+    let forward = rc.virtual_hosts()[0].routes()[0].forward().unwrap();
+    let retry = forward.retry_policy.as_ref().unwrap();
+    let max = mesh_core::MAX_DURATION;
+    assert_eq!(retry.backoff_bounds(), (max, max));
+    assert_eq!(retry.per_try_timeout(), Some(max));
+    assert_eq!(retry.num_retries(), u32::MAX);
+    assert_eq!(forward.timeouts.route_timeout(), Some(max));
+    let mut rng = <rand::rngs::SmallRng as rand::SeedableRng>::seed_from_u64(7);
+    assert!(retry.backoff(u32::MAX, &mut rng) <= max);
+}
