@@ -229,7 +229,7 @@ apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: ui}}
         )
         .unwrap();
         let client = XdsClientBuilder::new(b).target(format!("{HOST}:9080")).start().unwrap();
-        client.ready().await;
+        client.ready().await.expect("configuration");
         let mesh = MeshService::new(client.snapshots(), MeshConfig::default());
 
         let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();

@@ -49,7 +49,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .target(&target)
         .cache_dir(std::env::temp_dir().join("mesh-xds-cache"))
         .start()?;
-    let snapshot = tokio::time::timeout(Duration::from_secs(30), xds.ready()).await?;
+    let snapshot = tokio::time::timeout(Duration::from_secs(30), xds.ready()).await??;
     println!(
         "configuration ready{}: {} clusters",
         if snapshot.is_stale() {

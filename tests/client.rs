@@ -124,7 +124,7 @@ async fn shutdown_writes_the_cache_and_health_says_stopped() {
         .cache_dir(dir.path())
         .build()
         .unwrap();
-    client.xds().ready().await;
+    client.xds().ready().await.expect("configuration");
     client.shutdown().await;
     assert!(client.health().borrow().stopped);
     let files: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();

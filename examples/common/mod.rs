@@ -135,7 +135,7 @@ impl Lab {
         let client = XdsClientBuilder::new(bootstrap)
             .target(format!("xds:///{TARGET}"))
             .start()?;
-        tokio::time::timeout(Duration::from_secs(10), client.ready()).await?;
+        tokio::time::timeout(Duration::from_secs(10), client.ready()).await??;
         let svc = MeshService::new(client.snapshots(), MeshConfig::default());
         Ok(Self {
             backends,

@@ -50,7 +50,8 @@ async fn connect(
     }
     let client = builder.start().map_err(|e| e.to_string())?;
     match tokio::time::timeout(opts.timeout, client.ready()).await {
-        Ok(snapshot) => Ok((client, snapshot)),
+        Ok(Ok(snapshot)) => Ok((client, snapshot)),
+        Ok(Err(e)) => Err(e.to_string()),
         Err(_) => {
             let status = client.status().await.ok_or("the xDS client stopped")?;
             Err(missing(&status, opts.timeout))

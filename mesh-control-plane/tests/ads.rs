@@ -110,7 +110,7 @@ async fn clients_subscribe_ack_and_follow_file_edits() {
     let mut clients = Vec::new();
     for protocol in [Protocol::Sotw, Protocol::Delta] {
         let c = client(addr, LISTENER, protocol);
-        let snap = within("ready", c.ready()).await;
+        let snap = within("ready", c.ready()).await.expect("ready");
         assert_eq!(
             canary(&snap, LISTENER)
                 .iter()
@@ -123,12 +123,14 @@ async fn clients_subscribe_ack_and_follow_file_edits() {
     }
     // A short name is expanded the way istiod does, and served under the requested name.
     let short = client(addr, "ui:9080", Protocol::Sotw);
-    let snap = within("short name ready", short.ready()).await;
+    let snap = within("short name ready", short.ready())
+        .await
+        .expect("ready");
     assert!(snap.listener("ui:9080").is_some());
 
     // Every client ACKed every type, none NACKed.
     let watched = client(addr, LISTENER, Protocol::Sotw);
-    within("ready", watched.ready()).await;
+    within("ready", watched.ready()).await.expect("ready");
     within("ACKs recorded", async {
         loop {
             let clients = cp.clients();

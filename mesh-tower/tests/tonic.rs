@@ -86,6 +86,7 @@ async fn a_tonic_client_calls_through_the_mesh() {
         .unwrap();
     tokio::time::timeout(Duration::from_secs(10), client.ready())
         .await
+        .unwrap()
         .unwrap();
     let svc = MeshService::new(
         client.snapshots(),

@@ -41,6 +41,14 @@ pub enum StartError {
     Target(String),
 }
 
+/// Why [`XdsClient::ready`] has no configuration to return: the client stopped first.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the xDS client stopped before a complete configuration arrived: {reason}")]
+pub struct NotReady {
+    /// What stopped it (the last error, or the shutdown).
+    pub reason: String,
+}
+
 /// Connection state and readiness, cheap to watch.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Health {
@@ -200,13 +208,34 @@ impl XdsClientBuilder {
                 Err(e) => tracing::warn!("ignoring the xDS cache: {e}"),
             }
         }
+        let health_tx = worker.health_tx.clone();
         let task = tokio::spawn(worker.run());
+        let task_handle = task.abort_handle();
+        // If the worker ever ends other than by shutdown (a bug, a panic), health says so:
+        // nothing will follow the control plane any more, and readiness must not pretend.
+        tokio::spawn(async move {
+            let Err(e) = task.await else { return };
+            if !e.is_panic() {
+                return;
+            }
+            let panic = e.into_panic();
+            let reason = format!(
+                "the xDS client stopped after an internal error: {}",
+                crate::decode::panic_message(&*panic)
+            );
+            tracing::error!("{reason}");
+            health_tx.send_modify(|h| {
+                h.connected = false;
+                h.stopped = true;
+                h.last_error = Some(reason);
+            });
+        });
         Ok(XdsClient {
             snapshots: snapshot_rx,
             health: health_rx,
             commands: command_tx,
             bootstrap: Arc::new(self.bootstrap),
-            task: task.abort_handle(),
+            task: task_handle,
         })
     }
 }
@@ -316,13 +345,29 @@ impl XdsClient {
     }
 
     /// Waits until a complete configuration for the subscribed listeners is in (from the
-    /// server, or from the disk cache when the server is unreachable) and returns it; after
-    /// [`XdsClient::shutdown`] it returns whatever was last published.
-    pub async fn ready(&self) -> Arc<MeshSnapshot> {
+    /// server, or from the disk cache when the server is unreachable) and returns it. After
+    /// [`XdsClient::shutdown`] it returns what was last published; if the client stopped
+    /// before any configuration was complete (shut down, or ended by an internal error), it
+    /// says so instead of returning an empty configuration.
+    pub async fn ready(&self) -> Result<Arc<MeshSnapshot>, NotReady> {
         let mut h = self.health.clone();
-        // The task only ends when the client is dropped, so the sender outlives `self`.
-        let _ = h.wait_for(|h| h.ready || h.stopped).await;
-        self.snapshot()
+        let health = match h.wait_for(|h| h.ready || h.stopped).await {
+            Ok(h) => h.clone(),
+            // The supervisor holds a sender until the worker is gone.
+            Err(_) => Health {
+                stopped: true,
+                ..self.health.borrow().clone()
+            },
+        };
+        if health.ready {
+            Ok(self.snapshot())
+        } else {
+            Err(NotReady {
+                reason: health
+                    .last_error
+                    .unwrap_or_else(|| "the xDS client was shut down".into()),
+            })
+        }
     }
 
     /// Adds a target (`host:port` or `xds:///host:port`).
@@ -446,6 +491,8 @@ impl Worker {
     fn command(&mut self, c: Command, sink: Option<&Sink>) {
         let now = Instant::now().into_std();
         let outputs = match c {
+            #[cfg(test)]
+            Command::Subscribe(l) if l == tests::PANIC_LISTENER => panic!("injected worker bug"),
             Command::Subscribe(l) => self.state.subscribe_listener(&l, now),
             Command::Unsubscribe(l) => self.state.unsubscribe_listener(&l, now),
             // Handled where the worker can stop.
@@ -734,4 +781,36 @@ fn source_chain(e: &(dyn std::error::Error + 'static)) -> String {
         cur = c.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Subscribing to this listener panics the worker (a stand-in for any bug in it).
+    pub(super) const PANIC_LISTENER: &str = "mesh-test-panic:1";
+
+    #[tokio::test]
+    async fn a_worker_that_dies_says_so_and_ready_does_not_pretend() {
+        // A server that is never there: the worker is between connect attempts.
+        let bootstrap = Bootstrap::from_json(
+            r#"{"xds_servers": [{"server_uri": "127.0.0.1:1", "channel_creds": [{"type": "insecure"}]}],
+                "node": {"id": "sidecar~127.0.0.1~a.default~default.svc.cluster.local"}}"#,
+            "test",
+        )
+        .unwrap();
+        let client = XdsClientBuilder::new(bootstrap).start().unwrap();
+        client.subscribe(PANIC_LISTENER).unwrap();
+        let err = tokio::time::timeout(Duration::from_secs(10), client.ready())
+            .await
+            .expect("ready answers once the worker is gone")
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the xDS client stopped before a complete configuration arrived: \
+             the xDS client stopped after an internal error: injected worker bug"
+        );
+        let h = client.health().borrow().clone();
+        assert!(h.stopped && !h.connected && !h.ready, "{h:?}");
+    }
 }

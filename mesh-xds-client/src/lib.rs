@@ -16,6 +16,6 @@ pub mod state;
 pub mod testing;
 
 pub use bootstrap::{Bootstrap, BootstrapError, IstiodBootstrap};
-pub use client::{Backoff, Health, StartError, XdsClient, XdsClientBuilder, XdsStatus};
+pub use client::{Backoff, Health, NotReady, StartError, XdsClient, XdsClientBuilder, XdsStatus};
 pub use decode::ResourceType;
 pub use state::{Protocol, ResourceState, ResourceStatus};

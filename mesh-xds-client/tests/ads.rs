@@ -139,7 +139,7 @@ async fn happy_path(protocol: Protocol) {
     canary(&ads, 90, 10);
     let server = ads.serve_tcp(0).await;
     let c = client(&server.addr.unwrap().to_string(), protocol);
-    let snap = within("ready", c.ready()).await;
+    let snap = within("ready", c.ready()).await.expect("ready");
     assert!(!snap.is_stale());
     assert!(
         (0.08..=0.12).contains(&v2_share(&snap)),
@@ -229,7 +229,7 @@ async fn an_invalid_cluster_is_nacked_by_name_and_the_others_applied() {
     );
     assert_eq!(nack.version, "", "nothing accepted before");
     assert!(nack.nonce.starts_with("nonce-"));
-    let snap = within("ready", c.ready()).await;
+    let snap = within("ready", c.ready()).await.expect("ready");
     assert!(snap.cluster(&v1()).is_some() && snap.endpoints(&v1()).is_some());
     assert!(snap.cluster(&v2()).is_none());
 }
@@ -242,7 +242,7 @@ async fn reconnects_keep_serving_and_resubscribe() {
         let server = ads.serve_tcp(0).await;
         let port = server.addr.unwrap().port();
         let c = client(&format!("127.0.0.1:{port}"), protocol);
-        let before = within("ready", c.ready()).await;
+        let before = within("ready", c.ready()).await.expect("ready");
         server.stop().await;
         let mut health = c.health();
         within("disconnect", health.wait_for(|h| !h.connected))
@@ -292,7 +292,7 @@ async fn deletion_rules() {
     canary(&ads, 90, 10);
     let server = ads.serve_tcp(0).await;
     let c = client(&server.addr.unwrap().to_string(), Protocol::Sotw);
-    within("ready", c.ready()).await;
+    within("ready", c.ready()).await.expect("ready");
     // EDS absence does not delete.
     ads.set(
         ResourceType::ClusterLoadAssignment,
@@ -325,7 +325,9 @@ async fn a_missing_listener_times_out_as_does_not_exist() {
         .does_not_exist_timeout(Duration::from_millis(300))
         .start()
         .unwrap();
-    let snap = within("ready after the does-not-exist timer", c.ready()).await;
+    let snap = within("ready after the does-not-exist timer", c.ready())
+        .await
+        .expect("ready");
     assert!(
         snap.listener("nothing.default.svc.cluster.local:80")
             .is_none()
@@ -350,7 +352,9 @@ async fn unix_socket_and_bearer_token() {
     .target(TARGET)
     .start()
     .unwrap();
-    within("ready over a unix socket", c.ready()).await;
+    within("ready over a unix socket", c.ready())
+        .await
+        .expect("ready");
     assert_eq!(
         ads.seen()[0].authorization.as_deref(),
         Some("Bearer header.payload.sig")
@@ -375,7 +379,7 @@ async fn cold_start_from_the_disk_cache_while_the_server_is_down() {
     };
     {
         let c = start(&uri);
-        within("ready", c.ready()).await;
+        within("ready", c.ready()).await.expect("ready");
         // The cache is written within a tick of the publication.
         within("cache written", async {
             while std::fs::read_dir(cache.path()).unwrap().count() == 0 {
@@ -389,7 +393,9 @@ async fn cold_start_from_the_disk_cache_while_the_server_is_down() {
 
     // The control plane is down: a new process starts from the cache, marked stale.
     let c = start(&uri);
-    let snap = within("ready from the cache", c.ready()).await;
+    let snap = within("ready from the cache", c.ready())
+        .await
+        .expect("ready");
     assert!(snap.is_stale() && c.health().borrow().stale);
     assert!((0.08..=0.12).contains(&v2_share(&snap)));
     assert!(!c.health().borrow().connected);
@@ -459,7 +465,7 @@ async fn tls_to_the_control_plane_with_a_bearer_token() {
         .target(TARGET)
         .start()
         .unwrap();
-    within("ready over TLS", c.ready()).await;
+    within("ready over TLS", c.ready()).await.expect("ready");
     assert_eq!(ads.seen()[0].authorization.as_deref(), Some("Bearer tok-1"));
 
     // A client that trusts another CA never gets a configuration, and says why.

@@ -139,6 +139,7 @@ pub async fn mesh_with(yaml: &str, config: MeshConfig) -> Mesh {
         .unwrap();
     tokio::time::timeout(Duration::from_secs(10), client.ready())
         .await
+        .expect("config ready")
         .expect("config ready");
     let svc = MeshService::new(client.snapshots(), config);
     Mesh { cp, client, svc }

@@ -140,7 +140,43 @@ impl From<ConfigError> for ResourceError {
 }
 
 /// Decodes and validates one resource of type `ty`.
+///
+/// A panic in a decoder or validator (a bug) costs one resource, not the subscription: it
+/// comes back as an error ("internal error decoding ..."), so the resource is NACKed, its
+/// last good version stays, and the others apply.
 pub fn decode(ty: ResourceType, any: &Any) -> Result<Decoded, ResourceError> {
+    std::panic::catch_unwind(|| decode_unguarded(ty, any)).unwrap_or_else(|panic| {
+        Err(ResourceError {
+            name: None,
+            message: format!(
+                "internal error decoding a {} resource: {}",
+                ty.kind(),
+                panic_message(&*panic)
+            ),
+        })
+    })
+}
+
+/// What a caught panic said.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("a panic")
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Makes the next decode of this type panic, as a decoder bug would.
+    pub(crate) static PANIC_ON: std::cell::Cell<Option<ResourceType>> = const { std::cell::Cell::new(None) };
+}
+
+fn decode_unguarded(ty: ResourceType, any: &Any) -> Result<Decoded, ResourceError> {
+    #[cfg(test)]
+    if PANIC_ON.with(|p| p.get() == Some(ty)) {
+        panic!("injected decoder bug");
+    }
     if any.type_url != ty.type_url() {
         return Err(ResourceError {
             name: None,

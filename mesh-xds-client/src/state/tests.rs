@@ -634,3 +634,51 @@ fn protocol_parsing() {
         Err("unknown xDS protocol \"grpc\" (expected \"sotw\" or \"delta\")".into())
     );
 }
+
+#[test]
+fn a_decoder_panic_nacks_that_resource_and_the_subscription_goes_on() {
+    let now = Instant::now();
+    let mut s = AdsState::new(Protocol::Sotw, node(), true);
+    s.subscribe_listener(L, now);
+    let first = s.on_connected(now);
+    let (_, first_snap) = converge(&mut s, &World::canary(90, 10), first, now);
+    let first_snap = first_snap.unwrap();
+    let rds_response = |w1, w2, version: &str, nonce: &str| DiscoveryResponse {
+        version_info: version.into(),
+        resources: vec![testing::route_config(
+            &rds(),
+            &[HOST, L],
+            &[(&v1(), w1), (&v2(), w2)],
+        )],
+        type_url: ResourceType::RouteConfiguration.type_url().into(),
+        nonce: nonce.into(),
+        ..Default::default()
+    };
+    crate::decode::PANIC_ON.with(|p| p.set(Some(ResourceType::RouteConfiguration)));
+    let out = s.on_sotw_response(rds_response(50, 50, "v2", "n9"), now);
+    crate::decode::PANIC_ON.with(|p| p.set(None));
+    let [Output::Send(Request::Sotw(nack))] = &out[..] else {
+        panic!("only the NACK: {out:?}")
+    };
+    assert_eq!(
+        (nack.version_info.as_str(), nack.response_nonce.as_str()),
+        ("v1", "n9")
+    );
+    let message = &nack.error_detail.as_ref().unwrap().message;
+    assert!(
+        message.ends_with(
+            "internal error decoding a route configuration resource: injected decoder bug"
+        ),
+        "{message}"
+    );
+    assert!(Arc::ptr_eq(s.published().unwrap(), &first_snap));
+    // The next update applies as if nothing had happened.
+    let out = s.on_sotw_response(rds_response(0, 100, "v3", "n10"), now);
+    let published = out.iter().find_map(|o| match o {
+        Output::Publish(p) => Some(p.clone()),
+        Output::Send(_) => None,
+    });
+    let snap = published.expect("the next good update is published");
+    assert_eq!(route(&snap, 100), BTreeMap::from([(v2(), 100)]));
+    assert_eq!(s.version(ResourceType::RouteConfiguration), "v3");
+}
