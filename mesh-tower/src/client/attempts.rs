@@ -1,7 +1,9 @@
 //! The attempts stage: breaker permits, pick, send, classify, outlier detection, budget and
 //! backoff, until a response to return, into an [`AttemptOutcome`].
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use http::Response;
 use http_body_util::BodyExt;
@@ -26,13 +28,16 @@ pub(crate) struct Attempts<'r, C> {
     pub body: &'r mut Prepared,
     pub cluster: &'r ClusterEntry<C>,
     pub retry: Option<&'r RetryPolicy>,
+    /// The route timeout, from the first attempt on: attempts, backoffs and drains end at it
+    /// (kept here rather than as a timer around the attempts, which would move their whole
+    /// future once more).
+    pub timeout: Option<Duration>,
     /// The request's hash, for hash-based balancers.
     pub hash: Option<u64>,
     pub grpc: bool,
     pub rng: &'r mut SmallRng,
     pub observer: &'r mut Option<Box<dyn RequestObserver>>,
-    /// Kept outside the attempts' future, so that it is known even when the route timeout
-    /// drops that future.
+    /// How far the attempts got, for `MeshInfo`.
     pub progress: &'r mut Progress,
 }
 
@@ -80,6 +85,7 @@ impl<C: MeshConnector> Attempts<'_, C> {
             body,
             cluster: state,
             retry,
+            timeout,
             hash,
             grpc,
             rng,
@@ -87,8 +93,10 @@ impl<C: MeshConnector> Attempts<'_, C> {
             progress,
         } = self;
         let max_attempts = retry.map_or(1, |r| r.num_retries().saturating_add(1));
-        // One clock read per attempt serves the budget, outlier detection and peak EWMA.
+        // One clock read per attempt serves the budget, outlier detection, peak EWMA and
+        // the deadlines.
         let mut sent = Instant::now();
+        let deadline = timeout.map(|t| later(sent, t));
         state.budget.deposit(sent.into_std());
         // The last few endpoints tried (no allocation per request; usize::MAX is no endpoint).
         let mut tried = [usize::MAX; 4];
@@ -139,16 +147,22 @@ impl<C: MeshConnector> Attempts<'_, C> {
                 sent = Instant::now();
             }
             let span = tracing::debug_span!("mesh.attempt", attempt, endpoint = %addr);
-            let send = Self::send(state, i, req, h2, retry, sent);
+            let send = Self::send(state, i, req, h2, retry, sent, deadline);
             let t = if span.is_disabled() {
                 send.await
             } else {
                 send.instrument(span).await
             };
-            if let Err((r @ LocalReason::Overflow(_), _)) = t.response {
+            match t.response {
                 // The pool refused the request: nothing was sent, so there is nothing to
                 // record or retry.
-                return AttemptOutcome::local(r, grpc);
+                Err((r @ LocalReason::Overflow(_), _)) => return AttemptOutcome::local(r, grpc),
+                // The request's time is up: nothing more is tried, and the endpoint is not
+                // blamed for the route's deadline.
+                Err((LocalReason::RouteTimeout, _)) => {
+                    return AttemptOutcome::local(LocalReason::RouteTimeout, grpc);
+                }
+                _ => {}
             }
             state.record(i, addr, t.outcome, sent.into_std());
             if let Some(o) = observer.as_mut() {
@@ -185,15 +199,24 @@ impl<C: MeshConnector> Attempts<'_, C> {
                     retries_exhausted: retriable && max_attempts > 1 && attempt >= max_attempts,
                 };
             }
+            // Retrying is the rare path: its timers are boxed, so that they do not enlarge
+            // every request's future.
             // Drain the failed response so its connection goes back to the pool.
-            let _ = response.into_body().collect().await;
-            if let Some(r) = retry {
-                tokio::time::sleep(r.backoff(attempt, &mut *rng)).await;
+            let drained = Box::pin(until(deadline, response.into_body().collect())).await;
+            let wait = retry.map_or(Duration::ZERO, |r| r.backoff(attempt, &mut *rng));
+            let slept = Box::pin(until(
+                deadline,
+                tokio::time::sleep_until(later(Instant::now(), wait)),
+            ))
+            .await;
+            if drained.is_none() || slept.is_none() {
+                return AttemptOutcome::local(LocalReason::RouteTimeout, grpc);
             }
         }
     }
 
-    /// Sends one attempt on endpoint `i` and classifies how it went.
+    /// Sends one attempt on endpoint `i` and classifies how it went; the attempt ends at its
+    /// per-try timeout or at the route's `deadline`, whichever is first.
     async fn send(
         state: &ClusterEntry<C>,
         i: usize,
@@ -201,6 +224,7 @@ impl<C: MeshConnector> Attempts<'_, C> {
         h2: bool,
         retry: Option<&RetryPolicy>,
         sent: Instant,
+        deadline: Option<Instant>,
     ) -> Tried {
         // In-flight counts feed only the load-aware balancers; the others skip the shared
         // counter updates.
@@ -210,10 +234,19 @@ impl<C: MeshConnector> Attempts<'_, C> {
         )
         .then(|| state.load(i).start());
         let pool = &state.pools[i];
-        let result = match retry.and_then(|r| r.per_try_timeout()) {
-            Some(t) => tokio::time::timeout(t, pool.send(req, h2))
+        let per_try = retry
+            .and_then(|r| r.per_try_timeout())
+            .map(|t| later(sent, t));
+        let limit = match (per_try, deadline) {
+            (Some(p), Some(d)) if d <= p => Some((d, LocalReason::RouteTimeout)),
+            (Some(p), _) => Some((p, LocalReason::PerTryTimeout)),
+            (None, Some(d)) => Some((d, LocalReason::RouteTimeout)),
+            (None, None) => None,
+        };
+        let result = match limit {
+            Some((at, reason)) => tokio::time::timeout_at(at, pool.send(req, h2))
                 .await
-                .map_err(|_| (LocalReason::PerTryTimeout, None)),
+                .map_err(|_| (reason, None)),
             None => Ok(pool.send(req, h2).await),
         };
         drop(active);
@@ -256,5 +289,18 @@ impl<C: MeshConnector> Attempts<'_, C> {
                 }
             }
         }
+    }
+}
+
+/// `d` after `at`, capped (see `mesh_core::time`).
+fn later(at: Instant, d: Duration) -> Instant {
+    mesh_core::time::after(at.into_std(), d).into()
+}
+
+/// `f`'s output, or `None` if `deadline` comes first.
+async fn until<F: Future>(deadline: Option<Instant>, f: F) -> Option<F::Output> {
+    match deadline {
+        Some(d) => tokio::time::timeout_at(d, f).await.ok(),
+        None => Some(f.await),
     }
 }

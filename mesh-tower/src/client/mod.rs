@@ -166,20 +166,8 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        // The request's future goes straight into the box: each level of `async` nesting
-        // would add a move of the whole (several-kilobyte) future.
-        Box::pin(self.shared.clone().serve(req))
-    }
-}
-
-impl<C: MeshConnector> Shared<C> {
-    async fn serve<B>(self: Arc<Self>, req: Request<B>) -> Result<Response<MeshBody>, Infallible>
-    where
-        B: Body<Data = Bytes> + Send + 'static,
-        B::Error: Into<BoxError>,
-    {
         let grpc = is_grpc(req.headers());
-        let mut observer = self.config.observer.as_ref().and_then(|o| {
+        let observer = self.shared.config.observer.as_ref().and_then(|o| {
             o.on_request(&RequestStart {
                 method: req.method(),
                 uri: req.uri(),
@@ -187,18 +175,155 @@ impl<C: MeshConnector> Shared<C> {
                 grpc,
             })
         });
+        let span = tracing::debug_span!("mesh.request", method = %req.method(), uri = %req.uri());
+        // The request's future is made straight into its box, in one piece: each level of
+        // `async` nesting would add a move of the whole (kilobytes) future, and so would
+        // wrapping a disabled span around it.
+        if span.is_disabled() {
+            Box::pin(self.shared.clone().serve(req, grpc, observer))
+        } else {
+            Box::pin(
+                self.shared
+                    .clone()
+                    .serve(req, grpc, observer)
+                    .instrument(span),
+            )
+        }
+    }
+}
+
+/// Ends a stage's part of `serve` with a local reply when the stage gave one.
+macro_rules! or_reply {
+    ($label:lifetime, $e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(l) => break $label Err(l),
+        }
+    };
+}
+
+impl<C: MeshConnector> Shared<C> {
+    async fn serve<B>(
+        self: Arc<Self>,
+        req: Request<B>,
+        grpc: bool,
+        mut observer: Option<Box<dyn RequestObserver>>,
+    ) -> Result<Response<MeshBody>, Infallible>
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
         // Clock reads are not free on every machine: only with an observer to tell.
         let started = observer.is_some().then(Instant::now);
-        let span = tracing::debug_span!("mesh.request", method = %req.method(), uri = %req.uri());
         let mut info = MeshInfo::default();
-        // A disabled span is not wrapped around the request: moving the request's future
-        // into `Instrumented` costs a copy of it.
-        let forwarded = if span.is_disabled() {
-            self.forward(req, grpc, &mut info, &mut observer).await
-        } else {
-            self.forward(req, grpc, &mut info, &mut observer)
-                .instrument(span)
-                .await
+        let forwarded: Result<Response<MeshBody>, Local> = 'forward: {
+            let snap = self.snapshots.borrow().clone();
+            let (parts, body) = req.into_parts();
+            // One owned authority per request; the listener name borrows it when it has a port.
+            let authority: String = match &self.config.target {
+                Some(t) => t.clone(),
+                None => parts
+                    .uri
+                    .authority()
+                    .map(|a| a.as_str())
+                    .or_else(|| {
+                        parts
+                            .headers
+                            .get(http::header::HOST)
+                            .and_then(|h| h.to_str().ok())
+                    })
+                    .unwrap_or_default()
+                    .to_string(),
+            };
+            let mut buf = String::new();
+            let listener =
+                route::listener_name(self.config.target.as_deref(), &authority, &mut buf);
+            // ThreadRng is not Send; a small generator seeded from it crosses awaits.
+            let mut rng = SmallRng::from_rng(&mut rand::rng());
+            let route_req = RouteRequest::new(&parts.method, &parts.uri, &parts.headers)
+                .with_authority(&authority);
+            let plan = or_reply!(
+                'forward,
+                route::plan(&snap, listener, &route_req, &mut rng).inspect_err(|l| {
+                    if l.reason == LocalReason::NoRoute {
+                        self.no_route.fetch_add(1, Ordering::Relaxed);
+                    }
+                })
+            );
+            info.route = Some(plan.route.clone());
+            info.cluster = Some(plan.cluster.clone());
+
+            if let Some(fault) = plan.fault {
+                // Boxed: rare, and it would enlarge every request's future by a timer.
+                let f = Box::pin(fault::apply(fault, &route_req, grpc, &mut rng)).await;
+                info.flags.delayed = f.delayed;
+                if let Some(abort) = f.abort {
+                    info.flags.reason = Some(LocalReason::FaultAbort);
+                    break 'forward Ok(abort);
+                }
+            }
+
+            let Some(state) = self.cluster(&snap, &plan.cluster) else {
+                break 'forward Err(Local::new(
+                    LocalReason::NoCluster,
+                    format!("cluster {} is unknown or has no endpoints", plan.cluster),
+                ));
+            };
+            let timeout = plan.deadline(grpc_timeout(&parts.headers));
+            let hash = if state.cluster.lb().is_hash_based() {
+                request_hash(&plan.forward.hash_policies, &route_req, 0)
+            } else {
+                None
+            };
+            // Routing is done with the request head: move it (no copy) into what attempts
+            // reuse.
+            let host_header = HeaderValue::from_str(&authority).ok();
+            let head = Head {
+                method: parts.method,
+                uri: parts.uri,
+                version: parts.version,
+                headers: parts.headers,
+                authority,
+                host_header,
+            };
+
+            let mut body = or_reply!(
+                'forward,
+                prepare(body, self.config.max_replay_bytes)
+                    .await
+                    .map_err(|e| Local::new(LocalReason::RequestBody, e.to_string()))
+            );
+            self.mirror(&snap, &plan.forward.mirrors, &head, &body, &mut rng);
+            let mut progress = Progress::default();
+            let outcome = Attempts {
+                head: &head,
+                body: &mut body,
+                cluster: &state,
+                retry: plan.forward.retry_policy.as_ref(),
+                timeout,
+                hash,
+                grpc,
+                rng: &mut rng,
+                observer: &mut observer,
+                progress: &mut progress,
+            }
+            .run()
+            .await;
+            info.attempts = progress.attempts;
+            // An attempt refused before it was sent names no endpoint.
+            info.endpoint = progress.endpoint.filter(|_| {
+                !matches!(
+                    outcome.reason,
+                    Some(
+                        LocalReason::Overflow(_)
+                            | LocalReason::NoHealthyUpstream
+                            | LocalReason::RequestBody
+                    )
+                )
+            });
+            info.flags.reason = outcome.reason;
+            info.flags.retries_exhausted = outcome.retries_exhausted;
+            Ok(outcome.response)
         };
         let mut resp = match forwarded {
             Ok(r) => r,
@@ -222,125 +347,5 @@ impl<C: MeshConnector> Shared<C> {
     fn cluster(&self, snap: &Arc<MeshSnapshot>, name: &str) -> Option<Arc<ClusterEntry<C>>> {
         self.clusters
             .get(snap, &self.snapshots, name, &self.connector, &self.build)
-    }
-
-    async fn forward<B>(
-        self: &Arc<Self>,
-        req: Request<B>,
-        grpc: bool,
-        info: &mut MeshInfo,
-        observer: &mut Option<Box<dyn RequestObserver>>,
-    ) -> Result<Response<MeshBody>, Local>
-    where
-        B: Body<Data = Bytes> + Send + 'static,
-        B::Error: Into<BoxError>,
-    {
-        let snap = self.snapshots.borrow().clone();
-        let (parts, body) = req.into_parts();
-        // One owned authority per request; the listener name borrows it when it has a port.
-        let authority: String = match &self.config.target {
-            Some(t) => t.clone(),
-            None => parts
-                .uri
-                .authority()
-                .map(|a| a.as_str())
-                .or_else(|| {
-                    parts
-                        .headers
-                        .get(http::header::HOST)
-                        .and_then(|h| h.to_str().ok())
-                })
-                .unwrap_or_default()
-                .to_string(),
-        };
-        let mut buf = String::new();
-        let listener = route::listener_name(self.config.target.as_deref(), &authority, &mut buf);
-        // ThreadRng is not Send; a small generator seeded from it crosses awaits.
-        let mut rng = SmallRng::from_rng(&mut rand::rng());
-        let route_req =
-            RouteRequest::new(&parts.method, &parts.uri, &parts.headers).with_authority(&authority);
-        let plan = route::plan(&snap, listener, &route_req, &mut rng).inspect_err(|l| {
-            if l.reason == LocalReason::NoRoute {
-                self.no_route.fetch_add(1, Ordering::Relaxed);
-            }
-        })?;
-        info.route = Some(plan.route.clone());
-        info.cluster = Some(plan.cluster.clone());
-
-        if let Some(fault) = plan.fault {
-            // Boxed: rare, and it would enlarge every request's future by a timer.
-            let f = Box::pin(fault::apply(fault, &route_req, grpc, &mut rng)).await;
-            info.flags.delayed = f.delayed;
-            if let Some(abort) = f.abort {
-                info.flags.reason = Some(LocalReason::FaultAbort);
-                return Ok(abort);
-            }
-        }
-
-        let Some(state) = self.cluster(&snap, &plan.cluster) else {
-            return Err(Local::new(
-                LocalReason::NoCluster,
-                format!("cluster {} is unknown or has no endpoints", plan.cluster),
-            ));
-        };
-        let deadline = plan.deadline(grpc_timeout(&parts.headers));
-        let hash = if state.cluster.lb().is_hash_based() {
-            request_hash(&plan.forward.hash_policies, &route_req, 0)
-        } else {
-            None
-        };
-        // Routing is done with the request head: move it (no copy) into what attempts reuse.
-        let host_header = HeaderValue::from_str(&authority).ok();
-        let head = Head {
-            method: parts.method,
-            uri: parts.uri,
-            version: parts.version,
-            headers: parts.headers,
-            authority,
-            host_header,
-        };
-
-        let mut body = prepare(body, self.config.max_replay_bytes)
-            .await
-            .map_err(|e| Local::new(LocalReason::RequestBody, e.to_string()))?;
-        self.mirror(&snap, &plan.forward.mirrors, &head, &body, &mut rng);
-        let mut progress = Progress::default();
-        let attempts = Attempts {
-            head: &head,
-            body: &mut body,
-            cluster: &state,
-            retry: plan.forward.retry_policy.as_ref(),
-            hash,
-            grpc,
-            rng: &mut rng,
-            observer,
-            progress: &mut progress,
-        };
-        // Each future made where it is awaited (see `call`).
-        let outcome = match deadline {
-            Some(d) => tokio::time::timeout(d, attempts.run()).await.ok(),
-            None => Some(attempts.run().await),
-        };
-        info.attempts = progress.attempts;
-        let Some(outcome) = outcome else {
-            return Err(Local {
-                reason: LocalReason::RouteTimeout,
-                detail: None,
-            });
-        };
-        // An attempt refused before it was sent names no endpoint.
-        info.endpoint = progress.endpoint.filter(|_| {
-            !matches!(
-                outcome.reason,
-                Some(
-                    LocalReason::Overflow(_)
-                        | LocalReason::NoHealthyUpstream
-                        | LocalReason::RequestBody
-                )
-            )
-        });
-        info.flags.reason = outcome.reason;
-        info.flags.retries_exhausted = outcome.retries_exhausted;
-        Ok(outcome.response)
     }
 }
