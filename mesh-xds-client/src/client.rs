@@ -431,8 +431,9 @@ impl Sink {
 }
 
 enum StreamEnd {
-    /// Closed after at least one response (e.g. istiod's max connection age): not a failure.
-    AfterResponse,
+    /// Closed after at least one response (e.g. istiod's max connection age), having lived
+    /// this long.
+    AfterResponse(Duration),
     /// Failed before any response.
     Failed(String),
     /// The client was dropped.
@@ -445,12 +446,16 @@ impl Worker {
         loop {
             match self.stream_once().await {
                 StreamEnd::Shutdown => return,
-                StreamEnd::AfterResponse => {
+                StreamEnd::AfterResponse(lived) => {
                     self.state.on_disconnected();
                     self.health_tx.send_modify(|h| h.connected = false);
-                    delay = self.backoff.initial;
-                    tracing::info!(server = %self.server.address, "ADS stream closed after responses; reconnecting");
-                    continue;
+                    // A stream that lived (istiod closes them at their maximum age) starts
+                    // the backoff over; one that keeps closing right after answering, as a
+                    // broken server's would, backs off like a failure instead of looping hot.
+                    if lived >= self.backoff.max {
+                        delay = self.backoff.initial;
+                    }
+                    tracing::info!(server = %self.server.address, ?lived, "ADS stream closed after responses; reconnecting in about {delay:?}");
                 }
                 StreamEnd::Failed(e) => {
                     self.state.on_disconnected();
@@ -465,7 +470,7 @@ impl Worker {
             if !self.idle(jittered).await {
                 return;
             }
-            delay = (delay * 2).min(self.backoff.max);
+            delay = delay.saturating_mul(2).min(self.backoff.max);
         }
     }
 
@@ -597,6 +602,7 @@ impl Worker {
             Err(e) => return StreamEnd::Failed(e),
         };
         let now = Instant::now().into_std();
+        let opened = Instant::now();
         let first = self.state.on_connected(now);
         let mut got_response = false;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -663,7 +669,7 @@ impl Worker {
         };
         self.persist();
         match (got_response, ended) {
-            (true, _) => StreamEnd::AfterResponse,
+            (true, _) => StreamEnd::AfterResponse(opened.elapsed()),
             (false, Some(e)) => StreamEnd::Failed(e),
             (false, None) => {
                 StreamEnd::Failed("the server closed the stream before any response".into())

@@ -326,7 +326,7 @@ impl AdsState {
         let mut out = Vec::new();
         for ty in ResourceType::ALL {
             if !self.types[index(ty)].wanted.is_empty() {
-                out.push(Output::Send(self.request(ty, now, None)));
+                out.extend(self.request(ty, now, None).map(Output::Send));
             }
         }
         out
@@ -550,7 +550,7 @@ impl AdsState {
             if let Some(ty) = answered_type
                 && self.connected
             {
-                out.push(Output::Send(self.request(ty, now, nack.take())));
+                out.extend(self.request(ty, now, nack.take()).map(Output::Send));
             }
             out.extend(self.maybe_publish());
             return out;
@@ -617,7 +617,7 @@ impl AdsState {
                     None
                 };
                 if self.connected {
-                    out.push(Output::Send(self.request(ty, now, error)));
+                    out.extend(self.request(ty, now, error).map(Output::Send));
                 }
             }
         }
@@ -631,7 +631,27 @@ impl AdsState {
 
     /// Builds the request for a type from its current state; starts does-not-exist timers for
     /// names it carries that have no value yet.
-    fn request(&mut self, ty: ResourceType, now: Instant, error: Option<String>) -> Request {
+    ///
+    /// `None` when the request would read as a wildcard subscription: a SotW LDS or CDS
+    /// request naming nothing (istiod answers an empty LDS request with every listener in
+    /// scope), or a first Delta request naming nothing. The server then keeps the last names
+    /// it was sent, and what it sends for them is ignored as unwanted.
+    fn request(
+        &mut self,
+        ty: ResourceType,
+        now: Instant,
+        error: Option<String>,
+    ) -> Option<Request> {
+        let t = &self.types[index(ty)];
+        let wildcard_type = matches!(ty, ResourceType::Listener | ResourceType::Cluster);
+        let reads_as_wildcard = t.wanted.is_empty()
+            && match self.protocol {
+                Protocol::Sotw => wildcard_type,
+                Protocol::Delta => t.sent.is_none(),
+            };
+        if reads_as_wildcard {
+            return None;
+        }
         let node = if self.node_sent {
             None
         } else {
@@ -699,7 +719,7 @@ impl AdsState {
         if resubscribe {
             t.sent = Some(t.wanted.clone());
         }
-        request
+        Some(request)
     }
 
     /// Publishes when something changed and every reference is settled.

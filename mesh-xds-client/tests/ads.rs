@@ -489,3 +489,19 @@ async fn tls_to_the_control_plane_with_a_bearer_token() {
         "{e}"
     );
 }
+
+/// A server that answers once and closes each stream: the client backs off (jittered, growing
+/// to the cap) instead of reconnecting in a hot loop.
+#[tokio::test]
+async fn a_server_that_answers_once_and_closes_is_not_reconnected_to_in_a_hot_loop() {
+    let ads = FakeAds::new();
+    canary(&ads, 90, 10);
+    ads.close_after_first_response();
+    let server = ads.serve_tcp(0).await;
+    let _c = client(&server.addr.unwrap().to_string(), Protocol::Sotw);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Waits of at least 25, 50, 100, 200, 200, ... ms (half of 50 ms doubling to 400 ms):
+    // within 2 s at most 12 reconnects after the first stream.
+    let streams = ads.streams();
+    assert!((3..=13).contains(&streams), "{streams} streams in 2 s");
+}

@@ -682,3 +682,46 @@ fn a_decoder_panic_nacks_that_resource_and_the_subscription_goes_on() {
     assert_eq!(route(&snap, 100), BTreeMap::from([(v2(), 100)]));
     assert_eq!(s.version(ResourceType::RouteConfiguration), "v3");
 }
+
+/// istiod reads a SotW LDS or CDS request naming nothing as "everything": unsubscribing the
+/// last listener must not ask for every listener in the mesh.
+#[test]
+fn no_request_names_nothing_where_that_reads_as_a_wildcard() {
+    let now = Instant::now();
+    let mut s = AdsState::new(Protocol::Sotw, node(), true);
+    s.subscribe_listener(L, now);
+    let first = s.on_connected(now);
+    let world = World::canary(90, 10);
+    converge(&mut s, &world, first, now);
+    let out = s.unsubscribe_listener(L, now);
+    let sent: Vec<_> = out
+        .iter()
+        .filter_map(|o| match o {
+            Output::Send(r) => Some(sotw(r)),
+            Output::Publish(_) => None,
+        })
+        .collect();
+    let types: Vec<_> = sent.iter().map(|r| r.type_url.as_str()).collect();
+    assert_eq!(
+        types,
+        [
+            ResourceType::RouteConfiguration.type_url(),
+            ResourceType::ClusterLoadAssignment.type_url()
+        ],
+        "RDS and EDS unsubscribe with an empty list; LDS and CDS send nothing"
+    );
+    assert!(sent.iter().all(|r| r.resource_names.is_empty()));
+    // A push of the old clusters afterwards is not ACKed with an empty (wildcard) list either.
+    let push = DiscoveryResponse {
+        version_info: "v2".into(),
+        resources: world.cds.clone(),
+        type_url: ResourceType::Cluster.type_url().into(),
+        nonce: "n50".into(),
+        ..Default::default()
+    };
+    let out = s.on_sotw_response(push, now);
+    assert!(!out.iter().any(|o| matches!(o, Output::Send(_))), "{out:?}");
+    // Nor does a new stream start with one.
+    s.on_disconnected();
+    assert!(s.on_connected(now).is_empty());
+}

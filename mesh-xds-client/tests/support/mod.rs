@@ -52,6 +52,11 @@ pub struct FakeAds {
     pushes: broadcast::Sender<String>,
     /// Bumped by `Running::stop` to end every open stream, as a server going away does.
     generation: Arc<tokio::sync::watch::Sender<u64>>,
+    /// SotW streams opened.
+    streams: Arc<std::sync::atomic::AtomicUsize>,
+    /// End each SotW stream right after its first response (a server that answers once and
+    /// closes).
+    close_after_first: Arc<std::sync::atomic::AtomicBool>,
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -69,7 +74,20 @@ impl FakeAds {
             seen: Arc::default(),
             pushes: broadcast::channel(64).0,
             generation: Arc::new(tokio::sync::watch::channel(0).0),
+            streams: Arc::default(),
+            close_after_first: Arc::default(),
         }
+    }
+
+    /// SotW streams opened so far.
+    pub fn streams(&self) -> usize {
+        self.streams.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// From now on, ends each SotW stream right after its first response.
+    pub fn close_after_first_response(&self) {
+        self.close_after_first
+            .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Replaces every resource of a type and pushes the change to open streams.
@@ -247,6 +265,11 @@ impl AggregatedDiscoveryService for FakeAds {
         let me = self.clone();
         let mut pushes = self.pushes.subscribe();
         let mut stopped = self.generation.subscribe();
+        self.streams
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let close_after_first = self
+            .close_after_first
+            .load(std::sync::atomic::Ordering::SeqCst);
         tokio::spawn(async move {
             let mut subs: HashMap<String, BTreeSet<String>> = HashMap::new();
             let mut last_nonce: HashMap<String, String> = HashMap::new();
@@ -286,7 +309,7 @@ impl AggregatedDiscoveryService for FakeAds {
                         nonce += 1;
                         let resp = me.sotw_response(&r.type_url, &names, nonce);
                         last_nonce.insert(r.type_url.clone(), resp.nonce.clone());
-                        if tx.send(Ok(resp)).await.is_err() { return; }
+                        if tx.send(Ok(resp)).await.is_err() || close_after_first { return; }
                     }
                     pushed = pushes.recv() => {
                         let Ok(type_url) = pushed else { continue };
