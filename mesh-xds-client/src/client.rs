@@ -196,6 +196,7 @@ impl XdsClientBuilder {
             commands: command_rx,
             backoff: self.backoff,
             cache_dirty: false,
+            request_lost: false,
         };
         if let Some(cache) = worker.cache.clone() {
             match cache.load() {
@@ -411,6 +412,8 @@ struct Worker {
     commands: mpsc::UnboundedReceiver<Command>,
     backoff: Backoff,
     cache_dirty: bool,
+    /// A request could not be queued on this stream, which must then end.
+    request_lost: bool,
 }
 
 enum Sink {
@@ -419,16 +422,24 @@ enum Sink {
 }
 
 impl Sink {
-    fn send(&self, r: Request) {
-        // The channel is sized for a burst of every type; a full channel means the stream is
-        // stuck and will be torn down, so dropping here loses nothing the reconnect won't resend.
-        let _ = match (self, r) {
-            (Self::Sotw(tx), Request::Sotw(r)) => tx.try_send(r).map_err(|_| ()),
-            (Self::Delta(tx), Request::Delta(r)) => tx.try_send(r).map_err(|_| ()),
-            _ => Err(()),
-        };
+    /// Queues a request for the stream; false when it could not be (the queue is full: the
+    /// server is not reading). The worker then ends the stream, since a lost request would
+    /// lose a subscription, and the next stream resends every subscription.
+    ///
+    /// Not awaited: waiting for room while not reading the server's responses could deadlock
+    /// a server that waits for its responses to be read before it reads again.
+    #[must_use]
+    fn send(&self, r: Request) -> bool {
+        match (self, r) {
+            (Self::Sotw(tx), Request::Sotw(r)) => tx.try_send(r).is_ok(),
+            (Self::Delta(tx), Request::Delta(r)) => tx.try_send(r).is_ok(),
+            _ => false,
+        }
     }
 }
+
+/// Requests queued for the stream before it counts as stuck.
+const OUTBOUND_QUEUE: usize = 64;
 
 enum StreamEnd {
     /// Closed after at least one response (e.g. istiod's max connection age), having lived
@@ -528,8 +539,10 @@ impl Worker {
         for o in outputs {
             match o {
                 Output::Send(r) => {
-                    if let Some(s) = sink {
-                        s.send(r);
+                    if let Some(s) = sink
+                        && !s.send(r)
+                    {
+                        self.request_lost = true;
                     }
                 }
                 Output::Publish(snap) => {
@@ -603,6 +616,7 @@ impl Worker {
         };
         let now = Instant::now().into_std();
         let opened = Instant::now();
+        self.request_lost = false;
         let first = self.state.on_connected(now);
         let mut got_response = false;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -616,6 +630,11 @@ impl Worker {
                     h.last_error = None;
                 });
                 loop {
+                    if self.request_lost {
+                        break Some(format!(
+                            "the control plane is not reading this stream's requests ({OUTBOUND_QUEUE} queued); reopening it"
+                        ));
+                    }
                     tokio::select! {
                         msg = inbound.message() => match msg {
                             Ok(Some(resp)) => {
@@ -645,7 +664,7 @@ impl Worker {
         }
         let ended = match self.state.protocol() {
             Protocol::Sotw => {
-                let (tx, rx) = mpsc::channel(64);
+                let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
                 let sink = Sink::Sotw(tx);
                 self.handle(first, Some(&sink));
                 let mut req = tonic::Request::new(ReceiverStream::new(rx));
@@ -656,7 +675,7 @@ impl Worker {
                 }
             }
             Protocol::Delta => {
-                let (tx, rx) = mpsc::channel(64);
+                let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
                 let sink = Sink::Delta(tx);
                 self.handle(first, Some(&sink));
                 let mut req = tonic::Request::new(ReceiverStream::new(rx));
@@ -668,7 +687,9 @@ impl Worker {
             }
         };
         self.persist();
-        match (got_response, ended) {
+        // A stream that lost a request failed, however much it answered.
+        let lost = std::mem::take(&mut self.request_lost);
+        match (got_response && !lost, ended) {
             (true, _) => StreamEnd::AfterResponse(opened.elapsed()),
             (false, Some(e)) => StreamEnd::Failed(e),
             (false, None) => {

@@ -505,3 +505,51 @@ async fn a_server_that_answers_once_and_closes_is_not_reconnected_to_in_a_hot_lo
     let streams = ads.streams();
     assert!((3..=13).contains(&streams), "{streams} streams in 2 s");
 }
+
+/// A server that stops reading: once the request queue is full the stream is reopened, and the
+/// new stream carries every subscription (none is lost to a dropped request).
+#[tokio::test]
+async fn a_server_that_stops_reading_gets_a_new_stream_with_every_subscription() {
+    let ads = FakeAds::new();
+    canary(&ads, 90, 10);
+    ads.stall_next_stream();
+    let server = ads.serve_tcp(0).await;
+    let c = client(&server.addr.unwrap().to_string(), Protocol::Sotw);
+    within("the first stream", async {
+        while ads.streams() < 1 || ads.seen().is_empty() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    // Each subscription is one more LDS request naming every listener so far: megabytes,
+    // more than the stream's flow-control window and the client's queue hold.
+    let names: Vec<String> = (0..400)
+        .map(|i| format!("service-{i:03}.default.svc.cluster.local:8080"))
+        .collect();
+    for n in &names {
+        c.subscribe(n).unwrap();
+    }
+    let seen = within("every name on a new stream", async {
+        loop {
+            let last = ads
+                .seen()
+                .into_iter()
+                .rev()
+                .find(|s| s.type_url == ResourceType::Listener.type_url());
+            if ads.streams() >= 2
+                && let Some(s) = last
+                && s.names.len() == names.len() + 1
+            {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(names.iter().all(|n| seen.names.contains(n)));
+    assert!(
+        seen.names
+            .iter()
+            .any(|n| n == "ui.default.svc.cluster.local:80")
+    );
+}

@@ -57,6 +57,9 @@ pub struct FakeAds {
     /// End each SotW stream right after its first response (a server that answers once and
     /// closes).
     close_after_first: Arc<std::sync::atomic::AtomicBool>,
+    /// The next SotW stream stops reading requests after answering its first (a server that
+    /// is stuck), and keeps the stream open.
+    stall_next: Arc<std::sync::atomic::AtomicBool>,
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -76,7 +79,14 @@ impl FakeAds {
             generation: Arc::new(tokio::sync::watch::channel(0).0),
             streams: Arc::default(),
             close_after_first: Arc::default(),
+            stall_next: Arc::default(),
         }
+    }
+
+    /// The next SotW stream stops reading after its first answer, without closing.
+    pub fn stall_next_stream(&self) {
+        self.stall_next
+            .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// SotW streams opened so far.
@@ -270,6 +280,9 @@ impl AggregatedDiscoveryService for FakeAds {
         let close_after_first = self
             .close_after_first
             .load(std::sync::atomic::Ordering::SeqCst);
+        let stall = self
+            .stall_next
+            .swap(false, std::sync::atomic::Ordering::SeqCst);
         tokio::spawn(async move {
             let mut subs: HashMap<String, BTreeSet<String>> = HashMap::new();
             let mut last_nonce: HashMap<String, String> = HashMap::new();
@@ -310,6 +323,12 @@ impl AggregatedDiscoveryService for FakeAds {
                         let resp = me.sotw_response(&r.type_url, &names, nonce);
                         last_nonce.insert(r.type_url.clone(), resp.nonce.clone());
                         if tx.send(Ok(resp)).await.is_err() || close_after_first { return; }
+                        if stall {
+                            // Never reads again; holds the stream (and its unread requests)
+                            // open until the client gives up on it or the server stops.
+                            let _ = stopped.changed().await;
+                            return;
+                        }
                     }
                     pushed = pushes.recv() => {
                         let Ok(type_url) = pushed else { continue };
