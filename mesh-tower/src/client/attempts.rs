@@ -146,13 +146,33 @@ impl<C: MeshConnector> Attempts<'_, C> {
             if attempt > 1 {
                 sent = Instant::now();
             }
+            // In-flight counts feed only the load-aware balancers; the others skip the shared
+            // counter updates.
+            let active = matches!(
+                state.cluster.lb(),
+                LbConfig::LeastRequest { .. } | LbConfig::PeakEwma { .. }
+            )
+            .then(|| state.load(i).start());
+            let limit = attempt_limit(retry, sent, deadline);
+            // Awaited where it was made (pinned, raced against its deadline in place): every
+            // wrapper or call level around it would move it once more.
             let span = tracing::debug_span!("mesh.attempt", attempt, endpoint = %addr);
-            let send = Self::send(state, i, req, h2, retry, sent, deadline);
-            let t = if span.is_disabled() {
-                send.await
-            } else {
-                send.instrument(span).await
+            let sending = state.pools[i].send(req, h2).instrument(span);
+            tokio::pin!(sending);
+            let result = match limit {
+                None => Ok(sending.await),
+                Some((at, reason)) => {
+                    let expiry = tokio::time::sleep_until(at);
+                    tokio::pin!(expiry);
+                    tokio::select! {
+                        biased;
+                        r = &mut sending => Ok(r),
+                        () = &mut expiry => Err((reason, None)),
+                    }
+                }
             };
+            drop(active);
+            let t = Self::settle(state, i, result, sent);
             match t.response {
                 // The pool refused the request: nothing was sent, so there is nothing to
                 // record or retry.
@@ -215,41 +235,13 @@ impl<C: MeshConnector> Attempts<'_, C> {
         }
     }
 
-    /// Sends one attempt on endpoint `i` and classifies how it went; the attempt ends at its
-    /// per-try timeout or at the route's `deadline`, whichever is first.
-    async fn send(
+    /// What one attempt's send came to, classified; `sent` is when it went out.
+    fn settle(
         state: &ClusterEntry<C>,
         i: usize,
-        req: http::Request<MeshBody>,
-        h2: bool,
-        retry: Option<&RetryPolicy>,
+        result: Result<Result<Response<MeshBody>, SendError>, (LocalReason, Option<String>)>,
         sent: Instant,
-        deadline: Option<Instant>,
     ) -> Tried {
-        // In-flight counts feed only the load-aware balancers; the others skip the shared
-        // counter updates.
-        let active = matches!(
-            state.cluster.lb(),
-            LbConfig::LeastRequest { .. } | LbConfig::PeakEwma { .. }
-        )
-        .then(|| state.load(i).start());
-        let pool = &state.pools[i];
-        let per_try = retry
-            .and_then(|r| r.per_try_timeout())
-            .map(|t| later(sent, t));
-        let limit = match (per_try, deadline) {
-            (Some(p), Some(d)) if d <= p => Some((d, LocalReason::RouteTimeout)),
-            (Some(p), _) => Some((p, LocalReason::PerTryTimeout)),
-            (None, Some(d)) => Some((d, LocalReason::RouteTimeout)),
-            (None, None) => None,
-        };
-        let result = match limit {
-            Some((at, reason)) => tokio::time::timeout_at(at, pool.send(req, h2))
-                .await
-                .map_err(|_| (reason, None)),
-            None => Ok(pool.send(req, h2).await),
-        };
-        drop(active);
         let failed = |reason, failure| Tried {
             failure: Some(failure),
             outcome: Outcome::LocalFailure,
@@ -289,6 +281,24 @@ impl<C: MeshConnector> Attempts<'_, C> {
                 }
             }
         }
+    }
+}
+
+/// When an attempt sent at `sent` must end, and why: its per-try timeout or the route's
+/// deadline, whichever is first.
+fn attempt_limit(
+    retry: Option<&RetryPolicy>,
+    sent: Instant,
+    deadline: Option<Instant>,
+) -> Option<(Instant, LocalReason)> {
+    let per_try = retry
+        .and_then(|r| r.per_try_timeout())
+        .map(|t| later(sent, t));
+    match (per_try, deadline) {
+        (Some(p), Some(d)) if d <= p => Some((d, LocalReason::RouteTimeout)),
+        (Some(p), _) => Some((p, LocalReason::PerTryTimeout)),
+        (None, Some(d)) => Some((d, LocalReason::RouteTimeout)),
+        (None, None) => None,
     }
 }
 
