@@ -47,6 +47,22 @@ impl std::fmt::Display for ServerAddress {
 }
 
 impl ServerAddress {
+    /// Whether the address stays on this machine: a unix socket, `localhost`, or a loopback
+    /// IP (names other than `localhost` are not resolved to find out).
+    pub fn is_local(&self) -> bool {
+        match self {
+            Self::Unix(_) => true,
+            Self::Tcp { host, .. } => {
+                host.eq_ignore_ascii_case("localhost")
+                    || host
+                        .trim_start_matches('[')
+                        .trim_end_matches(']')
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback())
+            }
+        }
+    }
+
     /// Parses `host:port`, `dns:///host:port`, `dns://authority/host:port` or `unix:///path`.
     pub fn parse(uri: &str) -> Result<Self, String> {
         if let Some(path) = uri.strip_prefix("unix://") {
@@ -526,6 +542,28 @@ fn parse_server(cx: &Ctx<'_>, v: &Value, path: &str) -> Result<XdsServer, Bootst
                 call_credentials.push(CallCredentials::JwtTokenFile(file.into()));
             }
         }
+    }
+    // A socket path has no TLS in this client: a configuration asking for it gets an error,
+    // not a silent plaintext stream.
+    if matches!(address, ServerAddress::Unix(_))
+        && matches!(channel_credentials, ChannelCredentials::Tls { .. })
+    {
+        return Err(cx.err(
+            &creds_path,
+            "\"tls\" is not supported for a unix: server_uri; use \"insecure\" (the socket is local)",
+        ));
+    }
+    // As gRPC does, a bearer token never travels in the clear off this machine.
+    if !call_credentials.is_empty()
+        && matches!(channel_credentials, ChannelCredentials::Insecure)
+        && !address.is_local()
+    {
+        return Err(cx.err(
+            format!("{path}.call_creds"),
+            format!(
+                "a bearer token is only sent over TLS or to a local address, and {server_uri} with \"insecure\" credentials is neither"
+            ),
+        ));
     }
     let mut server_features = Vec::new();
     if let Some(f) = obj.get("server_features").filter(|v| !v.is_null()) {

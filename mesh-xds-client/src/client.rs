@@ -701,18 +701,31 @@ impl Worker {
 
 /// Metadata for the stream: bearer tokens (re-read on every connect) and bootstrap headers.
 fn call_metadata(server: &XdsServer) -> Result<tonic::metadata::MetadataMap, String> {
+    // Checked when the bootstrap is parsed too; this holds for servers built by hand.
+    if !server.call_credentials.is_empty()
+        && matches!(server.channel_credentials, ChannelCredentials::Insecure)
+        && !server.address.is_local()
+    {
+        return Err(format!(
+            "refusing to send a bearer token to {} over an insecure channel",
+            server.address
+        ));
+    }
     let mut md = tonic::metadata::MetadataMap::new();
     for c in &server.call_credentials {
         match c {
             CallCredentials::JwtTokenFile(path) => {
                 let token = std::fs::read_to_string(path)
                     .map_err(|e| format!("cannot read the token file {}: {e}", path.display()))?;
-                let value = format!("Bearer {}", token.trim()).parse().map_err(|_| {
-                    format!(
-                        "the token in {} is not a valid header value",
-                        path.display()
-                    )
-                })?;
+                let mut value: tonic::metadata::MetadataValue<_> =
+                    format!("Bearer {}", token.trim()).parse().map_err(|_| {
+                        format!(
+                            "the token in {} is not a valid header value",
+                            path.display()
+                        )
+                    })?;
+                // Kept out of HPACK's dynamic table and of debug output.
+                value.set_sensitive(true);
                 md.insert("authorization", value);
             }
         }
@@ -816,6 +829,31 @@ mod tests {
 
     /// Subscribing to this listener panics the worker (a stand-in for any bug in it).
     pub(super) const PANIC_LISTENER: &str = "mesh-test-panic:1";
+
+    #[test]
+    fn bearer_tokens_are_sensitive_and_never_sent_in_the_clear_off_the_machine() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "secret-token\n").unwrap();
+        let mut server = XdsServer {
+            server_uri: "127.0.0.1:15010".into(),
+            address: ServerAddress::parse("127.0.0.1:15010").unwrap(),
+            channel_credentials: ChannelCredentials::Insecure,
+            call_credentials: vec![CallCredentials::JwtTokenFile(token)],
+            server_features: vec![],
+            tls_server_name: None,
+            headers: vec![],
+        };
+        let md = call_metadata(&server).unwrap();
+        let auth = md.get("authorization").unwrap();
+        assert!(auth.is_sensitive());
+        assert_eq!(format!("{auth:?}"), "Sensitive");
+        server.address = ServerAddress::parse("10.0.0.7:15010").unwrap();
+        assert_eq!(
+            call_metadata(&server).unwrap_err(),
+            "refusing to send a bearer token to 10.0.0.7:15010 over an insecure channel"
+        );
+    }
 
     #[tokio::test]
     async fn a_worker_that_dies_says_so_and_ready_does_not_pretend() {

@@ -141,6 +141,37 @@ fn errors_name_source_path_and_problem() {
         e.path,
         "certificate_providers.default.config.refresh_interval"
     );
+    let e = Bootstrap::from_json(
+        r#"{"xds_servers": [{"server_uri": "unix:///etc/istio/proxy/XDS", "channel_creds": [{"type": "tls"}]}]}"#,
+        "b.json",
+    )
+    .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "xDS bootstrap b.json: xds_servers[0].channel_creds: \"tls\" is not supported for a unix: server_uri; use \"insecure\" (the socket is local)"
+    );
+    let token = r#""call_creds": [{"type": "jwt_token_file", "config": {"jwt_token_file": "/t"}}]"#;
+    let e = Bootstrap::from_json(
+        &format!(r#"{{"xds_servers": [{{"server_uri": "istiod.istio-system.svc:15010", "channel_creds": [{{"type": "insecure"}}], {token}}}]}}"#),
+        "b.json",
+    )
+    .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "xDS bootstrap b.json: xds_servers[0].call_creds: a bearer token is only sent over TLS or to a local address, and istiod.istio-system.svc:15010 with \"insecure\" credentials is neither"
+    );
+    for local in [
+        "127.0.0.1:15010",
+        "localhost:15010",
+        "[::1]:15010",
+        "unix:///x",
+    ] {
+        Bootstrap::from_json(
+            &format!(r#"{{"xds_servers": [{{"server_uri": "{local}", "channel_creds": [{{"type": "insecure"}}], {token}}}]}}"#),
+            "b.json",
+        )
+        .unwrap_or_else(|e| panic!("{local}: {e}"));
+    }
     let e = Bootstrap::from_vars(|_| None).unwrap_err();
     assert_eq!(
         e.to_string(),
