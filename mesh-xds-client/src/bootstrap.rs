@@ -667,7 +667,8 @@ impl IstiodBootstrap {
 
     /// Builds it with the variables from `var`: `POD_NAME`, `POD_NAMESPACE`, `INSTANCE_IP`
     /// (or `INSTANCE_IPS`), `SERVICE_ACCOUNT`, `ISTIO_META_CLUSTER_ID` (default `Kubernetes`),
-    /// `ISTIO_VERSION`, and `ISTIO_METAJSON_LABELS` (a JSON object).
+    /// `ISTIO_VERSION`, `ISTIO_META_WORKLOAD_NAME` (the deployment) and `ISTIO_METAJSON_LABELS`
+    /// (a JSON object).
     pub fn build_from(
         self,
         var: impl Fn(&str) -> Option<String>,
@@ -704,6 +705,9 @@ impl IstiodBootstrap {
         }
         if let Some(sa) = var("SERVICE_ACCOUNT") {
             put("SERVICE_ACCOUNT", sa);
+        }
+        if let Some(w) = var("ISTIO_META_WORKLOAD_NAME") {
+            put("WORKLOAD_NAME", w);
         }
         if let Some(labels) = var("ISTIO_METAJSON_LABELS") {
             let v: Value = serde_json::from_str(&labels)

@@ -106,6 +106,7 @@ pub struct XdsClientBuilder {
     targets: Vec<String>,
     dne_timeout: Duration,
     backoff: Backoff,
+    cache_max_age: Option<Duration>,
 }
 
 impl XdsClientBuilder {
@@ -119,6 +120,7 @@ impl XdsClientBuilder {
             targets: Vec::new(),
             dne_timeout: crate::state::DOES_NOT_EXIST_TIMEOUT,
             backoff: Backoff::default(),
+            cache_max_age: None,
         }
     }
 
@@ -138,6 +140,13 @@ impl XdsClientBuilder {
     /// A target to subscribe to from the start: `host:port` or `xds:///host:port`.
     pub fn target(mut self, target: impl Into<String>) -> Self {
         self.targets.push(target.into());
+        self
+    }
+
+    /// Do not start from a cache file older than this (default: any age; a stale cache is
+    /// still marked stale until the control plane confirms it).
+    pub fn cache_max_age(mut self, max_age: Duration) -> Self {
+        self.cache_max_age = Some(max_age);
         self
     }
 
@@ -176,13 +185,8 @@ impl XdsClientBuilder {
             state.subscribe_listener(l, now);
         }
         let cache = self.cache_dir.as_ref().map(|dir| {
-            let key = format!(
-                "{}|{}|{}",
-                server.server_uri,
-                self.bootstrap.node.id,
-                listeners.join(",")
-            );
-            DiskCache::new(dir, &key)
+            DiskCache::new(dir, &cache_key(&self.bootstrap, &listeners))
+                .with_max_age(self.cache_max_age)
         });
         let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(MeshSnapshot::new()));
         let (health_tx, health_rx) = watch::channel(Health::default());
@@ -197,6 +201,7 @@ impl XdsClientBuilder {
             backoff: self.backoff,
             cache_dirty: false,
             request_lost: false,
+            cache_written: false,
         };
         if let Some(cache) = worker.cache.clone() {
             match cache.load() {
@@ -239,6 +244,33 @@ impl XdsClientBuilder {
             task: task_handle,
         })
     }
+}
+
+/// What the cache file is keyed by: the server, the workload and the listeners. The workload
+/// is the node's `NAMESPACE` and `WORKLOAD_NAME` metadata (set by istio-agent and by
+/// `IstiodBootstrap`) rather than the node id, which holds the pod's IP and name: so a new pod
+/// of the same deployment starts from what the last one had, not only a restarted container.
+/// Pods of one workload get the same configuration from istiod except for their own
+/// addresses, which a client configuration does not carry. Without that metadata the node id
+/// is used.
+fn cache_key(bootstrap: &Bootstrap, listeners: &[String]) -> String {
+    let meta = |k: &str| {
+        bootstrap
+            .node
+            .metadata
+            .get(k)
+            .and_then(serde_json::Value::as_str)
+            .filter(|v| !v.is_empty())
+    };
+    let workload = match (meta("NAMESPACE"), meta("WORKLOAD_NAME")) {
+        (Some(ns), Some(w)) => format!("workload {ns}/{w}"),
+        _ => format!("node {}", bootstrap.node.id),
+    };
+    format!(
+        "{}|{workload}|{}",
+        bootstrap.server().server_uri,
+        listeners.join(",")
+    )
 }
 
 /// The listener name for a target: `xds:///` stripped, the bootstrap template applied.
@@ -414,6 +446,8 @@ struct Worker {
     cache_dirty: bool,
     /// A request could not be queued on this stream, which must then end.
     request_lost: bool,
+    /// The cache was written by this process.
+    cache_written: bool,
 }
 
 enum Sink {
@@ -554,6 +588,11 @@ impl Worker {
                         h.generation += 1;
                     });
                     self.cache_dirty = !stale && self.cache.is_some();
+                    // The first complete configuration is written at once (a process may
+                    // not live to the next tick); later ones at most once per tick.
+                    if self.cache_dirty && !self.cache_written {
+                        self.persist();
+                    }
                 }
             }
         }
@@ -566,8 +605,9 @@ impl Worker {
         {
             self.cache_dirty = false;
             let contents = self.state.cache_contents();
+            let generation = self.health_tx.borrow().generation;
             let path = cache.path().display().to_string();
-            match tokio::task::spawn_blocking(move || cache.store(&contents)).await {
+            match tokio::task::spawn_blocking(move || cache.store(generation, &contents)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => tracing::warn!(%path, "cannot write the xDS cache: {e}"),
                 Err(e) => tracing::warn!(%path, "cannot write the xDS cache: {e}"),
@@ -586,10 +626,13 @@ impl Worker {
         }
         self.cache_dirty = false;
         if let Some(cache) = self.cache.clone() {
+            self.cache_written = true;
             let contents = self.state.cache_contents();
-            // Written off the async threads; at most one write per tick.
+            // Ordered by generation: a write that loses the race to a newer one is skipped.
+            let generation = self.health_tx.borrow().generation;
+            // Written off the async threads.
             tokio::task::spawn_blocking(move || {
-                if let Err(e) = cache.store(&contents) {
+                if let Err(e) = cache.store(generation, &contents) {
                     tracing::warn!(path = %cache.path().display(), "cannot write the xDS cache: {e}");
                 }
             });

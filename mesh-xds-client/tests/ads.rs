@@ -553,3 +553,49 @@ async fn a_server_that_stops_reading_gets_a_new_stream_with_every_subscription()
             .any(|n| n == "ui.default.svc.cluster.local:80")
     );
 }
+
+/// A pod that lives only a moment still leaves its configuration behind, and a new pod of the
+/// same workload (another IP, another name) starts from it while the control plane is down.
+#[tokio::test]
+async fn a_new_pod_of_the_workload_starts_from_the_cache_its_predecessor_wrote_at_once() {
+    let cache = tempfile::tempdir().unwrap();
+    let ads = FakeAds::new();
+    canary(&ads, 90, 10);
+    let server = ads.serve_tcp(0).await;
+    let uri = format!("127.0.0.1:{}", server.addr.unwrap().port());
+    let pod = |ip: &str, name: &str| {
+        let b = Bootstrap::from_json(
+            &format!(
+                r#"{{"xds_servers": [{{"server_uri": "{uri}", "channel_creds": [{{"type": "insecure"}}]}}],
+                    "node": {{"id": "sidecar~{ip}~{name}.default~default.svc.cluster.local",
+                              "metadata": {{"GENERATOR": "grpc", "NAMESPACE": "default", "WORKLOAD_NAME": "ui"}}}}}}"#
+            ),
+            "test",
+        )
+        .unwrap();
+        XdsClientBuilder::new(b)
+            .target(TARGET)
+            .cache_dir(cache.path())
+            .backoff(fast())
+            .start()
+            .unwrap()
+    };
+    {
+        let first = pod("10.0.0.1", "ui-6d4b-abcde");
+        within("ready", first.ready()).await.expect("ready");
+        // Dropped at once: no tick, no shutdown.
+    }
+    within("cache written", async {
+        while std::fs::read_dir(cache.path()).unwrap().count() == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    server.stop().await;
+    let second = pod("10.0.0.2", "ui-6d4b-fghij");
+    let snap = within("ready from the cache", second.ready())
+        .await
+        .expect("ready");
+    assert!(snap.is_stale());
+    assert!((0.08..=0.12).contains(&v2_share(&snap)));
+}
