@@ -1,11 +1,11 @@
-//! Request bodies kept for replay (retries, mirrors) when small, streamed otherwise.
+//! Bodies crossing the stack: request bodies streamed upstream with a bounded copy kept for
+//! retries and mirrors, and response bodies discarded with a cap.
 
-use std::collections::VecDeque;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
@@ -30,162 +30,313 @@ pub fn full(b: impl Into<Bytes>) -> MeshBody {
         .boxed_unsync()
 }
 
-/// A request body after preparation.
-pub enum Prepared {
-    /// Read whole (within the cap): can be sent any number of times.
-    Replayable {
-        /// The data.
-        data: Bytes,
-        /// Trailers, if any.
-        trailers: Option<HeaderMap>,
-    },
-    /// Larger than the cap: sent once, never retried or mirrored.
-    Streaming(MeshBody),
-    /// A streaming body that was already sent.
-    Taken,
+/// A request body shared by the attempts and mirrors of one request: it goes upstream as it
+/// arrives (a streaming call is never held back), while a copy of what was read is kept, up to
+/// a cap, so that a retry can send it again.
+///
+/// Each attempt reads the kept frames, then pulls from the caller's body where the last
+/// attempt stopped. A retry is possible as long as nothing read was dropped
+/// ([`RequestBody::is_replayable`]): a body that has not been read at all (the connect failed)
+/// always is, one larger than the cap never is, as with Envoy's retry buffer. Mirrors follow
+/// the attempts: they never pull (a slow attempt does not make the copy grow), and fail once
+/// the copy stops.
+pub struct RequestBody {
+    /// `None`: the body is empty (no allocation per request).
+    source: Option<Arc<Mutex<Source>>>,
 }
 
-impl Prepared {
-    /// A body to send for one attempt, or `None` if a streaming body was already taken.
-    pub fn attempt(&mut self) -> Option<MeshBody> {
-        match self {
-            // An empty body boxes a zero-sized value: no allocation per attempt.
-            Self::Replayable {
-                data,
-                trailers: None,
-            } if data.is_empty() => Some(empty()),
-            Self::Replayable { data, trailers } => Some(replay(data.clone(), trailers.clone())),
-            Self::Streaming(_) => match std::mem::replace(self, Self::Taken) {
-                Self::Streaming(b) => Some(b),
-                _ => None,
-            },
-            Self::Taken => None,
+/// The caller's body and what has been read from it.
+struct Source {
+    body: Option<MeshBody>,
+    /// Every frame read so far, while `!overflowed` (then empty).
+    frames: Vec<Frame<Bytes>>,
+    /// Frames read from `body`.
+    pulled: usize,
+    kept_bytes: usize,
+    cap: usize,
+    overflowed: bool,
+    ended: bool,
+    failed: Option<String>,
+    /// The attempt whose reader may pull; older attempts' readers are cut off.
+    attempt: u64,
+    /// Live attempt readers, and whether the `RequestBody` is.
+    pullers: usize,
+    owner: bool,
+    /// Mirrors waiting for a frame.
+    followers: Vec<std::task::Waker>,
+}
+
+impl Source {
+    fn wake_followers(&mut self) {
+        for w in self.followers.drain(..) {
+            w.wake();
         }
     }
 
-    /// Whether the body can be sent again.
+    /// Nobody will read the rest: mirrors stop waiting.
+    fn maybe_abandoned(&mut self) {
+        if self.pullers == 0 && !self.owner && !self.ended {
+            self.failed
+                .get_or_insert_with(|| "the request body was not read to its end".into());
+            self.body = None;
+            self.wake_followers();
+        }
+    }
+}
+
+impl RequestBody {
+    /// Takes the caller's body, keeping up to `cap` bytes of it for replay.
+    pub fn new<B>(body: B, cap: usize) -> Self
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        if body.is_end_stream() {
+            return Self { source: None };
+        }
+        Self {
+            source: Some(Arc::new(Mutex::new(Source {
+                body: Some(body.map_err(Into::into).boxed_unsync()),
+                frames: Vec::new(),
+                pulled: 0,
+                kept_bytes: 0,
+                cap,
+                overflowed: false,
+                ended: false,
+                failed: None,
+                attempt: 0,
+                pullers: 0,
+                owner: true,
+                followers: Vec::new(),
+            }))),
+        }
+    }
+
+    /// The body for the next attempt, or `None` when it can no longer be sent whole. The
+    /// previous attempt's body stops being read.
+    pub fn attempt(&self) -> Option<MeshBody> {
+        let Some(src) = &self.source else {
+            return Some(empty());
+        };
+        let attempt = {
+            let mut s = lock(src);
+            if s.attempt > 0 && !s.replayable() {
+                return None;
+            }
+            s.attempt += 1;
+            s.pullers += 1;
+            s.attempt
+        };
+        Some(
+            Reader {
+                src: src.clone(),
+                next: 0,
+                attempt: Some(attempt),
+            }
+            .boxed_unsync(),
+        )
+    }
+
+    /// A copy for a mirror, which follows the attempts; `None` when the copy already stopped.
+    pub fn mirror(&self) -> Option<MeshBody> {
+        let Some(src) = &self.source else {
+            return Some(empty());
+        };
+        if lock(src).overflowed {
+            return None;
+        }
+        Some(
+            Reader {
+                src: src.clone(),
+                next: 0,
+                attempt: None,
+            }
+            .boxed_unsync(),
+        )
+    }
+
+    /// The caller's body failed with this error.
+    pub fn error(&self) -> Option<String> {
+        self.source.as_ref().and_then(|s| lock(s).failed.clone())
+    }
+
+    /// Whether another attempt can send the body whole: nothing read so far was dropped.
     pub fn is_replayable(&self) -> bool {
-        matches!(self, Self::Replayable { .. })
+        self.source.as_ref().is_none_or(|s| lock(s).replayable())
     }
 }
 
-fn replay(data: Bytes, trailers: Option<HeaderMap>) -> MeshBody {
-    let mut frames = VecDeque::new();
-    if !data.is_empty() {
-        frames.push_back(Frame::data(data));
+impl Source {
+    fn replayable(&self) -> bool {
+        !self.overflowed && self.failed.is_none()
     }
-    if let Some(t) = trailers {
-        frames.push_back(Frame::trailers(t));
-    }
-    Prefixed {
-        frames,
-        rest: None::<MeshBody>,
-    }
-    .boxed_unsync()
 }
 
-/// Reads up to `cap` bytes: a body that ends within it is kept whole; a longer one is passed
-/// on as the frames read so far followed by the rest.
-pub async fn prepare<B>(body: B, cap: usize) -> Result<Prepared, BoxError>
-where
-    B: Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-{
-    if body.is_end_stream() {
-        return Ok(Prepared::Replayable {
-            data: Bytes::new(),
-            trailers: None,
-        });
-    }
-    if body.size_hint().lower() as usize > cap {
-        return Ok(Prepared::Streaming(body.map_err(Into::into).boxed_unsync()));
-    }
-    let mut body = Box::pin(body);
-    let mut frames = VecDeque::new();
-    let mut size = 0usize;
-    let mut trailers = None;
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(Into::into)?;
-        if let Some(d) = frame.data_ref() {
-            size += d.len();
-        }
-        if frame.is_trailers() {
-            trailers = frame.into_trailers().ok();
-            break;
-        }
-        frames.push_back(frame);
-        if size > cap {
-            return Ok(Prepared::Streaming(
-                Prefixed {
-                    frames,
-                    rest: Some(body.map_err(Into::into)),
-                }
-                .boxed_unsync(),
-            ));
+impl Drop for RequestBody {
+    fn drop(&mut self) {
+        if let Some(src) = &self.source {
+            let mut s = lock(src);
+            s.owner = false;
+            s.maybe_abandoned();
         }
     }
-    let mut data = bytes::BytesMut::with_capacity(size);
-    for f in frames {
-        if let Ok(d) = f.into_data() {
-            data.extend_from_slice(&d);
-        }
-    }
-    Ok(Prepared::Replayable {
-        data: data.freeze(),
-        trailers,
-    })
 }
 
-/// Frames already read, then the rest of a body.
-struct Prefixed<R> {
-    frames: VecDeque<Frame<Bytes>>,
-    rest: Option<R>,
+fn lock(src: &Mutex<Source>) -> std::sync::MutexGuard<'_, Source> {
+    src.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-impl<R> Body for Prefixed<R>
-where
-    R: Body<Data = Bytes, Error = BoxError> + Unpin,
-{
+/// One attempt's or mirror's view of a [`RequestBody`].
+struct Reader {
+    src: Arc<Mutex<Source>>,
+    /// Frames this reader has returned.
+    next: usize,
+    /// `None` for a mirror.
+    attempt: Option<u64>,
+}
+
+fn copy(f: &Frame<Bytes>) -> Option<Frame<Bytes>> {
+    if let Some(d) = f.data_ref() {
+        Some(Frame::data(d.clone()))
+    } else {
+        f.trailers_ref().map(|t| Frame::trailers(t.clone()))
+    }
+}
+
+impl Body for Reader {
     type Data = Bytes;
     type Error = BoxError;
 
     fn poll_frame(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if let Some(f) = self.frames.pop_front() {
+        let this = self.get_mut();
+        let mut s = lock(&this.src);
+        if let Some(a) = this.attempt
+            && a != s.attempt
+        {
+            return Poll::Ready(Some(Err("the request body went to a retry".into())));
+        }
+        if this.next < s.pulled {
+            let Some(f) = s.frames.get(this.next).and_then(copy) else {
+                return Poll::Ready(Some(Err(
+                    "the request body was larger than the copy the stack keeps".into(),
+                )));
+            };
+            this.next += 1;
             return Poll::Ready(Some(Ok(f)));
         }
-        match self.rest.as_mut() {
-            Some(r) => Pin::new(r).poll_frame(cx),
-            None => Poll::Ready(None),
+        if s.ended {
+            return Poll::Ready(None);
+        }
+        if let Some(e) = &s.failed {
+            return Poll::Ready(Some(Err(e.clone().into())));
+        }
+        if this.attempt.is_none() {
+            if s.overflowed {
+                return Poll::Ready(Some(Err(
+                    "the request body was larger than the copy the stack keeps".into(),
+                )));
+            }
+            s.followers.push(cx.waker().clone());
+            return Poll::Pending;
+        }
+        let Some(body) = s.body.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let polled = Pin::new(body).poll_frame(cx);
+        match polled {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(None) => {
+                s.ended = true;
+                s.body = None;
+                s.wake_followers();
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(e))) => {
+                s.failed = Some(e.to_string());
+                s.body = None;
+                s.wake_followers();
+                Poll::Ready(Some(Err(e)))
+            }
+            Poll::Ready(Some(Ok(frame))) => {
+                s.pulled += 1;
+                this.next += 1;
+                if !s.overflowed {
+                    let len = frame.data_ref().map_or(0, Bytes::len);
+                    match s.kept_bytes.checked_add(len).filter(|&n| n <= s.cap) {
+                        Some(n) => {
+                            s.kept_bytes = n;
+                            if let Some(c) = copy(&frame) {
+                                s.frames.push(c);
+                            }
+                        }
+                        None => {
+                            s.overflowed = true;
+                            s.frames = Vec::new();
+                        }
+                    }
+                }
+                s.wake_followers();
+                Poll::Ready(Some(Ok(frame)))
+            }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.frames.is_empty() && self.rest.as_ref().is_none_or(|r| r.is_end_stream())
+        let s = lock(&self.src);
+        s.ended && self.next >= s.pulled
     }
 
     fn size_hint(&self) -> SizeHint {
-        let buffered: u64 = self
+        let s = lock(&self.src);
+        let kept: u64 = s
             .frames
+            .get(self.next..)
+            .unwrap_or_default()
             .iter()
             .filter_map(|f| f.data_ref())
             .map(|d| d.len() as u64)
             .sum();
-        let rest = self
-            .rest
+        let rest = s
+            .body
             .as_ref()
-            .map(|r| r.size_hint())
+            .map(|b| b.size_hint())
             .unwrap_or_else(|| SizeHint::with_exact(0));
         // Raise the upper bound first: a lower bound above the upper one panics.
         let mut hint = SizeHint::new();
         if let Some(u) = rest.upper() {
-            hint.set_upper(u + buffered);
+            hint.set_upper(u.saturating_add(kept));
         }
-        hint.set_lower(rest.lower() + buffered);
+        hint.set_lower(rest.lower().saturating_add(kept));
         hint
     }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        if self.attempt.is_some() {
+            let mut s = lock(&self.src);
+            s.pullers -= 1;
+            s.maybe_abandoned();
+        }
+    }
+}
+
+/// Reads and drops `body` up to `cap` bytes, so that its connection can be reused; false when
+/// it was longer (it is then dropped unread, and its connection closed) or failed.
+pub async fn discard(body: MeshBody, cap: usize) -> bool {
+    let mut body = std::pin::pin!(body);
+    let mut read = 0usize;
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else { return false };
+        read = read.saturating_add(frame.data_ref().map_or(0, Bytes::len));
+        if read > cap {
+            return false;
+        }
+    }
+    true
 }
 
 #[cfg(test)]
@@ -200,34 +351,83 @@ mod tests {
         http_body_util::StreamBody::new(tokio_stream::iter(frames)).boxed_unsync()
     }
 
-    async fn read(b: MeshBody) -> Bytes {
-        b.collect().await.unwrap().to_bytes()
+    async fn read(b: MeshBody) -> Result<Bytes, BoxError> {
+        Ok(b.collect().await?.to_bytes())
     }
 
     #[tokio::test]
-    async fn small_bodies_replay_with_exact_size_hints() {
-        let mut p = prepare(chunks(&["ab", "cd"]), 16).await.unwrap();
-        assert!(p.is_replayable());
+    async fn small_bodies_are_resent_whole_with_their_size() {
+        let b = RequestBody::new(chunks(&["ab", "cd"]), 16);
+        let first = b.attempt().unwrap();
+        assert_eq!(read(first).await.unwrap(), "abcd");
+        assert!(b.is_replayable());
         for _ in 0..3 {
-            let b = p.attempt().unwrap();
-            assert_eq!(b.size_hint().exact(), Some(4));
-            assert_eq!(read(b).await, "abcd");
+            let again = b.attempt().unwrap();
+            assert_eq!(again.size_hint().exact(), Some(4));
+            assert_eq!(read(again).await.unwrap(), "abcd");
         }
+        let f = RequestBody::new(full("xyz"), 16).attempt().unwrap();
+        assert_eq!(
+            f.size_hint().exact(),
+            Some(3),
+            "a known length stays known upstream"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_retry_after_a_partial_read_replays_then_continues() {
+        let b = RequestBody::new(chunks(&["01", "23", "45"]), 16);
+        let mut first = b.attempt().unwrap();
+        let f = first.frame().await.unwrap().unwrap();
+        assert_eq!(f.into_data().unwrap(), "01");
+        // The retry takes over; the first attempt's body is cut off.
+        let second = b.attempt().unwrap();
+        assert!(first.frame().await.unwrap().is_err());
+        assert_eq!(read(second).await.unwrap(), "012345");
     }
 
     #[tokio::test]
     async fn large_bodies_stream_once_and_lose_nothing() {
-        let mut p = prepare(chunks(&["0123", "4567", "89"]), 5).await.unwrap();
-        assert!(!p.is_replayable());
-        let b = p.attempt().unwrap();
-        assert_eq!(b.size_hint().lower(), 8, "the frames read so far");
-        assert_eq!(read(b).await, "0123456789");
+        let b = RequestBody::new(chunks(&["0123", "4567", "89"]), 5);
         assert!(
-            p.attempt().is_none(),
-            "a streamed body cannot be sent twice"
+            b.is_replayable(),
+            "nothing read yet: a failed connect may retry"
         );
-        // A body that says up front it is too large is not read at all.
-        let big = full(vec![0u8; 100]);
-        assert!(!prepare(big, 10).await.unwrap().is_replayable());
+        let mirror = b.mirror().unwrap();
+        assert_eq!(read(b.attempt().unwrap()).await.unwrap(), "0123456789");
+        assert!(!b.is_replayable());
+        assert!(
+            b.attempt().is_none(),
+            "a body past the cap cannot be sent twice"
+        );
+        assert!(
+            read(mirror).await.is_err(),
+            "the mirror's copy stopped at the cap"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_mirror_follows_the_attempt_and_never_pulls() {
+        let b = RequestBody::new(chunks(&["ab", "cd"]), 16);
+        let mirror = tokio::spawn(read(b.mirror().unwrap()));
+        tokio::task::yield_now().await;
+        assert!(!mirror.is_finished(), "waits for the attempt to read");
+        assert_eq!(read(b.attempt().unwrap()).await.unwrap(), "abcd");
+        assert_eq!(mirror.await.unwrap().unwrap(), "abcd");
+        // A body nobody reads to its end does not leave a mirror waiting forever.
+        let b = RequestBody::new(chunks(&["ab"]), 16);
+        let mirror = b.mirror().unwrap();
+        drop(b.attempt());
+        drop(b);
+        assert!(read(mirror).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn empty_bodies_cost_nothing_and_discard_is_capped() {
+        let b = RequestBody::new(empty(), 16);
+        assert!(b.source.is_none());
+        assert!(b.attempt().unwrap().is_end_stream());
+        assert!(discard(chunks(&["0123", "45"]), 6).await);
+        assert!(!discard(chunks(&["0123", "456"]), 6).await);
     }
 }

@@ -634,3 +634,216 @@ async fn a_connect_slower_than_the_cluster_connect_timeout_fails_as_a_connect_fa
     assert_eq!(resp.headers()[mesh_tower::FLAGS_HEADER], "UF");
     assert_eq!(good.hits.load(Ordering::Relaxed), 0);
 }
+
+/// A backend whose `/open` responses keep their body open until `finish` is notified, and
+/// whose `/hang` requests are never answered; `received` counts requests.
+async fn holding_backend() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<tokio::sync::Notify>,
+    std::sync::Arc<std::sync::atomic::AtomicU64>,
+) {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicU64;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let finish = Arc::new(tokio::sync::Notify::new());
+    let received = Arc::new(AtomicU64::new(0));
+    let (f, r) = (finish.clone(), received.clone());
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (f, r) = (f.clone(), r.clone());
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let (f, r) = (f.clone(), r.clone());
+                    async move {
+                        r.fetch_add(1, Ordering::SeqCst);
+                        let body = match req.uri().path() {
+                            "/hang" => std::future::pending().await,
+                            "/open" => {
+                                let (tx, rx) = tokio::sync::mpsc::channel::<
+                                    Result<hyper::body::Frame<Bytes>, Infallible>,
+                                >(1);
+                                tokio::spawn(async move {
+                                    let _ = tx.send(Ok(hyper::body::Frame::data("a".into()))).await;
+                                    f.notified().await;
+                                    let _ = tx.send(Ok(hyper::body::Frame::data("b".into()))).await;
+                                });
+                                http_body_util::BodyExt::boxed(http_body_util::StreamBody::new(
+                                    tokio_stream::wrappers::ReceiverStream::new(rx),
+                                ))
+                            }
+                            _ => http_body_util::BodyExt::boxed(Full::new(Bytes::from("ok"))),
+                        };
+                        Ok::<_, Infallible>(Response::new(body))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, finish, received)
+}
+
+fn get(path: &str) -> Request<Full<Bytes>> {
+    Request::get(format!("http://{HOST}:9080{path}"))
+        .body(Full::new(Bytes::new()))
+        .unwrap()
+}
+
+/// Envoy counts a request against `max_requests` while its stream is open: until the
+/// response body has been read or dropped, and no longer once the caller gives up on it.
+#[tokio::test]
+async fn max_requests_counts_requests_until_their_response_body_ends_or_they_are_dropped() {
+    let (addr, finish, received) = holding_backend().await;
+    let policy = "    connectionPool:\n      http: {http2MaxRequests: 1}";
+    let m = mesh(&yaml(&[addr], &[], policy, ROUTE_V1)).await;
+    let open = m.svc.clone().oneshot(get("/open")).await.unwrap();
+    assert_eq!(open.status(), StatusCode::OK);
+    // Headers are in, the body is still open: the request is still active.
+    let refused = m.svc.clone().oneshot(get("/")).await.unwrap();
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        refused.headers()[mesh_tower::OVERFLOW_HEADER],
+        "max_requests"
+    );
+    finish.notify_one();
+    let body = http_body_util::BodyExt::collect(open.into_body())
+        .await
+        .unwrap();
+    assert_eq!(body.to_bytes(), "ab");
+    assert_eq!(
+        m.svc.clone().oneshot(get("/")).await.unwrap().status(),
+        StatusCode::OK
+    );
+
+    // A request whose caller drops it mid-flight gives its place back.
+    let before = received.load(Ordering::SeqCst);
+    let svc = m.svc.clone();
+    let hung = tokio::spawn(async move { svc.oneshot(get("/hang")).await });
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while received.load(Ordering::SeqCst) == before {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap();
+    let refused = m.svc.clone().oneshot(get("/")).await.unwrap();
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    hung.abort();
+    let _ = hung.await;
+    assert_eq!(
+        m.svc.clone().oneshot(get("/")).await.unwrap().status(),
+        StatusCode::OK
+    );
+}
+
+/// The request body is streamed inside the route's deadline: an upload slower than the
+/// route timeout times out instead of being read whole first.
+#[tokio::test]
+async fn an_upload_slower_than_the_route_timeout_times_out() {
+    let a = backend("v1", Behavior::Ok).await;
+    let route = "  - name: t\n    timeout: 300ms\n    route:\n    - destination: {host: ui.default.svc.cluster.local, subset: version-1}\n";
+    let m = round_robin(&[a.addr], route).await;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<hyper::body::Frame<Bytes>, Infallible>>(1);
+    tokio::spawn(async move {
+        for _ in 0..10 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if tx
+                .send(Ok(hyper::body::Frame::data("x".into())))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    let req = Request::post(format!("http://{HOST}:9080/upload"))
+        .body(http_body_util::StreamBody::new(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        ))
+        .unwrap();
+    let resp = m.svc.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(resp.headers()[ERROR_HEADER], "upstream request timeout");
+}
+
+/// A retry that `max_retries` refuses is not paid for from the retry budget.
+#[tokio::test]
+async fn a_retry_refused_by_max_retries_does_not_spend_the_budget() {
+    let a = backend("v1", Behavior::SlowFail(Duration::from_millis(200))).await;
+    let budget = mesh_core::RetryBudgetConfig::new(&mesh_core::RetryBudgetSpec {
+        retry_percent: Some(20.0),
+        min_retries_per_second: Some(0),
+        window: Some(Duration::from_secs(60)),
+    })
+    .unwrap();
+    let policy = "    connectionPool:\n      http: {maxRetries: 1}";
+    let route = "  - name: r\n    route:\n    - destination: {host: ui.default.svc.cluster.local, subset: version-1}\n    retries: {attempts: 1, perTryTimeout: 5s, retryOn: 5xx}\n";
+    let m = mesh_with(
+        &yaml(&[a.addr], &[], policy, route),
+        MeshConfig::default().retry_budget(budget),
+    )
+    .await;
+    // Ten at once: they fail together, one retry gets the only `max_retries` place and the
+    // others are refused it. The budget (20% of 10) had room for two; one is spent.
+    let burst: Vec<_> = (0..10)
+        .map(|_| {
+            let svc = m.svc.clone();
+            tokio::spawn(async move { send(&svc, &[]).await })
+        })
+        .collect();
+    let mut retried = 0;
+    for t in burst {
+        let (_, _, info) = t.await.unwrap();
+        retried += u32::from(info.unwrap().attempts == 2);
+    }
+    assert_eq!(retried, 1);
+    // So the next request can still retry: 11 requests allow two retries, one was used.
+    let (_, _, info) = send(&m.svc, &[]).await;
+    assert_eq!(
+        info.unwrap().attempts,
+        2,
+        "the budget still has the refused retry's share"
+    );
+}
+
+/// A shadow that never answers gives its mirroring place back at the route's timeout.
+#[tokio::test]
+async fn a_hung_shadow_times_out_and_frees_its_place() {
+    let main = backend("v1", Behavior::Ok).await;
+    let (hang, _, received) = holding_backend().await;
+    let route = "  - name: mirrored\n    timeout: 200ms\n    route:\n    - destination: {host: ui.default.svc.cluster.local, subset: version-1}\n    mirror: {host: ui.default.svc.cluster.local, subset: version-2-beta}\n    mirrorPercentage: {value: 100}\n";
+    let m = mesh_with(
+        &yaml(&[main.addr], &[hang], ROUND_ROBIN, route),
+        MeshConfig::default().mirror_concurrency(1),
+    )
+    .await;
+    let wait_for = |n: u64| {
+        let received = received.clone();
+        async move {
+            tokio::time::timeout(Duration::from_secs(10), async {
+                while received.load(Ordering::SeqCst) < n {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            })
+            .await
+            .is_ok()
+        }
+    };
+    // `/hang` on the shadow too: the copy keeps the request's path.
+    assert_eq!(
+        m.svc.clone().oneshot(get("/hang")).await.unwrap().status(),
+        StatusCode::OK
+    );
+    assert!(wait_for(1).await);
+    // While the first copy hangs, its place is taken: this copy is skipped.
+    let _ = m.svc.clone().oneshot(get("/hang")).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(received.load(Ordering::SeqCst), 1);
+    // After the route's timeout it is free again, and the next copy goes out.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _ = m.svc.clone().oneshot(get("/")).await.unwrap();
+    assert!(wait_for(2).await, "the next copy reached the shadow");
+}

@@ -202,6 +202,7 @@ impl XdsClientBuilder {
             cache_dirty: false,
             request_lost: false,
             cache_written: false,
+            cache_write: None,
         };
         if let Some(cache) = worker.cache.clone() {
             match cache.load() {
@@ -448,6 +449,8 @@ struct Worker {
     request_lost: bool,
     /// The cache was written by this process.
     cache_written: bool,
+    /// The last cache write started, which shutdown waits for.
+    cache_write: Option<tokio::task::JoinHandle<()>>,
 }
 
 enum Sink {
@@ -600,6 +603,9 @@ impl Worker {
 
     /// Writes what the cache lacks, then says the worker is done.
     async fn shutdown(&mut self, done: oneshot::Sender<()>) {
+        if let Some(w) = self.cache_write.take() {
+            let _ = w.await;
+        }
         if self.cache_dirty
             && let Some(cache) = self.cache.clone()
         {
@@ -631,11 +637,11 @@ impl Worker {
             // Ordered by generation: a write that loses the race to a newer one is skipped.
             let generation = self.health_tx.borrow().generation;
             // Written off the async threads.
-            tokio::task::spawn_blocking(move || {
+            self.cache_write = Some(tokio::task::spawn_blocking(move || {
                 if let Err(e) = cache.store(generation, &contents) {
                     tracing::warn!(path = %cache.path().display(), "cannot write the xDS cache: {e}");
                 }
-            });
+            }));
         }
     }
 

@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use http::Response;
-use http_body_util::BodyExt;
 use mesh_core::route::{AttemptFailure, RetryPolicy};
 use mesh_core::{BreakerResource, LbConfig, Outcome};
 use rand::rngs::SmallRng;
@@ -15,17 +14,17 @@ use tracing::Instrument;
 
 use super::clusters::ClusterEntry;
 use super::upstream::Head;
-use crate::body::{MeshBody, Prepared};
+use crate::body::{MeshBody, RequestBody, discard};
 use crate::connector::MeshConnector;
 use crate::observe::{AttemptEnd, AttemptStart, RequestObserver};
-use crate::pool::SendError;
+use crate::pool::{Held, SendError};
 use crate::protocol::{classify, local_reply};
 use crate::reply::LocalReason;
 
 /// Everything the attempts of one request work with.
 pub(crate) struct Attempts<'r, C> {
     pub head: &'r Head,
-    pub body: &'r mut Prepared,
+    pub body: &'r RequestBody,
     pub cluster: &'r ClusterEntry<C>,
     pub retry: Option<&'r RetryPolicy>,
     /// The route timeout, from the first attempt on: attempts, backoffs and drains end at it
@@ -101,22 +100,18 @@ impl<C: MeshConnector> Attempts<'_, C> {
         // The last few endpoints tried (no allocation per request; usize::MAX is no endpoint).
         let mut tried = [usize::MAX; 4];
         let mut attempt = 0u32;
+        // Taken when a retry is decided, before the budget is spent on it.
+        let mut retry_permit = None;
         loop {
             attempt += 1;
-            let _request_permit = match state.breaker.try_acquire_ref(BreakerResource::Requests) {
+            // Owned, and handed to the response body: the request counts against
+            // `max_requests` (and a retry against `max_retries`) until its response has been
+            // read to the end or dropped, as Envoy counts active streams.
+            let request_permit = match state.breaker.try_acquire(BreakerResource::Requests) {
                 Ok(p) => p,
                 Err(o) => return AttemptOutcome::local(LocalReason::Overflow(o.resource), grpc),
             };
-            let _retry_permit = if attempt > 1 {
-                match state.breaker.try_acquire_ref(BreakerResource::Retries) {
-                    Ok(p) => Some(p),
-                    Err(o) => {
-                        return AttemptOutcome::local(LocalReason::Overflow(o.resource), grpc);
-                    }
-                }
-            } else {
-                None
-            };
+            let held = Held::new(request_permit, retry_permit.take());
             let Some(attempt_body) = body.attempt() else {
                 return AttemptOutcome::local(LocalReason::RequestBody, grpc);
             };
@@ -157,7 +152,7 @@ impl<C: MeshConnector> Attempts<'_, C> {
             // Awaited where it was made (pinned, raced against its deadline in place): every
             // wrapper or call level around it would move it once more.
             let span = tracing::debug_span!("mesh.attempt", attempt, endpoint = %addr);
-            let sending = state.pools[i].send(req, h2).instrument(span);
+            let sending = state.pools[i].send(req, h2, held).instrument(span);
             tokio::pin!(sending);
             let result = match limit {
                 None => Ok(sending.await),
@@ -181,6 +176,18 @@ impl<C: MeshConnector> Attempts<'_, C> {
                 // blamed for the route's deadline.
                 Err((LocalReason::RouteTimeout, _)) => {
                     return AttemptOutcome::local(LocalReason::RouteTimeout, grpc);
+                }
+                // The caller's body failed, not the upstream: nothing to blame or retry.
+                Err(_) if body.error().is_some() => {
+                    return AttemptOutcome {
+                        response: local_reply(
+                            LocalReason::RequestBody,
+                            body.error().as_deref(),
+                            grpc,
+                        ),
+                        reason: Some(LocalReason::RequestBody),
+                        retries_exhausted: false,
+                    };
                 }
                 _ => {}
             }
@@ -208,21 +215,34 @@ impl<C: MeshConnector> Attempts<'_, C> {
                 };
             };
             let retriable = retry.is_some_and(|r| r.is_retriable(failure));
-            let retry_ok = attempt < max_attempts
-                && retriable
-                && body.is_replayable()
-                && state.budget.try_withdraw(Instant::now().into_std());
-            if !retry_ok {
+            if !(attempt < max_attempts && retriable && body.is_replayable()) {
                 return AttemptOutcome {
                     response,
                     reason,
                     retries_exhausted: retriable && max_attempts > 1 && attempt >= max_attempts,
                 };
             }
+            // `max_retries` first: a retry the breaker refuses must not spend the budget.
+            match state.breaker.try_acquire(BreakerResource::Retries) {
+                Ok(p) => retry_permit = Some(p),
+                Err(o) => return AttemptOutcome::local(LocalReason::Overflow(o.resource), grpc),
+            }
+            if !state.budget.try_withdraw(Instant::now().into_std()) {
+                return AttemptOutcome {
+                    response,
+                    reason,
+                    retries_exhausted: false,
+                };
+            }
             // Retrying is the rare path: its timers are boxed, so that they do not enlarge
             // every request's future.
-            // Drain the failed response so its connection goes back to the pool.
-            let drained = Box::pin(until(deadline, response.into_body().collect())).await;
+            // The failed response is read (up to a cap, then dropped) so that its connection
+            // can be reused.
+            let drained = Box::pin(until(
+                deadline,
+                discard(response.into_body(), DISCARD_LIMIT),
+            ))
+            .await;
             let wait = retry.map_or(Duration::ZERO, |r| r.backoff(attempt, &mut *rng));
             let slept = Box::pin(until(
                 deadline,
@@ -283,6 +303,10 @@ impl<C: MeshConnector> Attempts<'_, C> {
         }
     }
 }
+
+/// How much of a failed response is read before a retry (more, and its connection is closed
+/// instead).
+const DISCARD_LIMIT: usize = 64 * 1024;
 
 /// When an attempt sent at `sent` must end, and why: its per-try timeout or the route's
 /// deadline, whichever is first.

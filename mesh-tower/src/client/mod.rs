@@ -33,7 +33,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::body::{BoxError, MeshBody, prepare};
+use crate::body::{BoxError, MeshBody, RequestBody};
 use crate::connector::{MeshConnector, TcpConnector};
 use crate::observe::{MeshInfo, RequestObserver, RequestStart, ResponseEnd};
 use crate::protocol::{grpc_timeout, is_grpc, local_reply};
@@ -287,17 +287,20 @@ impl<C: MeshConnector> Shared<C> {
                 host_header,
             };
 
-            let mut body = or_reply!(
-                'forward,
-                prepare(body, self.config.max_replay_bytes)
-                    .await
-                    .map_err(|e| Local::new(LocalReason::RequestBody, e.to_string()))
+            // Streamed from the first byte; a copy is kept for retries and mirrors.
+            let body = RequestBody::new(body, self.config.max_replay_bytes);
+            self.mirror(
+                &snap,
+                &plan.forward.mirrors,
+                &head,
+                &body,
+                timeout,
+                &mut rng,
             );
-            self.mirror(&snap, &plan.forward.mirrors, &head, &body, &mut rng);
             let mut progress = Progress::default();
             let outcome = Attempts {
                 head: &head,
-                body: &mut body,
+                body: &body,
                 cluster: &state,
                 retry: plan.forward.retry_policy.as_ref(),
                 timeout,

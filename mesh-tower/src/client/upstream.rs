@@ -1,10 +1,9 @@
 //! Upstream requests: the request head every attempt is built from, and how one attempt's
 //! request is addressed.
 
-use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Uri, Version};
 
-use crate::body::{MeshBody, Prepared, empty};
+use crate::body::MeshBody;
 use crate::protocol::is_grpc;
 
 /// The request head each attempt is built from, moved (not copied) out of the caller's request
@@ -70,10 +69,4 @@ impl Head {
         }
         req
     }
-}
-
-/// A fresh body with a kept request's data and trailers (for mirrors).
-pub(crate) fn replay_body(data: Bytes, trailers: Option<HeaderMap>) -> MeshBody {
-    let mut p = Prepared::Replayable { data, trailers };
-    p.attempt().unwrap_or_else(empty)
 }

@@ -1,4 +1,5 @@
-//! The HTTP/1.1 response body that hands its connection back when read to the end.
+//! Response bodies: HTTP/1.1's hands its connection back when read to the end; both hold
+//! the request's circuit-breaker permits until they end.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -9,7 +10,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
 
-use super::EndpointPool;
+use super::{EndpointPool, Held};
 use crate::body::{BoxError, MeshBody};
 use crate::connector::MeshConnector;
 
@@ -19,6 +20,8 @@ pub(super) struct PooledBody<C: MeshConnector> {
     /// The connection and its pool (kept alive by a body still being read, so that the
     /// connection has somewhere to go back to; dropped with the body otherwise).
     pub(super) conn: Option<(http1::SendRequest<MeshBody>, Arc<EndpointPool<C>>)>,
+    /// Released when the body ends.
+    pub(super) held: Option<Held>,
 }
 
 impl<C: MeshConnector> PooledBody<C> {
@@ -40,9 +43,15 @@ impl<C: MeshConnector> Body for PooledBody<C> {
         let this = self.get_mut();
         let frame = std::task::ready!(Pin::new(&mut this.body).poll_frame(cx));
         match &frame {
-            None => this.give_back(),
+            None => {
+                this.held = None;
+                this.give_back();
+            }
             // A failed body leaves the connection in an unknown state: do not reuse it.
-            Some(Err(_)) => this.conn = None,
+            Some(Err(_)) => {
+                this.held = None;
+                this.conn = None;
+            }
             Some(Ok(_)) => {}
         }
         Poll::Ready(frame.map(|f| f.map_err(BoxError::from)))
@@ -63,5 +72,36 @@ impl<C: MeshConnector> Drop for PooledBody<C> {
         if self.body.is_end_stream() {
             self.give_back();
         }
+    }
+}
+
+/// An HTTP/2 response body holding its request's permits until it ends.
+pub(super) struct HeldBody {
+    pub(super) body: Incoming,
+    pub(super) held: Option<Held>,
+}
+
+impl Body for HeldBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let frame = std::task::ready!(Pin::new(&mut this.body).poll_frame(cx));
+        if !matches!(frame, Some(Ok(_))) {
+            this.held = None;
+        }
+        Poll::Ready(frame.map(|f| f.map_err(BoxError::from)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use super::body::PooledBody;
 use super::h2::into_h2;
-use super::{EndpointPool, SendError};
+use super::{EndpointPool, Held, SendError};
 use crate::body::MeshBody;
 use crate::connector::{MeshConnection, MeshConnector, Negotiated};
 
@@ -20,6 +20,7 @@ impl<C: MeshConnector> EndpointPool<C> {
     pub(super) async fn send_h1(
         self: &Arc<Self>,
         mut req: Request<MeshBody>,
+        held: Held,
     ) -> Result<Response<MeshBody>, SendError> {
         // A reused connection may have been closed by the server while idle; hyper hands the
         // unsent request back, and it goes on another connection. Bounded: a new connection
@@ -28,7 +29,7 @@ impl<C: MeshConnector> EndpointPool<C> {
             let (mut tx, reused) = match self.checkout_h1().await? {
                 Checkout::H1(tx, reused) => (tx, reused),
                 // The connection negotiated HTTP/2: the request goes over it.
-                Checkout::NegotiatedH2 => return self.send_h2(into_h2(req)).await,
+                Checkout::NegotiatedH2 => return self.send_h2(into_h2(req), held).await,
             };
             match tx.try_send_request(req).await {
                 Ok(resp) => {
@@ -37,6 +38,7 @@ impl<C: MeshConnector> EndpointPool<C> {
                         PooledBody {
                             body,
                             conn: Some((tx, pool)),
+                            held: Some(held),
                         }
                         .boxed_unsync()
                     }));

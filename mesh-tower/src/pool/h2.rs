@@ -10,19 +10,27 @@ use hyper_util::rt::TokioExecutor;
 use mesh_core::BreakerResource;
 use tokio::time::Instant;
 
-use super::{EndpointPool, SendError};
-use crate::body::{BoxError, MeshBody};
+use super::body::HeldBody;
+use super::{EndpointPool, Held, SendError};
+use crate::body::MeshBody;
 use crate::connector::{Limited, MeshConnection, MeshConnector, Negotiated};
 
 impl<C: MeshConnector> EndpointPool<C> {
     pub(super) async fn send_h2(
         self: &Arc<Self>,
         req: Request<MeshBody>,
+        held: Held,
     ) -> Result<Response<MeshBody>, SendError> {
         let mut tx = self.checkout_h2().await?;
         tx.ready().await.map_err(SendError::Request)?;
         let resp = tx.send_request(req).await.map_err(SendError::Request)?;
-        Ok(resp.map(|b| b.map_err(BoxError::from).boxed_unsync()))
+        Ok(resp.map(|body| {
+            HeldBody {
+                body,
+                held: Some(held),
+            }
+            .boxed_unsync()
+        }))
     }
 
     pub(super) fn live_h2(&self) -> Option<http2::SendRequest<MeshBody>> {

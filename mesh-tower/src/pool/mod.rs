@@ -56,6 +56,23 @@ impl std::fmt::Display for SendError {
     }
 }
 
+/// Circuit-breaker permits a request holds until its response body has been read or dropped.
+#[derive(Debug, Default)]
+pub(crate) struct Held {
+    _request: Option<BreakerPermit>,
+    _retry: Option<BreakerPermit>,
+}
+
+impl Held {
+    /// The `max_requests` permit, and the `max_retries` one for a retry.
+    pub fn new(request: BreakerPermit, retry: Option<BreakerPermit>) -> Self {
+        Self {
+            _request: Some(request),
+            _retry: retry,
+        }
+    }
+}
+
 /// What every endpoint pool of one cluster shares.
 pub(crate) struct ClusterConns<C> {
     pub connector: C,
@@ -101,18 +118,20 @@ impl<C: MeshConnector> EndpointPool<C> {
         })
     }
 
-    /// Sends `req` (origin-form URI and `Host` for HTTP/1.1; scheme and authority for HTTP/2).
+    /// Sends `req` (origin-form URI and `Host` for HTTP/1.1; scheme and authority for HTTP/2);
+    /// `held` stays with the response body until it ends or is dropped.
     pub async fn send(
         self: &Arc<Self>,
         req: Request<MeshBody>,
         h2: bool,
+        held: Held,
     ) -> Result<Response<MeshBody>, SendError> {
         if h2 {
-            self.send_h2(req).await
+            self.send_h2(req, held).await
         } else if self.alpn_h2.load(Ordering::Relaxed) {
-            self.send_h2(into_h2(req)).await
+            self.send_h2(into_h2(req), held).await
         } else {
-            self.send_h1(req).await
+            self.send_h1(req, held).await
         }
     }
 

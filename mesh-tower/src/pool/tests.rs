@@ -140,7 +140,9 @@ fn request(path: &str, h2: bool) -> Request<MeshBody> {
 
 /// Sends and reads the whole response; the connection number that served it.
 async fn send(pool: &Arc<EndpointPool<Duplex>>, path: &str, h2: bool) -> Result<usize, SendError> {
-    let resp = pool.send(request(path, h2), h2).await?;
+    let resp = pool
+        .send(request(path, h2), h2, super::Held::default())
+        .await?;
     let id = resp.headers()["x-conn"]
         .to_str()
         .expect("ascii")

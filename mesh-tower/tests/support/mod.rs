@@ -30,6 +30,8 @@ pub enum Behavior {
     FailAll,
     /// Waits, then answers.
     Slow(Duration),
+    /// Waits, then answers 503.
+    SlowFail(Duration),
 }
 
 pub struct Backend {
@@ -63,6 +65,10 @@ pub async fn backend(name: &'static str, behavior: Behavior) -> Backend {
                             Behavior::Slow(d) => {
                                 tokio::time::sleep(d).await;
                                 StatusCode::OK
+                            }
+                            Behavior::SlowFail(d) => {
+                                tokio::time::sleep(d).await;
+                                StatusCode::SERVICE_UNAVAILABLE
                             }
                         };
                         let mut r = Response::new(Full::new(Bytes::from(name)));
