@@ -90,6 +90,11 @@ pub struct Cluster {
 impl Cluster {
     /// Validates a spec.
     pub fn new(spec: &ClusterSpec) -> Result<Self, ConfigError> {
+        // Its regexes share one budget (see `matcher::REGEX_BUDGET_PER_RESOURCE`).
+        crate::matcher::with_regex_budget(|| Self::validate(spec))
+    }
+
+    fn validate(spec: &ClusterSpec) -> Result<Self, ConfigError> {
         let err = |e: FieldError| e.resource(ResourceKind::Cluster, &spec.name);
         if spec.name.is_empty() {
             return Err(err(FieldError::new("name", "must not be empty")));

@@ -49,6 +49,11 @@ pub struct Listener {
 impl Listener {
     /// Validates a spec: the name and RDS name must be non-empty; inline routes must be valid.
     pub fn new(spec: &ListenerSpec) -> Result<Self, ConfigError> {
+        // Its regexes share one budget (see `matcher::REGEX_BUDGET_PER_RESOURCE`).
+        crate::matcher::with_regex_budget(|| Self::validate(spec))
+    }
+
+    fn validate(spec: &ListenerSpec) -> Result<Self, ConfigError> {
         let err = |e: FieldError| e.resource(ResourceKind::Listener, &spec.name);
         if spec.name.is_empty() {
             return Err(err(FieldError::new("name", "must not be empty")));

@@ -6,18 +6,84 @@ use regex::{Regex, RegexBuilder};
 use crate::error::{FieldError, FieldResult};
 use crate::request::RouteRequest;
 
-/// Compiled regexes are capped so that one resource cannot take unbounded memory.
-const REGEX_SIZE_LIMIT: usize = 1 << 20;
+/// The size classes a compiled regex is fitted into: its program and its match cache each
+/// stay within the class, and the class is what it is charged against its resource's budget.
+const REGEX_SIZE_CLASSES: [usize; 4] = [16 << 10, 64 << 10, 256 << 10, 1 << 20];
+
+/// What the regexes of one resource may take together, counted by size class (programs and
+/// match caches alike are within it): 16 MiB, e.g. 1,024 simple regexes or 16 of the largest.
+pub const REGEX_BUDGET_PER_RESOURCE: usize = 16 << 20;
+
+thread_local! {
+    /// The budget left for the resource being validated. Validation is synchronous and
+    /// nested (a listener's inline route configuration), so the budget is kept here rather
+    /// than threaded through every validator.
+    static REGEX_BUDGET: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+/// Runs `f` (a resource's validation) with a fresh regex budget, unless one is running
+/// already (the resource contains the one being validated).
+pub(crate) fn with_regex_budget<T>(f: impl FnOnce() -> T) -> T {
+    let outer = REGEX_BUDGET.with(|b| b.get());
+    if outer.is_some() {
+        return f();
+    }
+    /// Ends the budget however `f` ends (a caught panic included).
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            REGEX_BUDGET.with(|b| b.set(None));
+        }
+    }
+    REGEX_BUDGET.with(|b| b.set(Some(REGEX_BUDGET_PER_RESOURCE)));
+    let _reset = Reset;
+    f()
+}
+
+/// Compiles `pattern` (`shown` in errors) in the smallest size class it fits, charging the
+/// running resource's budget.
+pub(crate) fn bounded_regex(pattern: &str, shown: &str, field: &str) -> FieldResult<Regex> {
+    let invalid = |detail: String| {
+        FieldError::new(
+            field,
+            format!("invalid regex {shown:?}: {}", detail.replace('\n', " ")),
+        )
+    };
+    for class in REGEX_SIZE_CLASSES {
+        match RegexBuilder::new(pattern)
+            .size_limit(class)
+            .dfa_size_limit(class)
+            .build()
+        {
+            Ok(re) => {
+                let left = REGEX_BUDGET.with(|b| b.get());
+                if let Some(left) = left {
+                    let Some(rest) = left.checked_sub(class) else {
+                        return Err(FieldError::new(
+                            field,
+                            format!(
+                                "regex {shown:?} is over the budget: the regexes of one resource may take {} MiB together",
+                                REGEX_BUDGET_PER_RESOURCE >> 20
+                            ),
+                        ));
+                    };
+                    REGEX_BUDGET.with(|b| b.set(Some(rest)));
+                }
+                return Ok(re);
+            }
+            Err(regex::Error::CompiledTooBig(_)) => {}
+            Err(e) => return Err(invalid(e.to_string())),
+        }
+    }
+    Err(invalid(format!(
+        "compiles to more than {} KiB",
+        REGEX_SIZE_CLASSES[REGEX_SIZE_CLASSES.len() - 1] >> 10
+    )))
+}
 
 /// Compiles an RE2-style pattern that must match the whole input.
 pub(crate) fn full_match_regex(pattern: &str, field: &str) -> FieldResult<Regex> {
-    RegexBuilder::new(&format!("^(?:{pattern})$"))
-        .size_limit(REGEX_SIZE_LIMIT)
-        .build()
-        .map_err(|e| {
-            let detail = e.to_string().replace('\n', " ");
-            FieldError::new(field, format!("invalid regex {pattern:?}: {detail}"))
-        })
+    bounded_regex(&format!("^(?:{pattern})$"), pattern, field)
 }
 
 /// The pattern of a [`StringMatcherSpec`].

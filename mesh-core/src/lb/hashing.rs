@@ -69,6 +69,12 @@ pub(crate) struct Maglev {
 
 impl Maglev {
     /// `table_size` must be prime (validated with the cluster).
+    /// Entries in the table.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.table.len()
+    }
+
     pub(crate) fn new(targets: &[HashTarget], table_size: u64) -> Self {
         let m = table_size;
         let max_weight = targets.iter().map(|t| t.1).max().unwrap_or(1) as f64;

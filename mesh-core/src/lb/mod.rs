@@ -110,6 +110,34 @@ fn is_prime(n: u64) -> bool {
 }
 
 impl LbConfig {
+    /// This policy for one of `levels` priorities: ring and Maglev tables sized so that all
+    /// levels together stay within one table's bound ([`RING_SIZE_CAP`] points, a
+    /// [`MAX_MAGLEV_TABLE_SIZE`] table). Without this, thousands of priorities could each ask
+    /// for a full-size table in one rebuild.
+    fn shared_among(&self, levels: usize) -> Self {
+        let levels = u64::try_from(levels.max(1)).unwrap_or(u64::MAX);
+        match *self {
+            Self::RingHash {
+                min_ring_size,
+                max_ring_size,
+            } => {
+                let max = max_ring_size.min(RING_SIZE_CAP / levels).max(1);
+                Self::RingHash {
+                    min_ring_size: min_ring_size.min(max),
+                    max_ring_size: max,
+                }
+            }
+            Self::Maglev { table_size } => {
+                let mut m = table_size.min(MAX_MAGLEV_TABLE_SIZE / levels).max(2);
+                while !is_prime(m) {
+                    m -= 1;
+                }
+                Self::Maglev { table_size: m }
+            }
+            other => other,
+        }
+    }
+
     /// Validates a policy: `choice_count` ≥ 2 (clamped to 10), ring sizes within 8M with
     /// min ≤ max, Maglev table size prime and within Envoy's limit.
     pub fn new(spec: &LbPolicySpec) -> FieldResult<Self> {
@@ -287,6 +315,10 @@ impl ClusterPicker {
             proportional(&health)
         };
 
+        // Hash tables are built per priority: their total is bounded, not each one's size.
+        let levels = loads_pct.iter().filter(|&&l| l > 0).count();
+        let shared = config.shared_among(levels);
+        let config = &shared;
         let mut cumulative = 0;
         let mut priorities = Vec::new();
         for (p, groups) in set.priorities().enumerate() {
@@ -305,6 +337,20 @@ impl ClusterPicker {
             priorities: priorities.into(),
             panic,
         }
+    }
+
+    /// Hash-table slots across every level (ring points and Maglev entries).
+    #[cfg(test)]
+    pub(crate) fn hash_slots(&self) -> usize {
+        self.priorities
+            .iter()
+            .flat_map(|(_, level)| level.pickers.iter())
+            .map(|p| match p {
+                EndpointPicker::Ring(r) => r.len(),
+                EndpointPicker::Maglev(m) => m.len(),
+                _ => 0,
+            })
+            .sum()
     }
 
     /// Whether too few endpoints are available and every endpoint is being used.

@@ -569,3 +569,43 @@ impl Pair for FieldError {
         (&self.field, &self.reason)
     }
 }
+
+/// Hash tables are per priority; one rebuild for many priorities stays within one table's
+/// bound (in panic every priority takes traffic, so every level has its table).
+#[test]
+fn hash_tables_are_bounded_in_total_across_priorities() {
+    let groups: Vec<(u32, String)> = (0..8).map(|p| (p, format!("z{p}"))).collect();
+    let spec: Vec<(u32, &str, Option<u32>, &[u32])> = groups
+        .iter()
+        .map(|(p, z)| (*p, z.as_str(), Some(1), &[1u32, 1][..]))
+        .collect();
+    let set = set(&spec);
+    let options = PickerOptions {
+        panic_threshold: 50,
+        ..Default::default()
+    };
+    let maglev = LbConfig::new(&LbPolicySpec::Maglev {
+        table_size: Some(MAX_MAGLEV_TABLE_SIZE),
+    })
+    .unwrap();
+    let picker = ClusterPicker::new(&maglev, &set, options, |_| false, None, 1);
+    assert!(picker.is_panic());
+    let slots = picker.hash_slots();
+    // Eight primes just under 5,000,011 / 8.
+    assert!(
+        (4_990_000..=MAX_MAGLEV_TABLE_SIZE as usize).contains(&slots),
+        "{slots}"
+    );
+    let ring = LbConfig::new(&LbPolicySpec::RingHash {
+        min_ring_size: Some(MAX_RING_SIZE),
+        max_ring_size: Some(MAX_RING_SIZE),
+    })
+    .unwrap();
+    let picker = ClusterPicker::new(&ring, &set, options, |_| false, None, 1);
+    let slots = picker.hash_slots();
+    assert!(slots <= RING_SIZE_CAP as usize, "{slots}");
+    // One priority keeps its whole table.
+    let one = self::set(&[(0, "a", Some(1), &[1, 1])]);
+    let picker = ClusterPicker::new(&maglev, &one, options, |_| true, None, 1);
+    assert_eq!(picker.hash_slots(), MAX_MAGLEV_TABLE_SIZE as usize);
+}

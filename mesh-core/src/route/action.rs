@@ -215,15 +215,7 @@ impl HashPolicy {
                 let rewrite = match regex_rewrite {
                     None => None,
                     Some((re, sub)) => Some((
-                        Regex::new(re).map_err(|e| {
-                            FieldError::new(
-                                "header.regex_rewrite.pattern",
-                                format!(
-                                    "invalid regex {re:?}: {}",
-                                    e.to_string().replace('\n', " ")
-                                ),
-                            )
-                        })?,
+                        crate::matcher::bounded_regex(re, re, "header.regex_rewrite.pattern")?,
                         sub.as_str().into(),
                     )),
                 };

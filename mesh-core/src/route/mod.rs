@@ -175,6 +175,11 @@ fn domain_kind(domain: &str) -> Result<DomainKind<'_>, &'static str> {
 impl RouteConfig {
     /// Validates a spec: every virtual host and route, and domains unique across hosts.
     pub fn new(spec: &RouteConfigSpec) -> Result<Self, ConfigError> {
+        // Its regexes share one budget (see `matcher::REGEX_BUDGET_PER_RESOURCE`).
+        crate::matcher::with_regex_budget(|| Self::validate(spec))
+    }
+
+    fn validate(spec: &RouteConfigSpec) -> Result<Self, ConfigError> {
         let err = |e: FieldError| e.resource(ResourceKind::RouteConfiguration, &spec.name);
         let mut exact = HashMap::default();
         let mut suffixes = Vec::new();

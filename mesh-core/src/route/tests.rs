@@ -565,3 +565,60 @@ fn retry_and_timeout_durations_are_capped_without_overflow() {
     assert_eq!(t.route_timeout(), Some(MAX_DURATION));
     assert_eq!(t.effective(Some(Duration::MAX), None), Some(MAX_DURATION));
 }
+
+#[test]
+fn the_regexes_of_one_resource_share_a_budget() {
+    let regex_route = |i: usize| {
+        let mut m = RouteMatchSpec::prefix("/");
+        m.headers.push(HeaderMatcherSpec {
+            name: "x-id".into(),
+            matcher: HeaderMatchSpec::String(StringMatcherSpec::regex(format!("v{i}-[0-9]+"))),
+            invert: false,
+            treat_missing_as_empty: false,
+        });
+        route(&format!("r{i}"), m, "c")
+    };
+    let spec = |n: usize| RouteConfigSpec {
+        name: "rc".into(),
+        virtual_hosts: vec![vhost("a", &["*"], (0..n).map(regex_route).collect())],
+        ignore_port_in_host_matching: false,
+    };
+    // Simple regexes take the smallest class, 16 KiB: 1,024 fit the 16 MiB budget.
+    assert!(RouteConfig::new(&spec(1024)).is_ok());
+    let err = RouteConfig::new(&spec(1025)).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "route configuration \"rc\": virtual_hosts[0].routes[1024].match.headers[0].string_match.safe_regex: regex \"v1024-[0-9]+\" is over the budget: the regexes of one resource may take 16 MiB together"
+    );
+    // Each resource has a budget of its own.
+    assert!(RouteConfig::new(&spec(1024)).is_ok());
+    // A hash policy's regex_rewrite is bounded too.
+    let mut forward = ForwardActionSpec::to_cluster("c");
+    forward.hash_policies.push(HashPolicySpec {
+        kind: HashPolicyKind::Header {
+            name: "x-user".into(),
+            regex_rewrite: Some((r"\w{1,40}".into(), "x".into())),
+        },
+        terminal: false,
+    });
+    let err = RouteConfig::new(&RouteConfigSpec {
+        name: "rc".into(),
+        virtual_hosts: vec![vhost(
+            "a",
+            &["*"],
+            vec![RouteSpec {
+                name: "h".into(),
+                matcher: RouteMatchSpec::prefix("/"),
+                action: RouteActionSpec::Forward(Box::new(forward)),
+                fault: None,
+            }],
+        )],
+        ignore_port_in_host_matching: false,
+    })
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .ends_with(r#"header.regex_rewrite.pattern: invalid regex "\\w{1,40}": compiles to more than 1024 KiB"#),
+        "{err}"
+    );
+}
