@@ -79,6 +79,9 @@ pub struct XdsStatus {
     pub types: Vec<(ResourceType, String, String)>,
 }
 
+/// The default largest xDS response.
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 256 << 20;
+
 /// Reconnect backoff.
 #[derive(Debug, Clone, Copy)]
 pub struct Backoff {
@@ -107,6 +110,7 @@ pub struct XdsClientBuilder {
     dne_timeout: Duration,
     backoff: Backoff,
     cache_max_age: Option<Duration>,
+    max_message_size: usize,
 }
 
 impl XdsClientBuilder {
@@ -121,6 +125,7 @@ impl XdsClientBuilder {
             dne_timeout: crate::state::DOES_NOT_EXIST_TIMEOUT,
             backoff: Backoff::default(),
             cache_max_age: None,
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
         }
     }
 
@@ -147,6 +152,13 @@ impl XdsClientBuilder {
     /// still marked stale until the control plane confirms it).
     pub fn cache_max_age(mut self, max_age: Duration) -> Self {
         self.cache_max_age = Some(max_age);
+        self
+    }
+
+    /// The largest xDS response accepted (default 256 MiB, room for the LDS or CDS of a large
+    /// mesh); a larger one fails the stream, which is then reopened with backoff.
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.max_message_size = bytes;
         self
     }
 
@@ -203,6 +215,7 @@ impl XdsClientBuilder {
             request_lost: false,
             cache_written: false,
             cache_write: None,
+            max_message_size: self.max_message_size,
         };
         if let Some(cache) = worker.cache.clone() {
             match cache.load() {
@@ -447,6 +460,8 @@ struct Worker {
     cache_dirty: bool,
     /// A request could not be queued on this stream, which must then end.
     request_lost: bool,
+    /// The largest response accepted.
+    max_message_size: usize,
     /// The cache was written by this process.
     cache_written: bool,
     /// The last cache write started, which shutdown waits for.
@@ -658,7 +673,7 @@ impl Worker {
                 }
             };
         let mut client = AggregatedDiscoveryServiceClient::new(channel)
-            .max_decoding_message_size(256 * 1024 * 1024);
+            .max_decoding_message_size(self.max_message_size);
         let metadata = match call_metadata(&self.server) {
             Ok(m) => m,
             Err(e) => return StreamEnd::Failed(e),

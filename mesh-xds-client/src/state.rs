@@ -445,12 +445,21 @@ impl AdsState {
         };
         self.types[index(ty)].nonce = resp.nonce.clone();
         let mut errors = Vec::new();
+        let mut seen = BTreeSet::new();
         for (i, r) in resp.resources.iter().enumerate() {
             let Some(any) = &r.resource else {
                 errors.push(format!("resources[{i}] ({:?}): no resource body", r.name));
                 continue;
             };
-            if let Err((name, msg)) = self.apply(ty, any, &r.version, now) {
+            if !r.name.is_empty() && !seen.insert(r.name.clone()) {
+                errors.push(format!(
+                    "resource {:?} appears twice in the response",
+                    r.name
+                ));
+                continue;
+            }
+            let expect = (!r.name.is_empty()).then_some(r.name.as_str());
+            if let Err((name, msg)) = self.apply_named(ty, any, &r.version, expect, now) {
                 errors.push(match name {
                     Some(_) => msg,
                     None => format!("resources[{i}] ({:?}): {msg}", r.name),
@@ -458,6 +467,12 @@ impl AdsState {
             }
         }
         for name in &resp.removed_resources {
+            if !self.delete_on_absence {
+                // `ignore_resource_deletion` (A53): the server's deletions are not applied;
+                // the last value stays until the server sends another.
+                tracing::warn!(%name, type_url = %resp.type_url, "ignoring a deletion (the server declared ignore_resource_deletion)");
+                continue;
+            }
             let t = &mut self.types[index(ty)];
             if let Some(e) = t.entries.get_mut(name) {
                 if e.value.is_some() {
@@ -488,7 +503,31 @@ impl AdsState {
         version: &str,
         now: Instant,
     ) -> Result<Option<String>, (Option<String>, String)> {
-        match decode(ty, any) {
+        self.apply_named(ty, any, version, None, now)
+    }
+
+    /// [`Self::apply`] for a resource the response names `expect` (Delta): a body that names
+    /// another resource is rejected as `expect`, so that it cannot overwrite that other one.
+    fn apply_named(
+        &mut self,
+        ty: ResourceType,
+        any: &Any,
+        version: &str,
+        expect: Option<&str>,
+        now: Instant,
+    ) -> Result<Option<String>, (Option<String>, String)> {
+        let decoded = decode(ty, any).and_then(|d| match expect {
+            Some(e) if e != d.name() => Err(crate::decode::ResourceError {
+                name: Some(e.to_string()),
+                message: format!(
+                    "{} {e:?}: the resource's body is named {:?}",
+                    ty.kind(),
+                    d.name()
+                ),
+            }),
+            _ => Ok(d),
+        });
+        match decoded {
             Ok(decoded) => {
                 let name = decoded.name().to_string();
                 let t = &mut self.types[index(ty)];
@@ -807,10 +846,23 @@ fn nack_message(errors: &[String], type_url: &str, nonce: &str) -> Option<String
     if errors.is_empty() {
         return None;
     }
-    let message = errors.join("; ");
+    let mut message = errors.join("; ");
     tracing::warn!(%type_url, %nonce, "NACK: {message}");
+    // The whole list is logged; the server gets a bounded one (istiod logs it, and a response
+    // of thousands of bad resources would otherwise make a megabyte-sized request).
+    if message.len() > MAX_NACK_BYTES {
+        let mut end = MAX_NACK_BYTES;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push_str(&format!(" ... ({} errors in all)", errors.len()));
+    }
     Some(message)
 }
+
+/// The longest NACK message sent.
+const MAX_NACK_BYTES: usize = 4096;
 
 /// The NACK for a response of a type we never asked for: the type, the nonce, and why.
 fn unexpected_type(type_url: &str, nonce: &str) -> (String, String, Option<Status>) {

@@ -599,3 +599,27 @@ async fn a_new_pod_of_the_workload_starts_from_the_cache_its_predecessor_wrote_a
     assert!(snap.is_stale());
     assert!((0.08..=0.12).contains(&v2_share(&snap)));
 }
+
+#[tokio::test]
+async fn a_response_over_the_maximum_message_size_fails_the_stream_with_a_clear_error() {
+    let ads = FakeAds::new();
+    canary(&ads, 90, 10);
+    let server = ads.serve_tcp(0).await;
+    let c = XdsClientBuilder::new(bootstrap(&server.addr.unwrap().to_string(), None))
+        .target(TARGET)
+        .backoff(fast())
+        .max_message_size(64)
+        .start()
+        .unwrap();
+    let error = within("the stream fails", async {
+        loop {
+            if let Some(e) = c.health().borrow().last_error.clone() {
+                return e;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(error.contains("message length too large"), "{error}");
+    assert!(!c.health().borrow().ready);
+}

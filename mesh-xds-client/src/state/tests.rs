@@ -725,3 +725,97 @@ fn no_request_names_nothing_where_that_reads_as_a_wildcard() {
     s.on_disconnected();
     assert!(s.on_connected(now).is_empty());
 }
+
+#[test]
+fn delta_rejects_duplicates_and_misnamed_bodies_and_can_ignore_deletions() {
+    let now = Instant::now();
+    let resource = |name: &str, a: &Any| Resource {
+        name: name.into(),
+        version: "1".into(),
+        resource: Some(a.clone()),
+        ..Default::default()
+    };
+    let lds =
+        |resources: Vec<Resource>, removed: Vec<String>, nonce: &str| DeltaDiscoveryResponse {
+            type_url: ResourceType::Listener.type_url().into(),
+            resources,
+            removed_resources: removed,
+            nonce: nonce.into(),
+            ..Default::default()
+        };
+    let nack_of = |out: &[Output]| {
+        out.iter()
+            .find_map(|o| match o {
+                Output::Send(Request::Delta(r)) => {
+                    r.error_detail.as_ref().map(|e| e.message.clone())
+                }
+                _ => None,
+            })
+            .unwrap_or_default()
+    };
+    let world = World::canary(90, 10);
+    let mut s = AdsState::new(Protocol::Delta, node(), true);
+    s.subscribe_listener(L, now);
+    s.on_connected(now);
+    // A body naming another listener may not overwrite it, nor stand in for the one named.
+    let other = testing::listener("other.default.svc.cluster.local:80", &rds());
+    let out = s.on_delta_response(lds(vec![resource(L, &other)], vec![], "d1"), now);
+    assert_eq!(
+        nack_of(&out),
+        format!(
+            "listener {L:?}: the resource's body is named \"other.default.svc.cluster.local:80\""
+        )
+    );
+    // The same name twice.
+    let out = s.on_delta_response(
+        lds(
+            vec![resource(L, &world.lds[0]), resource(L, &world.lds[0])],
+            vec![],
+            "d2",
+        ),
+        now,
+    );
+    assert_eq!(
+        nack_of(&out),
+        format!("resource {L:?} appears twice in the response")
+    );
+
+    // With ignore_resource_deletion, a removal leaves the listener in place.
+    let mut s = AdsState::new(Protocol::Delta, node(), false);
+    s.subscribe_listener(L, now);
+    s.on_connected(now);
+    s.on_delta_response(lds(vec![resource(L, &world.lds[0])], vec![], "d1"), now);
+    s.on_delta_response(lds(vec![], vec![L.to_string()], "d2"), now);
+    let status = s.statuses();
+    let l = status.iter().find(|r| r.name == L).unwrap();
+    assert_eq!(l.state, ResourceState::Acked, "{status:?}");
+}
+
+#[test]
+fn nack_messages_are_bounded() {
+    let now = Instant::now();
+    let mut s = AdsState::new(Protocol::Sotw, node(), true);
+    s.subscribe_listener(L, now);
+    let first = s.on_connected(now);
+    converge(&mut s, &World::canary(90, 10), first, now);
+    // 500 route configurations that fail validation, each with its own error.
+    let bad: Vec<Any> = (0..500)
+        .map(|i| testing::route_config(&format!("rc-{i}"), &[HOST], &[(&v1(), 0), (&v2(), 0)]))
+        .collect();
+    let out = s.on_sotw_response(
+        DiscoveryResponse {
+            version_info: "v2".into(),
+            resources: bad,
+            type_url: ResourceType::RouteConfiguration.type_url().into(),
+            nonce: "n9".into(),
+            ..Default::default()
+        },
+        now,
+    );
+    let Output::Send(Request::Sotw(nack)) = &out[0] else {
+        panic!("{out:?}")
+    };
+    let message = &nack.error_detail.as_ref().unwrap().message;
+    assert!(message.len() <= 4096 + 40, "{}", message.len());
+    assert!(message.ends_with(" ... (500 errors in all)"), "{message}");
+}
