@@ -111,6 +111,7 @@ pub struct XdsClientBuilder {
     backoff: Backoff,
     cache_max_age: Option<Duration>,
     max_message_size: usize,
+    open_timeout: Duration,
 }
 
 impl XdsClientBuilder {
@@ -126,6 +127,7 @@ impl XdsClientBuilder {
             backoff: Backoff::default(),
             cache_max_age: None,
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            open_timeout: Duration::from_secs(10),
         }
     }
 
@@ -159,6 +161,13 @@ impl XdsClientBuilder {
     /// mesh); a larger one fails the stream, which is then reopened with backoff.
     pub fn max_message_size(mut self, bytes: usize) -> Self {
         self.max_message_size = bytes;
+        self
+    }
+
+    /// How long connecting to the server and opening the stream may take before the attempt
+    /// counts as failed (default 10 s).
+    pub fn stream_open_timeout(mut self, timeout: Duration) -> Self {
+        self.open_timeout = timeout;
         self
     }
 
@@ -216,6 +225,7 @@ impl XdsClientBuilder {
             cache_written: false,
             cache_write: None,
             max_message_size: self.max_message_size,
+            open_timeout: self.open_timeout,
         };
         if let Some(cache) = worker.cache.clone() {
             match cache.load() {
@@ -462,6 +472,8 @@ struct Worker {
     request_lost: bool,
     /// The largest response accepted.
     max_message_size: usize,
+    /// How long connecting and opening a stream may take.
+    open_timeout: Duration,
     /// The cache was written by this process.
     cache_written: bool,
     /// The last cache write started, which shutdown waits for.
@@ -660,18 +672,46 @@ impl Worker {
         }
     }
 
-    async fn stream_once(&mut self) -> StreamEnd {
-        let channel =
-            match tokio::time::timeout(Duration::from_secs(10), connect(&self.server)).await {
-                Ok(Ok(c)) => c,
-                Ok(Err(e)) => return StreamEnd::Failed(e),
-                Err(_) => {
-                    return StreamEnd::Failed(format!(
-                        "connecting to {} timed out",
+    /// Waits for `step` of opening a stream (connecting, then the server's answer to the
+    /// stream request) for at most the open timeout, serving commands meanwhile (status,
+    /// subscriptions, shutdown) so that a silent server does not stop the client.
+    async fn opening<T>(
+        &mut self,
+        step: impl Future<Output = T>,
+        sink: Option<&Sink>,
+        what: &str,
+    ) -> Result<T, StreamEnd> {
+        let limit = self.open_timeout;
+        let deadline = tokio::time::sleep(limit);
+        tokio::pin!(step, deadline);
+        loop {
+            tokio::select! {
+                out = &mut step => return Ok(out),
+                _ = &mut deadline => {
+                    return Err(StreamEnd::Failed(format!(
+                        "{what} {} timed out after {limit:?}",
                         self.server.address
-                    ));
+                    )));
                 }
-            };
+                cmd = self.commands.recv() => match cmd {
+                    None => return Err(StreamEnd::Shutdown),
+                    Some(Command::Shutdown(done)) => {
+                        self.shutdown(done).await;
+                        return Err(StreamEnd::Shutdown);
+                    }
+                    Some(c) => self.command(c, sink),
+                },
+            }
+        }
+    }
+
+    async fn stream_once(&mut self) -> StreamEnd {
+        let server = self.server.clone();
+        let channel = match self.opening(connect(&server), None, "connecting to").await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return StreamEnd::Failed(e),
+            Err(end) => return end,
+        };
         let mut client = AggregatedDiscoveryServiceClient::new(channel)
             .max_decoding_message_size(self.max_message_size);
         let metadata = match call_metadata(&self.server) {
@@ -733,9 +773,14 @@ impl Worker {
                 self.handle(first, Some(&sink));
                 let mut req = tonic::Request::new(ReceiverStream::new(rx));
                 *req.metadata_mut() = metadata;
-                match client.stream_aggregated_resources(req).await {
-                    Ok(resp) => drive!(sink, resp.into_inner(), on_sotw_response),
-                    Err(s) => Some(format!("{}: {}", s.code(), s.message())),
+                let open = client.stream_aggregated_resources(req);
+                match self
+                    .opening(open, Some(&sink), "opening the ADS stream to")
+                    .await
+                {
+                    Ok(Ok(resp)) => drive!(sink, resp.into_inner(), on_sotw_response),
+                    Ok(Err(s)) => Some(format!("{}: {}", s.code(), s.message())),
+                    Err(end) => return end,
                 }
             }
             Protocol::Delta => {
@@ -744,9 +789,14 @@ impl Worker {
                 self.handle(first, Some(&sink));
                 let mut req = tonic::Request::new(ReceiverStream::new(rx));
                 *req.metadata_mut() = metadata;
-                match client.delta_aggregated_resources(req).await {
-                    Ok(resp) => drive!(sink, resp.into_inner(), on_delta_response),
-                    Err(s) => Some(format!("{}: {}", s.code(), s.message())),
+                let open = client.delta_aggregated_resources(req);
+                match self
+                    .opening(open, Some(&sink), "opening the ADS stream to")
+                    .await
+                {
+                    Ok(Ok(resp)) => drive!(sink, resp.into_inner(), on_delta_response),
+                    Ok(Err(s)) => Some(format!("{}: {}", s.code(), s.message())),
+                    Err(end) => return end,
                 }
             }
         };

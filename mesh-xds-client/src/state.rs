@@ -11,7 +11,12 @@
 //! never do; a NACKed resource keeps its last good value (A88); the does-not-exist timer starts
 //! when a request naming the resource is sent (A57); subscriptions cascade listener → route
 //! configuration → cluster → endpoints (A74); a snapshot is published only when every
-//! reference in it is resolved, so readers never see a route to a cluster that is not there.
+//! reference in it is resolved: present, or known not to exist (the server's SotW LDS/CDS
+//! response omits it, a Delta removal, or the does-not-exist timer). So a reader never sees
+//! half of an update (a new route before its new cluster); it may see a route to a cluster
+//! that does not exist, which `MeshSnapshot::dangling` lists. As in gRPC (A74), that does not
+//! hold the rest back: requests on that route fail with a local reply naming the cluster
+//! (503 `NC`, gRPC `UNAVAILABLE`), and every other route works.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;

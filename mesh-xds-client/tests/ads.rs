@@ -623,3 +623,45 @@ async fn a_response_over_the_maximum_message_size_fails_the_stream_with_a_clear_
     assert!(error.contains("message length too large"), "{error}");
     assert!(!c.health().borrow().ready);
 }
+
+/// A server that accepts connections and says nothing: opening the stream times out, and the
+/// client answers status and shutdown meanwhile.
+#[tokio::test]
+async fn a_silent_server_times_out_while_commands_are_served() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            held.push(s);
+        }
+    });
+    let c = XdsClientBuilder::new(bootstrap(&addr.to_string(), None))
+        .target(TARGET)
+        .backoff(fast())
+        .stream_open_timeout(Duration::from_millis(300))
+        .start()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let status = tokio::time::timeout(Duration::from_secs(1), c.status())
+        .await
+        .expect("status is served while the stream is opening")
+        .unwrap();
+    assert!(!status.health.connected);
+    let error = within("the open times out", async {
+        loop {
+            if let Some(e) = c.health().borrow().last_error.clone() {
+                return e;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(
+        error.ends_with(&format!("{addr} timed out after 300ms")),
+        "{error}"
+    );
+    tokio::time::timeout(Duration::from_secs(1), c.shutdown())
+        .await
+        .expect("shutdown is served while the stream is opening");
+}

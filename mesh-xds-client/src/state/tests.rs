@@ -819,3 +819,25 @@ fn nack_messages_are_bounded() {
     assert!(message.len() <= 4096 + 40, "{}", message.len());
     assert!(message.ends_with(" ... (500 errors in all)"), "{message}");
 }
+
+/// A route to a cluster the server does not have: the snapshot is still published once that is
+/// known (the SotW CDS response omits it), with the reference listed as dangling, and the other
+/// routes work.
+#[test]
+fn a_route_to_a_cluster_that_does_not_exist_is_published_as_dangling() {
+    let now = Instant::now();
+    let mut s = AdsState::new(Protocol::Sotw, node(), true);
+    s.subscribe_listener(L, now);
+    let first = s.on_connected(now);
+    let mut world = World::canary(90, 10);
+    world
+        .cds
+        .retain(|c| World::name_of(ResourceType::Cluster, c) == v1());
+    world.eds.truncate(1);
+    let (_, snap) = converge(&mut s, &world, first, now);
+    let snap = snap.expect("published although one cluster does not exist");
+    let dangling = snap.dangling();
+    assert_eq!(dangling.len(), 1, "{dangling:?}");
+    assert_eq!(dangling[0].missing, v2());
+    assert!(snap.cluster(&v1()).is_some());
+}
