@@ -86,26 +86,12 @@ impl DiskCache {
                 )));
             }
         }
-        let corrupt = |why: String| {
+        parse(&bytes).map(Some).map_err(|why| {
             io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!("{}: {why}", self.path.display()),
             )
-        };
-        let mut buf = &bytes[..];
-        let mut out = Vec::new();
-        while !buf.is_empty() {
-            let msg = DeltaDiscoveryResponse::decode_length_delimited(&mut buf)
-                .map_err(|e| corrupt(e.to_string()))?;
-            let ty = ResourceType::from_type_url(&msg.type_url)
-                .ok_or_else(|| corrupt(format!("unknown type {:?}", msg.type_url)))?;
-            for r in msg.resources {
-                if let Some(any) = r.resource {
-                    out.push((ty, r.version, any));
-                }
-            }
-        }
-        Ok(Some(out))
+        })
     }
 
     /// Replaces the cache with `resources`, atomically, unless a write of a later
@@ -156,6 +142,24 @@ impl DiskCache {
         }
         Ok(())
     }
+}
+
+/// Decodes the contents of a cache file; the error says what is wrong with it.
+pub fn parse(bytes: &[u8]) -> Result<Vec<CachedResource>, String> {
+    let mut buf = bytes;
+    let mut out = Vec::new();
+    while !buf.is_empty() {
+        let msg =
+            DeltaDiscoveryResponse::decode_length_delimited(&mut buf).map_err(|e| e.to_string())?;
+        let ty = ResourceType::from_type_url(&msg.type_url)
+            .ok_or_else(|| format!("unknown type {:?}", msg.type_url))?;
+        for r in msg.resources {
+            if let Some(any) = r.resource {
+                out.push((ty, r.version, any));
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Creates `dir` (and its parents) if missing, the new directories 0700; an existing one is
