@@ -96,30 +96,26 @@ impl ClientBuilder {
         };
         let mut xds = XdsClientBuilder::new(bootstrap);
         let mut config = self.config;
-        if let Some(t) = &self.target {
+        // `host:port`, without the `xds:///` a target may be written with.
+        let target = self
+            .target
+            .as_deref()
+            .map(|t| t.strip_prefix("xds:///").unwrap_or(t).to_string());
+        if let (Some(t), Some(host_port)) = (&self.target, &target) {
             xds = xds.target(t.clone());
-            let host_port = t.strip_prefix("xds:///").unwrap_or(t);
-            config = config.target(host_port);
+            config = config.target(host_port.clone());
         }
         if let Some(dir) = self.cache_dir {
             xds = xds.cache_dir(dir);
         }
         let xds = xds.start()?;
         let svc = MeshService::new(xds.snapshots(), config);
-        let subscribed = self
-            .target
-            .iter()
-            .map(|t| t.strip_prefix("xds:///").unwrap_or(t).to_string())
-            .collect();
         Ok(Client {
             inner: Arc::new(Inner {
                 xds,
-                subscribed: Mutex::new(subscribed),
+                subscribed: Mutex::new(target.iter().cloned().collect()),
                 config_timeout: self.config_timeout,
-                target: self
-                    .target
-                    .as_deref()
-                    .map(|t| t.strip_prefix("xds:///").unwrap_or(t).to_string()),
+                target,
             }),
             svc,
         })
@@ -184,10 +180,8 @@ fn listener_of<B>(req: &Request<B>) -> Option<Cow<'_, str>> {
             .get(http::header::HOST)
             .and_then(|h| h.to_str().ok())
     })?;
-    Some(match authority.rsplit_once(':') {
-        Some((_, port)) if port.bytes().all(|b| b.is_ascii_digit()) => Cow::Borrowed(authority),
-        _ => Cow::Owned(format!("{authority}:80")),
-    })
+    // The stack's own rule, so that the listener subscribed to is the one it routes on.
+    Some(mesh_tower::client::listener_for(authority))
 }
 
 impl Inner {

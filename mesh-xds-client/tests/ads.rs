@@ -665,3 +665,39 @@ async fn a_silent_server_times_out_while_commands_are_served() {
         .await
         .expect("shutdown is served while the stream is opening");
 }
+
+/// Shutdown writes what a tick has not written yet: the configuration a new process starts
+/// from is the last one, not the first.
+#[tokio::test]
+async fn shutdown_writes_the_newest_configuration_to_the_cache() {
+    let cache = tempfile::tempdir().unwrap();
+    let ads = FakeAds::new();
+    canary(&ads, 90, 10);
+    let server = ads.serve_tcp(0).await;
+    let uri = server.addr.unwrap().to_string();
+    let start = || {
+        XdsClientBuilder::new(bootstrap(&uri, None))
+            .target(TARGET)
+            .cache_dir(cache.path())
+            .backoff(fast())
+            .start()
+            .unwrap()
+    };
+    let c = start();
+    within("ready", c.ready()).await.expect("ready");
+    canary(&ads, 0, 100);
+    until(&c, "the new weights", |s| v2_share(s) == 1.0).await;
+    c.shutdown().await;
+    drop(c);
+    server.stop().await;
+    let offline = start();
+    let snap = within("ready from the cache", offline.ready())
+        .await
+        .expect("ready");
+    assert!(snap.is_stale());
+    assert_eq!(
+        v2_share(&snap),
+        1.0,
+        "the cache holds the newest configuration"
+    );
+}

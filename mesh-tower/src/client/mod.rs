@@ -43,6 +43,7 @@ use clusters::{BuildSettings, ClusterEntry, Clusters};
 use upstream::Head;
 
 pub use config::MeshConfig;
+pub use route::listener_for;
 
 /// The mesh client stack as a `tower::Service`; cheap to clone.
 pub struct MeshService<C = TcpConnector> {
@@ -235,16 +236,14 @@ impl<C: MeshConnector> Shared<C> {
                     .unwrap_or_default()
                     .to_string(),
             };
-            let mut buf = String::new();
-            let listener =
-                route::listener_name(self.config.target.as_deref(), &authority, &mut buf);
+            let listener = route::listener_name(self.config.target.as_deref(), &authority);
             // ThreadRng is not Send; a small generator seeded from it crosses awaits.
             let mut rng = SmallRng::from_rng(&mut rand::rng());
             let route_req = RouteRequest::new(&parts.method, &parts.uri, &parts.headers)
                 .with_authority(&authority);
             let plan = or_reply!(
                 'forward,
-                route::plan(&snap, listener, &route_req, &mut rng).inspect_err(|l| {
+                route::plan(&snap, &listener, &route_req, &mut rng).inspect_err(|l| {
                     if l.reason == LocalReason::NoRoute {
                         self.no_route.fetch_add(1, Ordering::Relaxed);
                     }

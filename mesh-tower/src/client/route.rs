@@ -1,6 +1,7 @@
 //! The route stage: listener → route configuration → virtual host → route → weighted cluster,
 //! into a [`RoutePlan`] the later stages follow.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -71,15 +72,36 @@ pub(crate) fn plan<'s>(
 
 /// The listener a request is routed on: the configured target, else the request's authority
 /// (port 80 when it has none).
-pub(crate) fn listener_name<'a>(
-    target: Option<&str>,
-    authority: &'a str,
-    buf: &'a mut String,
-) -> &'a str {
-    if target.is_some() || authority.contains(':') {
-        authority
-    } else {
-        *buf = format!("{authority}:80");
-        buf
+pub(crate) fn listener_name<'a>(target: Option<&str>, authority: &'a str) -> Cow<'a, str> {
+    match target {
+        Some(_) => Cow::Borrowed(authority),
+        None => listener_for(authority),
+    }
+}
+
+/// The listener for an authority: `host:port` as is, `:80` added when there is no port (a
+/// bare IPv6 address in brackets has colons but no port).
+pub fn listener_for(authority: &str) -> Cow<'_, str> {
+    match authority.rsplit_once(':') {
+        Some((_, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => {
+            Cow::Borrowed(authority)
+        }
+        _ => Cow::Owned(format!("{authority}:80")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_listener_is_host_and_port_with_80_by_default() {
+        assert_eq!(listener_for("ui.ns.svc:9080"), "ui.ns.svc:9080");
+        assert_eq!(listener_for("ui.ns.svc"), "ui.ns.svc:80");
+        assert_eq!(listener_for("[fd00::1]:8080"), "[fd00::1]:8080");
+        assert_eq!(listener_for("[fd00::1]"), "[fd00::1]:80");
+        assert_eq!(listener_name(Some("t:1"), "t:1"), "t:1");
+        // The stack once took any authority with a colon as having a port.
+        assert_eq!(listener_name(None, "[fd00::1]"), "[fd00::1]:80");
     }
 }
