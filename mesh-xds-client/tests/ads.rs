@@ -114,6 +114,15 @@ async fn until(
     .await
 }
 
+/// Whether a cache file (not just a temporary one being written) is in `dir`.
+fn cache_file_in(dir: &std::path::Path) -> bool {
+    std::fs::read_dir(dir).unwrap().flatten().any(|e| {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        name.starts_with("mesh-xds-") && name.ends_with(".pb")
+    })
+}
+
 fn v2_share(snap: &MeshSnapshot) -> f64 {
     let (m, h) = (Method::GET, HeaderMap::new());
     let u: Uri = format!("http://{LISTENER}/").parse().unwrap();
@@ -382,7 +391,7 @@ async fn cold_start_from_the_disk_cache_while_the_server_is_down() {
         within("ready", c.ready()).await.expect("ready");
         // The cache is written within a tick of the publication.
         within("cache written", async {
-            while std::fs::read_dir(cache.path()).unwrap().count() == 0 {
+            while !cache_file_in(cache.path()) {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         })
@@ -586,7 +595,7 @@ async fn a_new_pod_of_the_workload_starts_from_the_cache_its_predecessor_wrote_a
         // Dropped at once: no tick, no shutdown.
     }
     within("cache written", async {
-        while std::fs::read_dir(cache.path()).unwrap().count() == 0 {
+        while !cache_file_in(cache.path()) {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
