@@ -37,7 +37,8 @@ impl MeshConfig {
         self
     }
 
-    /// Request bodies up to this size are kept for retries and mirrors (default 64 KiB).
+    /// How much of a request body is copied as it streams upstream, so that a retry or a
+    /// mirror can send it again (default 64 KiB); a longer body is sent once.
     pub fn max_replay_bytes(mut self, bytes: usize) -> Self {
         self.max_replay_bytes = bytes;
         self
