@@ -636,23 +636,28 @@ fn string_match(m: &istio::StringMatch) -> Result<mpb::StringMatcher, String> {
     })
 }
 
+/// A service's virtual host domains, in istiod's order (seen from istiod 1.30 of 2026-04):
+/// the FQDN, the FQDN with a trailing dot, then the short forms, each bare and with the port.
 fn domains(svc: &Service) -> Vec<String> {
     let p = svc.port;
-    let mut d = vec![svc.fqdn.clone(), format!("{}:{p}", svc.fqdn)];
+    let mut names = vec![svc.fqdn.clone(), format!("{}.", svc.fqdn)];
     if let Some(short) = svc
         .fqdn
         .strip_suffix(&format!(".{}.svc.cluster.local", svc.namespace))
     {
-        for s in [
+        names.extend([
             short.to_string(),
-            format!("{short}.{}", svc.namespace),
             format!("{short}.{}.svc", svc.namespace),
-        ] {
-            d.push(format!("{s}:{p}"));
-            d.push(s);
-        }
+            format!("{short}.{}", svc.namespace),
+        ]);
     }
-    d
+    names
+        .into_iter()
+        .flat_map(|n| {
+            let with_port = format!("{n}:{p}");
+            [n, with_port]
+        })
+        .collect()
 }
 
 fn listener(name: &str, rds: &str) -> Any {
@@ -1283,8 +1288,10 @@ fn load_assignment(name: &str, eps: &[&Ep]) -> epb::ClusterLoadAssignment {
                                 ))),
                             },
                         );
+                        // No health status, as istiod sends ServiceEntry endpoints (UNKNOWN,
+                        // which gRPC and Envoy treat as healthy).
                         epb::LbEndpoint {
-                            health_status: core::HealthStatus::Healthy as i32,
+                            health_status: core::HealthStatus::Unknown as i32,
                             load_balancing_weight: u32v(e.weight),
                             metadata: Some(core::Metadata {
                                 filter_metadata: HashMap::from([(

@@ -91,16 +91,22 @@ fn base_config_is_named_and_shaped_like_istiod() {
     let vh = &rc.virtual_hosts()[0];
     assert_eq!(vh.name(), "ui.default.svc.cluster.local:9080");
     let domains: Vec<&str> = vh.domains().iter().map(|d| &**d).collect();
-    for d in [
-        HOST,
-        "ui.default.svc.cluster.local:9080",
-        "ui",
-        "ui:9080",
-        "ui.default",
-        "ui.default.svc:9080",
-    ] {
-        assert!(domains.contains(&d), "{d} missing from {domains:?}");
-    }
+    // Exactly what the real istiod sends for this service (scripts/istiod/interop.sh).
+    assert_eq!(
+        domains,
+        [
+            HOST,
+            "ui.default.svc.cluster.local:9080",
+            "ui.default.svc.cluster.local.",
+            "ui.default.svc.cluster.local.:9080",
+            "ui",
+            "ui:9080",
+            "ui.default.svc",
+            "ui.default.svc:9080",
+            "ui.default",
+            "ui.default:9080",
+        ]
+    );
     let names: Vec<&str> = vh.routes().iter().map(|r| r.name()).collect();
     assert_eq!(names, ["beta-testers", "canary"]);
     let beta = vh.routes()[0].forward().unwrap();
@@ -167,6 +173,13 @@ fn base_config_is_named_and_shaped_like_istiod() {
         Some("v1")
     );
     assert!(e1.endpoints()[0].labels.get("workload").is_some());
+    // As istiod sends ServiceEntry endpoints: no health status (UNKNOWN, usable).
+    assert_eq!(
+        e1.endpoints()[0].health,
+        mesh_core::HealthStatus::Unknown,
+        "{:?}",
+        e1.endpoints()[0].health
+    );
     let e2 = endpoints(&r, V2);
     assert_eq!(
         e2.endpoints()

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Starts the real istiod (pilot-discovery, built by install.sh) on 127.0.0.1 without Kubernetes,
+# taking its config from a directory of Istio YAML, waits until it serves xDS, runs a command
+# against it, then stops it. Not run by CI.
+#   scripts/istiod/run.sh [config dir, default examples/config] [-- command ...]
+# The command sees ISTIOD_XDS (127.0.0.1:15010, plaintext) and MESH_BOOTSTRAP (a gRPC bootstrap
+# for a client in namespace default). Without one, `mesh config-dump` prints what istiod sends.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/../.." && pwd)"
+config="${1:-$root/examples/config}"; shift || true
+[ "${1:-}" = "--" ] && shift
+bin="$("$root/scripts/istiod/install.sh")"
+work="$(mktemp -d)"
+trap 'kill "${pid:-0}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
+mkdir -p "$work/config" "$work/etc/istio/config"
+cp -r "$config"/. "$work/config/"
+cat > "$work/etc/istio/config/mesh" <<'MESH'
+trustDomain: cluster.local
+rootNamespace: istio-system
+defaultConfig:
+  discoveryAddress: istiod.istio-system.svc:15012
+MESH
+cat > "$work/bootstrap.json" <<'BOOT'
+{"xds_servers": [{"server_uri": "127.0.0.1:15010", "channel_creds": [{"type": "insecure"}], "server_features": ["xds_v3"]}],
+ "node": {"id": "sidecar~127.0.0.2~client.default~default.svc.cluster.local",
+          "metadata": {"GENERATOR": "grpc", "NAMESPACE": "default", "CLUSTER_ID": "Kubernetes"}}}
+BOOT
+cd "$work"
+ENABLE_CA_SERVER=false POD_NAMESPACE=istio-system "$bin" discovery \
+  --registries= --configDir="$work/config" --meshConfig="$work/etc/istio/config/mesh" \
+  --domain=cluster.local --grpcAddr=127.0.0.1:15010 --secureGRPCAddr= \
+  --httpAddr=127.0.0.1:8080 --monitoringAddr=127.0.0.1:15014 > "$work/istiod.log" 2>&1 &
+pid=$!
+for _ in $(seq 1 120); do
+  if (exec 3<>/dev/tcp/127.0.0.1/15010) 2>/dev/null; then break; fi
+  if ! kill -0 "$pid" 2>/dev/null; then echo "istiod exited:" >&2; tail -40 "$work/istiod.log" >&2; exit 1; fi
+  sleep 0.5
+done
+echo "istiod serving on 127.0.0.1:15010 (log: $work/istiod.log)" >&2
+export ISTIOD_XDS=127.0.0.1:15010 MESH_BOOTSTRAP="$work/bootstrap.json"
+if [ $# -gt 0 ]; then
+  "$@"
+else
+  cargo run --quiet --manifest-path "$root/Cargo.toml" -p proxyless-mesh-cli --bin mesh -- \
+    config-dump --bootstrap "$MESH_BOOTSTRAP" --target ui.default.svc.cluster.local:9080 --timeout 20
+fi
