@@ -28,11 +28,59 @@ scenario() { # $1 server label, $2 protocol; MESH_BOOTSTRAP set
   "$mesh" request http://ui.default.svc.cluster.local:9080/ --bootstrap "$MESH_BOOTSTRAP" \
     --xds-protocol "$2" -n 200 -c 4 -H 'version: beta' --json | python3 -c 'import json,sys; d=json.load(sys.stdin); print("  status", d["status"], "clusters", d["clusters"])'
 }
-export -f scenario
-export mesh
+nack_and_cache() {
+  echo "## istiod: a NACK, and a cold start from the cache with istiod stopped"
+  "$mesh" config-dump --bootstrap "$MESH_BOOTSTRAP" --target ring.default.svc.cluster.local:9090 \
+    --timeout 4 2>&1 | grep -E 'CDS .*NACKED' || true
+  echo "- istiod's log:"
+  for _ in 1 2 3 4 5 6; do grep -q 'ACK ERROR' "$ISTIOD_LOG" && break; sleep 0.5; done
+  grep -o 'ADS:CDS: ACK ERROR .*' "$ISTIOD_LOG" | head -1 | sed 's/^/  /'
+  "$mesh" config-dump --bootstrap "$MESH_BOOTSTRAP" --target ui.default.svc.cluster.local:9080 \
+    --cache-dir "$cache" --timeout 20 >/dev/null
+}
+export -f scenario nack_and_cache
+export mesh cache
+cache="$(mktemp -d)"
 for p in sotw delta; do
   "$root/scripts/istiod/run.sh" "$config" -- bash -c "scenario 'istiod' $p"
 done
+# A ring larger than xDS allows (9,000,000 points): mesh NACKs the cluster, istiod logs it.
+nack="$(mktemp -d)"
+cp "$config"/*.yaml "$nack/"
+cat > "$nack/ring.yaml" <<'YAML'
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: ring, namespace: default}
+spec:
+  hosts: [ring.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 9090, name: http, protocol: HTTP}]
+  endpoints:
+  - address: 127.0.0.31
+    ports: {http: 18101}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: ring, namespace: default}
+spec:
+  host: ring.default.svc.cluster.local
+  trafficPolicy:
+    loadBalancer:
+      consistentHash:
+        httpHeaderName: x-user
+        ringHash: {minimumRingSize: 9000000}
+YAML
+"$root/scripts/istiod/run.sh" "$nack" -- bash -c nack_and_cache
+echo "- istiod stopped; a new client with the cache directory:"
+offline="$(mktemp)"
+cat > "$offline" <<'BOOT'
+{"xds_servers": [{"server_uri": "127.0.0.1:15010", "channel_creds": [{"type": "insecure"}]}],
+ "node": {"id": "sidecar~127.0.0.2~client.default~default.svc.cluster.local",
+          "metadata": {"GENERATOR": "grpc", "NAMESPACE": "default", "CLUSTER_ID": "Kubernetes"}}}
+BOOT
+"$mesh" request http://ui.default.svc.cluster.local:9080/ --bootstrap "$offline" --cache-dir "$cache" \
+  -n 200 -c 4 --json 2>/dev/null | python3 -c 'import json,sys; d=json.load(sys.stdin); print("  status", d["status"], "clusters", d["clusters"])'
 # The local control plane, same YAML, same client node.
 "$mesh" control-plane --config "$config" --listen 127.0.0.1:15910 >/dev/null 2>&1 &
 pids+=($!)

@@ -3,8 +3,8 @@
 # taking its config from a directory of Istio YAML, waits until it serves xDS, runs a command
 # against it, then stops it. Not run by CI.
 #   scripts/istiod/run.sh [config dir, default examples/config] [-- command ...]
-# The command sees ISTIOD_XDS (127.0.0.1:15010, plaintext) and MESH_BOOTSTRAP (a gRPC bootstrap
-# for a client in namespace default). Without one, `mesh config-dump` prints what istiod sends.
+# The command sees ISTIOD_XDS (127.0.0.1:15010, plaintext), MESH_BOOTSTRAP (a gRPC bootstrap
+# for a client in namespace default) and ISTIOD_LOG. Without one, `mesh config-dump` prints what istiod sends.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 config="${1:-$root/examples/config}"; shift || true
@@ -37,7 +37,7 @@ for _ in $(seq 1 120); do
   sleep 0.5
 done
 echo "istiod serving on 127.0.0.1:15010 (log: $work/istiod.log)" >&2
-export ISTIOD_XDS=127.0.0.1:15010 MESH_BOOTSTRAP="$work/bootstrap.json"
+export ISTIOD_XDS=127.0.0.1:15010 MESH_BOOTSTRAP="$work/bootstrap.json" ISTIOD_LOG="$work/istiod.log"
 if [ $# -gt 0 ]; then
   "$@"
 else
