@@ -38,12 +38,38 @@ nack_and_cache() {
   "$mesh" config-dump --bootstrap "$MESH_BOOTSTRAP" --target ui.default.svc.cluster.local:9080 \
     --cache-dir "$cache" --timeout 20 >/dev/null
 }
-export -f scenario nack_and_cache
+split() { python3 -c 'import json,sys; d=json.load(sys.stdin); print("  status", d["status"], "clusters", d["clusters"])'; }
+live_edits() {
+  echo "## istiod: live edits of the YAML"
+  routes="$ISTIOD_CONFIG/ui-routes.yaml"
+  # A client connected through the edit: 30,000 requests, the weights shifted to 0/100 a
+  # second in. Its version-1 share is 90% of what went before the push, none after.
+  "$mesh" request http://ui.default.svc.cluster.local:9080/ --bootstrap "$MESH_BOOTSTRAP" \
+    -n 30000 -c 2 --json > "$ISTIOD_CONFIG/../during.json" &
+  sleep 1
+  sed -i 's/weight: 90/weight: 0/; s/weight: 10/weight: 100/' "$routes"
+  wait
+  echo "- a connected client, weights 90/10 shifted to 0/100 during 30,000 requests:"
+  split < "$ISTIOD_CONFIG/../during.json"
+  python3 - "$routes" <<'PY'
+import sys
+p = sys.argv[1]
+s = open(p).read()
+abort = "    fault:\n      abort: {httpStatus: 418, percentage: {value: 50}}\n"
+s = s.replace("  - name: canary\n", "  - name: canary\n" + abort, 1)
+open(p, "w").write(s)
+PY
+  sleep 2
+  echo "- then a 50% abort with 418 on the canary route, 1,000 requests from a new client:"
+  "$mesh" request http://ui.default.svc.cluster.local:9080/ --bootstrap "$MESH_BOOTSTRAP" -n 1000 -c 4 --json | split
+}
+export -f scenario nack_and_cache live_edits split
 export mesh cache
 cache="$(mktemp -d)"
 for p in sotw delta; do
   "$root/scripts/istiod/run.sh" "$config" -- bash -c "scenario 'istiod' $p"
 done
+"$root/scripts/istiod/run.sh" "$config" -- bash -c live_edits
 # A ring larger than xDS allows (9,000,000 points): mesh NACKs the cluster, istiod logs it.
 nack="$(mktemp -d)"
 cp "$config"/*.yaml "$nack/"

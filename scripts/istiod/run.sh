@@ -4,7 +4,8 @@
 # against it, then stops it. Not run by CI.
 #   scripts/istiod/run.sh [config dir, default examples/config] [-- command ...]
 # The command sees ISTIOD_XDS (127.0.0.1:15010, plaintext), MESH_BOOTSTRAP (a gRPC bootstrap
-# for a client in namespace default) and ISTIOD_LOG. Without one, `mesh config-dump` prints what istiod sends.
+# for a client in namespace default), ISTIOD_LOG and ISTIOD_CONFIG (the directory istiod watches:
+# edit it to push). Without one, `mesh config-dump` prints what istiod sends.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 config="${1:-$root/examples/config}"; shift || true
@@ -38,6 +39,7 @@ for _ in $(seq 1 120); do
 done
 echo "istiod serving on 127.0.0.1:15010 (log: $work/istiod.log)" >&2
 export ISTIOD_XDS=127.0.0.1:15010 MESH_BOOTSTRAP="$work/bootstrap.json" ISTIOD_LOG="$work/istiod.log"
+export ISTIOD_CONFIG="$work/config"
 if [ $# -gt 0 ]; then
   "$@"
 else
