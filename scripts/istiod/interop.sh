@@ -40,15 +40,16 @@ nack_and_cache() {
 }
 split() { python3 -c 'import json,sys; d=json.load(sys.stdin); print("  status", d["status"], "clusters", d["clusters"])'; }
 live_edits() {
-  echo "## istiod: live edits of the YAML"
+  echo "## ${1:-istiod}: live edits of the YAML"
   routes="$ISTIOD_CONFIG/ui-routes.yaml"
   # A client connected through the edit: 30,000 requests, the weights shifted to 0/100 a
   # second in. Its version-1 share is 90% of what went before the push, none after.
   "$mesh" request http://ui.default.svc.cluster.local:9080/ --bootstrap "$MESH_BOOTSTRAP" \
     -n 30000 -c 2 --json > "$ISTIOD_CONFIG/../during.json" &
+  local during=$!
   sleep 1
   sed -i 's/weight: 90/weight: 0/; s/weight: 10/weight: 100/' "$routes"
-  wait
+  wait "$during"
   echo "- a connected client, weights 90/10 shifted to 0/100 during 30,000 requests:"
   split < "$ISTIOD_CONFIG/../during.json"
   python3 - "$routes" <<'PY'
@@ -107,8 +108,11 @@ cat > "$offline" <<'BOOT'
 BOOT
 "$mesh" request http://ui.default.svc.cluster.local:9080/ --bootstrap "$offline" --cache-dir "$cache" \
   -n 200 -c 4 --json 2>/dev/null | python3 -c 'import json,sys; d=json.load(sys.stdin); print("  status", d["status"], "clusters", d["clusters"])'
-# The local control plane, same YAML, same client node.
-"$mesh" control-plane --config "$config" --listen 127.0.0.1:15910 >/dev/null 2>&1 &
+# The local control plane, same YAML, same client node; it follows edits of its directory too.
+local_config="$(mktemp -d)/config"
+mkdir -p "$local_config"
+cp "$config"/*.yaml "$local_config/"
+"$mesh" control-plane --config "$local_config" --listen 127.0.0.1:15910 >/dev/null 2>&1 &
 pids+=($!)
 sleep 2
 export MESH_BOOTSTRAP
@@ -119,3 +123,4 @@ cat > "$MESH_BOOTSTRAP" <<'BOOT'
           "metadata": {"GENERATOR": "grpc", "NAMESPACE": "default", "CLUSTER_ID": "Kubernetes"}}}
 BOOT
 for p in sotw delta; do scenario "mesh control-plane" "$p"; done
+ISTIOD_CONFIG="$local_config" live_edits "mesh control-plane"
