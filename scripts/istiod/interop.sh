@@ -16,6 +16,24 @@ for a in 127.0.0.11:18081 127.0.0.12:18082 127.0.0.13:18083 127.0.0.21:18091; do
   python3 -m http.server --bind "${a%:*}" "${a#*:}" >/dev/null 2>&1 &
   pids+=($!)
 done
+# flaky: 503 to every other request; slow: answers after a second.
+python3 - <<'PY' >/dev/null 2>&1 &
+import http.server, threading, time, itertools
+count = itertools.count()
+class Flaky(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        code = 503 if next(count) % 2 == 0 else 200
+        self.send_response(code); self.send_header("content-length", "0"); self.end_headers()
+    def log_message(self, *a): pass
+class Slow(Flaky):
+    def do_GET(self):
+        time.sleep(1)
+        self.send_response(200); self.send_header("content-length", "0"); self.end_headers()
+for addr, h in [(("127.0.0.41", 18201), Flaky), (("127.0.0.42", 18202), Slow)]:
+    threading.Thread(target=http.server.ThreadingHTTPServer(addr, h).serve_forever, daemon=True).start()
+threading.Event().wait()
+PY
+pids+=($!)
 sleep 1
 scenario() { # $1 server label, $2 protocol; MESH_BOOTSTRAP set
   echo "## $1, $2"
@@ -24,6 +42,12 @@ scenario() { # $1 server label, $2 protocol; MESH_BOOTSTRAP set
   echo "- 2,000 requests, no header:"
   "$mesh" request http://ui.default.svc.cluster.local:9080/ --bootstrap "$MESH_BOOTSTRAP" \
     --xds-protocol "$2" -n 2000 -c 8 --json | python3 -c 'import json,sys; d=json.load(sys.stdin); print("  status", d["status"], "clusters", d["clusters"])'
+  echo "- flaky (503 to every other request; 2 retries on 5xx), 200 requests:"
+  "$mesh" request http://flaky.default.svc.cluster.local:9080/ --bootstrap "$MESH_BOOTSTRAP" \
+    --xds-protocol "$2" -n 200 -c 1 --json | python3 -c 'import json,sys; d=json.load(sys.stdin); print("  status", d["status"], "attempts", d["attempts"])'
+  echo "- slow (answers after 1 s; route timeout 200 ms), 10 requests:"
+  "$mesh" request http://slow.default.svc.cluster.local:9080/ --bootstrap "$MESH_BOOTSTRAP" \
+    --xds-protocol "$2" -n 10 -c 10 --json | python3 -c 'import json,sys; d=json.load(sys.stdin); print("  status", d["status"], "errors", d["errors"])'
   echo "- 200 requests with version: beta:"
   "$mesh" request http://ui.default.svc.cluster.local:9080/ --bootstrap "$MESH_BOOTSTRAP" \
     --xds-protocol "$2" -n 200 -c 4 -H 'version: beta' --json | python3 -c 'import json,sys; d=json.load(sys.stdin); print("  status", d["status"], "clusters", d["clusters"])'
