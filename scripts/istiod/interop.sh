@@ -56,6 +56,13 @@ nack_and_cache() {
   echo "## istiod: a NACK, and a cold start from the cache with istiod stopped"
   "$mesh" config-dump --bootstrap "$MESH_BOOTSTRAP" --target ring.default.svc.cluster.local:9090 \
     --timeout 4 2>&1 | grep -E 'CDS .*NACKED' || true
+  echo "- istiod's /debug/syncz while a client stays connected (its requests get 503 NC):"
+  "$mesh" request http://ring.default.svc.cluster.local:9090/ --bootstrap "$MESH_BOOTSTRAP" \
+    -n 1000000 -c 1 --json >/dev/null 2>&1 &
+  local client=$!
+  sleep 3
+  curl -s 127.0.0.1:8080/debug/syncz | python3 -c 'import json,sys; [print("  cluster_sent", c.get("cluster_sent"), "cluster_acked", c.get("cluster_acked")) for c in json.load(sys.stdin)]'
+  kill "$client"; wait "$client" 2>/dev/null || true
   echo "- istiod's log:"
   for _ in 1 2 3 4 5 6; do grep -q 'ACK ERROR' "$ISTIOD_LOG" && break; sleep 0.5; done
   grep -o 'ADS:CDS: ACK ERROR .*' "$ISTIOD_LOG" | head -1 | sed 's/^/  /'
