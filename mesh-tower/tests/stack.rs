@@ -814,7 +814,9 @@ async fn a_retry_refused_by_max_retries_does_not_spend_the_budget() {
 async fn a_hung_shadow_times_out_and_frees_its_place() {
     let main = backend("v1", Behavior::Ok).await;
     let (hang, _, received) = holding_backend().await;
-    let route = "  - name: mirrored\n    timeout: 200ms\n    route:\n    - destination: {host: ui.default.svc.cluster.local, subset: version-1}\n    mirror: {host: ui.default.svc.cluster.local, subset: version-2-beta}\n    mirrorPercentage: {value: 100}\n";
+    // The route timeout is long enough that the second request below comes well within it,
+    // even on a slow machine.
+    let route = "  - name: mirrored\n    timeout: 1s\n    route:\n    - destination: {host: ui.default.svc.cluster.local, subset: version-1}\n    mirror: {host: ui.default.svc.cluster.local, subset: version-2-beta}\n    mirrorPercentage: {value: 100}\n";
     let m = mesh_with(
         &yaml(&[main.addr], &[hang], ROUND_ROBIN, route),
         MeshConfig::default().mirror_concurrency(1),
@@ -843,7 +845,7 @@ async fn a_hung_shadow_times_out_and_frees_its_place() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(received.load(Ordering::SeqCst), 1);
     // After the route's timeout it is free again, and the next copy goes out.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
     let _ = m.svc.clone().oneshot(get("/")).await.unwrap();
     assert!(wait_for(2).await, "the next copy reached the shadow");
 }
