@@ -772,7 +772,8 @@ async fn an_upload_slower_than_the_route_timeout_times_out() {
 /// A retry that `max_retries` refuses is not paid for from the retry budget.
 #[tokio::test]
 async fn a_retry_refused_by_max_retries_does_not_spend_the_budget() {
-    let a = backend("v1", Behavior::SlowFail(Duration::from_millis(200))).await;
+    // Slow enough that every retry decision falls while the first retry still holds its place.
+    let a = backend("v1", Behavior::SlowFail(Duration::from_millis(500))).await;
     let budget = mesh_core::RetryBudgetConfig::new(&mesh_core::RetryBudgetSpec {
         retry_percent: Some(20.0),
         min_retries_per_second: Some(0),
