@@ -7,9 +7,7 @@
 
 use std::borrow::Cow;
 use std::convert::Infallible;
-use std::future::Future;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -19,7 +17,7 @@ use http::{Request, Response};
 use http_body::Body;
 use mesh_tower::body::BoxError;
 use mesh_tower::protocol::{is_grpc, local_reply};
-use mesh_tower::{LocalReason, MeshBody, MeshConfig, MeshService};
+use mesh_tower::{LocalReason, MeshBody, MeshConfig, MeshService, ResponseFuture};
 use mesh_xds_client::{Bootstrap, BootstrapError, Health, StartError, XdsClient, XdsClientBuilder};
 use tower::Service;
 
@@ -232,7 +230,7 @@ where
 {
     type Response = Response<MeshBody>;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<MeshBody>, Infallible>> + Send>>;
+    type Future = ResponseFuture;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         Poll::Ready(Ok(()))
@@ -303,7 +301,7 @@ where
 {
     type Response = Response<MeshBody>;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<MeshBody>, Infallible>> + Send>>;
+    type Future = ResponseFuture;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         Service::<Request<B>>::poll_ready(&mut self.0, cx)

@@ -67,6 +67,11 @@ struct Source {
 }
 
 impl Source {
+    /// Nothing read so far was dropped, and the caller's body has not failed.
+    fn replayable(&self) -> bool {
+        !self.overflowed && self.failed.is_none()
+    }
+
     fn wake_followers(&mut self) {
         for w in self.followers.drain(..) {
             w.wake();
@@ -163,12 +168,6 @@ impl RequestBody {
     /// Whether another attempt can send the body whole: nothing read so far was dropped.
     pub fn is_replayable(&self) -> bool {
         self.source.as_ref().is_none_or(|s| lock(s).replayable())
-    }
-}
-
-impl Source {
-    fn replayable(&self) -> bool {
-        !self.overflowed && self.failed.is_none()
     }
 }
 
@@ -323,6 +322,10 @@ impl Drop for Reader {
         }
     }
 }
+
+/// How much of a response the stack reads and drops itself (a failed attempt's before a retry,
+/// a shadow's) so that its connection can be reused; a longer one is dropped unread.
+pub(crate) const DISCARD_LIMIT: usize = 64 * 1024;
 
 /// Reads and drops `body` up to `cap` bytes, so that its connection can be reused; false when
 /// it was longer (it is then dropped unread, and its connection closed) or failed.

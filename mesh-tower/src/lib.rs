@@ -20,7 +20,7 @@ pub mod protocol;
 pub mod reply;
 
 pub use body::MeshBody;
-pub use client::{MeshConfig, MeshService};
+pub use client::{MeshConfig, MeshService, ResponseFuture};
 pub use connector::{ConnectTarget, MeshConnection, MeshConnector, Negotiated, TcpConnector};
 pub use observe::{MeshInfo, Observer, RequestObserver};
 pub use protocol::{ERROR_HEADER, FLAGS_HEADER, OVERFLOW_HEADER};

@@ -155,6 +155,13 @@ pub struct XdsServer {
 }
 
 impl XdsServer {
+    /// Whether a bearer token would go over an insecure channel off this machine (refused).
+    pub fn sends_token_in_clear(&self) -> bool {
+        !self.call_credentials.is_empty()
+            && matches!(self.channel_credentials, ChannelCredentials::Insecure)
+            && !self.address.is_local()
+    }
+
     /// Whether the server declared `feature`.
     pub fn has_feature(&self, feature: &str) -> bool {
         self.server_features.iter().any(|f| f == feature)
@@ -553,18 +560,6 @@ fn parse_server(cx: &Ctx<'_>, v: &Value, path: &str) -> Result<XdsServer, Bootst
             "\"tls\" is not supported for a unix: server_uri; use \"insecure\" (the socket is local)",
         ));
     }
-    // As gRPC does, a bearer token never travels in the clear off this machine.
-    if !call_credentials.is_empty()
-        && matches!(channel_credentials, ChannelCredentials::Insecure)
-        && !address.is_local()
-    {
-        return Err(cx.err(
-            format!("{path}.call_creds"),
-            format!(
-                "a bearer token is only sent over TLS or to a local address, and {server_uri} with \"insecure\" credentials is neither"
-            ),
-        ));
-    }
     let mut server_features = Vec::new();
     if let Some(f) = obj.get("server_features").filter(|v| !v.is_null()) {
         let fpath = format!("{path}.server_features");
@@ -572,7 +567,7 @@ fn parse_server(cx: &Ctx<'_>, v: &Value, path: &str) -> Result<XdsServer, Bootst
             server_features.push(cx.string(x, &format!("{fpath}[{i}]"))?.to_string());
         }
     }
-    Ok(XdsServer {
+    let server = XdsServer {
         server_uri,
         address,
         channel_credentials,
@@ -580,7 +575,18 @@ fn parse_server(cx: &Ctx<'_>, v: &Value, path: &str) -> Result<XdsServer, Bootst
         server_features,
         tls_server_name: None,
         headers: Vec::new(),
-    })
+    };
+    // As gRPC does, a bearer token never travels in the clear off this machine.
+    if server.sends_token_in_clear() {
+        return Err(cx.err(
+            format!("{path}.call_creds"),
+            format!(
+                "a bearer token is only sent over TLS or to a local address, and {} with \"insecure\" credentials is neither",
+                server.server_uri
+            ),
+        ));
+    }
+    Ok(server)
 }
 
 fn parse_node(cx: &Ctx<'_>, v: &Value) -> Result<Node, BootstrapError> {

@@ -222,7 +222,6 @@ impl XdsClientBuilder {
             backoff: self.backoff,
             cache_dirty: false,
             request_lost: false,
-            cache_written: false,
             cache_write: None,
             max_message_size: self.max_message_size,
             open_timeout: self.open_timeout,
@@ -474,9 +473,8 @@ struct Worker {
     max_message_size: usize,
     /// How long connecting and opening a stream may take.
     open_timeout: Duration,
-    /// The cache was written by this process.
-    cache_written: bool,
-    /// The last cache write started, which shutdown waits for.
+    /// The last cache write started (none yet: the next complete configuration is written
+    /// at once), which shutdown waits for.
     cache_write: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -551,18 +549,29 @@ impl Worker {
 
     /// Waits while disconnected, still taking commands. False when the client was dropped.
     async fn idle(&mut self, duration: Duration) -> bool {
-        let deadline = tokio::time::sleep(duration);
-        tokio::pin!(deadline);
+        self.serving_commands(tokio::time::sleep(duration), None)
+            .await
+            .is_some()
+    }
+
+    /// Runs `step` while serving commands (status, subscriptions, shutdown), their requests
+    /// going to `sink`; `None` when the client was shut down or dropped meanwhile.
+    async fn serving_commands<T>(
+        &mut self,
+        step: impl Future<Output = T>,
+        sink: Option<&Sink>,
+    ) -> Option<T> {
+        tokio::pin!(step);
         loop {
             tokio::select! {
-                _ = &mut deadline => return true,
+                out = &mut step => return Some(out),
                 cmd = self.commands.recv() => match cmd {
-                    None => return false,
+                    None => return None,
                     Some(Command::Shutdown(done)) => {
                         self.shutdown(done).await;
-                        return false;
+                        return None;
                     }
-                    Some(c) => self.command(c, None),
+                    Some(c) => self.command(c, sink),
                 },
             }
         }
@@ -620,7 +629,7 @@ impl Worker {
                     self.cache_dirty = !stale && self.cache.is_some();
                     // The first complete configuration is written at once (a process may
                     // not live to the next tick); later ones at most once per tick.
-                    if self.cache_dirty && !self.cache_written {
+                    if self.cache_dirty && self.cache_write.is_none() {
                         self.persist();
                     }
                 }
@@ -630,21 +639,11 @@ impl Worker {
 
     /// Writes what the cache lacks, then says the worker is done.
     async fn shutdown(&mut self, done: oneshot::Sender<()>) {
+        self.persist();
+        // Writes are ordered by generation, so once the last one started is done, the file
+        // holds the newest configuration.
         if let Some(w) = self.cache_write.take() {
             let _ = w.await;
-        }
-        if self.cache_dirty
-            && let Some(cache) = self.cache.clone()
-        {
-            self.cache_dirty = false;
-            let contents = self.state.cache_contents();
-            let generation = self.health_tx.borrow().generation;
-            let path = cache.path().display().to_string();
-            match tokio::task::spawn_blocking(move || cache.store(generation, &contents)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::warn!(%path, "cannot write the xDS cache: {e}"),
-                Err(e) => tracing::warn!(%path, "cannot write the xDS cache: {e}"),
-            }
         }
         self.health_tx.send_modify(|h| {
             h.connected = false;
@@ -659,7 +658,6 @@ impl Worker {
         }
         self.cache_dirty = false;
         if let Some(cache) = self.cache.clone() {
-            self.cache_written = true;
             let contents = self.state.cache_contents();
             // Ordered by generation: a write that loses the race to a newer one is skipped.
             let generation = self.health_tx.borrow().generation;
@@ -682,26 +680,16 @@ impl Worker {
         what: &str,
     ) -> Result<T, StreamEnd> {
         let limit = self.open_timeout;
-        let deadline = tokio::time::sleep(limit);
-        tokio::pin!(step, deadline);
-        loop {
-            tokio::select! {
-                out = &mut step => return Ok(out),
-                _ = &mut deadline => {
-                    return Err(StreamEnd::Failed(format!(
-                        "{what} {} timed out after {limit:?}",
-                        self.server.address
-                    )));
-                }
-                cmd = self.commands.recv() => match cmd {
-                    None => return Err(StreamEnd::Shutdown),
-                    Some(Command::Shutdown(done)) => {
-                        self.shutdown(done).await;
-                        return Err(StreamEnd::Shutdown);
-                    }
-                    Some(c) => self.command(c, sink),
-                },
-            }
+        match self
+            .serving_commands(tokio::time::timeout(limit, step), sink)
+            .await
+        {
+            Some(Ok(out)) => Ok(out),
+            Some(Err(_)) => Err(StreamEnd::Failed(format!(
+                "{what} {} timed out after {limit:?}",
+                self.server.address
+            ))),
+            None => Err(StreamEnd::Shutdown),
         }
     }
 
@@ -816,10 +804,7 @@ impl Worker {
 /// Metadata for the stream: bearer tokens (re-read on every connect) and bootstrap headers.
 fn call_metadata(server: &XdsServer) -> Result<tonic::metadata::MetadataMap, String> {
     // Checked when the bootstrap is parsed too; this holds for servers built by hand.
-    if !server.call_credentials.is_empty()
-        && matches!(server.channel_credentials, ChannelCredentials::Insecure)
-        && !server.address.is_local()
-    {
+    if server.sends_token_in_clear() {
         return Err(format!(
             "refusing to send a bearer token to {} over an insecure channel",
             server.address

@@ -14,7 +14,7 @@ use tracing::Instrument;
 
 use super::clusters::ClusterEntry;
 use super::upstream::Head;
-use crate::body::{MeshBody, RequestBody, discard};
+use crate::body::{DISCARD_LIMIT, MeshBody, RequestBody, discard};
 use crate::connector::MeshConnector;
 use crate::observe::{AttemptEnd, AttemptStart, RequestObserver};
 use crate::pool::{Held, SendError};
@@ -177,19 +177,17 @@ impl<C: MeshConnector> Attempts<'_, C> {
                 Err((LocalReason::RouteTimeout, _)) => {
                     return AttemptOutcome::local(LocalReason::RouteTimeout, grpc);
                 }
-                // The caller's body failed, not the upstream: nothing to blame or retry.
-                Err(_) if body.error().is_some() => {
-                    return AttemptOutcome {
-                        response: local_reply(
-                            LocalReason::RequestBody,
-                            body.error().as_deref(),
-                            grpc,
-                        ),
-                        reason: Some(LocalReason::RequestBody),
-                        retries_exhausted: false,
-                    };
+                Err(_) => {
+                    // The caller's body failed, not the upstream: nothing to blame or retry.
+                    if let Some(e) = body.error() {
+                        return AttemptOutcome {
+                            response: local_reply(LocalReason::RequestBody, Some(&e), grpc),
+                            reason: Some(LocalReason::RequestBody),
+                            retries_exhausted: false,
+                        };
+                    }
                 }
-                _ => {}
+                Ok(_) => {}
             }
             state.record(i, addr, t.outcome, sent.into_std());
             if let Some(o) = observer.as_mut() {
@@ -303,10 +301,6 @@ impl<C: MeshConnector> Attempts<'_, C> {
         }
     }
 }
-
-/// How much of a failed response is read before a retry (more, and its connection is closed
-/// instead).
-const DISCARD_LIMIT: usize = 64 * 1024;
 
 /// When an attempt sent at `sent` must end, and why: its per-try timeout or the route's
 /// deadline, whichever is first.

@@ -11,16 +11,13 @@ use mesh_core::route::MirrorPolicy;
 
 use super::Shared;
 use super::upstream::Head;
-use crate::body::{RequestBody, discard};
+use crate::body::{DISCARD_LIMIT, RequestBody, discard};
 use crate::connector::MeshConnector;
 use crate::pool::Held;
 use crate::protocol::shadow_authority;
 
 /// How long a copy may take when its route has no timeout.
 const DEFAULT_SHADOW_TIMEOUT: Duration = Duration::from_secs(15);
-
-/// How much of a shadow's response is read (so that its connection can be reused).
-const SHADOW_RESPONSE_LIMIT: usize = 64 * 1024;
 
 impl<C: MeshConnector> Shared<C> {
     /// Sends copies of a request to each mirror cluster that samples it.
@@ -58,7 +55,7 @@ impl<C: MeshConnector> Shared<C> {
                 let _permit = permit;
                 let _ = tokio::time::timeout(limit, async {
                     if let Ok(resp) = pool.send(req, h2, Held::default()).await {
-                        discard(resp.into_body(), SHADOW_RESPONSE_LIMIT).await;
+                        discard(resp.into_body(), DISCARD_LIMIT).await;
                     }
                 })
                 .await;

@@ -45,6 +45,10 @@ use upstream::Head;
 pub use config::MeshConfig;
 pub use route::listener_for;
 
+/// The future of a request through the stack (and of the services built on it).
+pub type ResponseFuture =
+    Pin<Box<dyn Future<Output = Result<Response<MeshBody>, Infallible>> + Send>>;
+
 /// The mesh client stack as a `tower::Service`; cheap to clone.
 pub struct MeshService<C = TcpConnector> {
     shared: Arc<Shared<C>>,
@@ -160,7 +164,7 @@ where
 {
     type Response = Response<MeshBody>;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<MeshBody>, Infallible>> + Send>>;
+    type Future = ResponseFuture;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         Poll::Ready(Ok(()))

@@ -1,5 +1,5 @@
-//! Response bodies: HTTP/1.1's hands its connection back when read to the end; both hold
-//! the request's circuit-breaker permits until they end.
+//! The response body of both protocols: it holds the request's circuit-breaker permits until
+//! it ends, and an HTTP/1.1 one hands its connection back when read to the end.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -14,11 +14,13 @@ use super::{EndpointPool, Held};
 use crate::body::{BoxError, MeshBody};
 use crate::connector::MeshConnector;
 
-/// A response body that gives its HTTP/1.1 connection back to the pool once read to the end.
+/// A response body that releases its permits when it ends, and gives its HTTP/1.1 connection
+/// back to the pool once read to the end.
 pub(super) struct PooledBody<C: MeshConnector> {
     pub(super) body: Incoming,
-    /// The connection and its pool (kept alive by a body still being read, so that the
-    /// connection has somewhere to go back to; dropped with the body otherwise).
+    /// The HTTP/1.1 connection and its pool (kept alive by a body still being read, so that
+    /// the connection has somewhere to go back to; dropped with the body otherwise). `None`
+    /// over HTTP/2, whose connection is shared.
     pub(super) conn: Option<(http1::SendRequest<MeshBody>, Arc<EndpointPool<C>>)>,
     /// Released when the body ends.
     pub(super) held: Option<Held>,
@@ -72,36 +74,5 @@ impl<C: MeshConnector> Drop for PooledBody<C> {
         if self.body.is_end_stream() {
             self.give_back();
         }
-    }
-}
-
-/// An HTTP/2 response body holding its request's permits until it ends.
-pub(super) struct HeldBody {
-    pub(super) body: Incoming,
-    pub(super) held: Option<Held>,
-}
-
-impl Body for HeldBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.get_mut();
-        let frame = std::task::ready!(Pin::new(&mut this.body).poll_frame(cx));
-        if !matches!(frame, Some(Ok(_))) {
-            this.held = None;
-        }
-        Poll::Ready(frame.map(|f| f.map_err(BoxError::from)))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
     }
 }

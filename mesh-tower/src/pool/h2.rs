@@ -10,7 +10,7 @@ use hyper_util::rt::TokioExecutor;
 use mesh_core::BreakerResource;
 use tokio::time::Instant;
 
-use super::body::HeldBody;
+use super::body::PooledBody;
 use super::{EndpointPool, Held, SendError};
 use crate::body::MeshBody;
 use crate::connector::{Limited, MeshConnection, MeshConnector, Negotiated};
@@ -25,8 +25,9 @@ impl<C: MeshConnector> EndpointPool<C> {
         tx.ready().await.map_err(SendError::Request)?;
         let resp = tx.send_request(req).await.map_err(SendError::Request)?;
         Ok(resp.map(|body| {
-            HeldBody {
+            PooledBody::<C> {
                 body,
+                conn: None,
                 held: Some(held),
             }
             .boxed_unsync()
