@@ -36,18 +36,6 @@ pub struct UpstreamTls {
     pub root_provider: Option<Box<str>>,
 }
 
-impl UpstreamTls {
-    /// Whether a peer presenting these SANs is accepted (any matcher on any non-empty SAN).
-    pub fn accepts_sans<'a>(&self, sans: impl IntoIterator<Item = &'a str> + Clone) -> bool {
-        self.san_matchers.is_empty()
-            || self.san_matchers.iter().any(|m| {
-                sans.clone()
-                    .into_iter()
-                    .any(|s| !s.is_empty() && m.matches(s))
-            })
-    }
-}
-
 /// An unvalidated CDS cluster.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct ClusterSpec {
@@ -300,11 +288,15 @@ mod tests {
         })
         .unwrap();
         let tls = c.tls().unwrap();
-        assert!(tls.accepts_sans([
+        let uris = |u: &[&str]| crate::SubjectAltNames {
+            uri: u.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        };
+        assert!(tls.accepts(&uris(&[
             "dns.example",
             "spiffe://cluster.local/ns/default/sa/reviews"
-        ]));
-        assert!(tls.accepts_sans(["spiffe://cluster.local/ns/prod/sa/x"]));
-        assert!(!tls.accepts_sans(["spiffe://cluster.local/ns/default/sa/other", ""]));
+        ])));
+        assert!(tls.accepts(&uris(&["spiffe://cluster.local/ns/prod/sa/x"])));
+        assert!(!tls.accepts(&uris(&["spiffe://cluster.local/ns/default/sa/other", ""])));
     }
 }

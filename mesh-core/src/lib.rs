@@ -18,6 +18,7 @@ pub mod cluster;
 pub mod endpoint;
 pub mod error;
 pub mod fraction;
+pub mod identity;
 pub mod lb;
 pub mod listener;
 pub mod matcher;
@@ -42,6 +43,7 @@ pub use endpoint::{
 };
 pub use error::{ConfigError, FieldError, ResourceKind};
 pub use fraction::{Denominator, Fraction};
+pub use identity::{CertError, Certificates, LeafInfo, ProviderCerts, SubjectAltNames, TrustRoots, WorkloadCert};
 pub use lb::{ClusterPicker, EndpointLoad, LbConfig, LbPolicySpec, PickerOptions};
 pub use listener::{Listener, ListenerSpec, RouteSource, RouteSourceSpec};
 pub use outlier::{Outcome, OutlierDetectionConfig, OutlierDetectionSpec, OutlierDetector};

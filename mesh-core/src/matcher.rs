@@ -205,6 +205,14 @@ impl StringMatcher {
         Ok(Self { kind })
     }
 
+    /// The pattern and its `ignore_case` flag when this is an exact matcher.
+    pub fn exact(&self) -> Option<(&str, bool)> {
+        match &self.kind {
+            StringKind::Exact(p, ic) => Some((p, *ic)),
+            _ => None,
+        }
+    }
+
     /// Whether `value` matches.
     pub fn matches(&self, value: &str) -> bool {
         match &self.kind {
