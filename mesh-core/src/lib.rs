@@ -43,7 +43,9 @@ pub use endpoint::{
 };
 pub use error::{ConfigError, FieldError, ResourceKind};
 pub use fraction::{Denominator, Fraction};
-pub use identity::{CertError, Certificates, LeafInfo, ProviderCerts, SubjectAltNames, TrustRoots, WorkloadCert};
+pub use identity::{
+    CertError, Certificates, LeafInfo, ProviderCerts, SubjectAltNames, TrustRoots, WorkloadCert,
+};
 pub use lb::{ClusterPicker, EndpointLoad, LbConfig, LbPolicySpec, PickerOptions};
 pub use listener::{Listener, ListenerSpec, RouteSource, RouteSourceSpec};
 pub use outlier::{Outcome, OutlierDetectionConfig, OutlierDetectionSpec, OutlierDetector};

@@ -13,7 +13,7 @@ use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 use envoy_types::pb::google::protobuf::{ListValue, Struct, Value as PbValue, value::Kind};
 use hyper_util::rt::TokioIo;
-use mesh_core::MeshSnapshot;
+use mesh_core::{Certificates, MeshSnapshot};
 use rand::Rng;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -22,6 +22,8 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 
 use crate::bootstrap::{Bootstrap, CallCredentials, ChannelCredentials, ServerAddress, XdsServer};
 use crate::cache::DiskCache;
+use crate::certs::CertificatePublisher;
+use crate::certs::file_watcher::FileWatcher;
 use crate::decode::ResourceType;
 use crate::state::{AdsState, Output, Protocol, Request, ResourceStatus};
 
@@ -201,6 +203,7 @@ impl XdsClientBuilder {
         let delete_on_absence = !server.has_feature("ignore_resource_deletion");
         let mut state = AdsState::new(protocol, node(&self.bootstrap), delete_on_absence);
         state.set_does_not_exist_timeout(self.dne_timeout);
+        state.set_certificate_instances(crate::certs::served_instances(&self.bootstrap));
         let now = Instant::now().into_std();
         for l in &listeners {
             state.subscribe_listener(l, now);
@@ -237,6 +240,17 @@ impl XdsClientBuilder {
                 Err(e) => tracing::warn!("ignoring the xDS cache: {e}"),
             }
         }
+        let certificates = CertificatePublisher::new();
+        let mut cert_tasks = Vec::new();
+        for (name, p) in &self.bootstrap.certificate_providers {
+            if let Some(fw) = &p.file_watcher {
+                // The first read is synchronous, so that a client started next to its
+                // certificate files has an identity before its first request.
+                let mut watcher = FileWatcher::new(name, fw.clone(), certificates.clone());
+                watcher.poll();
+                cert_tasks.push(tokio::spawn(watcher.run()).abort_handle());
+            }
+        }
         let health_tx = worker.health_tx.clone();
         let task = tokio::spawn(worker.run());
         let task_handle = task.abort_handle();
@@ -265,6 +279,8 @@ impl XdsClientBuilder {
             commands: command_tx,
             bootstrap: Arc::new(self.bootstrap),
             task: task_handle,
+            certificates,
+            cert_tasks,
         })
     }
 }
@@ -370,6 +386,8 @@ pub struct XdsClient {
     commands: mpsc::UnboundedSender<Command>,
     bootstrap: Arc<Bootstrap>,
     task: tokio::task::AbortHandle,
+    certificates: CertificatePublisher,
+    cert_tasks: Vec<tokio::task::AbortHandle>,
 }
 
 impl std::fmt::Debug for Command {
@@ -381,6 +399,9 @@ impl std::fmt::Debug for Command {
 impl Drop for XdsClient {
     fn drop(&mut self) {
         self.task.abort();
+        for t in &self.cert_tasks {
+            t.abort();
+        }
     }
 }
 
@@ -388,6 +409,12 @@ impl XdsClient {
     /// A receiver of every published snapshot, for the tower stack.
     pub fn snapshots(&self) -> watch::Receiver<Arc<MeshSnapshot>> {
         self.snapshots.clone()
+    }
+
+    /// A receiver of the workload certificates each certificate-provider instance holds, for
+    /// the connectors and servers.
+    pub fn certificates(&self) -> watch::Receiver<Arc<Certificates>> {
+        self.certificates.subscribe()
     }
 
     /// The current snapshot.

@@ -9,11 +9,21 @@
 
 pub mod bootstrap;
 pub mod cache;
+pub mod certs;
 pub mod client;
 pub mod decode;
 pub mod state;
 #[doc(hidden)]
 pub mod testing;
+
+/// The crypto provider every TLS connection and key of this crate uses (ring, as tonic's).
+pub fn crypto_provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
+    static PROVIDER: std::sync::OnceLock<std::sync::Arc<rustls::crypto::CryptoProvider>> =
+        std::sync::OnceLock::new();
+    PROVIDER
+        .get_or_init(|| std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+        .clone()
+}
 
 pub use bootstrap::{Bootstrap, BootstrapError, IstiodBootstrap};
 pub use client::{Backoff, Health, NotReady, StartError, XdsClient, XdsClientBuilder, XdsStatus};

@@ -195,6 +195,9 @@ pub struct AdsState {
     /// size of what changed rather than of the whole mesh.
     working: MeshSnapshot,
     published: Option<Arc<MeshSnapshot>>,
+    /// The certificate-provider instances the bootstrap defines (and this client serves); a
+    /// TLS context naming another is NACKed (gRFC A29).
+    cert_instances: BTreeSet<String>,
 }
 
 fn index(t: ResourceType) -> usize {
@@ -238,7 +241,48 @@ impl AdsState {
             derived_dirty: false,
             working: MeshSnapshot::new(),
             published: None,
+            cert_instances: BTreeSet::new(),
         }
+    }
+
+    /// The certificate-provider instances TLS contexts may name (none by default).
+    pub fn set_certificate_instances(&mut self, names: BTreeSet<String>) {
+        self.cert_instances = names;
+    }
+
+    /// A cluster's TLS context must name instances that exist.
+    fn check_instances(&self, d: &Decoded) -> Result<(), crate::decode::ResourceError> {
+        let Decoded::Cluster(c) = d else {
+            return Ok(());
+        };
+        let Some(tls) = c.tls() else { return Ok(()) };
+        for (field, name) in [
+            ("tls_certificate_provider_instance", &tls.identity_provider),
+            ("ca_certificate_provider_instance", &tls.root_provider),
+        ] {
+            if let Some(name) = name
+                .as_deref()
+                .filter(|n| !self.cert_instances.contains(*n))
+            {
+                let defined = if self.cert_instances.is_empty() {
+                    "none".to_string()
+                } else {
+                    self.cert_instances
+                        .iter()
+                        .map(|n| format!("{n:?}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                return Err(crate::decode::ResourceError {
+                    name: Some(c.name().to_string()),
+                    message: format!(
+                        "cluster {:?}: transport_socket: {field} {name:?} is not a certificate provider of the bootstrap (defined: {defined})",
+                        c.name()
+                    ),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Changes the does-not-exist timeout (tests).
@@ -521,7 +565,11 @@ impl AdsState {
         expect: Option<&str>,
         now: Instant,
     ) -> Result<Option<String>, (Option<String>, String)> {
-        let decoded = decode(ty, any).and_then(|d| match expect {
+        let decoded = decode(ty, any).and_then(|d| {
+            self.check_instances(&d)?;
+            Ok(d)
+        });
+        let decoded = decoded.and_then(|d| match expect {
             Some(e) if e != d.name() => Err(crate::decode::ResourceError {
                 name: Some(e.to_string()),
                 message: format!(

@@ -204,45 +204,19 @@ fn tls(
         return Err(FieldError::new("typed_config", "is not set"));
     };
     let ctx: UpstreamTlsContext = unpack(any, UPSTREAM_TLS_TYPE, "typed_config")?;
+    let at = |f: &str| format!("typed_config.common_tls_context.{f}");
+    let refuse = |f: &str, why: &str| Err(FieldError::new(at(f), why.to_string()));
     let common = ctx.common_tls_context.unwrap_or_default();
-    let (validation, root_provider) = match &common.validation_context_type {
-        Some(ValidationContextType::ValidationContext(v)) => (
-            Some(v.clone()),
-            v.ca_certificate_provider_instance
-                .as_ref()
-                .map(|p| p.instance_name.clone()),
-        ),
-        Some(ValidationContextType::CombinedValidationContext(c)) => {
-            let v = c.default_validation_context.clone();
-            let root = v
-                .as_ref()
-                .and_then(|v| v.ca_certificate_provider_instance.as_ref())
-                .map(|p| p.instance_name.clone())
-                .or_else(|| {
-                    c.validation_context_certificate_provider_instance
-                        .as_ref()
-                        .map(|p| p.instance_name.clone())
-                });
-            (v, root)
-        }
-        _ => {
-            return Err(FieldError::new(
-                "typed_config.common_tls_context",
-                "has no validation context",
-            ));
-        }
-    };
-    let san_matchers = validation
-        .map(|v| v.match_subject_alt_names)
-        .unwrap_or_default()
-        .iter()
-        .enumerate()
-        .map(|(i, m)| {
-            string_matcher(m).map_err(|e| {
-                e.within(format!("typed_config.common_tls_context.validation_context.match_subject_alt_names[{i}]"))
-            })
-        })
-        .collect::<FieldResult<_>>()?;
+    // gRFC A29: what a client cannot honour is a NACK, never silently dropped.
+    if common.tls_params.is_some() {
+        return refuse("tls_params", "is not supported");
+    }
+    if common.custom_handshaker.is_some() {
+        return refuse("custom_handshaker", "is not supported");
+    }
+    if common.custom_tls_certificate_selector.is_some() {
+        return refuse("custom_tls_certificate_selector", "is not supported");
+    }
     let identity_provider = common
         .tls_certificate_provider_instance
         .as_ref()
@@ -253,6 +227,99 @@ fn tls(
                 .as_ref()
                 .map(|p| p.instance_name.clone())
         });
+    if identity_provider.is_none()
+        && (!common.tls_certificates.is_empty()
+            || !common.tls_certificate_sds_secret_configs.is_empty())
+    {
+        return refuse(
+            "tls_certificates",
+            "inline and SDS certificates are not supported; use tls_certificate_provider_instance",
+        );
+    }
+    let (validation, deprecated_root) = match &common.validation_context_type {
+        Some(ValidationContextType::ValidationContext(v)) => (v.clone(), None),
+        Some(ValidationContextType::CombinedValidationContext(c)) => {
+            if c.validation_context_sds_secret_config.is_some() {
+                return refuse(
+                    "combined_validation_context.validation_context_sds_secret_config",
+                    "is not supported",
+                );
+            }
+            (
+                c.default_validation_context.clone().unwrap_or_default(),
+                c.validation_context_certificate_provider_instance
+                    .as_ref()
+                    .map(|p| p.instance_name.clone()),
+            )
+        }
+        Some(ValidationContextType::ValidationContextCertificateProviderInstance(p)) => {
+            (Default::default(), Some(p.instance_name.clone()))
+        }
+        Some(ValidationContextType::ValidationContextSdsSecretConfig(_)) => {
+            return refuse("validation_context_sds_secret_config", "is not supported");
+        }
+        Some(ValidationContextType::ValidationContextCertificateProvider(_)) => {
+            return refuse(
+                "validation_context_certificate_provider",
+                "is not supported; use ca_certificate_provider_instance",
+            );
+        }
+        None => return refuse("validation_context_type", "has no validation context"),
+    };
+    let v = &validation;
+    for (set, field) in [
+        (
+            !v.verify_certificate_spki.is_empty(),
+            "verify_certificate_spki",
+        ),
+        (
+            !v.verify_certificate_hash.is_empty(),
+            "verify_certificate_hash",
+        ),
+        (
+            v.require_signed_certificate_timestamp
+                .as_ref()
+                .is_some_and(|b| b.value),
+            "require_signed_certificate_timestamp",
+        ),
+        (v.crl.is_some(), "crl"),
+        (
+            v.custom_validator_config.is_some(),
+            "custom_validator_config",
+        ),
+        (v.system_root_certs.is_some(), "system_root_certs"),
+        (
+            !v.match_typed_subject_alt_names.is_empty(),
+            "match_typed_subject_alt_names",
+        ),
+    ] {
+        if set {
+            return refuse(&format!("validation_context.{field}"), "is not supported");
+        }
+    }
+    let root_provider = v
+        .ca_certificate_provider_instance
+        .as_ref()
+        .map(|p| p.instance_name.clone())
+        .or(deprecated_root);
+    if root_provider.is_none() {
+        return refuse(
+            "validation_context.ca_certificate_provider_instance",
+            "is required (the roots that verify the server)",
+        );
+    }
+    let san_matchers = v
+        .match_subject_alt_names
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            string_matcher(m).map_err(|e| {
+                e.within(at(&format!(
+                    "validation_context.match_subject_alt_names[{i}]"
+                )))
+            })
+        })
+        .collect::<FieldResult<_>>()?;
     Ok(UpstreamTlsSpec {
         sni: Some(ctx.sni).filter(|s| !s.is_empty()),
         san_matchers,

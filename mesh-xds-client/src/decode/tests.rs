@@ -554,3 +554,144 @@ fn durations_near_the_protobuf_limit_are_capped_not_fatal() {
     let mut rng = <rand::rngs::SmallRng as rand::SeedableRng>::seed_from_u64(7);
     assert!(retry.backoff(u32::MAX, &mut rng) <= max);
 }
+
+/// Rewrites the `UpstreamTlsContext` inside a transport socket.
+fn edit_tls(
+    ts: &mut envoy_types::pb::envoy::config::core::v3::TransportSocket,
+    edit: impl FnOnce(
+        &mut envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::UpstreamTlsContext,
+    ),
+) {
+    use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType;
+    let Some(ConfigType::TypedConfig(any)) = &mut ts.config_type else {
+        unreachable!()
+    };
+    let mut ctx =
+        envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::UpstreamTlsContext::decode(
+            &*any.value,
+        )
+        .unwrap();
+    edit(&mut ctx);
+    any.value = ctx.encode_to_vec();
+}
+
+#[test]
+#[allow(deprecated)]
+fn istio_mutual_decodes_from_either_generation_of_provider_fields() {
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::common_tls_context::ValidationContextType;
+    let sans = ["spiffe://cluster.local/ns/default/sa/reviews"];
+    let mut c = testing::eds_cluster_message("c");
+    c.transport_socket = Some(testing::istio_mutual(&sans));
+    let tls = cluster_spec(&c).unwrap().tls.unwrap();
+    assert_eq!(tls.identity_provider.as_deref(), Some("default"));
+    assert_eq!(tls.root_provider.as_deref(), Some("default"));
+    assert_eq!(tls.san_matchers.len(), 1);
+
+    // gRPC ≥ 1.66 reads only the current fields, older gRPC only the deprecated ones: either
+    // alone is enough.
+    let mut old = c.clone();
+    edit_tls(old.transport_socket.as_mut().unwrap(), |ctx| {
+        let common = ctx.common_tls_context.as_mut().unwrap();
+        common.tls_certificate_provider_instance = None;
+        let Some(ValidationContextType::CombinedValidationContext(v)) =
+            &mut common.validation_context_type
+        else {
+            unreachable!()
+        };
+        v.default_validation_context
+            .as_mut()
+            .unwrap()
+            .ca_certificate_provider_instance = None;
+    });
+    let tls = cluster_spec(&old).unwrap().tls.unwrap();
+    assert_eq!(
+        (
+            tls.identity_provider.as_deref(),
+            tls.root_provider.as_deref()
+        ),
+        (Some("default"), Some("default"))
+    );
+}
+
+#[test]
+#[allow(deprecated)]
+fn tls_fields_a29_refuses_are_nacked_with_the_field() {
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as tls;
+    use tls::common_tls_context::ValidationContextType;
+    let nack = |edit: &dyn Fn(&mut tls::UpstreamTlsContext)| {
+        let mut c = testing::eds_cluster_message("c");
+        c.transport_socket = Some(testing::istio_mutual(&[]));
+        edit_tls(c.transport_socket.as_mut().unwrap(), edit);
+        cluster_spec(&c).unwrap_err().to_string()
+    };
+    let validation = |ctx: &mut tls::UpstreamTlsContext| -> tls::CertificateValidationContext {
+        let Some(ValidationContextType::CombinedValidationContext(v)) = &ctx
+            .common_tls_context
+            .as_ref()
+            .unwrap()
+            .validation_context_type
+        else {
+            unreachable!()
+        };
+        v.default_validation_context.clone().unwrap()
+    };
+    let set_validation = |ctx: &mut tls::UpstreamTlsContext,
+                          v: tls::CertificateValidationContext| {
+        ctx.common_tls_context
+            .as_mut()
+            .unwrap()
+            .validation_context_type = Some(ValidationContextType::ValidationContext(v));
+    };
+    assert_eq!(
+        nack(&|ctx| ctx.common_tls_context.as_mut().unwrap().tls_params = Some(Default::default())),
+        "cluster \"c\": transport_socket.typed_config.common_tls_context.tls_params: is not supported"
+    );
+    assert_eq!(
+        nack(&|ctx| {
+            let mut v = validation(ctx);
+            v.verify_certificate_hash = vec!["ab".into()];
+            set_validation(ctx, v);
+        }),
+        "cluster \"c\": transport_socket.typed_config.common_tls_context.validation_context.verify_certificate_hash: is not supported"
+    );
+    assert_eq!(
+        nack(&|ctx| {
+            let mut v = validation(ctx);
+            v.crl = Some(Default::default());
+            set_validation(ctx, v);
+        }),
+        "cluster \"c\": transport_socket.typed_config.common_tls_context.validation_context.crl: is not supported"
+    );
+    assert_eq!(
+        nack(&|ctx| {
+            let mut v = validation(ctx);
+            v.ca_certificate_provider_instance = None;
+            set_validation(ctx, v);
+        }),
+        "cluster \"c\": transport_socket.typed_config.common_tls_context.validation_context.ca_certificate_provider_instance: is required (the roots that verify the server)"
+    );
+    assert_eq!(
+        nack(&|ctx| ctx
+            .common_tls_context
+            .as_mut()
+            .unwrap()
+            .validation_context_type = None),
+        "cluster \"c\": transport_socket.typed_config.common_tls_context.validation_context_type: has no validation context"
+    );
+    assert_eq!(
+        nack(&|ctx| {
+            let common = ctx.common_tls_context.as_mut().unwrap();
+            common.tls_certificate_provider_instance = None;
+            common.tls_certificate_certificate_provider_instance = None;
+            common.tls_certificates = vec![Default::default()];
+        }),
+        "cluster \"c\": transport_socket.typed_config.common_tls_context.tls_certificates: inline and SDS certificates are not supported; use tls_certificate_provider_instance"
+    );
+    let mut c = testing::eds_cluster_message("c");
+    c.transport_socket = Some(testing::istio_mutual(&[]));
+    c.transport_socket.as_mut().unwrap().name = "envoy.transport_sockets.raw_buffer".into();
+    assert_eq!(
+        cluster_spec(&c).unwrap_err().to_string(),
+        "cluster \"c\": transport_socket.name: unsupported transport socket \"envoy.transport_sockets.raw_buffer\""
+    );
+}

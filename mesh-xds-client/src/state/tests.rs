@@ -256,6 +256,44 @@ fn an_invalid_cluster_is_nacked_by_name_and_the_rest_applied() {
 }
 
 #[test]
+fn a_tls_cluster_naming_an_undefined_certificate_provider_is_nacked() {
+    let now = Instant::now();
+    let nack_of = |instances: &[&str]| {
+        let mut s = AdsState::new(Protocol::Sotw, node(), true);
+        s.set_certificate_instances(instances.iter().map(|s| s.to_string()).collect());
+        s.subscribe_listener(L, now);
+        let mut world = World::canary(90, 10);
+        world.cds[1] = testing::mtls_cluster(&v2(), &["spiffe://cluster.local/ns/default/sa/ui"]);
+        let first = s.on_connected(now);
+        let (sent, published) = converge(&mut s, &world, first, now);
+        let nack = sent
+            .iter()
+            .map(sotw)
+            .find_map(|r| r.error_detail.as_ref().map(|d| d.message.clone()));
+        let snap = published.expect("published");
+        (nack, snap.cluster(&v2()).is_some())
+    };
+    assert_eq!(
+        nack_of(&[]),
+        (
+            Some(format!(
+                "cluster {:?}: transport_socket: tls_certificate_provider_instance \"default\" is not a certificate provider of the bootstrap (defined: none)",
+                v2()
+            )),
+            false
+        )
+    );
+    assert_eq!(
+        nack_of(&["other"]).0.unwrap(),
+        format!(
+            "cluster {:?}: transport_socket: tls_certificate_provider_instance \"default\" is not a certificate provider of the bootstrap (defined: \"other\")",
+            v2()
+        )
+    );
+    assert_eq!(nack_of(&["default"]), (None, true));
+}
+
+#[test]
 fn a_nacked_update_keeps_the_last_good_value() {
     let now = Instant::now();
     let mut s = AdsState::new(Protocol::Sotw, node(), true);

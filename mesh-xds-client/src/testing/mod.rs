@@ -14,6 +14,8 @@ use prost::Message;
 
 use crate::decode::ResourceType;
 
+pub mod ca;
+
 /// Wraps a message in an `Any` with the given type URL.
 pub fn any<M: Message>(type_url: &str, m: &M) -> Any {
     Any {
@@ -177,4 +179,64 @@ pub fn endpoints(cluster_name: &str, addrs: &[std::net::SocketAddr]) -> Any {
         ..Default::default()
     };
     any(ResourceType::ClusterLoadAssignment.type_url(), &cla)
+}
+
+/// The transport socket istiod's grpc generator sends for DestinationRule `ISTIO_MUTUAL`: both
+/// the current and the deprecated certificate-provider fields, instance `default`, exact SAN
+/// matchers, no SNI and no ALPN.
+#[allow(deprecated)]
+pub fn istio_mutual(sans: &[&str]) -> core::TransportSocket {
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as tls;
+    use envoy_types::pb::envoy::r#type::matcher::v3 as m;
+    let provider = |cert: &str| tls::CertificateProviderPluginInstance {
+        instance_name: "default".into(),
+        certificate_name: cert.into(),
+    };
+    let legacy = |cert: &str| tls::common_tls_context::CertificateProviderInstance {
+        instance_name: "default".into(),
+        certificate_name: cert.into(),
+    };
+    let ctx = tls::UpstreamTlsContext {
+        common_tls_context: Some(tls::CommonTlsContext {
+            tls_certificate_provider_instance: Some(provider("default")),
+            tls_certificate_certificate_provider_instance: Some(legacy("default")),
+            validation_context_type: Some(
+                tls::common_tls_context::ValidationContextType::CombinedValidationContext(
+                    tls::common_tls_context::CombinedCertificateValidationContext {
+                        default_validation_context: Some(tls::CertificateValidationContext {
+                            ca_certificate_provider_instance: Some(provider("ROOTCA")),
+                            match_subject_alt_names: sans
+                                .iter()
+                                .map(|s| m::StringMatcher {
+                                    match_pattern: Some(m::string_matcher::MatchPattern::Exact(
+                                        s.to_string(),
+                                    )),
+                                    ignore_case: false,
+                                })
+                                .collect(),
+                            ..Default::default()
+                        }),
+                        validation_context_certificate_provider_instance: Some(legacy("ROOTCA")),
+                        ..Default::default()
+                    },
+                ),
+            ),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    core::TransportSocket {
+        name: "envoy.transport_sockets.tls".into(),
+        config_type: Some(core::transport_socket::ConfigType::TypedConfig(any(
+            "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            &ctx,
+        ))),
+    }
+}
+
+/// An EDS cluster with istiod's `ISTIO_MUTUAL` transport socket.
+pub fn mtls_cluster(name: &str, sans: &[&str]) -> Any {
+    let mut c = eds_cluster_message(name);
+    c.transport_socket = Some(istio_mutual(sans));
+    any(ResourceType::Cluster.type_url(), &c)
 }
