@@ -60,7 +60,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         snapshot.clusters().count()
     );
 
-    let client = MeshService::new(xds.snapshots(), MeshConfig::default());
+    let client =
+        MeshService::with_certificates(xds.snapshots(), xds.certificates(), MeshConfig::default());
     for _ in 0..n {
         let req =
             http::Request::get(url.clone()).body(http_body_util::Full::new(bytes::Bytes::new()))?;

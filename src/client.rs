@@ -107,7 +107,7 @@ impl ClientBuilder {
             xds = xds.cache_dir(dir);
         }
         let xds = xds.start()?;
-        let svc = MeshService::new(xds.snapshots(), config);
+        let svc = MeshService::with_certificates(xds.snapshots(), xds.certificates(), config);
         Ok(Client {
             inner: Arc::new(Inner {
                 xds,

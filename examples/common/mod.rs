@@ -136,7 +136,11 @@ impl Lab {
             .target(format!("xds:///{TARGET}"))
             .start()?;
         tokio::time::timeout(Duration::from_secs(10), client.ready()).await??;
-        let svc = MeshService::new(client.snapshots(), MeshConfig::default());
+        let svc = MeshService::with_certificates(
+            client.snapshots(),
+            client.certificates(),
+            MeshConfig::default(),
+        );
         Ok(Self {
             backends,
             dir,

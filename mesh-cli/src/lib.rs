@@ -445,7 +445,11 @@ pub async fn request(args: RequestArgs) -> Result<String, String> {
         headers.append(k, v);
     }
     let (client, _) = connect(&args.xds, std::slice::from_ref(&target)).await?;
-    let svc = mesh_tower::MeshService::new(client.snapshots(), mesh_tower::MeshConfig::default());
+    let svc = mesh_tower::MeshService::with_certificates(
+        client.snapshots(),
+        client.certificates(),
+        mesh_tower::MeshConfig::default(),
+    );
     let uri = std::sync::Arc::new(uri);
     let headers = std::sync::Arc::new(headers);
     let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));

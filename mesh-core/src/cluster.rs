@@ -24,7 +24,7 @@ pub struct UpstreamTlsSpec {
 }
 
 /// A validated upstream TLS context.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct UpstreamTls {
     /// SNI to send.
     pub sni: Option<Box<str>>,

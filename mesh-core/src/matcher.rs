@@ -154,9 +154,23 @@ impl StringMatcherSpec {
 }
 
 /// A validated string matcher.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct StringMatcher {
     kind: StringKind,
+}
+
+impl PartialEq for StringKind {
+    fn eq(&self, other: &Self) -> bool {
+        use StringKind::*;
+        match (self, other) {
+            (Exact(a, x), Exact(b, y))
+            | (Prefix(a, x), Prefix(b, y))
+            | (Suffix(a, x), Suffix(b, y))
+            | (Contains(a, x), Contains(b, y)) => a == b && x == y,
+            (Regex(a), Regex(b)) => a.as_str() == b.as_str(),
+            _ => false,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

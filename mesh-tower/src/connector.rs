@@ -23,17 +23,39 @@ use crate::body::BoxError;
 pub struct ConnectTarget {
     address: SocketAddr,
     cluster: Arc<Cluster>,
+    h2: bool,
 }
 
 impl ConnectTarget {
-    /// A target for endpoint `address` of `cluster`.
+    /// A target for endpoint `address` of `cluster`, for HTTP/1.1.
     pub fn new(address: SocketAddr, cluster: Arc<Cluster>) -> Self {
-        Self { address, cluster }
+        Self {
+            address,
+            cluster,
+            h2: false,
+        }
+    }
+
+    /// The same target for a request that needs HTTP/2 (HTTP/2 and gRPC requests).
+    pub fn for_h2(mut self, h2: bool) -> Self {
+        self.h2 = h2;
+        self
+    }
+
+    /// Whether the connection is for HTTP/2: a TLS connector offers ALPN `h2`, else
+    /// `http/1.1`.
+    pub fn wants_h2(&self) -> bool {
+        self.h2
     }
 
     /// The endpoint's address.
     pub fn address(&self) -> SocketAddr {
         self.address
+    }
+
+    /// The cluster, as of this connect.
+    pub fn cluster(&self) -> &Arc<Cluster> {
+        &self.cluster
     }
 
     /// The cluster's name.

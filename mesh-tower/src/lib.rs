@@ -18,6 +18,7 @@ pub mod observe;
 mod pool;
 pub mod protocol;
 pub mod reply;
+pub mod tls;
 
 pub use body::MeshBody;
 pub use client::{MeshConfig, MeshService, ResponseFuture};
@@ -25,3 +26,4 @@ pub use connector::{ConnectTarget, MeshConnection, MeshConnector, Negotiated, Tc
 pub use observe::{MeshInfo, Observer, RequestObserver};
 pub use protocol::{ERROR_HEADER, FLAGS_HEADER, OVERFLOW_HEADER};
 pub use reply::{LocalReason, ResponseFlags};
+pub use tls::{MeshStream, TlsConnectError, TlsConnector};

@@ -184,7 +184,9 @@ async fn attempt_headers_set_by_the_observer_reach_the_upstream() {
 }
 
 #[tokio::test]
-async fn a_tls_cluster_is_never_sent_plaintext() {
+async fn a_tls_cluster_without_a_certificate_provider_is_never_sent_plaintext() {
+    // The bootstrap defines no certificate provider: the ISTIO_MUTUAL cluster is NACKed
+    // (gRFC A29), so its route has no cluster to send to.
     let a = backend("v1", Behavior::Ok).await;
     let mtls = "    tls: {mode: ISTIO_MUTUAL}";
     let m = mesh(&yaml(&[a.addr], &[], mtls, ROUTE_V1)).await;
@@ -192,9 +194,9 @@ async fn a_tls_cluster_is_never_sent_plaintext() {
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(
         why,
-        "upstream connect error: cluster outbound|9080|version-1|ui.default.svc.cluster.local requires TLS; this connector only does plaintext"
+        "no cluster: cluster outbound|9080|version-1|ui.default.svc.cluster.local is unknown or has no endpoints"
     );
-    assert_eq!(info.unwrap().reason(), Some(LocalReason::ConnectFailure));
+    assert_eq!(info.unwrap().reason(), Some(LocalReason::NoCluster));
     assert_eq!(
         a.hits.load(Ordering::Relaxed),
         0,

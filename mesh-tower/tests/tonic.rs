@@ -95,8 +95,9 @@ async fn mesh_to(addrs: &[std::net::SocketAddr]) -> (MeshService, mesh_xds_clien
         .await
         .unwrap()
         .unwrap();
-    let svc = MeshService::new(
+    let svc = MeshService::with_certificates(
         client.snapshots(),
+        client.certificates(),
         MeshConfig::default().target(format!("{host}:50051")),
     );
     (svc, client)

@@ -198,7 +198,11 @@ fn build<C: MeshConnector>(
         settings.retry_budget,
         Instant::now().into_std(),
     );
-    let conns = match previous {
+    // Connections made under other transport settings (plaintext, other SANs or roots) are
+    // not reused: the cluster's new requirements apply to every request from now on.
+    let same_transport = previous.is_some_and(|p| p.state.cluster.tls() == cluster.tls());
+    let reusable = previous.filter(|_| same_transport);
+    let conns = match reusable {
         Some(p) => p.conns.clone(),
         None => Arc::new(ClusterConns {
             connector: connector.clone(),
@@ -213,7 +217,7 @@ fn build<C: MeshConnector>(
         .endpoints()
         .iter()
         .map(|e| {
-            previous
+            reusable
                 .and_then(|p| Some(p.pools[p.endpoints.index_of(e.address)?].clone()))
                 .unwrap_or_else(|| EndpointPool::new(conns.clone(), e.address))
         })

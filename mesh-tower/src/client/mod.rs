@@ -38,6 +38,7 @@ use crate::connector::{MeshConnector, TcpConnector};
 use crate::observe::{MeshInfo, RequestObserver, RequestStart, ResponseEnd};
 use crate::protocol::{grpc_timeout, is_grpc, local_reply};
 use crate::reply::LocalReason;
+use crate::tls::TlsConnector;
 use attempts::{Attempts, Progress};
 use clusters::{BuildSettings, ClusterEntry, Clusters};
 use upstream::Head;
@@ -50,7 +51,7 @@ pub type ResponseFuture =
     Pin<Box<dyn Future<Output = Result<Response<MeshBody>, Infallible>> + Send>>;
 
 /// The mesh client stack as a `tower::Service`; cheap to clone.
-pub struct MeshService<C = TcpConnector> {
+pub struct MeshService<C = TlsConnector> {
     shared: Arc<Shared<C>>,
 }
 
@@ -107,9 +108,22 @@ impl Local {
 }
 
 impl MeshService<TcpConnector> {
-    /// A stack over plain TCP (HTTP/1.1, or HTTP/2 cleartext for HTTP/2 and gRPC requests).
+    /// A stack over plain TCP only (HTTP/1.1, or HTTP/2 cleartext for HTTP/2 and gRPC
+    /// requests): requests to a cluster with a TLS context fail (503 `UF`), never plaintext.
     pub fn new(snapshots: watch::Receiver<Arc<MeshSnapshot>>, config: MeshConfig) -> Self {
         Self::with_connector(snapshots, config, TcpConnector)
+    }
+}
+
+impl MeshService<TlsConnector> {
+    /// The stack a mesh workload uses: plaintext clusters over TCP, TLS clusters over mTLS
+    /// with the workload certificates of `certificates` (the xDS client's `certificates()`).
+    pub fn with_certificates(
+        snapshots: watch::Receiver<Arc<MeshSnapshot>>,
+        certificates: watch::Receiver<Arc<mesh_core::Certificates>>,
+        config: MeshConfig,
+    ) -> Self {
+        Self::with_connector(snapshots, config, TlsConnector::new(certificates))
     }
 }
 

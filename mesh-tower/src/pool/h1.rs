@@ -111,7 +111,7 @@ impl<C: MeshConnector> EndpointPool<C> {
     }
 
     async fn connect_h1(self: &Arc<Self>, permit: BreakerPermit) -> Result<Checkout, SendError> {
-        let io = self.connect(permit).await?;
+        let io = self.connect(permit, false).await?;
         if io.negotiated() == Negotiated::H2 {
             self.alpn_h2.store(true, Ordering::Relaxed);
             let _connecting = self.h2_connecting.lock().await;

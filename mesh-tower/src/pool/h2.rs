@@ -81,7 +81,7 @@ impl<C: MeshConnector> EndpointPool<C> {
             }
             freed.await;
         };
-        let io = self.connect(permit).await?;
+        let io = self.connect(permit, true).await?;
         if io.negotiated() == Negotiated::Http1 {
             return Err(SendError::Connect(
                 format!(

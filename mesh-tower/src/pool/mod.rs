@@ -156,7 +156,12 @@ impl<C: MeshConnector> EndpointPool<C> {
         }
     }
 
-    async fn connect(&self, permit: BreakerPermit) -> Result<Limited<C::Conn>, SendError> {
+    /// A new connection for an HTTP/2 (`h2`) or HTTP/1.1 request.
+    async fn connect(
+        &self,
+        permit: BreakerPermit,
+        h2: bool,
+    ) -> Result<Limited<C::Conn>, SendError> {
         let cluster = self
             .cluster
             .cluster
@@ -164,7 +169,7 @@ impl<C: MeshConnector> EndpointPool<C> {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         let limit = cluster.connect_timeout();
-        let target = ConnectTarget::new(self.address, cluster);
+        let target = ConnectTarget::new(self.address, cluster).for_h2(h2);
         let connecting = self.cluster.connector.clone().oneshot(target);
         let io = tokio::time::timeout(limit, connecting)
             .await

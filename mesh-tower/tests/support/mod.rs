@@ -18,6 +18,8 @@ use mesh_tower::{ERROR_HEADER, MeshConfig, MeshInfo, MeshService, OVERFLOW_HEADE
 use mesh_xds_client::{Bootstrap, XdsClient, XdsClientBuilder};
 use tower::ServiceExt;
 
+pub mod tls;
+
 pub const HOST: &str = "ui.default.svc.cluster.local";
 
 /// How a backend answers.
@@ -128,6 +130,16 @@ pub async fn mesh(yaml: &str) -> Mesh {
 }
 
 pub async fn mesh_with(yaml: &str, config: MeshConfig) -> Mesh {
+    mesh_with_bootstrap(yaml, config, "").await
+}
+
+/// [`mesh_with`] with `extra` (`"key": value` pairs) added to the bootstrap.
+pub async fn mesh_with_bootstrap(yaml: &str, config: MeshConfig, extra: &str) -> Mesh {
+    let extra = if extra.is_empty() {
+        String::new()
+    } else {
+        format!(", {extra}")
+    };
     let cp = ControlPlane::new(resources(yaml));
     let addr = cp
         .clone()
@@ -135,7 +147,7 @@ pub async fn mesh_with(yaml: &str, config: MeshConfig) -> Mesh {
         .await
         .unwrap();
     let b = Bootstrap::from_json(
-        &format!(r#"{{"xds_servers": [{{"server_uri": "{addr}", "channel_creds": [{{"type": "insecure"}}]}}], "node": {{"id": "sidecar~127.0.0.1~t.default~default.svc.cluster.local"}}}}"#),
+        &format!(r#"{{"xds_servers": [{{"server_uri": "{addr}", "channel_creds": [{{"type": "insecure"}}]}}], "node": {{"id": "sidecar~127.0.0.1~t.default~default.svc.cluster.local"}}{extra}}}"#),
         "test",
     )
     .unwrap();
@@ -147,7 +159,7 @@ pub async fn mesh_with(yaml: &str, config: MeshConfig) -> Mesh {
         .await
         .expect("config ready")
         .expect("config ready");
-    let svc = MeshService::new(client.snapshots(), config);
+    let svc = MeshService::with_certificates(client.snapshots(), client.certificates(), config);
     Mesh { cp, client, svc }
 }
 
