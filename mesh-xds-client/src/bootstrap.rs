@@ -212,6 +212,8 @@ pub struct CertificateProvider {
     pub plugin_name: String,
     /// The parsed config when the plugin is `file_watcher`.
     pub file_watcher: Option<FileWatcherConfig>,
+    /// Istio's CA, when the instance is served by it (built by [`IstiodBootstrap`]).
+    pub istio_ca: Option<crate::certs::istio_ca::IstioCaConfig>,
     /// The raw config.
     pub config: Value,
 }
@@ -307,6 +309,32 @@ fn kind(v: &Value) -> &'static str {
         Value::Array(_) => "an array",
         Value::Object(_) => "an object",
     }
+}
+
+/// A Go duration as Istio's environment writes them: `90s`, `15m`, `24h`, `1h30m`.
+fn go_duration(s: &str) -> Option<Duration> {
+    let mut total = Duration::ZERO;
+    let mut rest = s.trim();
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit())?;
+        let n: u64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let unit = match &rest[..unit_len] {
+            "h" => 3600,
+            "m" => 60,
+            "s" => 1,
+            _ => return None,
+        };
+        total = total.checked_add(Duration::from_secs(n.checked_mul(unit)?))?;
+        rest = &rest[unit_len..];
+    }
+    Some(mesh_core::time::capped(total))
 }
 
 /// Parses a protobuf-JSON duration: decimal seconds with an `s` suffix.
@@ -431,6 +459,7 @@ impl Bootstrap {
                     CertificateProvider {
                         plugin_name,
                         file_watcher,
+                        istio_ca: None,
                         config,
                     },
                 );
@@ -675,6 +704,13 @@ impl IstiodBootstrap {
     /// (or `INSTANCE_IPS`), `SERVICE_ACCOUNT`, `ISTIO_META_CLUSTER_ID` (default `Kubernetes`),
     /// `ISTIO_VERSION`, `ISTIO_META_WORKLOAD_NAME` (the deployment) and `ISTIO_METAJSON_LABELS`
     /// (a JSON object).
+    ///
+    /// The workload certificate comes from istiod's CA (certificate provider `default`), for
+    /// `spiffe://TRUST_DOMAIN/ns/POD_NAMESPACE/sa/SERVICE_ACCOUNT` (`TRUST_DOMAIN` defaults to
+    /// `cluster.local`, the account to `default`) and `SECRET_TTL` (default `24h`). As the
+    /// injector and istio-agent do, the environment overrides where istiod is (revisions):
+    /// `PROXY_CONFIG`'s `discoveryAddress` (JSON), `CA_ADDR` for the CA alone, and
+    /// `ISTIOD_SAN` for the name istiod's certificate is checked against.
     pub fn build_from(
         self,
         var: impl Fn(&str) -> Option<String>,
@@ -721,31 +757,75 @@ impl IstiodBootstrap {
             cx.object(&v, "ISTIO_METAJSON_LABELS")?;
             metadata.insert("LABELS".into(), v);
         }
-        let address = ServerAddress::parse(&self.address).map_err(|m| cx.err("address", m))?;
-        let host = match &address {
-            ServerAddress::Tcp { host, .. } => Some(host.clone()),
-            ServerAddress::Unix(_) => None,
-        };
+        let mut xds_address = self.address.clone();
+        if let Some(pc) = var("PROXY_CONFIG").filter(|v| !v.trim().is_empty()) {
+            let v: Value = serde_json::from_str(&pc)
+                .map_err(|e| cx.err("PROXY_CONFIG", format!("is not JSON: {e}")))?;
+            if let Some(a) = v.get("discoveryAddress").and_then(Value::as_str) {
+                xds_address = a.to_string();
+            }
+        }
+        let ca_address = var("CA_ADDR")
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| xds_address.clone());
+        let server_name = var("ISTIOD_SAN").filter(|v| !v.is_empty());
         let cluster_id = metadata
             .get("CLUSTER_ID")
             .and_then(Value::as_str)
             .unwrap_or("Kubernetes")
             .to_string();
-        Ok(Bootstrap {
-            xds_servers: vec![XdsServer {
-                server_uri: self.address.clone(),
+        let server = |uri: &str, what: &str| -> Result<XdsServer, BootstrapError> {
+            let address = ServerAddress::parse(uri).map_err(|m| cx.err(what, m))?;
+            let host = match &address {
+                ServerAddress::Tcp { host, .. } => Some(host.clone()),
+                ServerAddress::Unix(_) => None,
+            };
+            Ok(XdsServer {
+                server_uri: uri.to_string(),
                 address,
                 channel_credentials: ChannelCredentials::Tls {
-                    ca_certificate_file: Some(self.root_cert),
+                    ca_certificate_file: Some(self.root_cert.clone()),
                     certificate_file: None,
                     private_key_file: None,
                     refresh_interval: Duration::from_secs(600),
                 },
-                call_credentials: vec![CallCredentials::JwtTokenFile(self.token_file)],
+                call_credentials: vec![CallCredentials::JwtTokenFile(self.token_file.clone())],
                 server_features: vec!["xds_v3".into()],
-                tls_server_name: host,
-                headers: vec![("clusterid".into(), cluster_id)],
-            }],
+                tls_server_name: server_name.clone().or(host),
+                headers: vec![("clusterid".into(), cluster_id.clone())],
+            })
+        };
+        let trust_domain = var("TRUST_DOMAIN")
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| "cluster.local".into());
+        let account = var("SERVICE_ACCOUNT")
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| "default".into());
+        let ttl = match var("SECRET_TTL").filter(|v| !v.is_empty()) {
+            None => Duration::from_secs(24 * 3600),
+            Some(t) => go_duration(&t).ok_or_else(|| {
+                cx.err(
+                    "SECRET_TTL",
+                    format!("{t:?} is not a duration like \"24h\""),
+                )
+            })?,
+        };
+        let mut certificate_providers = BTreeMap::new();
+        certificate_providers.insert(
+            crate::certs::DEFAULT_INSTANCE.to_string(),
+            CertificateProvider {
+                plugin_name: crate::certs::istio_ca::PLUGIN_NAME.into(),
+                file_watcher: None,
+                istio_ca: Some(crate::certs::istio_ca::IstioCaConfig {
+                    server: server(&ca_address, "CA_ADDR")?,
+                    spiffe_id: format!("spiffe://{trust_domain}/ns/{ns}/sa/{account}"),
+                    ttl,
+                }),
+                config: Value::Object(Map::new()),
+            },
+        );
+        Ok(Bootstrap {
+            xds_servers: vec![server(&xds_address, "address")?],
             node: Node {
                 id: format!(
                     "sidecar~{first_ip}~{pod}.{ns}~{ns}.svc.{}",
@@ -755,7 +835,7 @@ impl IstiodBootstrap {
                 metadata,
                 locality: None,
             },
-            certificate_providers: BTreeMap::new(),
+            certificate_providers,
             server_listener_resource_name_template: Some("xds.istio.io/grpc/lds/inbound/%s".into()),
             client_default_listener_resource_name_template: "%s".into(),
             source_name: "istiod builder".into(),

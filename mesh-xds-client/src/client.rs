@@ -12,18 +12,18 @@ use envoy_types::pb::envoy::config::core::v3::{
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 use envoy_types::pb::google::protobuf::{ListValue, Struct, Value as PbValue, value::Kind};
-use hyper_util::rt::TokioIo;
 use mesh_core::{Certificates, MeshSnapshot};
 use rand::Rng;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
-use crate::bootstrap::{Bootstrap, CallCredentials, ChannelCredentials, ServerAddress, XdsServer};
+use crate::bootstrap::{Bootstrap, XdsServer};
 use crate::cache::DiskCache;
 use crate::certs::CertificatePublisher;
 use crate::certs::file_watcher::FileWatcher;
+use crate::certs::istio_ca::IstioCaProvider;
+use crate::channel::{call_metadata, connect};
 use crate::decode::ResourceType;
 use crate::state::{AdsState, Output, Protocol, Request, ResourceStatus};
 
@@ -114,6 +114,7 @@ pub struct XdsClientBuilder {
     cache_max_age: Option<Duration>,
     max_message_size: usize,
     open_timeout: Duration,
+    ca_retry: Backoff,
 }
 
 impl XdsClientBuilder {
@@ -130,6 +131,10 @@ impl XdsClientBuilder {
             cache_max_age: None,
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             open_timeout: Duration::from_secs(10),
+            ca_retry: Backoff {
+                initial: Duration::from_secs(1),
+                max: Duration::from_secs(60),
+            },
         }
     }
 
@@ -179,6 +184,12 @@ impl XdsClientBuilder {
         self
     }
 
+    /// Delays between failed requests to Istio's CA (default 1 s doubling to 60 s).
+    pub fn ca_retry(mut self, retry: Backoff) -> Self {
+        self.ca_retry = retry;
+        self
+    }
+
     /// Reconnect backoff (default 1 s doubling to 30 s).
     pub fn backoff(mut self, backoff: Backoff) -> Self {
         self.backoff = backoff;
@@ -212,6 +223,7 @@ impl XdsClientBuilder {
             DiskCache::new(dir, &cache_key(&self.bootstrap, &listeners))
                 .with_max_age(self.cache_max_age)
         });
+        let certificates = CertificatePublisher::new();
         let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(MeshSnapshot::new()));
         let (health_tx, health_rx) = watch::channel(Health::default());
         let (command_tx, command_rx) = mpsc::unbounded_channel();
@@ -228,6 +240,7 @@ impl XdsClientBuilder {
             cache_write: None,
             max_message_size: self.max_message_size,
             open_timeout: self.open_timeout,
+            certificates: certificates.subscribe(),
         };
         if let Some(cache) = worker.cache.clone() {
             match cache.load() {
@@ -240,7 +253,6 @@ impl XdsClientBuilder {
                 Err(e) => tracing::warn!("ignoring the xDS cache: {e}"),
             }
         }
-        let certificates = CertificatePublisher::new();
         let mut cert_tasks = Vec::new();
         for (name, p) in &self.bootstrap.certificate_providers {
             if let Some(fw) = &p.file_watcher {
@@ -249,6 +261,11 @@ impl XdsClientBuilder {
                 let mut watcher = FileWatcher::new(name, fw.clone(), certificates.clone());
                 watcher.poll();
                 cert_tasks.push(tokio::spawn(watcher.run()).abort_handle());
+            }
+            if let Some(ca) = &p.istio_ca {
+                let provider = IstioCaProvider::new(name, ca.clone(), certificates.clone())
+                    .retry(self.ca_retry);
+                cert_tasks.push(tokio::spawn(provider.run()).abort_handle());
             }
         }
         let health_tx = worker.health_tx.clone();
@@ -503,6 +520,8 @@ struct Worker {
     /// The last cache write started (none yet: the next complete configuration is written
     /// at once), which shutdown waits for.
     cache_write: Option<tokio::task::JoinHandle<()>>,
+    /// The workload certificates, for mTLS to the server once there is one.
+    certificates: watch::Receiver<Arc<Certificates>>,
 }
 
 enum Sink {
@@ -722,7 +741,16 @@ impl Worker {
 
     async fn stream_once(&mut self) -> StreamEnd {
         let server = self.server.clone();
-        let channel = match self.opening(connect(&server), None, "connecting to").await {
+        let identity = self
+            .certificates
+            .borrow()
+            .provider(crate::certs::DEFAULT_INSTANCE)
+            .and_then(|p| p.identity.clone())
+            .filter(|id| id.is_valid_at(std::time::SystemTime::now()));
+        let channel = match self
+            .opening(connect(&server, identity.as_deref()), None, "connecting to")
+            .await
+        {
             Ok(Ok(c)) => c,
             Ok(Err(e)) => return StreamEnd::Failed(e),
             Err(end) => return end,
@@ -828,158 +856,12 @@ impl Worker {
     }
 }
 
-/// Metadata for the stream: bearer tokens (re-read on every connect) and bootstrap headers.
-fn call_metadata(server: &XdsServer) -> Result<tonic::metadata::MetadataMap, String> {
-    // Checked when the bootstrap is parsed too; this holds for servers built by hand.
-    if server.sends_token_in_clear() {
-        return Err(format!(
-            "refusing to send a bearer token to {} over an insecure channel",
-            server.address
-        ));
-    }
-    let mut md = tonic::metadata::MetadataMap::new();
-    for c in &server.call_credentials {
-        match c {
-            CallCredentials::JwtTokenFile(path) => {
-                let token = std::fs::read_to_string(path)
-                    .map_err(|e| format!("cannot read the token file {}: {e}", path.display()))?;
-                let mut value: tonic::metadata::MetadataValue<_> =
-                    format!("Bearer {}", token.trim()).parse().map_err(|_| {
-                        format!(
-                            "the token in {} is not a valid header value",
-                            path.display()
-                        )
-                    })?;
-                // Kept out of HPACK's dynamic table and of debug output.
-                value.set_sensitive(true);
-                md.insert("authorization", value);
-            }
-        }
-    }
-    for (k, v) in &server.headers {
-        if let (Ok(k), Ok(v)) = (
-            k.parse::<tonic::metadata::MetadataKey<tonic::metadata::Ascii>>(),
-            v.parse(),
-        ) {
-            md.insert(k, v);
-        }
-    }
-    Ok(md)
-}
-
-async fn connect(server: &XdsServer) -> Result<Channel, String> {
-    let fail = |e: &dyn std::fmt::Display| format!("cannot connect to {}: {e}", server.address);
-    match &server.address {
-        ServerAddress::Unix(path) => {
-            let path = path.clone();
-            Endpoint::from_static("http://localhost")
-                .connect_with_connector(tower::service_fn(move |_: http::Uri| {
-                    let path = path.clone();
-                    async move {
-                        Ok::<_, std::io::Error>(TokioIo::new(
-                            tokio::net::UnixStream::connect(path).await?,
-                        ))
-                    }
-                }))
-                .await
-                .map_err(|e| fail(&source_chain(&e)))
-        }
-        ServerAddress::Tcp { host, port } => {
-            let authority = if host.contains(':') {
-                format!("[{host}]:{port}")
-            } else {
-                format!("{host}:{port}")
-            };
-            let tls = match &server.channel_credentials {
-                ChannelCredentials::Insecure => None,
-                ChannelCredentials::Tls {
-                    ca_certificate_file,
-                    certificate_file,
-                    private_key_file,
-                    ..
-                } => {
-                    let mut cfg = ClientTlsConfig::new().domain_name(
-                        server
-                            .tls_server_name
-                            .clone()
-                            .unwrap_or_else(|| host.clone()),
-                    );
-                    cfg = match ca_certificate_file {
-                        Some(ca) => {
-                            let pem = std::fs::read(ca).map_err(|e| {
-                                format!("cannot read the CA file {}: {e}", ca.display())
-                            })?;
-                            cfg.ca_certificate(Certificate::from_pem(pem))
-                        }
-                        None => cfg.with_native_roots(),
-                    };
-                    if let (Some(c), Some(k)) = (certificate_file, private_key_file) {
-                        let cert = std::fs::read(c)
-                            .map_err(|e| format!("cannot read {}: {e}", c.display()))?;
-                        let key = std::fs::read(k)
-                            .map_err(|e| format!("cannot read {}: {e}", k.display()))?;
-                        cfg = cfg.identity(Identity::from_pem(cert, key));
-                    }
-                    Some(cfg)
-                }
-            };
-            let scheme = if tls.is_some() { "https" } else { "http" };
-            let mut ep = Endpoint::from_shared(format!("{scheme}://{authority}"))
-                .map_err(|e| fail(&e))?
-                .connect_timeout(Duration::from_secs(5))
-                .tcp_nodelay(true)
-                .http2_keep_alive_interval(Duration::from_secs(30));
-            if let Some(tls) = tls {
-                ep = ep.tls_config(tls).map_err(|e| fail(&source_chain(&e)))?;
-            }
-            ep.connect().await.map_err(|e| fail(&source_chain(&e)))
-        }
-    }
-}
-
-/// An error with its `source()` chain, for messages users can act on.
-fn source_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     /// Subscribing to this listener panics the worker (a stand-in for any bug in it).
     pub(super) const PANIC_LISTENER: &str = "mesh-test-panic:1";
-
-    #[test]
-    fn bearer_tokens_are_sensitive_and_never_sent_in_the_clear_off_the_machine() {
-        let dir = tempfile::tempdir().unwrap();
-        let token = dir.path().join("token");
-        std::fs::write(&token, "secret-token\n").unwrap();
-        let mut server = XdsServer {
-            server_uri: "127.0.0.1:15010".into(),
-            address: ServerAddress::parse("127.0.0.1:15010").unwrap(),
-            channel_credentials: ChannelCredentials::Insecure,
-            call_credentials: vec![CallCredentials::JwtTokenFile(token)],
-            server_features: vec![],
-            tls_server_name: None,
-            headers: vec![],
-        };
-        let md = call_metadata(&server).unwrap();
-        let auth = md.get("authorization").unwrap();
-        assert!(auth.is_sensitive());
-        assert_eq!(format!("{auth:?}"), "Sensitive");
-        server.address = ServerAddress::parse("10.0.0.7:15010").unwrap();
-        assert_eq!(
-            call_metadata(&server).unwrap_err(),
-            "refusing to send a bearer token to 10.0.0.7:15010 over an insecure channel"
-        );
-    }
 
     #[tokio::test]
     async fn a_worker_that_dies_says_so_and_ready_does_not_pretend() {

@@ -10,6 +10,7 @@
 pub mod bootstrap;
 pub mod cache;
 pub mod certs;
+mod channel;
 pub mod client;
 pub mod decode;
 pub mod state;

@@ -262,10 +262,73 @@ fn istiod_direct_builder_fills_node_like_istio_agent() {
     assert!(
         matches!(&s.channel_credentials, ChannelCredentials::Tls { ca_certificate_file: Some(p), .. } if p == Path::new("/var/run/secrets/istio/root-cert.pem"))
     );
+    // The workload certificate comes from istiod's CA, on the same server.
+    let ca = b.certificate_providers["default"]
+        .istio_ca
+        .as_ref()
+        .unwrap();
+    assert_eq!(ca.spiffe_id, "spiffe://cluster.local/ns/shop/sa/ui");
+    assert_eq!(ca.ttl, Duration::from_secs(86_400));
+    assert_eq!(&ca.server, s);
     let e = IstiodBootstrap::default().build_from(|_| None).unwrap_err();
     assert_eq!(
         e.to_string(),
         "xDS bootstrap istiod builder: POD_NAME: environment variable is not set"
+    );
+}
+
+#[test]
+fn istiod_direct_builder_takes_revision_overrides_from_the_environment() {
+    let env = |k: &str| {
+        Some(
+            match k {
+                "POD_NAME" => "ui-v1-abc",
+                "POD_NAMESPACE" => "shop",
+                "INSTANCE_IP" => "10.1.2.3",
+                "PROXY_CONFIG" => r#"{"discoveryAddress":"istiod-canary.istio-system.svc:15012"}"#,
+                "CA_ADDR" => "ca.istio-system.svc:15012",
+                "ISTIOD_SAN" => "istiod.istio-system.svc",
+                "TRUST_DOMAIN" => "example.org",
+                "SECRET_TTL" => "12h30m",
+                _ => return None,
+            }
+            .to_string(),
+        )
+    };
+    let b = IstiodBootstrap::default().build_from(env).unwrap();
+    let s = b.server();
+    assert_eq!(
+        s.address.to_string(),
+        "istiod-canary.istio-system.svc:15012"
+    );
+    assert_eq!(
+        s.tls_server_name.as_deref(),
+        Some("istiod.istio-system.svc")
+    );
+    let ca = b.certificate_providers["default"]
+        .istio_ca
+        .as_ref()
+        .unwrap();
+    assert_eq!(ca.server.address.to_string(), "ca.istio-system.svc:15012");
+    assert_eq!(
+        ca.server.tls_server_name.as_deref(),
+        Some("istiod.istio-system.svc")
+    );
+    assert_eq!(ca.spiffe_id, "spiffe://example.org/ns/shop/sa/default");
+    assert_eq!(ca.ttl, Duration::from_secs(12 * 3600 + 30 * 60));
+    let bad = |k: &str| {
+        if k == "SECRET_TTL" {
+            Some("a day".into())
+        } else {
+            env(k)
+        }
+    };
+    assert_eq!(
+        IstiodBootstrap::default()
+            .build_from(bad)
+            .unwrap_err()
+            .to_string(),
+        "xDS bootstrap istiod builder: SECRET_TTL: \"a day\" is not a duration like \"24h\""
     );
 }
 

@@ -16,6 +16,10 @@ use tokio::sync::watch;
 
 use crate::bootstrap::Bootstrap;
 
+/// The instance istio-agent's bootstrap defines and istiod's TLS contexts name; its identity
+/// also authenticates this client to istiod (mTLS) when the channel is TLS.
+pub const DEFAULT_INSTANCE: &str = "default";
+
 /// Why a PEM certificate, key or bundle was not used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PemError {
@@ -156,7 +160,7 @@ pub fn served_instances(bootstrap: &Bootstrap) -> BTreeSet<String> {
     bootstrap
         .certificate_providers
         .iter()
-        .filter(|(_, p)| p.file_watcher.is_some() || p.plugin_name == istio_ca::PLUGIN_NAME)
+        .filter(|(_, p)| p.file_watcher.is_some() || p.istio_ca.is_some())
         .map(|(name, _)| name.clone())
         .collect()
 }

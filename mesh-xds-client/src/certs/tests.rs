@@ -1,6 +1,8 @@
 use std::path::Path;
 use std::time::Duration;
 
+use rand::SeedableRng;
+
 use super::file_watcher::FileWatcher;
 use super::*;
 use crate::bootstrap::FileWatcherConfig;
@@ -164,5 +166,54 @@ fn pem_errors_name_the_file() {
             .unwrap_err()
             .to_string(),
         "chain.pem: no PEM certificate"
+    );
+}
+
+#[test]
+fn a_ca_answer_needs_the_leaf_and_the_root_and_a_leaf_for_our_key() {
+    use super::istio_ca::{IstioCertificateResponse, issued, renewal_delay};
+    use crate::testing::ca::Validity;
+    let ca = TestCa::new("istio-ca");
+    let key = rcgen::KeyPair::generate().unwrap();
+    let sans = || vec![rcgen::SanType::URI(ID.try_into().unwrap())];
+    let day = Duration::from_secs(86_400);
+    let leaf = ca.leaf_for_key(&key, sans(), Validity::for_ttl(day));
+    let leaf_pem = pem::encode(&pem::Pem::new("CERTIFICATE", leaf.der.clone()));
+    let answer = |chain: Vec<String>| IstioCertificateResponse { cert_chain: chain };
+
+    let (cert, roots) = issued(
+        answer(vec![leaf_pem.clone(), ca.root_pem()]),
+        key.serialize_der(),
+    )
+    .unwrap();
+    assert_eq!(cert.spiffe_id(), Some(ID));
+    assert_eq!((cert.chain().len(), roots.certs().len()), (1, 1));
+    assert_eq!(
+        issued(answer(vec![leaf_pem.clone()]), key.serialize_der()).unwrap_err(),
+        "the answer holds 1 certificate(s); expected the leaf and the root"
+    );
+    let other = rcgen::KeyPair::generate().unwrap();
+    assert!(
+        issued(answer(vec![leaf_pem, ca.root_pem()]), other.serialize_der())
+            .unwrap_err()
+            .starts_with("the private key does not match the certificate with serial ")
+    );
+
+    // Renewal at half the lifetime (an hour of backdating plus a day here), ±1%.
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
+    let lifetime = cert.not_after().duration_since(cert.not_before()).unwrap();
+    let now = cert.not_before();
+    for _ in 0..100 {
+        let d = renewal_delay(&cert, now, &mut rng).as_secs_f64();
+        let half = lifetime.as_secs_f64() / 2.0;
+        assert!(
+            (d - half).abs() <= lifetime.as_secs_f64() * 0.01 + 1.0,
+            "{d} vs {half}"
+        );
+    }
+    // Past the renewal time: at once.
+    assert_eq!(
+        renewal_delay(&cert, cert.not_after(), &mut rng),
+        Duration::ZERO
     );
 }

@@ -43,6 +43,8 @@ pub struct Seen {
     pub has_node: bool,
     pub initial_versions: BTreeMap<String, String>,
     pub authorization: Option<String>,
+    /// The SPIFFE ID of the client certificate the stream's connection presented.
+    pub peer: Option<String>,
 }
 
 #[derive(Clone)]
@@ -90,6 +92,11 @@ impl FakeAds {
     }
 
     /// SotW streams opened so far.
+    /// Ends every open stream with UNAVAILABLE, as a restarting server would.
+    pub fn end_streams(&self) {
+        self.generation.send_modify(|g| *g += 1);
+    }
+
     pub fn streams(&self) -> usize {
         self.streams.load(std::sync::atomic::Ordering::SeqCst)
     }
@@ -253,6 +260,12 @@ impl Drop for Running {
     }
 }
 
+fn peer<T>(req: &tonic::Request<T>) -> Option<String> {
+    let certs = req.peer_certs()?;
+    let info = mesh_core::LeafInfo::parse(certs.first()?).ok()?;
+    info.sans.spiffe_id().map(String::from)
+}
+
 fn auth<T>(req: &tonic::Request<T>) -> Option<String> {
     req.metadata()
         .get("authorization")
@@ -270,6 +283,7 @@ impl AggregatedDiscoveryService for FakeAds {
         req: tonic::Request<Streaming<DiscoveryRequest>>,
     ) -> Result<tonic::Response<Self::StreamAggregatedResourcesStream>, Status> {
         let authorization = auth(&req);
+        let peer = peer(&req);
         let mut inbound = req.into_inner();
         let (tx, rx) = mpsc::channel(64);
         let me = self.clone();
@@ -305,6 +319,7 @@ impl AggregatedDiscoveryService for FakeAds {
                             has_node: r.node.is_some(),
                             initial_versions: BTreeMap::new(),
                             authorization: authorization.clone(),
+                            peer: peer.clone(),
                         });
                         if r.error_detail.is_some() {
                             continue;
@@ -424,6 +439,7 @@ impl AggregatedDiscoveryService for FakeAds {
                             has_node: r.node.is_some(),
                             initial_versions: r.initial_resource_versions.clone().into_iter().collect(),
                             authorization: authorization.clone(),
+                            peer: None,
                         });
                         let s = subs.entry(r.type_url.clone()).or_default();
                         s.extend(r.resource_names_subscribe.iter().cloned());
