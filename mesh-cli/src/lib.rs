@@ -73,12 +73,14 @@ pub struct ConfigDumpArgs {
 pub async fn config_dump(args: ConfigDumpArgs) -> Result<String, String> {
     let (client, snapshot) = connect(&args.xds, &args.targets).await?;
     let status = client.status().await.ok_or("the xDS client stopped")?;
+    let certificates = certificates_json(&client.certificates().borrow());
     Ok(if args.xds.json {
         let mut v = snapshot_json(&snapshot);
         v["xds"] = status_json(&status);
+        v["certificates"] = certificates;
         format!("{}\n", serde_json::to_string_pretty(&v).unwrap_or_default())
     } else {
-        render_text(&snapshot, &status)
+        render_text(&snapshot, &status, &certificates)
     })
 }
 
@@ -170,7 +172,12 @@ pub fn snapshot_json(s: &MeshSnapshot) -> Value {
                     "consecutive_5xx": o.consecutive_5xx, "interval_ms": o.interval.as_millis() as u64,
                     "base_ejection_time_ms": o.base_ejection_time.as_millis() as u64, "max_ejection_percent": o.max_ejection_percent,
                 })),
-                "tls": c.tls().is_some(),
+                "tls": c.tls().map(|t| json!({
+                    "sni": t.sni.as_deref(),
+                    "identity_provider": t.identity_provider.as_deref(),
+                    "root_provider": t.root_provider.as_deref(),
+                    "match_subject_alt_names": t.san_matchers.len(),
+                })),
                 "endpoints": eps.map(|e| e.endpoints().iter().map(|ep| json!({
                     "address": ep.address.to_string(),
                     "weight": ep.weight,
@@ -184,6 +191,42 @@ pub fn snapshot_json(s: &MeshSnapshot) -> Value {
         .collect();
     clusters.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
     json!({"stale": s.is_stale(), "listeners": listeners, "clusters": clusters})
+}
+
+/// RFC 3339, UTC, to the second.
+fn rfc3339(t: std::time::SystemTime) -> String {
+    let format =
+        time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
+    time::OffsetDateTime::from(t)
+        .format(&format)
+        .unwrap_or_default()
+}
+
+/// The workload certificates in use, per certificate-provider instance (never the key).
+pub fn certificates_json(c: &mesh_core::Certificates) -> Value {
+    Value::Object(
+        c.providers()
+            .map(|(name, p)| {
+                let id = p.identity.as_ref().map(|i| {
+                    json!({
+                        "spiffe_id": i.spiffe_id(),
+                        "serial": i.serial(),
+                        "not_before": rfc3339(i.not_before()),
+                        "not_after": rfc3339(i.not_after()),
+                        "chain_length": i.chain().len(),
+                    })
+                });
+                (
+                    name.to_string(),
+                    json!({
+                        "identity": id,
+                        "roots": p.roots.as_ref().map(|r| r.certs().len()),
+                        "last_error": p.last_error,
+                    }),
+                )
+            })
+            .collect(),
+    )
 }
 
 /// The xDS status as JSON.
@@ -210,7 +253,7 @@ pub fn status_json(st: &XdsStatus) -> Value {
     })
 }
 
-fn render_text(s: &MeshSnapshot, st: &XdsStatus) -> String {
+fn render_text(s: &MeshSnapshot, st: &XdsStatus, certificates: &Value) -> String {
     let v = snapshot_json(s);
     let mut out = String::new();
     let _ = writeln!(
@@ -246,9 +289,14 @@ fn render_text(s: &MeshSnapshot, st: &XdsStatus) -> String {
         }
     }
     for c in v["clusters"].as_array().into_iter().flatten() {
+        let tls = match c["tls"]["identity_provider"].as_str() {
+            Some(p) => format!("  mTLS(provider={p})"),
+            None if c["tls"].is_object() => "  TLS".to_string(),
+            None => String::new(),
+        };
         let _ = writeln!(
             out,
-            "  cluster {}  lb={} max_requests={}",
+            "  cluster {}  lb={} max_requests={}{tls}",
             c["name"].as_str().unwrap_or_default(),
             c["lb_policy"].as_str().unwrap_or_default(),
             c["circuit_breakers"]["max_requests"]
@@ -261,6 +309,27 @@ fn render_text(s: &MeshSnapshot, st: &XdsStatus) -> String {
                 e["health"].as_str().unwrap_or_default(),
                 e["weight"]
             );
+        }
+    }
+    if let Some(providers) = certificates.as_object().filter(|p| !p.is_empty()) {
+        let _ = writeln!(out, "certificates:");
+        for (name, p) in providers {
+            let id = &p["identity"];
+            let what = if id.is_object() {
+                format!(
+                    "{} serial {} valid {} to {}",
+                    id["spiffe_id"].as_str().unwrap_or("(no SPIFFE ID)"),
+                    id["serial"].as_str().unwrap_or_default(),
+                    id["not_before"].as_str().unwrap_or_default(),
+                    id["not_after"].as_str().unwrap_or_default()
+                )
+            } else {
+                "no workload certificate".to_string()
+            };
+            let _ = writeln!(out, "  {name}: {what}; roots: {}", p["roots"]);
+            if let Some(e) = p["last_error"].as_str() {
+                let _ = writeln!(out, "    last error: {e}");
+            }
         }
     }
     let _ = writeln!(

@@ -169,3 +169,65 @@ async fn request_reports_statuses_clusters_endpoints_attempts_and_latency() {
         assert!(v["latency_us"][k].is_u64(), "{k}");
     }
 }
+
+#[tokio::test]
+async fn config_dump_shows_the_workload_identity_in_use() {
+    use mesh_xds_client::testing::ca::{TestCa, Validity};
+    let cp = ControlPlane::new(
+        load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/config")).unwrap(),
+    );
+    let addr = cp.spawn("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("mesh-test-ca");
+    let id = "spiffe://cluster.local/ns/default/sa/cli";
+    let leaf = ca.leaf(
+        vec![rcgen::SanType::URI(id.try_into().unwrap())],
+        Validity {
+            not_before: std::time::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
+            not_after: std::time::UNIX_EPOCH + Duration::from_secs(1_800_086_400),
+        },
+    );
+    for (f, body) in [
+        ("cert-chain.pem", &leaf.chain_pem),
+        ("key.pem", &leaf.key_pem),
+        ("root-cert.pem", &ca.root_pem()),
+    ] {
+        std::fs::write(dir.path().join(f), body).unwrap();
+    }
+    let f = |n: &str| dir.path().join(n).display().to_string();
+    let path = dir.path().join("bootstrap.json");
+    std::fs::write(
+        &path,
+        format!(
+            r#"{{"xds_servers": [{{"server_uri": "{addr}", "channel_creds": [{{"type": "insecure"}}], "server_features": ["xds_v3"]}}],
+                "node": {{"id": "sidecar~127.0.0.1~cli.default~default.svc.cluster.local", "metadata": {{"GENERATOR": "grpc", "NAMESPACE": "default"}}}},
+                "certificate_providers": {{"default": {{"plugin_name": "file_watcher", "config": {{"certificate_file": "{}", "private_key_file": "{}", "ca_certificate_file": "{}", "refresh_interval": "900s"}}}}}}}}"#,
+            f("cert-chain.pem"),
+            f("key.pem"),
+            f("root-cert.pem")
+        ),
+    )
+    .unwrap();
+    let serial = mesh_core::LeafInfo::parse(&leaf.der).unwrap().serial;
+    let out = config_dump(args(path.clone(), Duration::from_secs(10)))
+        .await
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let d = &v["certificates"]["default"];
+    assert_eq!(d["identity"]["spiffe_id"], id);
+    assert_eq!(d["identity"]["serial"], serial.as_str());
+    assert_eq!(d["identity"]["not_before"], "2027-01-15T08:00:00Z");
+    assert_eq!(d["identity"]["not_after"], "2027-01-16T08:00:00Z");
+    assert_eq!(d["roots"], 1);
+    assert!(!out.contains("PRIVATE KEY"));
+
+    let mut text = args(path, Duration::from_secs(10));
+    text.xds.json = false;
+    let out = config_dump(text).await.unwrap();
+    assert!(
+        out.contains(&format!(
+            "certificates:\n  default: {id} serial {serial} valid 2027-01-15T08:00:00Z to 2027-01-16T08:00:00Z; roots: 1\n"
+        )),
+        "{out}"
+    );
+}
