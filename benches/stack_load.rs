@@ -12,9 +12,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -26,6 +24,10 @@ use mesh::tower::{MeshConfig, MeshService};
 use mesh::xds::{Bootstrap, XdsClientBuilder};
 use mesh_control_plane::{ControlPlane, IstioConfig, translate};
 use tower::ServiceExt;
+
+#[path = "load/mod.rs"]
+mod load;
+use load::{drive, free_port, median, rss_mib};
 
 const HOST: &str = "ui.default.svc.cluster.local";
 
@@ -46,45 +48,6 @@ async fn backend() -> SocketAddr {
         }
     });
     addr
-}
-
-/// Process CPU time (user + system) from /proc/self/stat.
-fn cpu_time() -> Duration {
-    cpu_time_of("self")
-}
-
-/// CPU time (user + system) of a process, from /proc/PID/stat.
-fn cpu_time_of(pid: &str) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    let ticks: u64 = fields.get(11).and_then(|u| u.parse().ok()).unwrap_or(0)
-        + fields.get(12).and_then(|s| s.parse().ok()).unwrap_or(0);
-    // USER_HZ is 100 on Linux.
-    Duration::from_millis(ticks * 10)
-}
-
-struct Run {
-    rps: f64,
-    cpu_us: f64,
-    p50_us: u64,
-    p99_us: u64,
-    /// CPU of the Envoy processes in the path, per request.
-    envoy_cpu_us: f64,
-}
-
-/// Resident memory of a process in MiB, from /proc/PID/status.
-fn rss_mib(pid: &str) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
 }
 
 /// An Envoy with one listener on `port` routing everything (retries on 5xx) to `upstream`.
@@ -139,59 +102,6 @@ fn envoy(bin: &str, port: u16, upstream: SocketAddr, dir: &std::path::Path) -> s
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("start envoy")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn drive<F, Fut>(requests: usize, concurrency: usize, envoys: &[u32], send: F) -> Run
-where
-    F: Fn() -> Fut + Clone + Send + 'static,
-    Fut: std::future::Future<Output = bool> + Send,
-{
-    let next = Arc::new(AtomicUsize::new(0));
-    let envoy_cpu = || {
-        envoys
-            .iter()
-            .map(|p| cpu_time_of(&p.to_string()))
-            .sum::<Duration>()
-    };
-    let envoy0 = envoy_cpu();
-    let cpu0 = cpu_time();
-    let t0 = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..concurrency {
-        let (send, next) = (send.clone(), next.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::with_capacity(requests / concurrency + 1);
-            while next.fetch_add(1, Ordering::Relaxed) < requests {
-                let s = Instant::now();
-                assert!(send().await, "request failed");
-                lat.push(s.elapsed().as_micros() as u64);
-            }
-            lat
-        }));
-    }
-    let mut lat = Vec::new();
-    for t in tasks {
-        lat.extend(t.await.unwrap());
-    }
-    let wall = t0.elapsed();
-    let cpu = cpu_time() - cpu0;
-    let envoy = envoy_cpu() - envoy0;
-    lat.sort_unstable();
-    Run {
-        rps: requests as f64 / wall.as_secs_f64(),
-        cpu_us: cpu.as_secs_f64() * 1e6 / requests as f64,
-        p50_us: lat[lat.len() / 2],
-        p99_us: lat[lat.len() * 99 / 100],
-        envoy_cpu_us: envoy.as_secs_f64() * 1e6 / requests as f64,
-    }
 }
 
 fn main() {
@@ -294,10 +204,7 @@ apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: ui}}
         }
         added.sort_by(f64::total_cmp);
         ratios.sort_by(f64::total_cmp);
-        let med = |runs: &mut Vec<Run>| {
-            runs.sort_by(|a, b| a.rps.total_cmp(&b.rps));
-            runs.remove(runs.len() / 2)
-        };
+        let med = median;
         let (b, m) = (med(&mut bare_runs), med(&mut mesh_runs));
         println!("stack load: {requests} requests × {rounds} paired rounds (median shown), concurrency {concurrency}, loopback, {threads} worker threads; client and backend in one process");
         println!("| path | req/s | CPU µs/request (client + backend) | p50 µs | p99 µs |");

@@ -1,0 +1,391 @@
+//! What mTLS costs per request on reused connections: the mesh stack to a plaintext backend
+//! against the same stack to an mTLS backend (rustls, client certificate required, SPIFFE SAN
+//! checked), same run, paired rounds, loopback. Client and backends share the process, so the
+//! added CPU holds both ends of each connection's TLS (each side encrypts one message and
+//! decrypts one per request); the handshakes are counted, to show they happen once per
+//! connection.
+//!
+//! `cargo bench --bench mtls_load [-- REQUESTS CONCURRENCY]`. With `MESH_ENVOY=/path/to/envoy`
+//! (`benches/sidecar.sh --mtls`) it also runs an Envoy pair (hyper → Envoy → Envoy → backend)
+//! plaintext and with Istio-style mTLS between the Envoys, for the same comparison.
+//! `STACK_LOAD_ONLY=plain|mtls` runs one path once (for `benches/instructions.sh`).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use mesh::tower::{MeshConfig, MeshService};
+use mesh::xds::testing::ca::TestCa;
+use mesh::xds::{Bootstrap, XdsClientBuilder};
+use mesh_control_plane::{ControlPlane, IstioConfig, translate};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tower::ServiceExt;
+
+#[path = "load/mod.rs"]
+mod load;
+use load::{drive, free_port, median};
+
+const PLAIN: &str = "plain.default.svc.cluster.local";
+const SECURE: &str = "secure.default.svc.cluster.local";
+const CLIENT_ID: &str = "spiffe://cluster.local/ns/default/sa/bench";
+const SERVER_ID: &str = "spiffe://cluster.local/ns/default/sa/secure";
+
+fn serve(stream: impl hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static) {
+    tokio::spawn(async move {
+        let svc = hyper::service::service_fn(|_req: Request<Incoming>| async {
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+        });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(stream, svc)
+            .await;
+    });
+}
+
+async fn plain_backend() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let _ = stream.set_nodelay(true);
+            serve(TokioIo::new(stream));
+        }
+    });
+    addr
+}
+
+fn certs(pem: &str) -> Vec<CertificateDer<'static>> {
+    CertificateDer::pem_slice_iter(pem.as_bytes())
+        .map(|c| c.unwrap())
+        .collect()
+}
+
+/// An mTLS backend (client certificate from `ca` required); counts its handshakes.
+async fn mtls_backend(ca: &TestCa) -> (SocketAddr, Arc<AtomicU64>) {
+    let provider = mesh::tower::tls::crypto_provider();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add_parsable_certificates(certs(&ca.root_pem()));
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .unwrap();
+    let leaf = ca.workload(SERVER_ID);
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(
+            certs(&leaf.chain_pem),
+            PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap(),
+        )
+        .unwrap();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let handshakes = Arc::new(AtomicU64::new(0));
+    let h = handshakes.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let _ = stream.set_nodelay(true);
+            let (acceptor, h) = (acceptor.clone(), h.clone());
+            tokio::spawn(async move {
+                if let Ok(tls) = acceptor.accept(stream).await {
+                    h.fetch_add(1, Ordering::Relaxed);
+                    serve(TokioIo::new(tls));
+                }
+            });
+        }
+    });
+    (addr, handshakes)
+}
+
+fn yaml(plain: SocketAddr, secure: SocketAddr) -> String {
+    let service = |host: &str, addr: SocketAddr, sa: &str, tls: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {sa}}}\nspec:\n  hosts: [{host}]\n  ports: [{{number: 9080, name: http}}]\n  endpoints:\n  - address: 127.0.0.1\n    ports: {{http: {}}}\n    serviceAccount: {sa}\n---\n\
+apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: {sa}}}\nspec:\n  host: {host}\n  trafficPolicy:\n    tls: {{mode: {tls}}}\n---\n",
+            addr.port()
+        )
+    };
+    service(PLAIN, plain, "plain", "DISABLE") + &service(SECURE, secure, "secure", "ISTIO_MUTUAL")
+}
+
+/// An Envoy on `port` forwarding to `upstream`; with `Some(false)` its upstream is mTLS (a
+/// client sidecar), with `Some(true)` its listener is (a server sidecar's inbound).
+fn envoy(
+    bin: &str,
+    port: u16,
+    upstream: SocketAddr,
+    dir: &std::path::Path,
+    tls: Option<bool>,
+) -> std::process::Child {
+    // A TLS transport socket, its keys indented by `pad` spaces.
+    let ctx = |kind: &str, pad: usize| {
+        let d = dir.display();
+        let mut lines = vec![
+            "transport_socket:".to_string(),
+            "  name: envoy.transport_sockets.tls".to_string(),
+            "  typed_config:".to_string(),
+            format!(
+                "    \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.{kind}"
+            ),
+        ];
+        if kind == "DownstreamTlsContext" {
+            lines.push("    require_client_certificate: true".into());
+        }
+        lines.extend([
+            "    common_tls_context:".to_string(),
+            format!("      tls_certificates: [{{certificate_chain: {{filename: {d}/chain.pem}}, private_key: {{filename: {d}/key.pem}}}}]"),
+            format!("      validation_context: {{trusted_ca: {{filename: {d}/root.pem}}}}"),
+            "      alpn_protocols: [\"http/1.1\"]".to_string(),
+        ]);
+        let pad = " ".repeat(pad);
+        lines
+            .iter()
+            .map(|l| format!("{pad}{l}\n"))
+            .collect::<String>()
+    };
+    let (listener_tls, cluster_tls) = match tls {
+        Some(true) => (ctx("DownstreamTlsContext", 6), String::new()),
+        Some(false) => (String::new(), ctx("UpstreamTlsContext", 4)),
+        None => (String::new(), String::new()),
+    };
+    let config = format!(
+        r#"static_resources:
+  listeners:
+  - name: in
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: in
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{prefix: "/"}}
+                route: {{cluster: up}}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
+{listener_tls}  clusters:
+  - name: up
+    type: STATIC
+{cluster_tls}    load_assignment:
+      cluster_name: up
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{address: {{socket_address: {{address: {}, port_value: {}}}}}}}
+"#,
+        upstream.ip(),
+        upstream.port()
+    );
+    let path = dir.join(format!("envoy-{port}.yaml"));
+    std::fs::write(&path, config).unwrap();
+    std::process::Command::new(bin)
+        .args([
+            "-c",
+            path.to_str().unwrap(),
+            "--concurrency",
+            "1",
+            "--log-level",
+            "error",
+        ])
+        .args(["--base-id", &port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("start envoy")
+}
+
+fn main() {
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let requests = args.first().copied().unwrap_or(100_000);
+    let concurrency = args.get(1).copied().unwrap_or(32);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let ca = TestCa::new("bench-ca");
+        let dir = tempfile::tempdir().unwrap();
+        let client_leaf = ca.workload(CLIENT_ID);
+        for (f, body) in [
+            ("cert-chain.pem", &client_leaf.chain_pem),
+            ("key.pem", &client_leaf.key_pem),
+            ("root-cert.pem", &ca.root_pem()),
+        ] {
+            std::fs::write(dir.path().join(f), body).unwrap();
+        }
+        let plain = plain_backend().await;
+        let (secure, handshakes) = mtls_backend(&ca).await;
+        let mut cfg = IstioConfig::default();
+        cfg.add_text("bench.yaml", &yaml(plain, secure)).unwrap();
+        let cp = ControlPlane::new(translate(&cfg).unwrap());
+        let xds = cp.spawn("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let f = |n: &str| dir.path().join(n).display().to_string();
+        let b = Bootstrap::from_json(
+            &format!(
+                r#"{{"xds_servers": [{{"server_uri": "{xds}", "channel_creds": [{{"type": "insecure"}}]}}], "node": {{"id": "sidecar~127.0.0.1~b.default~default.svc.cluster.local"}},
+                "certificate_providers": {{"default": {{"plugin_name": "file_watcher", "config": {{"certificate_file": "{}", "private_key_file": "{}", "ca_certificate_file": "{}", "refresh_interval": "900s"}}}}}}}}"#,
+                f("cert-chain.pem"),
+                f("key.pem"),
+                f("root-cert.pem")
+            ),
+            "bench",
+        )
+        .unwrap();
+        let client = XdsClientBuilder::new(b)
+            .target(format!("{PLAIN}:9080"))
+            .target(format!("{SECURE}:9080"))
+            .start()
+            .unwrap();
+        client.ready().await.expect("configuration");
+        let mesh = MeshService::with_certificates(client.snapshots(), client.certificates(), MeshConfig::default());
+        let to = |host: &str| {
+            let mesh = mesh.clone();
+            let uri: http::Uri = format!("http://{host}:9080/productpage").parse().unwrap();
+            move || {
+                let (mesh, uri) = (mesh.clone(), uri.clone());
+                async move {
+                    let req = Request::get(uri).body(Full::new(Bytes::new())).unwrap();
+                    let Ok(r) = mesh.oneshot(req).await;
+                    r.status().is_success() && r.into_body().collect().await.is_ok()
+                }
+            }
+        };
+        let (send_plain, send_mtls) = (to(PLAIN), to(SECURE));
+        if let Ok(only) = std::env::var("STACK_LOAD_ONLY") {
+            let r = match only.as_str() {
+                "plain" => drive(requests, concurrency, &[], send_plain).await,
+                _ => drive(requests, concurrency, &[], send_mtls).await,
+            };
+            println!("{only}: {requests} requests, {:.0} req/s", r.rps);
+            return;
+        }
+        drive(5_000, concurrency, &[], send_plain.clone()).await;
+        drive(5_000, concurrency, &[], send_mtls.clone()).await;
+        let warm_handshakes = handshakes.load(Ordering::Relaxed);
+        let rounds = 7;
+        let (mut plain_runs, mut mtls_runs, mut added) = (Vec::new(), Vec::new(), Vec::new());
+        for round in 0..rounds {
+            let (p, m) = if round % 2 == 0 {
+                let p = drive(requests, concurrency, &[], send_plain.clone()).await;
+                (p, drive(requests, concurrency, &[], send_mtls.clone()).await)
+            } else {
+                let m = drive(requests, concurrency, &[], send_mtls.clone()).await;
+                (drive(requests, concurrency, &[], send_plain.clone()).await, m)
+            };
+            added.push(m.cpu_us - p.cpu_us);
+            plain_runs.push(p);
+            mtls_runs.push(m);
+        }
+        added.sort_by(f64::total_cmp);
+        let (p, m) = (median(&mut plain_runs), median(&mut mtls_runs));
+        let total = handshakes.load(Ordering::Relaxed);
+        println!("mTLS on reused connections: {requests} requests × {rounds} paired rounds (median shown), concurrency {concurrency}, loopback, 2 worker threads; client and backends in one process");
+        println!("| path | req/s | CPU µs/request (client + backend) | p50 µs | p99 µs |");
+        println!("| --- | ---: | ---: | ---: | ---: |");
+        println!("| mesh → plaintext backend | {:.0} | {:.1} | {} | {} |", p.rps, p.cpu_us, p.p50_us, p.p99_us);
+        println!("| mesh → mTLS backend | {:.0} | {:.1} | {} | {} |", m.rps, m.cpu_us, m.p50_us, m.p99_us);
+        println!(
+            "mTLS vs plaintext: added CPU per request across the {rounds} pairs: min {:.2}, median {:.2}, max {:.2} µs (both ends of the connection); throughput {:.1}% of plaintext",
+            added[0],
+            added[added.len() / 2],
+            added[added.len() - 1],
+            100.0 * m.rps / p.rps
+        );
+        println!(
+            "handshakes: {warm_handshakes} during warm-up, {} more over {} mTLS requests",
+            total - warm_handshakes,
+            rounds * requests
+        );
+
+        let Ok(bin) = std::env::var("MESH_ENVOY") else { return };
+        // Envoy pair: hyper → client-side Envoy → server-side Envoy → backend, plaintext and mTLS.
+        let server_leaf = ca.workload(SERVER_ID);
+        let edir = tempfile::tempdir().unwrap();
+        std::fs::write(edir.path().join("root.pem"), ca.root_pem()).unwrap();
+        std::fs::write(edir.path().join("chain.pem"), &server_leaf.chain_pem).unwrap();
+        std::fs::write(edir.path().join("key.pem"), &server_leaf.key_pem).unwrap();
+        let mut children = Vec::new();
+        let mut pair = |tls: bool| {
+            let (outer, inner) = (free_port(), free_port());
+            let server_side = envoy(&bin, inner, plain, edir.path(), tls.then_some(true));
+            let client_side = envoy(&bin, outer, SocketAddr::from(([127, 0, 0, 1], inner)), edir.path(), tls.then_some(false));
+            let pids = [client_side.id(), server_side.id()];
+            children.push(client_side);
+            children.push(server_side);
+            (outer, pids)
+        };
+        let (plain_port, plain_pids) = pair(false);
+        let (mtls_port, mtls_pids) = pair(true);
+        let through = |port: u16| {
+            let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+            connector.set_nodelay(true);
+            let c: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build(connector);
+            let uri: http::Uri = format!("http://127.0.0.1:{port}/productpage").parse().unwrap();
+            move || {
+                let (c, uri) = (c.clone(), uri.clone());
+                async move {
+                    match c.request(Request::get(uri).body(Full::new(Bytes::new())).unwrap()).await {
+                        Ok(r) => r.status().is_success() && r.into_body().collect().await.is_ok(),
+                        Err(_) => false,
+                    }
+                }
+            }
+        };
+        let (via_plain, via_mtls) = (through(plain_port), through(mtls_port));
+        for _ in 0..100 {
+            if via_plain().await && via_mtls().await {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        drive(5_000, concurrency, &plain_pids, via_plain.clone()).await;
+        drive(5_000, concurrency, &mtls_pids, via_mtls.clone()).await;
+        let (mut ep, mut em, mut eadded) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..3 {
+            let a = drive(requests, concurrency, &plain_pids, via_plain.clone()).await;
+            let b = drive(requests, concurrency, &mtls_pids, via_mtls.clone()).await;
+            eadded.push((b.cpu_us + b.envoy_cpu_us) - (a.cpu_us + a.envoy_cpu_us));
+            ep.push(a);
+            em.push(b);
+        }
+        eadded.sort_by(f64::total_cmp);
+        let (a, b) = (median(&mut ep), median(&mut em));
+        println!();
+        println!("Envoy pair (--concurrency 1 each), same run");
+        println!("| path | req/s | client+backend CPU µs/req | Envoy CPU µs/req | p50 µs | p99 µs |");
+        println!("| --- | ---: | ---: | ---: | ---: | ---: |");
+        println!("| hyper → Envoy → Envoy → backend, plaintext | {:.0} | {:.1} | {:.1} | {} | {} |", a.rps, a.cpu_us, a.envoy_cpu_us, a.p50_us, a.p99_us);
+        println!("| hyper → Envoy → Envoy → backend, mTLS between the Envoys | {:.0} | {:.1} | {:.1} | {} | {} |", b.rps, b.cpu_us, b.envoy_cpu_us, b.p50_us, b.p99_us);
+        println!(
+            "mTLS between the Envoys adds {:.2} µs CPU per request (median of 3; both ends), against {:.2} µs for the mesh stack",
+            eadded[1],
+            added[added.len() / 2]
+        );
+        for mut c in children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    });
+}
