@@ -469,8 +469,33 @@ pub struct RequestArgs {
     pub method: String,
     /// Extra headers `name: value`.
     pub headers: Vec<String>,
+    /// What each request carries.
+    pub body: RequestBody,
     /// Connection options.
     pub xds: XdsOptions,
+}
+
+/// The body of `mesh request`'s requests.
+#[derive(Debug, Clone, Default)]
+pub enum RequestBody {
+    /// None.
+    #[default]
+    Empty,
+    /// These bytes.
+    Data(bytes::Bytes),
+    /// A gRPC call with an empty message (`POST`, `content-type: application/grpc`).
+    GrpcEmpty,
+}
+
+impl RequestBody {
+    /// From `--data` and `--grpc`.
+    pub fn from_flags(data: Option<String>, grpc: bool) -> Self {
+        match (data, grpc) {
+            (_, true) => Self::GrpcEmpty,
+            (Some(d), false) => Self::Data(d.into()),
+            (None, false) => Self::Empty,
+        }
+    }
 }
 
 /// Runs `mesh request`: waits for the URL's configuration, sends the requests through the full
@@ -524,21 +549,33 @@ pub async fn request(args: RequestArgs) -> Result<String, String> {
     let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut workers = Vec::new();
     for _ in 0..args.concurrency.max(1) {
-        let (svc, uri, headers, method, next) = (
+        let (svc, uri, headers, method, next, body) = (
             svc.clone(),
             uri.clone(),
             headers.clone(),
             method.clone(),
             next.clone(),
+            args.body.clone(),
         );
         let n = args.requests;
         workers.push(tokio::spawn(async move {
             let mut results = Vec::new();
             while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < n {
-                let mut req = http::Request::new(http_body_util::Full::new(bytes::Bytes::new()));
+                let mut req = http::Request::new(http_body_util::Full::new(match &body {
+                    RequestBody::Empty => bytes::Bytes::new(),
+                    RequestBody::Data(d) => d.clone(),
+                    // A length-prefixed empty message: flag 0, length 0.
+                    RequestBody::GrpcEmpty => bytes::Bytes::from_static(&[0; 5]),
+                }));
                 *req.method_mut() = method.clone();
                 *req.uri_mut() = (*uri).clone();
                 *req.headers_mut() = (*headers).clone();
+                if matches!(body, RequestBody::GrpcEmpty) {
+                    *req.method_mut() = http::Method::POST;
+                    let h = req.headers_mut();
+                    h.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
+                    h.insert(http::header::TE, http::HeaderValue::from_static("trailers"));
+                }
                 let started = tokio::time::Instant::now();
                 let Ok(resp) = svc.clone().oneshot(req).await;
                 let status = resp.status().as_u16();
@@ -549,8 +586,28 @@ pub async fn request(args: RequestArgs) -> Result<String, String> {
                     .and_then(|v| v.to_str().ok())
                     .map(String::from);
                 let info = resp.extensions().get::<mesh_tower::MeshInfo>().cloned();
-                let _ = resp.into_body().collect().await;
-                results.push((status, error, info, started.elapsed()));
+                let grpc_header = resp.headers().get("grpc-status").cloned();
+                let (body, trailers) = match resp.into_body().collect().await {
+                    Ok(c) => {
+                        let t = c.trailers().cloned();
+                        (c.to_bytes(), t)
+                    }
+                    Err(_) => (bytes::Bytes::new(), None),
+                };
+                let grpc_status = trailers
+                    .as_ref()
+                    .and_then(|t| t.get("grpc-status"))
+                    .or(grpc_header.as_ref())
+                    .and_then(|v| v.to_str().ok())
+                    .map(String::from);
+                let shown = match &grpc_status {
+                    Some(s) => format!("grpc-status {s}"),
+                    None => {
+                        let text = String::from_utf8_lossy(&body);
+                        text.trim().chars().take(80).collect()
+                    }
+                };
+                results.push((status, error, info, started.elapsed(), shown));
             }
             results
         }));
@@ -559,9 +616,13 @@ pub async fn request(args: RequestArgs) -> Result<String, String> {
     let mut errors: std::collections::BTreeMap<String, u64> = Default::default();
     let mut clusters: std::collections::BTreeMap<String, u64> = Default::default();
     let mut endpoints: std::collections::BTreeMap<String, u64> = Default::default();
+    let mut bodies: std::collections::BTreeMap<String, u64> = Default::default();
     let (mut attempts, mut latencies) = (0u64, Vec::new());
     for w in workers {
-        for (s, e, info, latency) in w.await.map_err(|e| e.to_string())? {
+        for (s, e, info, latency, shown) in w.await.map_err(|e| e.to_string())? {
+            if e.is_none() {
+                *bodies.entry(shown).or_default() += 1;
+            }
             *status.entry(s.to_string()).or_default() += 1;
             if let Some(e) = e {
                 *errors.entry(e).or_default() += 1;
@@ -591,6 +652,7 @@ pub async fn request(args: RequestArgs) -> Result<String, String> {
         "errors": errors,
         "clusters": clusters,
         "endpoints": endpoints,
+        "bodies": bodies,
         "attempts": attempts,
         "latency_us": {"p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "max": latencies.last().copied().unwrap_or(0)},
     });
@@ -608,6 +670,7 @@ pub async fn request(args: RequestArgs) -> Result<String, String> {
         ("errors", "errors"),
         ("clusters", "clusters"),
         ("endpoints", "endpoints"),
+        ("bodies", "answers (body, or gRPC status)"),
     ] {
         if let Some(m) = summary[k].as_object().filter(|m| !m.is_empty()) {
             let _ = writeln!(out, "{title}:");

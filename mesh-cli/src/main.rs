@@ -75,6 +75,13 @@ enum Command {
         /// A header `name: value`; repeatable.
         #[arg(short = 'H')]
         headers: Vec<String>,
+        /// The request body.
+        #[arg(short = 'd', long = "data", conflicts_with = "grpc")]
+        data: Option<String>,
+        /// A gRPC call with an empty message (`content-type: application/grpc`, HTTP/2): the
+        /// URL's path is the method, e.g. `/demo.Echo/Who`.
+        #[arg(long)]
+        grpc: bool,
         #[command(flatten)]
         xds: XdsArgs,
     },
@@ -108,6 +115,8 @@ async fn main() -> ExitCode {
             concurrency,
             method,
             headers,
+            data,
+            grpc,
             xds,
         } => {
             let args = cli::RequestArgs {
@@ -116,6 +125,7 @@ async fn main() -> ExitCode {
                 concurrency,
                 method,
                 headers,
+                body: cli::RequestBody::from_flags(data, grpc),
                 xds: xds.into(),
             };
             cli::request(args).await

@@ -147,6 +147,7 @@ async fn request_reports_statuses_clusters_endpoints_attempts_and_latency() {
         concurrency: 8,
         method: "GET".into(),
         headers: vec![],
+        body: mesh_cli::RequestBody::Empty,
         xds: xds(
             bootstrap(dir.path(), &addr.to_string()),
             Duration::from_secs(10),
@@ -165,6 +166,8 @@ async fn request_reports_statuses_clusters_endpoints_attempts_and_latency() {
         .unwrap();
     assert!((140..=260).contains(&to_v2), "{v}");
     assert_eq!(v["endpoints"][v2.to_string()].as_u64(), Some(to_v2));
+    assert_eq!(v["bodies"]["v2"].as_u64(), Some(to_v2));
+    assert_eq!(v["bodies"]["v1"].as_u64(), Some(2000 - to_v2));
     for k in ["p50", "p90", "p99", "max"] {
         assert!(v["latency_us"][k].is_u64(), "{k}");
     }
