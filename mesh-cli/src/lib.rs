@@ -573,7 +573,10 @@ pub async fn request(args: RequestArgs) -> Result<String, String> {
                 if matches!(body, RequestBody::GrpcEmpty) {
                     *req.method_mut() = http::Method::POST;
                     let h = req.headers_mut();
-                    h.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
+                    h.insert(
+                        http::header::CONTENT_TYPE,
+                        http::HeaderValue::from_static("application/grpc"),
+                    );
                     h.insert(http::header::TE, http::HeaderValue::from_static("trailers"));
                 }
                 let started = tokio::time::Instant::now();

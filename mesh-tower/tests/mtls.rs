@@ -276,8 +276,11 @@ async fn rotation_under_load_fails_no_request_and_the_new_certificate_is_used() 
     let ca = Arc::new(TestCa::new("mesh-test-ca"));
     // Backends that close every connection after one response: every request handshakes, so
     // every request meets whatever the files hold at that moment.
-    let opts = TlsOptions { close_each: true };
-    let (a, seen_a) = mtls_backend("v1", &ca, &ca.workload(SERVER_ID), opts).await;
+    let opts = TlsOptions {
+        close_each: true,
+        ..Default::default()
+    };
+    let (a, seen_a) = mtls_backend("v1", &ca, &ca.workload(SERVER_ID), opts.clone()).await;
     let (b, seen_b) = mtls_backend("v1", &ca, &ca.workload(SERVER_ID), opts).await;
     let s = Arc::new(setup(ca.clone(), &[a, b], true).await);
     let first = s
@@ -399,4 +402,23 @@ async fn a_cluster_that_turns_to_mtls_stops_using_its_plaintext_connections() {
         1,
         "nothing more was sent in the clear"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_refuses_the_client_certificate_is_reported_with_its_alert() {
+    let ca = Arc::new(TestCa::new("mesh-test-ca"));
+    let other = TestCa::new("other-ca");
+    // The server trusts only the other CA's clients: with TLS 1.3 the client's handshake is
+    // over before the server judges its certificate, so the refusal is an alert on the first
+    // read.
+    let opts = TlsOptions {
+        client_ca_pem: Some(other.root_pem()),
+        ..Default::default()
+    };
+    let (addr, seen) = mtls_backend("v1", &ca, &ca.workload(SERVER_ID), opts).await;
+    let s = setup(ca, &[addr], true).await;
+    let (status, err) = get(&s.mesh.svc, http::Version::HTTP_11).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(err.contains("received fatal alert: UnknownCA"), "{err}");
+    assert_eq!(seen.requests.load(Ordering::Relaxed), 0);
 }

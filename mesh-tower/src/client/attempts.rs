@@ -282,7 +282,7 @@ impl<C: MeshConnector> Attempts<'_, C> {
             Ok(Err(SendError::Request(e))) => {
                 tracing::debug!(error = %e, "upstream request failed");
                 failed(
-                    (LocalReason::Reset, Some(e.to_string())),
+                    (LocalReason::Reset, Some(with_sources(&e))),
                     AttemptFailure::Reset,
                 )
             }
@@ -331,4 +331,20 @@ async fn until<F: Future>(deadline: Option<Instant>, f: F) -> Option<F::Output> 
         Some(d) => tokio::time::timeout_at(d, f).await.ok(),
         None => Some(f.await),
     }
+}
+
+/// An error with its causes: hyper says only "connection error", the cause (a reset, or a TLS
+/// alert such as a server refusing the client certificate) is below it.
+fn with_sources(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !s.ends_with(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        cause = c.source();
+    }
+    s
 }

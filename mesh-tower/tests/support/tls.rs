@@ -33,10 +33,12 @@ pub struct TlsSeen {
 }
 
 /// How an mTLS backend behaves.
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Default)]
 pub struct TlsOptions {
     /// Close every HTTP/1.1 connection after one response (so each request handshakes anew).
     pub close_each: bool,
+    /// Trust client certificates of this CA (PEM) instead of the server's own CA.
+    pub client_ca_pem: Option<String>,
 }
 
 /// An mTLS backend with `leaf` as its certificate, trusting `ca` for client certificates
@@ -50,7 +52,8 @@ pub async fn mtls_backend(
 ) -> (SocketAddr, Arc<TlsSeen>) {
     let provider = mesh_tower::tls::crypto_provider();
     let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(ca.root_pem().as_bytes()) {
+    let client_ca = opts.client_ca_pem.clone().unwrap_or_else(|| ca.root_pem());
+    for c in CertificateDer::pem_slice_iter(client_ca.as_bytes()) {
         roots.add(c.unwrap()).unwrap();
     }
     let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
@@ -78,7 +81,7 @@ pub async fn mtls_backend(
     let s = seen.clone();
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
-            let (acceptor, s) = (acceptor.clone(), s.clone());
+            let (acceptor, s, close_each) = (acceptor.clone(), s.clone(), opts.close_each);
             tokio::spawn(async move {
                 let Ok(tls) = acceptor.accept(tcp).await else {
                     s.failed_handshakes.fetch_add(1, Ordering::Relaxed);
@@ -110,7 +113,7 @@ pub async fn mtls_backend(
                     }
                 });
                 let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                if opts.close_each {
+                if close_each {
                     b.http1().keep_alive(false);
                 }
                 let _ = b.serve_connection(TokioIo::new(tls), svc).await;
