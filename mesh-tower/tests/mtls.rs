@@ -422,3 +422,36 @@ async fn a_server_that_refuses_the_client_certificate_is_reported_with_its_alert
     assert!(err.contains("received fatal alert: UnknownCA"), "{err}");
     assert_eq!(seen.requests.load(Ordering::Relaxed), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_with_the_wrong_identity_is_ejected_as_a_connect_failure() {
+    let ca = Arc::new(TestCa::new("mesh-test-ca"));
+    let (good, seen_good) =
+        mtls_backend("v1", &ca, &ca.workload(SERVER_ID), TlsOptions::default()).await;
+    let intruder = ca.workload("spiffe://cluster.local/ns/default/sa/intruder");
+    let (bad, seen_bad) = mtls_backend("v1", &ca, &intruder, TlsOptions::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    write_identity(dir.path(), &ca, &ca.workload(CLIENT_ID));
+    let yaml = mtls_yaml(&[bad, good]).replace(
+        "    tls: {mode: ISTIO_MUTUAL}\n",
+        "    tls: {mode: ISTIO_MUTUAL}\n    loadBalancer: {simple: ROUND_ROBIN}\n    outlierDetection: {consecutiveGatewayErrors: 1, interval: 10s, baseEjectionTime: 60s}\n",
+    );
+    let mesh = mesh_with_bootstrap(
+        &yaml,
+        MeshConfig::default(),
+        &certificate_providers(dir.path(), "900s"),
+    )
+    .await;
+    for _ in 0..20 {
+        // The control plane's default retry policy retries the refused connection elsewhere.
+        let (status, body) = get(&mesh.svc, http::Version::HTTP_11).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    assert_eq!(
+        seen_bad.failed_handshakes.load(Ordering::Relaxed),
+        1,
+        "ejected after the first"
+    );
+    assert_eq!(seen_bad.requests.load(Ordering::Relaxed), 0);
+    assert_eq!(seen_good.requests.load(Ordering::Relaxed), 20);
+}

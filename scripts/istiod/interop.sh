@@ -139,6 +139,88 @@ cat > "$offline" <<'BOOT'
 BOOT
 "$mesh" request http://ui.default.svc.cluster.local:9080/ --bootstrap "$offline" --cache-dir "$cache" \
   -n 200 -c 4 --json 2>/dev/null | python3 -c 'import json,sys; d=json.load(sys.stdin); print("  status", d["status"], "clusters", d["clusters"])'
+# mTLS: a test CA plugged into istiod (which then also serves TLS on 15012), workload
+# certificates minted with it and handed to mesh through `file_watcher`, ISTIO_MUTUAL clusters
+# to mTLS backends on 127.0.0.51 (identity sa/secure) and 127.0.0.52 (presenting sa/intruder
+# where sa/secure is expected).
+mt="$(mktemp -d)"
+. "$root/scripts/lib/certs.sh"
+td=spiffe://cluster.local/ns
+mesh_ca "$mt/ca" mesh-interop-ca
+mesh_leaf "$mt/secure" "$td/default/sa/secure" "$mt/ca"
+mesh_leaf "$mt/intruder" "$td/default/sa/intruder" "$mt/ca"
+mesh_leaf "$mt/client" "$td/default/sa/client" "$mt/ca"
+mesh_leaf "$mt/elsewhere" "$td/other/sa/client" "$mt/ca"
+python3 "$root/scripts/lib/mtls_backend.py" 127.0.0.51 18301 "$mt/secure" "$mt/ca/root-cert.pem" secure >/dev/null 2>&1 &
+pids+=($!)
+python3 "$root/scripts/lib/mtls_backend.py" 127.0.0.52 18302 "$mt/intruder" "$mt/ca/root-cert.pem" intruder >/dev/null 2>&1 &
+pids+=($!)
+mkdir "$mt/config"
+cp "$config"/*.yaml "$mt/config/"
+for svc in "secure 127.0.0.51 18301" "secure-wrong 127.0.0.52 18302"; do
+  set -- $svc
+  cat >> "$mt/config/mtls.yaml" <<YAML
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: $1, namespace: default}
+spec:
+  hosts: [$1.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 9080, name: http, protocol: HTTP}]
+  endpoints:
+  - {address: $2, ports: {http: $3}, serviceAccount: secure}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: $1, namespace: default}
+spec:
+  host: $1.default.svc.cluster.local
+  trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}
+---
+YAML
+done
+# bootstrap FILE SERVER_URI CREDS [CERTDIR]: a client in namespace default, with the workload
+# certificate of CERTDIR (if given) as certificate provider `default`.
+bootstrap() {
+  local providers=""
+  if [ -n "${4:-}" ]; then
+    providers=$(printf ', "certificate_providers": {"default": {"plugin_name": "file_watcher", "config": {"certificate_file": "%s/cert-chain.pem", "private_key_file": "%s/key.pem", "ca_certificate_file": "%s/root-cert.pem", "refresh_interval": "900s"}}}' "$4" "$4" "$4")
+  fi
+  cat > "$1" <<BOOT
+{"xds_servers": [{"server_uri": "$2", "channel_creds": [$3], "server_features": ["xds_v3"]}],
+ "node": {"id": "sidecar~127.0.0.2~client.default~default.svc.cluster.local",
+          "metadata": {"GENERATOR": "grpc", "NAMESPACE": "default", "CLUSTER_ID": "Kubernetes"}}$providers}
+BOOT
+}
+tls_creds="{\"type\": \"tls\", \"config\": {\"ca_certificate_file\": \"$mt/ca/root-cert.pem\"}}"
+bootstrap "$mt/plain.json" 127.0.0.1:15010 '{"type": "insecure"}' "$mt/client"
+bootstrap "$mt/secure.json" localhost:15012 "$tls_creds" "$mt/client"
+bootstrap "$mt/elsewhere.json" localhost:15012 "$tls_creds" "$mt/elsewhere"
+bootstrap "$mt/anonymous.json" localhost:15012 "$tls_creds"
+bootstrap "$mt/local.json" 127.0.0.1:15910 '{"type": "insecure"}' "$mt/client"
+answers() { python3 -c 'import json,sys; d=json.load(sys.stdin); print("  status", d["status"], "answers", d["bodies"], "errors", d["errors"])'; }
+mtls() { # $1 label, $2 bootstrap
+  echo "## $1: ISTIO_MUTUAL"
+  "$mesh" config-dump --bootstrap "$2" --target secure.default.svc.cluster.local:9080 --timeout 20 \
+    | grep -E "cluster outbound\|9080\|\|secure|certificates:|  default:|xDS \("
+  echo "- 200 requests to secure (the backend names the caller):"
+  "$mesh" request http://secure.default.svc.cluster.local:9080/ --bootstrap "$2" -n 200 -c 4 --json | answers
+  echo "- 3 requests to secure-wrong (the backend presents sa/intruder):"
+  "$mesh" request http://secure-wrong.default.svc.cluster.local:9080/ --bootstrap "$2" -n 3 --json | answers
+}
+istiod_tls() {
+  mtls "istiod, xDS on 15010" "$mt/plain.json"
+  mtls "istiod, xDS on 15012 over mTLS (the workload certificate authenticates the client)" "$mt/secure.json"
+  echo "## istiod 15012: a workload certificate for another namespace, and none"
+  for b in elsewhere anonymous; do
+    echo "- $b:"
+    "$mesh" config-dump --bootstrap "$mt/$b.json" --target secure.default.svc.cluster.local:9080 --timeout 5 2>&1 | head -1 | sed 's/^/  /'
+  done
+}
+export -f mtls istiod_tls answers
+export mt
+ISTIOD_CA_DIR="$mt/ca" "$root/scripts/istiod/run.sh" "$mt/config" -- bash -c istiod_tls
 # The local control plane, same YAML, same client node; it follows edits of its directory too.
 local_config="$(mktemp -d)/config"
 mkdir -p "$local_config"
@@ -155,3 +237,6 @@ cat > "$MESH_BOOTSTRAP" <<'BOOT'
 BOOT
 for p in sotw delta; do scenario "mesh control-plane" "$p"; done
 ISTIOD_CONFIG="$local_config" live_edits "mesh control-plane"
+cp "$mt/config/mtls.yaml" "$local_config/"
+sleep 1
+mtls "mesh control-plane" "$mt/local.json"

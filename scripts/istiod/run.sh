@@ -6,6 +6,9 @@
 # The command sees ISTIOD_XDS (127.0.0.1:15010, plaintext), MESH_BOOTSTRAP (a gRPC bootstrap
 # for a client in namespace default), ISTIOD_LOG and ISTIOD_CONFIG (the directory istiod watches:
 # edit it to push). Without one, `mesh config-dump` prints what istiod sends.
+# With ISTIOD_CA_DIR (ca-cert.pem, ca-key.pem, root-cert.pem, cert-chain.pem: see
+# scripts/lib/certs.sh) that CA is plugged into ./etc/cacerts and istiod also serves TLS on
+# localhost:15012 (ISTIOD_CUSTOM_HOST=localhost puts `localhost` in its serving certificate).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 config="${1:-$root/examples/config}"; shift || true
@@ -27,13 +30,21 @@ cat > "$work/bootstrap.json" <<'BOOT'
           "metadata": {"GENERATOR": "grpc", "NAMESPACE": "default", "CLUSTER_ID": "Kubernetes"}}}
 BOOT
 cd "$work"
-ENABLE_CA_SERVER=false POD_NAMESPACE=istio-system "$bin" discovery \
+secure=(--secureGRPCAddr=); ca_env=(ENABLE_CA_SERVER=false)
+wait_port=15010
+if [ -n "${ISTIOD_CA_DIR:-}" ]; then
+  mkdir -p "$work/etc/cacerts"
+  cp "$ISTIOD_CA_DIR"/{ca-cert.pem,ca-key.pem,root-cert.pem,cert-chain.pem} "$work/etc/cacerts/"
+  secure=(--secureGRPCAddr=127.0.0.1:15012); ca_env=(ENABLE_CA_SERVER=true ISTIOD_CUSTOM_HOST=localhost)
+  wait_port=15012
+fi
+env "${ca_env[@]}" POD_NAMESPACE=istio-system "$bin" discovery \
   --registries= --configDir="$work/config" --meshConfig="$work/etc/istio/config/mesh" \
-  --domain=cluster.local --grpcAddr=127.0.0.1:15010 --secureGRPCAddr= \
+  --domain=cluster.local --grpcAddr=127.0.0.1:15010 "${secure[@]}" \
   --httpAddr=127.0.0.1:8080 --monitoringAddr=127.0.0.1:15014 > "$work/istiod.log" 2>&1 &
 pid=$!
 for _ in $(seq 1 120); do
-  if (exec 3<>/dev/tcp/127.0.0.1/15010) 2>/dev/null; then break; fi
+  if (exec 3<>/dev/tcp/127.0.0.1/15010) 2>/dev/null && (exec 3<>/dev/tcp/127.0.0.1/$wait_port) 2>/dev/null; then break; fi
   if ! kill -0 "$pid" 2>/dev/null; then echo "istiod exited:" >&2; tail -40 "$work/istiod.log" >&2; exit 1; fi
   sleep 0.5
 done

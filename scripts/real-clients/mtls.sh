@@ -24,23 +24,14 @@ echo "envoy: $("$envoy" --version | grep -o '/[0-9]*\.[0-9]*\.[0-9]*/' | tr -d /
 
 # --- certificates ---------------------------------------------------------------------------
 cd "$work"
-ca() { openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$1.key" -out "$1.pem" \
-  -days 2 -subj "/O=$1/CN=$1" -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null; }
-# leaf NAME SPIFFE_ID CA → NAME/{cert-chain.pem,key.pem,root-cert.pem}, as istio-agent writes them
-leaf() {
-  mkdir -p "$1"
-  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$1/key.pem" -out "$1.csr" -subj "/O=$1" 2>/dev/null
-  printf 'subjectAltName=URI:%s\nextendedKeyUsage=serverAuth,clientAuth\nkeyUsage=critical,digitalSignature,keyEncipherment\nbasicConstraints=CA:FALSE\n' "$2" > "$1.ext"
-  openssl x509 -req -in "$1.csr" -CA "$3.pem" -CAkey "$3.key" -CAcreateserial -out "$1/leaf.pem" -days 1 -extfile "$1.ext" 2>/dev/null
-  cat "$1/leaf.pem" "$3.pem" > "$1/cert-chain.pem"
-  cp mesh-ca.pem "$1/root-cert.pem"
-}
-ca mesh-ca; ca other-ca
+. "$root/scripts/lib/certs.sh"
+mesh_ca mesh-ca mesh-ca; mesh_ca other-ca other-ca
 td=spiffe://cluster.local/ns/default/sa
-leaf ui "$td/ui" mesh-ca
-leaf intruder "$td/intruder" mesh-ca
-leaf client "$td/client" mesh-ca
-leaf foreign "$td/client" other-ca
+mesh_leaf ui "$td/ui" mesh-ca
+mesh_leaf intruder "$td/intruder" mesh-ca
+mesh_leaf client "$td/client" mesh-ca
+mesh_leaf foreign "$td/client" other-ca
+cp mesh-ca/root-cert.pem foreign/root-cert.pem  # it trusts the mesh's servers; they do not trust it
 
 # --- backends and servers -------------------------------------------------------------------
 timeout 300 "$py" "$here/backends.py" http > backends.log 2>&1 & pids+=($!)
@@ -68,7 +59,7 @@ static_resources:
           common_tls_context:
             alpn_protocols: [h2, http/1.1]
             tls_certificates: [{certificate_chain: {filename: $work/$2/cert-chain.pem}, private_key: {filename: $work/$2/key.pem}}]
-            validation_context: {trusted_ca: {filename: $work/mesh-ca.pem}}
+            validation_context: {trusted_ca: {filename: $work/mesh-ca/root-cert.pem}}
       filters:
       - name: envoy.filters.network.http_connection_manager
         typed_config:
