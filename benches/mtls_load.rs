@@ -20,8 +20,7 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use mesh::tower::{MeshConfig, MeshService};
 use mesh::xds::testing::ca::TestCa;
 use mesh::xds::{Bootstrap, XdsClientBuilder};
@@ -339,19 +338,7 @@ fn main() {
         let (plain_port, plain_pids) = pair(false);
         let (mtls_port, mtls_pids) = pair(true);
         let through = |port: u16| {
-            let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
-            connector.set_nodelay(true);
-            let c: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build(connector);
-            let uri: http::Uri = format!("http://127.0.0.1:{port}/productpage").parse().unwrap();
-            move || {
-                let (c, uri) = (c.clone(), uri.clone());
-                async move {
-                    match c.request(Request::get(uri).body(Full::new(Bytes::new())).unwrap()).await {
-                        Ok(r) => r.status().is_success() && r.into_body().collect().await.is_ok(),
-                        Err(_) => false,
-                    }
-                }
-            }
+            load::bare_get(format!("http://127.0.0.1:{port}/productpage").parse().unwrap())
         };
         let (via_plain, via_mtls) = (through(plain_port), through(mtls_port));
         for _ in 0..100 {

@@ -236,19 +236,7 @@ apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: ui}}
         let mut e1 = envoy(&bin, p1, addr, dir.path());
         let mut e2 = envoy(&bin, p2, SocketAddr::from(([127, 0, 0, 1], p1)), dir.path());
         let through = |port: u16| {
-            let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
-            connector.set_nodelay(true);
-            let c: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build(connector);
-            let uri: http::Uri = format!("http://127.0.0.1:{port}/productpage").parse().unwrap();
-            move || {
-                let (c, uri) = (c.clone(), uri.clone());
-                async move {
-                    match c.request(Request::get(uri).body(Full::new(Bytes::new())).unwrap()).await {
-                        Ok(r) => r.status().is_success() && r.into_body().collect().await.is_ok(),
-                        Err(_) => false,
-                    }
-                }
-            }
+            load::bare_get(format!("http://127.0.0.1:{port}/productpage").parse().unwrap())
         };
         let (one_hop, two_hops) = (through(p1), through(p2));
         // Wait for both Envoys to serve.

@@ -103,3 +103,31 @@ pub fn median(runs: &mut Vec<Run>) -> Run {
     runs.sort_by(|a, b| a.rps.total_cmp(&b.rps));
     runs.remove(runs.len() / 2)
 }
+
+/// A request function for the load driver: GET `uri` with a pooled bare hyper client; true when
+/// the answer was a success and its body arrived.
+pub fn bare_get(
+    uri: http::Uri,
+) -> impl Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>
++ Clone
++ Send
++ 'static {
+    use http_body_util::BodyExt;
+    let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    connector.set_nodelay(true);
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build(connector);
+    move || {
+        let (c, uri) = (client.clone(), uri.clone());
+        Box::pin(async move {
+            let req = http::Request::get(uri)
+                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                .unwrap();
+            match c.request(req).await {
+                Ok(r) => r.status().is_success() && r.into_body().collect().await.is_ok(),
+                Err(_) => false,
+            }
+        })
+    }
+}

@@ -186,22 +186,45 @@ impl Drop for Slot {
     }
 }
 
+/// The last I/O error an endpoint's connections met, for the request that fails because of it.
+///
+/// hyper reports a connection that failed under a request as "connection error" or, for a
+/// request not yet written, "operation was canceled"; the cause (a reset, a TLS alert such as a
+/// server refusing the client certificate) is seen here first, when the read or write fails,
+/// before hyper fails any request.
+pub(crate) type LastIoError = Arc<std::sync::Mutex<Option<String>>>;
+
 /// A connection holding its slot.
 pub(crate) struct Limited<T> {
     io: T,
     _slot: Slot,
+    last_error: LastIoError,
 }
 
 impl<T> Limited<T> {
-    /// `io` holding `permit` until it is dropped, then waking `freed`'s waiters.
-    pub(crate) fn new(io: T, permit: BreakerPermit, freed: Arc<Notify>) -> Self {
+    /// `io` holding `permit` until it is dropped, then waking `freed`'s waiters; its I/O
+    /// errors go to `last_error`.
+    pub(crate) fn new(
+        io: T,
+        permit: BreakerPermit,
+        freed: Arc<Notify>,
+        last_error: LastIoError,
+    ) -> Self {
         Self {
             io,
             _slot: Slot {
                 permit: Some(permit),
                 freed,
             },
+            last_error,
         }
+    }
+
+    fn note<R>(&self, p: Poll<std::io::Result<R>>) -> Poll<std::io::Result<R>> {
+        if let Poll::Ready(Err(e)) = &p {
+            *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
+        }
+        p
     }
 }
 
@@ -217,7 +240,9 @@ impl<T: Read + Unpin> Read for Limited<T> {
         cx: &mut Context<'_>,
         buf: ReadBufCursor<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+        let me = self.get_mut();
+        let p = Pin::new(&mut me.io).poll_read(cx, buf);
+        me.note(p)
     }
 }
 
@@ -227,11 +252,15 @@ impl<T: Write + Unpin> Write for Limited<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+        let me = self.get_mut();
+        let p = Pin::new(&mut me.io).poll_write(cx, buf);
+        me.note(p)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+        let me = self.get_mut();
+        let p = Pin::new(&mut me.io).poll_flush(cx);
+        me.note(p)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -247,6 +276,8 @@ impl<T: Write + Unpin> Write for Limited<T> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+        let me = self.get_mut();
+        let p = Pin::new(&mut me.io).poll_write_vectored(cx, bufs);
+        me.note(p)
     }
 }

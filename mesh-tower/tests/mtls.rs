@@ -75,6 +75,34 @@ async fn get(svc: &MeshService, version: http::Version) -> (StatusCode, String) 
     )
 }
 
+/// The serial of the workload certificate the client holds now.
+fn serial_in_use(client: &mesh_xds_client::XdsClient) -> String {
+    let certs = client.certificates().borrow().clone();
+    let id = certs.provider("default").and_then(|p| p.identity.clone());
+    id.expect("a workload certificate").serial().to_string()
+}
+
+/// Waits (up to 10 s) until the client's certificates satisfy `f`.
+async fn certificates_until(
+    client: &mesh_xds_client::XdsClient,
+    f: impl FnMut(&Arc<mesh_core::Certificates>) -> bool,
+) {
+    let mut certs = client.certificates();
+    tokio::time::timeout(Duration::from_secs(10), certs.wait_for(f))
+        .await
+        .expect("certificates in time")
+        .expect("the publisher lives");
+}
+
+/// Whether the `default` instance holds the certificate with `serial`.
+fn holds(serial: &str) -> impl FnMut(&Arc<mesh_core::Certificates>) -> bool + '_ {
+    move |c| {
+        c.provider("default")
+            .and_then(|p| p.identity.as_ref())
+            .is_some_and(|i| i.serial() == serial)
+    }
+}
+
 fn server_leaf(ca: &TestCa, id: &str, validity: Validity) -> mesh_xds_client::testing::ca::Leaf {
     ca.leaf(vec![SanType::URI(id.try_into().unwrap())], validity)
 }
@@ -85,18 +113,7 @@ async fn a_tls_cluster_is_mtls_with_the_workload_identity_over_both_protocols() 
     let (addr, seen) =
         mtls_backend("v1", &ca, &ca.workload(SERVER_ID), TlsOptions::default()).await;
     let s = setup(ca, &[addr], true).await;
-    let serial = s
-        .mesh
-        .client
-        .certificates()
-        .borrow()
-        .provider("default")
-        .unwrap()
-        .identity
-        .as_ref()
-        .unwrap()
-        .serial()
-        .to_string();
+    let serial = serial_in_use(&s.mesh.client);
 
     let (status, body) = get(&s.mesh.svc, http::Version::HTTP_11).await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -213,14 +230,10 @@ async fn without_a_certificate_requests_fail_closed_until_one_arrives() {
 
     // The roots alone: still no identity to present.
     std::fs::write(s.dir.path().join("root-cert.pem"), ca.root_pem()).unwrap();
-    let mut certs = s.mesh.client.certificates();
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        certs.wait_for(|c| c.provider("default").is_some_and(|p| p.roots.is_some())),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    certificates_until(&s.mesh.client, |c| {
+        c.provider("default").is_some_and(|p| p.roots.is_some())
+    })
+    .await;
     let (status, err) = get(&s.mesh.svc, http::Version::HTTP_11).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(
@@ -234,13 +247,10 @@ async fn without_a_certificate_requests_fail_closed_until_one_arrives() {
         &s.ca,
         &server_leaf(&ca, CLIENT_ID, Validity::expired()),
     );
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        certs.wait_for(|c| c.provider("default").is_some_and(|p| p.identity.is_some())),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    certificates_until(&s.mesh.client, |c| {
+        c.provider("default").is_some_and(|p| p.identity.is_some())
+    })
+    .await;
     let (status, err) = get(&s.mesh.svc, http::Version::HTTP_11).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(err.ends_with("is not valid now"), "{err}");
@@ -253,17 +263,7 @@ async fn without_a_certificate_requests_fail_closed_until_one_arrives() {
     let good = ca.workload(CLIENT_ID);
     write_identity(s.dir.path(), &s.ca, &good);
     let serial = mesh_core::LeafInfo::parse(&good.der).unwrap().serial;
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        certs.wait_for(|c| {
-            c.provider("default")
-                .and_then(|p| p.identity.as_ref())
-                .is_some_and(|i| i.serial() == serial)
-        }),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    certificates_until(&s.mesh.client, holds(&serial)).await;
     let (status, body) = get(&s.mesh.svc, http::Version::HTTP_11).await;
     assert_eq!(
         (status, body),
@@ -283,18 +283,7 @@ async fn rotation_under_load_fails_no_request_and_the_new_certificate_is_used() 
     let (a, seen_a) = mtls_backend("v1", &ca, &ca.workload(SERVER_ID), opts.clone()).await;
     let (b, seen_b) = mtls_backend("v1", &ca, &ca.workload(SERVER_ID), opts).await;
     let s = Arc::new(setup(ca.clone(), &[a, b], true).await);
-    let first = s
-        .mesh
-        .client
-        .certificates()
-        .borrow()
-        .provider("default")
-        .unwrap()
-        .identity
-        .as_ref()
-        .unwrap()
-        .serial()
-        .to_string();
+    let first = serial_in_use(&s.mesh.client);
 
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut workers = Vec::new();
@@ -322,18 +311,7 @@ async fn rotation_under_load_fails_no_request_and_the_new_certificate_is_used() 
         write_identity(s.dir.path(), &s.ca, &next);
         last = mesh_core::LeafInfo::parse(&next.der).unwrap().serial;
     }
-    let mut certs = s.mesh.client.certificates();
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        certs.wait_for(|c| {
-            c.provider("default")
-                .and_then(|p| p.identity.as_ref())
-                .is_some_and(|i| i.serial() == last)
-        }),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    certificates_until(&s.mesh.client, holds(&last)).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::Relaxed);
     let (mut serials, mut failures) = (Vec::new(), Vec::new());
@@ -419,6 +397,7 @@ async fn a_server_that_refuses_the_client_certificate_is_reported_with_its_alert
     let s = setup(ca, &[addr], true).await;
     let (status, err) = get(&s.mesh.svc, http::Version::HTTP_11).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    // Either way the request learns of it (written, or not yet), the alert is named.
     assert!(err.contains("received fatal alert: UnknownCA"), "{err}");
     assert_eq!(seen.requests.load(Ordering::Relaxed), 0);
 }

@@ -180,25 +180,12 @@ spec:
 ---
 YAML
 done
-# bootstrap FILE SERVER_URI CREDS [CERTDIR]: a client in namespace default, with the workload
-# certificate of CERTDIR (if given) as certificate provider `default`.
-bootstrap() {
-  local providers=""
-  if [ -n "${4:-}" ]; then
-    providers=$(printf ', "certificate_providers": {"default": {"plugin_name": "file_watcher", "config": {"certificate_file": "%s/cert-chain.pem", "private_key_file": "%s/key.pem", "ca_certificate_file": "%s/root-cert.pem", "refresh_interval": "900s"}}}' "$4" "$4" "$4")
-  fi
-  cat > "$1" <<BOOT
-{"xds_servers": [{"server_uri": "$2", "channel_creds": [$3], "server_features": ["xds_v3"]}],
- "node": {"id": "sidecar~127.0.0.2~client.default~default.svc.cluster.local",
-          "metadata": {"GENERATOR": "grpc", "NAMESPACE": "default", "CLUSTER_ID": "Kubernetes"}}$providers}
-BOOT
-}
 tls_creds="{\"type\": \"tls\", \"config\": {\"ca_certificate_file\": \"$mt/ca/root-cert.pem\"}}"
-bootstrap "$mt/plain.json" 127.0.0.1:15010 '{"type": "insecure"}' "$mt/client"
-bootstrap "$mt/secure.json" localhost:15012 "$tls_creds" "$mt/client"
-bootstrap "$mt/elsewhere.json" localhost:15012 "$tls_creds" "$mt/elsewhere"
-bootstrap "$mt/anonymous.json" localhost:15012 "$tls_creds"
-bootstrap "$mt/local.json" 127.0.0.1:15910 '{"type": "insecure"}' "$mt/client"
+mesh_bootstrap "$mt/plain.json" 127.0.0.1:15010 '{"type": "insecure"}' client "$mt/client"
+mesh_bootstrap "$mt/secure.json" localhost:15012 "$tls_creds" client "$mt/client"
+mesh_bootstrap "$mt/elsewhere.json" localhost:15012 "$tls_creds" client "$mt/elsewhere"
+mesh_bootstrap "$mt/anonymous.json" localhost:15012 "$tls_creds" client
+mesh_bootstrap "$mt/local.json" 127.0.0.1:15910 '{"type": "insecure"}' client "$mt/client"
 answers() { python3 -c 'import json,sys; d=json.load(sys.stdin); print("  status", d["status"], "answers", d["bodies"], "errors", d["errors"])'; }
 mtls() { # $1 label, $2 bootstrap
   echo "## $1: ISTIO_MUTUAL"

@@ -24,3 +24,19 @@ mesh_leaf() {
   cat "$1/leaf.pem" "$3/ca-cert.pem" > "$1/cert-chain.pem"
   cp "$3/root-cert.pem" "$1/root-cert.pem"
 }
+
+#   mesh_bootstrap FILE SERVER_URI CREDS_JSON NODE_NAME [CERTDIR]
+#                              → a gRPC bootstrap for a client in namespace default, with
+#                                CERTDIR's workload certificate as provider `default` (file_watcher)
+mesh_bootstrap() {
+  local providers=""
+  if [ -n "${5:-}" ]; then
+    providers=$(printf ', "certificate_providers": {"default": {"plugin_name": "file_watcher", "config": {"certificate_file": "%s/cert-chain.pem", "private_key_file": "%s/key.pem", "ca_certificate_file": "%s/root-cert.pem", "refresh_interval": "900s"}}}' "$5" "$5" "$5")
+  fi
+  cat > "$1" <<BOOT
+{"xds_servers": [{"server_uri": "$2", "channel_creds": [$3], "server_features": ["xds_v3"]}],
+ "node": {"id": "sidecar~127.0.0.2~$4.default~default.svc.cluster.local",
+          "metadata": {"GENERATOR": "grpc", "NAMESPACE": "default", "CLUSTER_ID": "Kubernetes"}}$providers,
+ "server_listener_resource_name_template": "xds.istio.io/grpc/lds/inbound/%s"}
+BOOT
+}

@@ -128,17 +128,10 @@ mesh="$root/target/debug/mesh"
 timeout 300 "$mesh" control-plane --config config --listen 127.0.0.1:15010 > cp.log 2>&1 & pids+=($!)
 sleep 1
 
-bootstrap() { # bootstrap CERTDIR NODE → bootstrap-CERTDIR.json
-  cat > "bootstrap-$1.json" <<JSON
-{"xds_servers": [{"server_uri": "127.0.0.1:15010", "channel_creds": [{"type": "insecure"}], "server_features": ["xds_v3"]}],
- "node": {"id": "sidecar~127.0.0.1~$2.default~default.svc.cluster.local", "metadata": {"GENERATOR": "grpc", "NAMESPACE": "default"}},
- "certificate_providers": {"default": {"plugin_name": "file_watcher", "config": {
-   "certificate_file": "$work/$1/cert-chain.pem", "private_key_file": "$work/$1/key.pem",
-   "ca_certificate_file": "$work/$1/root-cert.pem", "refresh_interval": "900s"}}},
- "server_listener_resource_name_template": "xds.istio.io/grpc/lds/inbound/%s"}
-JSON
-}
-bootstrap client client; bootstrap foreign foreign; bootstrap ui echo
+for b in "client client" "foreign foreign" "ui echo"; do
+  set -- $b
+  mesh_bootstrap "bootstrap-$1.json" 127.0.0.1:15010 '{"type": "insecure"}' "$2" "$work/$1"
+done
 
 GRPC_XDS_BOOTSTRAP="$work/bootstrap-ui.json" timeout 300 "$py" "$here/grpc_xds_server.py" 18095 > grpc-server.log 2>&1 & pids+=($!)
 for _ in $(seq 50); do curl -s -o /dev/null http://127.0.0.1:19006/ready && curl -s -o /dev/null http://127.0.0.1:19007/ready && break; sleep 0.2; done

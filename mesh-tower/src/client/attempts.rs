@@ -279,12 +279,14 @@ impl<C: MeshConnector> Attempts<'_, C> {
                     AttemptFailure::ConnectFailure,
                 )
             }
-            Ok(Err(SendError::Request(e))) => {
+            Ok(Err(SendError::Request(e, io))) => {
                 tracing::debug!(error = %e, "upstream request failed");
-                failed(
-                    (LocalReason::Reset, Some(with_sources(&e))),
-                    AttemptFailure::Reset,
-                )
+                let mut detail = with_sources(&e);
+                if let Some(io) = io.filter(|io| !detail.contains(io.as_str())) {
+                    detail.push_str("; the connection failed: ");
+                    detail.push_str(&io);
+                }
+                failed((LocalReason::Reset, Some(detail)), AttemptFailure::Reset)
             }
             Ok(Ok(resp)) => {
                 if let LbConfig::PeakEwma { decay, .. } = state.cluster.lb() {

@@ -45,7 +45,7 @@ impl<C: MeshConnector> EndpointPool<C> {
                 }
                 Err(mut e) => match e.take_message() {
                     Some(r) if reused => req = r,
-                    _ => return Err(SendError::Request(e.into_error())),
+                    _ => return Err(self.request_error(e.into_error())),
                 },
             }
         }

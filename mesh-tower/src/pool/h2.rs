@@ -22,8 +22,11 @@ impl<C: MeshConnector> EndpointPool<C> {
         held: Held,
     ) -> Result<Response<MeshBody>, SendError> {
         let mut tx = self.checkout_h2().await?;
-        tx.ready().await.map_err(SendError::Request)?;
-        let resp = tx.send_request(req).await.map_err(SendError::Request)?;
+        tx.ready().await.map_err(|e| self.request_error(e))?;
+        let resp = tx
+            .send_request(req)
+            .await
+            .map_err(|e| self.request_error(e))?;
         Ok(resp.map(|body| {
             PooledBody::<C> {
                 body,

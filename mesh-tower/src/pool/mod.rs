@@ -42,8 +42,9 @@ pub(crate) enum SendError {
     Overflow(Overflow),
     /// Connecting (or the HTTP/2 handshake) failed.
     Connect(BoxError),
-    /// The connection failed while the request was sent or its response awaited.
-    Request(hyper::Error),
+    /// The connection failed while the request was sent or its response awaited; with the
+    /// I/O error that failed it, when one was seen.
+    Request(hyper::Error, Option<String>),
 }
 
 impl std::fmt::Display for SendError {
@@ -51,7 +52,7 @@ impl std::fmt::Display for SendError {
         match self {
             Self::Overflow(o) => write!(f, "{o}"),
             Self::Connect(e) => write!(f, "connect: {e}"),
-            Self::Request(e) => write!(f, "request: {e}"),
+            Self::Request(e, _) => write!(f, "request: {e}"),
         }
     }
 }
@@ -101,6 +102,8 @@ pub(crate) struct EndpointPool<C> {
     h2: Mutex<Option<(http2::SendRequest<MeshBody>, Instant)>>,
     /// Held while an HTTP/2 connection is being opened, so that only one is.
     h2_connecting: tokio::sync::Mutex<()>,
+    /// The last I/O error of this endpoint's connections.
+    last_io_error: crate::connector::LastIoError,
 }
 
 impl<C: MeshConnector> EndpointPool<C> {
@@ -115,6 +118,7 @@ impl<C: MeshConnector> EndpointPool<C> {
             waiting: AtomicUsize::new(0),
             h2: Mutex::default(),
             h2_connecting: tokio::sync::Mutex::new(()),
+            last_io_error: Default::default(),
         })
     }
 
@@ -175,6 +179,27 @@ impl<C: MeshConnector> EndpointPool<C> {
             .await
             .map_err(|_| SendError::Connect(format!("connect timeout after {limit:?}").into()))?
             .map_err(|e| SendError::Connect(e.into()))?;
-        Ok(Limited::new(io, permit, self.cluster.freed.clone()))
+        // What an older connection met explains nothing about this one.
+        self.last_io_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        Ok(Limited::new(
+            io,
+            permit,
+            self.cluster.freed.clone(),
+            self.last_io_error.clone(),
+        ))
+    }
+
+    /// A failed request, with the I/O error behind it if a connection of this endpoint met
+    /// one (taken, so that it explains one failure only).
+    pub(super) fn request_error(&self, e: hyper::Error) -> SendError {
+        let io = self
+            .last_io_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        SendError::Request(e, io)
     }
 }

@@ -23,12 +23,14 @@ fn write(dir: &Path, file: &str, body: &str) {
     std::fs::write(dir.join(file), body).unwrap();
 }
 
-fn default_of(p: &CertificatePublisher) -> ProviderCerts {
-    p.current().provider("default").cloned().unwrap_or_default()
-}
-
-#[test]
-fn the_agents_three_files_become_one_identity_and_its_roots() {
+/// A watcher over a directory holding a good identity, polled once.
+fn watching() -> (
+    tempfile::TempDir,
+    TestCa,
+    crate::testing::ca::Leaf,
+    CertificatePublisher,
+    FileWatcher,
+) {
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new("mesh-test-ca");
     let leaf = ca.workload(ID);
@@ -38,6 +40,16 @@ fn the_agents_three_files_become_one_identity_and_its_roots() {
     let publisher = CertificatePublisher::new();
     let mut w = FileWatcher::new("default", config(dir.path()), publisher.clone());
     w.poll();
+    (dir, ca, leaf, publisher, w)
+}
+
+fn default_of(p: &CertificatePublisher) -> ProviderCerts {
+    p.current().provider("default").cloned().unwrap_or_default()
+}
+
+#[test]
+fn the_agents_three_files_become_one_identity_and_its_roots() {
+    let (_dir, _ca, leaf, publisher, mut w) = watching();
     let p = default_of(&publisher);
     let id = p.identity.expect("identity");
     assert_eq!(id.spiffe_id(), Some(ID));
@@ -63,15 +75,7 @@ fn the_agents_three_files_become_one_identity_and_its_roots() {
 
 #[test]
 fn a_key_that_does_not_match_its_chain_keeps_the_last_good_pair_until_they_match() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = TestCa::new("mesh-test-ca");
-    let first = ca.workload(ID);
-    write(dir.path(), "cert-chain.pem", &first.chain_pem);
-    write(dir.path(), "key.pem", &first.key_pem);
-    write(dir.path(), "root-cert.pem", &ca.root_pem());
-    let publisher = CertificatePublisher::new();
-    let mut w = FileWatcher::new("default", config(dir.path()), publisher.clone());
-    w.poll();
+    let (dir, ca, _first, publisher, mut w) = watching();
     let serial = default_of(&publisher)
         .identity
         .unwrap()
@@ -105,15 +109,7 @@ fn a_key_that_does_not_match_its_chain_keeps_the_last_good_pair_until_they_match
 
 #[test]
 fn unreadable_or_garbage_files_never_replace_good_certificates() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = TestCa::new("mesh-test-ca");
-    let leaf = ca.workload(ID);
-    write(dir.path(), "cert-chain.pem", &leaf.chain_pem);
-    write(dir.path(), "key.pem", &leaf.key_pem);
-    write(dir.path(), "root-cert.pem", &ca.root_pem());
-    let publisher = CertificatePublisher::new();
-    let mut w = FileWatcher::new("default", config(dir.path()), publisher.clone());
-    w.poll();
+    let (dir, ca, leaf, publisher, mut w) = watching();
 
     write(dir.path(), "root-cert.pem", "not a pem\n");
     std::fs::remove_file(dir.path().join("key.pem")).unwrap();
