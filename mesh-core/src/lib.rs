@@ -24,6 +24,7 @@ pub mod listener;
 pub mod matcher;
 pub mod outlier;
 mod rand_util;
+pub mod rbac;
 pub mod request;
 pub mod route;
 pub mod snapshot;

@@ -1,0 +1,504 @@
+//! RBAC on the server (gRFC A41, as istiod expresses AuthorizationPolicy): the filters of an
+//! inbound HttpConnectionManager, evaluated in order for each request.
+//!
+//! A DENY filter denies when any of its policies matches; an ALLOW filter denies when none
+//! does; LOG filters are ignored. A policy matches when any permission and any principal
+//! match. What cannot match by A41 never does: metadata (so Istio's `requestPrincipals`, unless
+//! a JWT filter supplies them), and `requested_server_name` other than `""`.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use crate::error::FieldError;
+use crate::identity::LeafInfo;
+use crate::matcher::{HeaderMatcher, HeaderMatcherSpec, StringMatcher, StringMatcherSpec};
+use crate::request::RouteRequest;
+
+/// An unvalidated CIDR range.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CidrSpec {
+    /// The address.
+    pub address: String,
+    /// The prefix length (clamped to the family's width).
+    pub prefix_len: u32,
+}
+
+/// A validated CIDR range, host bits masked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    network: IpAddr,
+    len: u8,
+}
+
+impl Cidr {
+    /// Validates: the address must parse; the length is clamped (A36/A41).
+    pub fn new(spec: &CidrSpec) -> Result<Self, FieldError> {
+        let ip: IpAddr = spec.address.parse().map_err(|_| {
+            FieldError::new(
+                "address_prefix",
+                format!("{:?} is not an IP address", spec.address),
+            )
+        })?;
+        let width = if ip.is_ipv4() { 32 } else { 128 };
+        let len = spec.prefix_len.min(width) as u8;
+        Ok(Self {
+            network: mask(ip, len),
+            len,
+        })
+    }
+
+    /// Whether `ip` is in the range (an IPv4-mapped IPv6 address counts as IPv4).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        ip.is_ipv4() == self.network.is_ipv4() && mask(ip, self.len) == self.network
+    }
+}
+
+fn mask(ip: IpAddr, len: u8) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => {
+            let bits = u32::from(v4);
+            let m = if len == 0 {
+                0
+            } else {
+                u32::MAX << (32 - u32::from(len))
+            };
+            IpAddr::V4((bits & m).into())
+        }
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6);
+            let m = if len == 0 {
+                0
+            } else {
+                u128::MAX << (128 - u32::from(len))
+            };
+            IpAddr::V6((bits & m).into())
+        }
+    }
+}
+
+/// An unvalidated RBAC permission (what the request does).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PermissionSpec {
+    /// Always.
+    Any,
+    /// All of these.
+    And(Vec<PermissionSpec>),
+    /// Any of these.
+    Or(Vec<PermissionSpec>),
+    /// Not this.
+    Not(Box<PermissionSpec>),
+    /// A header (`:method`, `:authority`, `:path` included).
+    Header(HeaderMatcherSpec),
+    /// The path without the query.
+    UrlPath(StringMatcherSpec),
+    /// The local address.
+    DestinationIp(CidrSpec),
+    /// The local port.
+    DestinationPort(u32),
+    /// A local port range `[start, end)`.
+    DestinationPortRange(u32, u32),
+    /// Dynamic metadata: never matches (A41).
+    Metadata,
+    /// The SNI: matched against `""` (A41).
+    RequestedServerName(StringMatcherSpec),
+}
+
+/// An unvalidated RBAC principal (who sends the request).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PrincipalSpec {
+    /// Anyone.
+    Any,
+    /// All of these.
+    And(Vec<PrincipalSpec>),
+    /// Any of these.
+    Or(Vec<PrincipalSpec>),
+    /// Not this.
+    Not(Box<PrincipalSpec>),
+    /// A TLS peer; with a matcher, one whose principal name matches (URI SANs, else DNS SANs,
+    /// else the subject).
+    Authenticated(Option<StringMatcherSpec>),
+    /// The peer address (`source_ip`, `direct_remote_ip` and `remote_ip` alike: no proxies in
+    /// front, `xff_num_trusted_hops` is 0).
+    RemoteIp(CidrSpec),
+    /// A header.
+    Header(HeaderMatcherSpec),
+    /// The path.
+    UrlPath(StringMatcherSpec),
+    /// Dynamic metadata: never matches, unless a JWT filter put the request principal there
+    /// (`request.auth.principal`, Istio's `requestPrincipals`).
+    Metadata(Option<StringMatcherSpec>),
+}
+
+/// An unvalidated RBAC policy.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PolicySpec {
+    /// Any of these permissions.
+    pub permissions: Vec<PermissionSpec>,
+    /// And any of these principals.
+    pub principals: Vec<PrincipalSpec>,
+}
+
+/// What an RBAC filter does when a policy matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RbacAction {
+    /// Only matching requests pass.
+    Allow,
+    /// Matching requests are denied.
+    Deny,
+    /// Nothing (shadow logging).
+    Log,
+}
+
+/// When an RBAC filter writes an audit record (gRFC A59).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AuditCondition {
+    /// Never.
+    #[default]
+    None,
+    /// For denied requests.
+    OnDeny,
+    /// For allowed requests.
+    OnAllow,
+    /// For both.
+    OnDenyAndAllow,
+}
+
+/// An unvalidated RBAC filter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RbacSpec {
+    /// The filter instance name (`envoy.filters.http.rbac.DENY`, `envoy.filters.http.rbac`).
+    pub name: String,
+    /// `None` when `rules` is unset: the filter does nothing.
+    pub action: Option<RbacAction>,
+    /// Policies by name, in order.
+    pub policies: Vec<(String, PolicySpec)>,
+    /// When to audit.
+    pub audit: AuditCondition,
+}
+
+#[derive(Debug)]
+enum Permission {
+    Any,
+    And(Box<[Permission]>),
+    Or(Box<[Permission]>),
+    Not(Box<Permission>),
+    Header(HeaderMatcher),
+    UrlPath(StringMatcher),
+    DestinationIp(Cidr),
+    DestinationPort(u32),
+    DestinationPortRange(u32, u32),
+    Never,
+    RequestedServerName(StringMatcher),
+}
+
+#[derive(Debug)]
+enum Principal {
+    Any,
+    And(Box<[Principal]>),
+    Or(Box<[Principal]>),
+    Not(Box<Principal>),
+    Authenticated(Option<StringMatcher>),
+    RemoteIp(Cidr),
+    Header(HeaderMatcher),
+    UrlPath(StringMatcher),
+    RequestPrincipal(Option<StringMatcher>),
+}
+
+#[derive(Debug)]
+struct Policy {
+    name: Arc<str>,
+    permissions: Box<[Permission]>,
+    principals: Box<[Principal]>,
+}
+
+#[derive(Debug)]
+struct Filter {
+    name: Arc<str>,
+    action: RbacAction,
+    policies: Box<[Policy]>,
+    audit: AuditCondition,
+}
+
+/// The validated RBAC filters of an inbound HttpConnectionManager, in order.
+#[derive(Debug, Default)]
+pub struct Rbac {
+    filters: Box<[Filter]>,
+}
+
+/// What a request is judged on.
+#[derive(Debug, Clone, Copy)]
+pub struct AuthzRequest<'a> {
+    /// Method, path, authority and headers.
+    pub request: RouteRequest<'a>,
+    /// The peer's address.
+    pub source: SocketAddr,
+    /// The local address.
+    pub destination: SocketAddr,
+    /// The peer's certificate, on a TLS connection that presented one.
+    pub peer: Option<&'a LeafInfo>,
+    /// Whether the connection is TLS.
+    pub tls: bool,
+    /// The request principal (`ISS/SUB`) from a validated JWT.
+    pub request_principal: Option<&'a str>,
+}
+
+/// An audit record (gRFC A59).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRecord {
+    /// The filter.
+    pub filter: Arc<str>,
+    /// The policy that matched, if any.
+    pub policy: Option<Arc<str>>,
+    /// Whether this filter let the request through.
+    pub authorized: bool,
+}
+
+/// The outcome of RBAC for one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    /// `None` when allowed; otherwise why not.
+    pub denied: Option<Denied>,
+    /// Records the filters' audit conditions asked for.
+    pub audit: Vec<AuditRecord>,
+}
+
+/// Why a request was denied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denied {
+    /// The filter that denied it.
+    pub filter: Arc<str>,
+    /// The DENY policy that matched (`None` for an ALLOW filter none of whose policies did).
+    pub policy: Option<Arc<str>>,
+}
+
+impl std::fmt::Display for Denied {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.policy {
+            Some(p) => write!(f, "denied by policy {p:?} of {}", self.filter),
+            None => write!(f, "no policy of {} allows it", self.filter),
+        }
+    }
+}
+
+fn string(s: &StringMatcherSpec, at: &str) -> Result<StringMatcher, FieldError> {
+    StringMatcher::new(s).map_err(|e| e.within(at))
+}
+
+fn header(h: &HeaderMatcherSpec, at: &str) -> Result<HeaderMatcher, FieldError> {
+    // gRPC's own headers and `:scheme` are not the application's to match on (A41).
+    if h.name.starts_with("grpc-") || h.name == ":scheme" {
+        return Err(FieldError::new(
+            format!("{at}.name"),
+            format!("matching on {:?} is not allowed", h.name),
+        ));
+    }
+    HeaderMatcher::new(h).map_err(|e| e.within(at))
+}
+
+fn permission(p: &PermissionSpec, at: &str) -> Result<Permission, FieldError> {
+    let list = |v: &[PermissionSpec], kind: &str| -> Result<Box<[Permission]>, FieldError> {
+        v.iter()
+            .enumerate()
+            .map(|(i, p)| permission(p, &format!("{at}.{kind}.rules[{i}]")))
+            .collect()
+    };
+    Ok(match p {
+        PermissionSpec::Any => Permission::Any,
+        PermissionSpec::And(v) => Permission::And(list(v, "and_rules")?),
+        PermissionSpec::Or(v) => Permission::Or(list(v, "or_rules")?),
+        PermissionSpec::Not(p) => {
+            Permission::Not(Box::new(permission(p, &format!("{at}.not_rule"))?))
+        }
+        PermissionSpec::Header(h) => Permission::Header(header(h, &format!("{at}.header"))?),
+        PermissionSpec::UrlPath(s) => Permission::UrlPath(string(s, &format!("{at}.url_path"))?),
+        PermissionSpec::DestinationIp(c) => Permission::DestinationIp(
+            Cidr::new(c).map_err(|e| e.within(format!("{at}.destination_ip")))?,
+        ),
+        PermissionSpec::DestinationPort(p) => Permission::DestinationPort(*p),
+        PermissionSpec::DestinationPortRange(a, b) => Permission::DestinationPortRange(*a, *b),
+        PermissionSpec::Metadata => Permission::Never,
+        PermissionSpec::RequestedServerName(s) => {
+            Permission::RequestedServerName(string(s, &format!("{at}.requested_server_name"))?)
+        }
+    })
+}
+
+fn principal(p: &PrincipalSpec, at: &str) -> Result<Principal, FieldError> {
+    let list = |v: &[PrincipalSpec], kind: &str| -> Result<Box<[Principal]>, FieldError> {
+        v.iter()
+            .enumerate()
+            .map(|(i, p)| principal(p, &format!("{at}.{kind}.ids[{i}]")))
+            .collect()
+    };
+    Ok(match p {
+        PrincipalSpec::Any => Principal::Any,
+        PrincipalSpec::And(v) => Principal::And(list(v, "and_ids")?),
+        PrincipalSpec::Or(v) => Principal::Or(list(v, "or_ids")?),
+        PrincipalSpec::Not(p) => Principal::Not(Box::new(principal(p, &format!("{at}.not_id"))?)),
+        PrincipalSpec::Authenticated(m) => Principal::Authenticated(
+            m.as_ref()
+                .map(|m| string(m, &format!("{at}.authenticated.principal_name")))
+                .transpose()?,
+        ),
+        PrincipalSpec::RemoteIp(c) => {
+            Principal::RemoteIp(Cidr::new(c).map_err(|e| e.within(format!("{at}.remote_ip")))?)
+        }
+        PrincipalSpec::Header(h) => Principal::Header(header(h, &format!("{at}.header"))?),
+        PrincipalSpec::UrlPath(s) => Principal::UrlPath(string(s, &format!("{at}.url_path"))?),
+        PrincipalSpec::Metadata(m) => Principal::RequestPrincipal(
+            m.as_ref()
+                .map(|m| string(m, &format!("{at}.metadata")))
+                .transpose()?,
+        ),
+    })
+}
+
+impl Rbac {
+    /// Validates the filters of one HttpConnectionManager, in order; `at` names where they are.
+    pub fn new(specs: &[RbacSpec]) -> Result<Self, FieldError> {
+        let mut filters = Vec::new();
+        for s in specs {
+            let Some(action) = s.action else { continue };
+            if action == RbacAction::Log {
+                continue;
+            }
+            let at = format!("http_filters[{:?}].rules", s.name);
+            let policies = s
+                .policies
+                .iter()
+                .map(|(name, p)| {
+                    let pat = format!("{at}.policies[{name:?}]");
+                    Ok(Policy {
+                        name: name.as_str().into(),
+                        permissions: p
+                            .permissions
+                            .iter()
+                            .enumerate()
+                            .map(|(i, x)| permission(x, &format!("{pat}.permissions[{i}]")))
+                            .collect::<Result<_, FieldError>>()?,
+                        principals: p
+                            .principals
+                            .iter()
+                            .enumerate()
+                            .map(|(i, x)| principal(x, &format!("{pat}.principals[{i}]")))
+                            .collect::<Result<_, FieldError>>()?,
+                    })
+                })
+                .collect::<Result<_, FieldError>>()?;
+            filters.push(Filter {
+                name: s.name.as_str().into(),
+                action,
+                policies,
+                audit: s.audit,
+            });
+        }
+        Ok(Self {
+            filters: filters.into(),
+        })
+    }
+
+    /// Whether there is nothing to evaluate.
+    pub fn is_empty(&self) -> bool {
+        self.filters.is_empty()
+    }
+
+    /// Judges one request.
+    pub fn evaluate(&self, r: &AuthzRequest<'_>) -> Verdict {
+        let mut audit = Vec::new();
+        for f in self.filters.iter() {
+            let matched = f.policies.iter().find(|p| p.matches(r));
+            let authorized = match f.action {
+                RbacAction::Deny => matched.is_none(),
+                _ => matched.is_some(),
+            };
+            let record = match (f.audit, authorized) {
+                (AuditCondition::OnDenyAndAllow, _)
+                | (AuditCondition::OnAllow, true)
+                | (AuditCondition::OnDeny, false) => true,
+                _ => false,
+            };
+            if record {
+                audit.push(AuditRecord {
+                    filter: f.name.clone(),
+                    policy: matched.map(|p| p.name.clone()),
+                    authorized,
+                });
+            }
+            if !authorized {
+                return Verdict {
+                    denied: Some(Denied {
+                        filter: f.name.clone(),
+                        policy: matched
+                            .filter(|_| f.action == RbacAction::Deny)
+                            .map(|p| p.name.clone()),
+                    }),
+                    audit,
+                };
+            }
+        }
+        Verdict {
+            denied: None,
+            audit,
+        }
+    }
+}
+
+impl Policy {
+    fn matches(&self, r: &AuthzRequest<'_>) -> bool {
+        self.permissions.iter().any(|p| p.matches(r))
+            && self.principals.iter().any(|p| p.matches(r))
+    }
+}
+
+impl Permission {
+    fn matches(&self, r: &AuthzRequest<'_>) -> bool {
+        match self {
+            Self::Any => true,
+            Self::And(v) => v.iter().all(|p| p.matches(r)),
+            Self::Or(v) => v.iter().any(|p| p.matches(r)),
+            Self::Not(p) => !p.matches(r),
+            Self::Header(h) => h.matches(&r.request),
+            Self::UrlPath(m) => m.matches(r.request.path()),
+            Self::DestinationIp(c) => c.contains(r.destination.ip()),
+            Self::DestinationPort(p) => u32::from(r.destination.port()) == *p,
+            Self::DestinationPortRange(a, b) => (*a..*b).contains(&u32::from(r.destination.port())),
+            Self::Never => false,
+            Self::RequestedServerName(m) => m.matches(""),
+        }
+    }
+}
+
+impl Principal {
+    fn matches(&self, r: &AuthzRequest<'_>) -> bool {
+        match self {
+            Self::Any => true,
+            Self::And(v) => v.iter().all(|p| p.matches(r)),
+            Self::Or(v) => v.iter().any(|p| p.matches(r)),
+            Self::Not(p) => !p.matches(r),
+            Self::Authenticated(None) => r.tls,
+            Self::Authenticated(Some(m)) => match r.peer {
+                // A41: the URI SANs, else the DNS SANs, else the subject.
+                Some(leaf) if !leaf.sans.uri.is_empty() => {
+                    leaf.sans.uri.iter().any(|u| m.matches(u))
+                }
+                Some(leaf) if !leaf.sans.dns.is_empty() => {
+                    leaf.sans.dns.iter().any(|d| m.matches(d))
+                }
+                Some(leaf) => m.matches(&leaf.subject),
+                None => m.matches(""),
+            },
+            Self::RemoteIp(c) => c.contains(r.source.ip()),
+            Self::Header(h) => h.matches(&r.request),
+            Self::UrlPath(m) => m.matches(r.request.path()),
+            Self::RequestPrincipal(None) => false,
+            Self::RequestPrincipal(Some(m)) => r.request_principal.is_some_and(|p| m.matches(p)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

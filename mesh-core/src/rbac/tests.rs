@@ -1,0 +1,227 @@
+use http::{HeaderMap, Method, Uri};
+
+use super::*;
+use crate::identity::SubjectAltNames;
+use crate::matcher::{HeaderMatchSpec, StringPattern};
+
+fn leaf(uri: &str) -> LeafInfo {
+    LeafInfo {
+        sans: SubjectAltNames {
+            uri: vec![uri.into()],
+            ..Default::default()
+        },
+        subject: String::new(),
+        serial: "01".into(),
+        not_before: std::time::UNIX_EPOCH,
+        not_after: std::time::UNIX_EPOCH,
+    }
+}
+
+fn m(p: StringPattern) -> StringMatcherSpec {
+    StringMatcherSpec {
+        pattern: p,
+        ignore_case: false,
+    }
+}
+
+/// istiod's shape: a DENY filter for namespace `blocked`, then an ALLOW filter for
+/// `sa/client` doing GET on `/orders*`.
+fn istio_like() -> Rbac {
+    let deny = RbacSpec {
+        name: "envoy.filters.http.rbac.DENY".into(),
+        action: Some(RbacAction::Deny),
+        policies: vec![(
+            "ns[default]-policy[deny-blocked]-rule[0]".into(),
+            PolicySpec {
+                permissions: vec![PermissionSpec::Any],
+                principals: vec![PrincipalSpec::Or(vec![PrincipalSpec::Authenticated(Some(
+                    m(StringPattern::Regex(".*/ns/blocked/.*".into())),
+                ))])],
+            },
+        )],
+        audit: AuditCondition::OnDeny,
+    };
+    let allow = RbacSpec {
+        name: "envoy.filters.http.rbac".into(),
+        action: Some(RbacAction::Allow),
+        policies: vec![(
+            "ns[default]-policy[orders]-rule[0]".into(),
+            PolicySpec {
+                permissions: vec![PermissionSpec::And(vec![
+                    PermissionSpec::Or(vec![PermissionSpec::Header(HeaderMatcherSpec::new(
+                        ":method",
+                        HeaderMatchSpec::String(StringMatcherSpec::exact("GET")),
+                    ))]),
+                    PermissionSpec::Or(vec![PermissionSpec::UrlPath(StringMatcherSpec::prefix(
+                        "/orders",
+                    ))]),
+                ])],
+                principals: vec![PrincipalSpec::And(vec![PrincipalSpec::Or(vec![
+                    PrincipalSpec::Authenticated(Some(StringMatcherSpec::prefix(
+                        "spiffe://cluster.local/ns/default/sa/client",
+                    ))),
+                ])])],
+            },
+        )],
+        audit: AuditCondition::None,
+    };
+    Rbac::new(&[deny, allow]).unwrap()
+}
+
+fn judge(rbac: &Rbac, method: Method, path: &str, peer: Option<&LeafInfo>) -> Verdict {
+    let uri: Uri = format!("http://ui:9080{path}").parse().unwrap();
+    let headers = HeaderMap::new();
+    rbac.evaluate(&AuthzRequest {
+        request: RouteRequest::new(&method, &uri, &headers),
+        source: "10.0.0.9:40000".parse().unwrap(),
+        destination: "10.0.0.1:9080".parse().unwrap(),
+        peer,
+        tls: peer.is_some(),
+        request_principal: None,
+    })
+}
+
+#[test]
+fn deny_then_allow_as_istiod_sends_them() {
+    let rbac = istio_like();
+    let client = leaf("spiffe://cluster.local/ns/default/sa/client");
+    assert_eq!(
+        judge(&rbac, Method::GET, "/orders/1", Some(&client)).denied,
+        None
+    );
+    let v = judge(&rbac, Method::POST, "/orders/1", Some(&client));
+    assert_eq!(
+        v.denied.unwrap().to_string(),
+        "no policy of envoy.filters.http.rbac allows it"
+    );
+    // No certificate: the ALLOW principal cannot match.
+    assert!(
+        judge(&rbac, Method::GET, "/orders/1", None)
+            .denied
+            .is_some()
+    );
+    // The DENY filter comes first, and audits what it denies.
+    let blocked = leaf("spiffe://cluster.local/ns/blocked/sa/client");
+    let v = judge(&rbac, Method::GET, "/orders/1", Some(&blocked));
+    assert_eq!(
+        v.denied.as_ref().unwrap().to_string(),
+        "denied by policy \"ns[default]-policy[deny-blocked]-rule[0]\" of envoy.filters.http.rbac.DENY"
+    );
+    assert_eq!(
+        v.audit,
+        [AuditRecord {
+            filter: "envoy.filters.http.rbac.DENY".into(),
+            policy: Some("ns[default]-policy[deny-blocked]-rule[0]".into()),
+            authorized: false
+        }]
+    );
+}
+
+#[test]
+fn principal_names_come_from_uri_then_dns_then_subject() {
+    let rbac = Rbac::new(&[RbacSpec {
+        name: "rbac".into(),
+        action: Some(RbacAction::Allow),
+        policies: vec![(
+            "p".into(),
+            PolicySpec {
+                permissions: vec![PermissionSpec::Any],
+                principals: vec![PrincipalSpec::Authenticated(Some(
+                    StringMatcherSpec::exact("db.example"),
+                ))],
+            },
+        )],
+        audit: AuditCondition::None,
+    }])
+    .unwrap();
+    let mut dns = leaf("x");
+    dns.sans.uri.clear();
+    dns.sans.dns.push("db.example".into());
+    assert_eq!(judge(&rbac, Method::GET, "/", Some(&dns)).denied, None);
+    // With a URI SAN present, the DNS SAN is not looked at.
+    let mut both = dns.clone();
+    both.sans.uri.push("spiffe://td/ns/a/sa/b".into());
+    assert!(judge(&rbac, Method::GET, "/", Some(&both)).denied.is_some());
+    let mut subject = leaf("x");
+    subject.sans.uri.clear();
+    subject.subject = "db.example".into();
+    assert_eq!(judge(&rbac, Method::GET, "/", Some(&subject)).denied, None);
+}
+
+#[test]
+fn what_cannot_be_evaluated_never_matches_and_bad_input_is_refused() {
+    let allow_if = |permission: PermissionSpec| {
+        Rbac::new(&[RbacSpec {
+            name: "rbac".into(),
+            action: Some(RbacAction::Allow),
+            policies: vec![(
+                "p".into(),
+                PolicySpec {
+                    permissions: vec![permission],
+                    principals: vec![PrincipalSpec::Any],
+                },
+            )],
+            audit: AuditCondition::None,
+        }])
+    };
+    // Metadata never matches: an ALLOW on it denies (fails closed).
+    let rbac = allow_if(PermissionSpec::Metadata).unwrap();
+    assert!(judge(&rbac, Method::GET, "/", None).denied.is_some());
+    let rbac = allow_if(PermissionSpec::Not(Box::new(PermissionSpec::Metadata))).unwrap();
+    assert_eq!(judge(&rbac, Method::GET, "/", None).denied, None);
+    let rbac = allow_if(PermissionSpec::DestinationPort(9080)).unwrap();
+    assert_eq!(judge(&rbac, Method::GET, "/", None).denied, None);
+    let rbac = allow_if(PermissionSpec::DestinationIp(CidrSpec {
+        address: "10.0.0.77".into(),
+        prefix_len: 24,
+    }))
+    .unwrap();
+    assert_eq!(judge(&rbac, Method::GET, "/", None).denied, None);
+    let e = allow_if(PermissionSpec::Header(HeaderMatcherSpec::new(
+        "grpc-timeout",
+        HeaderMatchSpec::Present(true),
+    )))
+    .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "http_filters[\"rbac\"].rules.policies[\"p\"].permissions[0].header.name: matching on \"grpc-timeout\" is not allowed"
+    );
+    // LOG and rule-less filters do nothing.
+    let log = Rbac::new(&[RbacSpec {
+        name: "log".into(),
+        action: Some(RbacAction::Log),
+        policies: vec![],
+        audit: AuditCondition::None,
+    }])
+    .unwrap();
+    assert!(log.is_empty());
+}
+
+#[test]
+fn cidr_ranges_mask_and_clamp() {
+    let c = Cidr::new(&CidrSpec {
+        address: "10.1.2.3".into(),
+        prefix_len: 16,
+    })
+    .unwrap();
+    assert!(c.contains("10.1.200.1".parse().unwrap()));
+    assert!(!c.contains("10.2.0.1".parse().unwrap()));
+    assert!(c.contains("::ffff:10.1.0.9".parse().unwrap()));
+    let all = Cidr::new(&CidrSpec {
+        address: "0.0.0.0".into(),
+        prefix_len: 0,
+    })
+    .unwrap();
+    assert!(all.contains("192.0.2.1".parse().unwrap()));
+    assert!(
+        !all.contains("2001:db8::1".parse().unwrap()),
+        "/0 keeps the family"
+    );
+    let host = Cidr::new(&CidrSpec {
+        address: "2001:db8::1".into(),
+        prefix_len: 500,
+    })
+    .unwrap();
+    assert!(host.contains("2001:db8::1".parse().unwrap()));
+    assert!(!host.contains("2001:db8::2".parse().unwrap()));
+}
