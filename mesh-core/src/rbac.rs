@@ -205,7 +205,7 @@ enum Principal {
     RemoteIp(Cidr),
     Header(HeaderMatcher),
     UrlPath(StringMatcher),
-    RequestPrincipal(Option<StringMatcher>),
+    JwtPrincipal(Option<StringMatcher>),
 }
 
 #[derive(Debug)]
@@ -349,7 +349,7 @@ fn principal(p: &PrincipalSpec, at: &str) -> Result<Principal, FieldError> {
         }
         PrincipalSpec::Header(h) => Principal::Header(header(h, &format!("{at}.header"))?),
         PrincipalSpec::UrlPath(s) => Principal::UrlPath(string(s, &format!("{at}.url_path"))?),
-        PrincipalSpec::Metadata(m) => Principal::RequestPrincipal(
+        PrincipalSpec::Metadata(m) => Principal::JwtPrincipal(
             m.as_ref()
                 .map(|m| string(m, &format!("{at}.metadata")))
                 .transpose()?,
@@ -415,12 +415,12 @@ impl Rbac {
                 RbacAction::Deny => matched.is_none(),
                 _ => matched.is_some(),
             };
-            let record = match (f.audit, authorized) {
+            let record = matches!(
+                (f.audit, authorized),
                 (AuditCondition::OnDenyAndAllow, _)
-                | (AuditCondition::OnAllow, true)
-                | (AuditCondition::OnDeny, false) => true,
-                _ => false,
-            };
+                    | (AuditCondition::OnAllow, true)
+                    | (AuditCondition::OnDeny, false)
+            );
             if record {
                 audit.push(AuditRecord {
                     filter: f.name.clone(),
@@ -494,8 +494,8 @@ impl Principal {
             Self::RemoteIp(c) => c.contains(r.source.ip()),
             Self::Header(h) => h.matches(&r.request),
             Self::UrlPath(m) => m.matches(r.request.path()),
-            Self::RequestPrincipal(None) => false,
-            Self::RequestPrincipal(Some(m)) => r.request_principal.is_some_and(|p| m.matches(p)),
+            Self::JwtPrincipal(None) => false,
+            Self::JwtPrincipal(Some(m)) => r.request_principal.is_some_and(|p| m.matches(p)),
         }
     }
 }
