@@ -205,7 +205,7 @@ enum Principal {
     RemoteIp(Cidr),
     Header(HeaderMatcher),
     UrlPath(StringMatcher),
-    JwtPrincipal(Option<StringMatcher>),
+    Jwt(Option<StringMatcher>),
 }
 
 #[derive(Debug)]
@@ -349,7 +349,7 @@ fn principal(p: &PrincipalSpec, at: &str) -> Result<Principal, FieldError> {
         }
         PrincipalSpec::Header(h) => Principal::Header(header(h, &format!("{at}.header"))?),
         PrincipalSpec::UrlPath(s) => Principal::UrlPath(string(s, &format!("{at}.url_path"))?),
-        PrincipalSpec::Metadata(m) => Principal::JwtPrincipal(
+        PrincipalSpec::Metadata(m) => Principal::Jwt(
             m.as_ref()
                 .map(|m| string(m, &format!("{at}.metadata")))
                 .transpose()?,
@@ -494,8 +494,8 @@ impl Principal {
             Self::RemoteIp(c) => c.contains(r.source.ip()),
             Self::Header(h) => h.matches(&r.request),
             Self::UrlPath(m) => m.matches(r.request.path()),
-            Self::JwtPrincipal(None) => false,
-            Self::JwtPrincipal(Some(m)) => r.request_principal.is_some_and(|p| m.matches(p)),
+            Self::Jwt(None) => false,
+            Self::Jwt(Some(m)) => r.request_principal.is_some_and(|p| m.matches(p)),
         }
     }
 }
