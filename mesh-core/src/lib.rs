@@ -27,6 +27,7 @@ mod rand_util;
 pub mod rbac;
 pub mod request;
 pub mod route;
+pub mod server;
 pub mod snapshot;
 #[cfg(test)]
 mod test_support;
@@ -55,5 +56,6 @@ pub use route::{
     NoRoute, Route, RouteAction, RouteActionSpec, RouteConfig, RouteConfigSpec, RouteMatchSpec,
     RouteSpec, VirtualHost, VirtualHostSpec,
 };
+pub use server::{ConnectionFacts, FilterChain, ServerListener, ServerListenerSpec};
 pub use snapshot::{Dangling, MeshSnapshot, Routed};
 pub use time::MAX_DURATION;
