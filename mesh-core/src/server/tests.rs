@@ -50,7 +50,7 @@ fn conn(local: &str, peer: &str, tls: bool) -> ConnectionFacts {
     }
 }
 
-fn pick<'a>(l: &'a ServerListener, c: ConnectionFacts) -> Option<&'a str> {
+fn pick(l: &ServerListener, c: ConnectionFacts) -> Option<&str> {
     l.select(&c).map(|c| &**c.name())
 }
 
