@@ -351,6 +351,51 @@ fn peer_authentication_and_authorization_policy_shape_inbound_listeners() {
     );
 }
 
+#[test]
+fn mesh_decodes_the_inbound_listener_into_a_server_listener() {
+    use mesh_core::ConnectionFacts;
+    let r = load(None);
+    let name = "xds.istio.io/grpc/lds/inbound/127.0.0.1:18081";
+    let Decoded::ServerListener(l) =
+        decode(ResourceType::Listener, &r.inbound_listeners[name]).unwrap()
+    else {
+        panic!("a server listener")
+    };
+    assert_eq!(l.address(), Some("127.0.0.1:18081".parse().unwrap()));
+    let chain = l
+        .select(&ConnectionFacts {
+            local: "127.0.0.1:18081".parse().unwrap(),
+            peer: "127.0.0.9:40000".parse().unwrap(),
+            tls: true,
+        })
+        .unwrap();
+    assert_eq!(&**chain.name(), "inbound-mtls");
+    let tls = chain.tls().unwrap();
+    assert!(tls.require_client_certificate);
+    assert_eq!(
+        (&*tls.identity_provider, tls.root_provider.as_deref()),
+        ("default", Some("default"))
+    );
+    // The example's policy wants a JWT's claims: without one, GET /orders is denied.
+    let (m, u, h) = (
+        http::Method::GET,
+        http::Uri::from_static("http://ui/orders/1"),
+        http::HeaderMap::new(),
+    );
+    let v = chain.rbac().evaluate(&mesh_core::rbac::AuthzRequest {
+        request: mesh_core::RouteRequest::new(&m, &u, &h),
+        source: "127.0.0.9:40000".parse().unwrap(),
+        destination: "127.0.0.1:18081".parse().unwrap(),
+        peer: None,
+        tls: true,
+        request_principal: None,
+    });
+    assert_eq!(
+        v.denied.unwrap().to_string(),
+        "no policy of envoy.filters.http.rbac allows it"
+    );
+}
+
 mod no_panic {
     use mesh_control_plane::{IstioConfig, translate};
     use proptest::prelude::*;

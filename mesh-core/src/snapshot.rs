@@ -11,6 +11,7 @@ use crate::error::ResourceKind;
 use crate::listener::{Listener, RouteSource};
 use crate::request::RouteRequest;
 use crate::route::{NoRoute, Route, RouteAction, RouteConfig, VirtualHost};
+use crate::server::ServerListener;
 
 /// Listeners, route configurations, clusters and endpoints, each looked up by name in O(1).
 ///
@@ -25,6 +26,7 @@ pub struct MeshSnapshot {
     route_configs: Arc<HashMap<Arc<str>, Arc<RouteConfig>>>,
     clusters: Arc<HashMap<Arc<str>, Arc<Cluster>>>,
     endpoints: Arc<HashMap<Arc<str>, Arc<EndpointSet>>>,
+    server_listeners: Arc<HashMap<Arc<str>, Arc<ServerListener>>>,
     stale: bool,
 }
 
@@ -106,7 +108,32 @@ impl MeshSnapshot {
         Arc::make_mut(&mut self.endpoints).insert(set.cluster_name().clone(), set);
     }
 
-    /// Removes a listener.
+    /// Adds or replaces a server listener.
+    pub fn insert_server_listener(&mut self, listener: impl Into<Arc<ServerListener>>) {
+        let l = listener.into();
+        Arc::make_mut(&mut self.server_listeners).insert(l.name().clone(), l);
+    }
+
+    /// Removes a server listener.
+    pub fn remove_server_listener(&mut self, name: &str) -> Option<Arc<ServerListener>> {
+        if self.server_listeners.contains_key(name) {
+            Arc::make_mut(&mut self.server_listeners).remove(name)
+        } else {
+            None
+        }
+    }
+
+    /// A server listener by name.
+    pub fn server_listener(&self, name: &str) -> Option<&Arc<ServerListener>> {
+        self.server_listeners.get(name)
+    }
+
+    /// Every server listener.
+    pub fn server_listeners(&self) -> impl Iterator<Item = &Arc<ServerListener>> {
+        self.server_listeners.values()
+    }
+
+    /// Removes a client listener.
     pub fn remove_listener(&mut self, name: &str) -> Option<Arc<Listener>> {
         if self.listeners.contains_key(name) {
             Arc::make_mut(&mut self.listeners).remove(name)

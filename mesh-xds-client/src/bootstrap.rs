@@ -491,6 +491,13 @@ impl Bootstrap {
         self.client_default_listener_resource_name_template
             .replace("%s", target)
     }
+
+    /// The LDS name of a server listening on `addr` (gRFC A36: the server template with
+    /// `IP:port`, IPv6 in brackets); `None` without a template.
+    pub fn server_listener_name(&self, addr: std::net::SocketAddr) -> Option<String> {
+        let t = self.server_listener_resource_name_template.as_ref()?;
+        Some(t.replace("%s", &addr.to_string()))
+    }
 }
 
 fn parse_server(cx: &Ctx<'_>, v: &Value, path: &str) -> Result<XdsServer, BootstrapError> {

@@ -41,6 +41,11 @@ pub enum StartError {
     /// A target is not `host:port` (optionally `xds:///host:port`).
     #[error("invalid target {0:?}: expected host:port or xds:///host:port")]
     Target(String),
+    /// A server needs `server_listener_resource_name_template` in the bootstrap.
+    #[error(
+        "the bootstrap {0} has no server_listener_resource_name_template, so a server cannot name its listener"
+    )]
+    NoServerTemplate(String),
 }
 
 /// Why [`XdsClient::ready`] has no configuration to return: the client stopped first.
@@ -475,6 +480,17 @@ impl XdsClient {
         let l = listener_for(&self.bootstrap, target)?;
         let _ = self.commands.send(Command::Subscribe(l));
         Ok(())
+    }
+
+    /// Subscribes to the listener of a server listening on `addr` (the bootstrap's server
+    /// template with `IP:port`), and returns its name.
+    pub fn subscribe_server(&self, addr: std::net::SocketAddr) -> Result<String, StartError> {
+        let name = self
+            .bootstrap
+            .server_listener_name(addr)
+            .ok_or_else(|| StartError::NoServerTemplate(self.bootstrap.source_name.clone()))?;
+        let _ = self.commands.send(Command::Subscribe(name.clone()));
+        Ok(name)
     }
 
     /// Removes a target.

@@ -207,7 +207,14 @@ fn index(t: ResourceType) -> usize {
 /// Puts a resource into the working snapshot.
 fn put(working: &mut MeshSnapshot, d: &Decoded) {
     match d {
-        Decoded::Listener(l) => working.insert_listener(l.clone()),
+        Decoded::Listener(l) => {
+            drop(working.remove_server_listener(l.name()));
+            working.insert_listener(l.clone())
+        }
+        Decoded::ServerListener(l) => {
+            drop(working.remove_listener(l.name()));
+            working.insert_server_listener(l.clone())
+        }
         Decoded::RouteConfig(r) => working.insert_route_config(r.clone()),
         Decoded::Cluster(c) => working.insert_cluster(c.clone()),
         Decoded::Endpoints(e) => working.insert_endpoints(e.clone()),
@@ -217,7 +224,10 @@ fn put(working: &mut MeshSnapshot, d: &Decoded) {
 /// Takes a resource out of the working snapshot.
 fn take(working: &mut MeshSnapshot, ty: ResourceType, name: &str) {
     match ty {
-        ResourceType::Listener => drop(working.remove_listener(name)),
+        ResourceType::Listener => {
+            drop(working.remove_listener(name));
+            drop(working.remove_server_listener(name));
+        }
         ResourceType::RouteConfiguration => drop(working.remove_route_config(name)),
         ResourceType::Cluster => drop(working.remove_cluster(name)),
         ResourceType::ClusterLoadAssignment => drop(working.remove_endpoints(name)),
@@ -651,13 +661,18 @@ impl AdsState {
         let (mut routes, mut clusters, mut endpoints) =
             (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
         for name in &listeners {
-            if let Some(Decoded::Listener(l)) = self.value(ResourceType::Listener, name) {
-                match l.routes() {
+            match self.value(ResourceType::Listener, name) {
+                Some(Decoded::Listener(l)) => match l.routes() {
                     RouteSource::Rds(rds) => {
                         routes.insert(rds.to_string());
                     }
                     RouteSource::Inline(rc) => clusters.extend(route_clusters(rc)),
+                },
+                // A server's routes are non-forwarding: they name no clusters.
+                Some(Decoded::ServerListener(l)) => {
+                    routes.extend(l.rds_names().map(|n| n.to_string()));
                 }
+                _ => {}
             }
         }
         for name in &routes {

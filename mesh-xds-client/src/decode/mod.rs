@@ -7,6 +7,7 @@ mod cluster;
 mod endpoint;
 mod listener;
 mod route;
+mod server;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,13 +15,14 @@ use std::time::Duration;
 use envoy_types::pb::google::protobuf::{Any, Duration as PbDuration};
 use mesh_core::error::{ConfigError, FieldError, ResourceKind};
 use mesh_core::matcher::{StringMatcherSpec, StringPattern};
-use mesh_core::{Cluster, EndpointSet, Fraction, Listener, RouteConfig};
+use mesh_core::{Cluster, EndpointSet, Fraction, Listener, RouteConfig, ServerListener};
 use prost::Message;
 
 pub use cluster::cluster_spec;
 pub use endpoint::load_assignment_spec;
 pub use listener::{FAULT_TYPE, HCM_TYPE, listener_spec};
 pub use route::route_config_spec;
+pub use server::{is_server_listener, server_listener_spec};
 
 /// The four resource types of a proxyless client, in the order their dependencies cascade.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -98,8 +100,10 @@ impl std::fmt::Display for ResourceType {
 /// A validated resource, shared with every snapshot that holds it.
 #[derive(Debug, Clone)]
 pub enum Decoded {
-    /// A listener.
+    /// A client (API) listener.
     Listener(Arc<Listener>),
+    /// A server (socket) listener.
+    ServerListener(Arc<ServerListener>),
     /// A route configuration.
     RouteConfig(Arc<RouteConfig>),
     /// A cluster.
@@ -113,6 +117,7 @@ impl Decoded {
     pub fn name(&self) -> &str {
         match self {
             Self::Listener(l) => l.name(),
+            Self::ServerListener(l) => l.name(),
             Self::RouteConfig(r) => r.name(),
             Self::Cluster(c) => c.name(),
             Self::Endpoints(e) => e.cluster_name(),
@@ -196,7 +201,11 @@ fn decode_unguarded(ty: ResourceType, any: &Any) -> Result<Decoded, ResourceErro
         ResourceType::Listener => {
             let l = envoy_types::pb::envoy::config::listener::v3::Listener::decode(&*any.value)
                 .map_err(undecodable)?;
-            Decoded::Listener(Arc::new(Listener::new(&listener_spec(&l)?)?))
+            if server::is_server_listener(&l) {
+                Decoded::ServerListener(Arc::new(ServerListener::new(&server_listener_spec(&l)?)?))
+            } else {
+                Decoded::Listener(Arc::new(Listener::new(&listener_spec(&l)?)?))
+            }
         }
         ResourceType::RouteConfiguration => {
             let r =

@@ -132,7 +132,7 @@ fn route_match(m: &pb::RouteMatch) -> FieldResult<RouteMatchSpec> {
 
 // istiod and older control planes still send the deprecated specifiers.
 #[allow(deprecated)]
-fn header_matcher(h: &pb::HeaderMatcher) -> FieldResult<HeaderMatcherSpec> {
+pub(crate) fn header_matcher(h: &pb::HeaderMatcher) -> FieldResult<HeaderMatcherSpec> {
     use pb::header_matcher::HeaderMatchSpecifier as S;
     let matcher = match &h.header_match_specifier {
         None => HeaderMatchSpec::Present(true),

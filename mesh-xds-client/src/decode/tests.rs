@@ -695,3 +695,137 @@ fn tls_fields_a29_refuses_are_nacked_with_the_field() {
         "cluster \"c\": transport_socket.name: unsupported transport socket \"envoy.transport_sockets.raw_buffer\""
     );
 }
+
+/// A server listener as istiod sends it: one chain, one HCM with an inline non-forwarding
+/// route and `filters` before the router.
+fn server_listener(filters: Vec<hcm::HttpFilter>) -> lpb::Listener {
+    use envoy_types::pb::envoy::config::core::v3 as core;
+    let router = hcm::HttpFilter {
+        name: "envoy.filters.http.router".into(),
+        config_type: Some(hcm::http_filter::ConfigType::TypedConfig(testing::any(
+            "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router",
+            &envoy_types::pb::envoy::extensions::filters::http::router::v3::Router::default(),
+        ))),
+        is_optional: false,
+        disabled: false,
+    };
+    let manager = hcm::HttpConnectionManager {
+        route_specifier: Some(hcm::http_connection_manager::RouteSpecifier::RouteConfig(
+            rpb::RouteConfiguration {
+                name: "inbound".into(),
+                virtual_hosts: vec![rpb::VirtualHost {
+                    domains: vec!["*".into()],
+                    routes: vec![rpb::Route {
+                        r#match: Some(rpb::RouteMatch {
+                            path_specifier: Some(rpb::route_match::PathSpecifier::Prefix(
+                                "/".into(),
+                            )),
+                            ..Default::default()
+                        }),
+                        action: Some(rpb::route::Action::NonForwardingAction(Default::default())),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+        )),
+        http_filters: filters.into_iter().chain([router]).collect(),
+        ..Default::default()
+    };
+    lpb::Listener {
+        name: "xds.istio.io/grpc/lds/inbound/10.0.0.1:8080".into(),
+        address: Some(core::Address {
+            address: Some(core::address::Address::SocketAddress(core::SocketAddress {
+                address: "10.0.0.1".into(),
+                port_specifier: Some(core::socket_address::PortSpecifier::PortValue(8080)),
+                ..Default::default()
+            })),
+        }),
+        filter_chains: vec![lpb::FilterChain {
+            name: "inbound-plaintext".into(),
+            filters: vec![lpb::Filter {
+                name: "inbound-hcmplaintext".into(),
+                config_type: Some(lpb::filter::ConfigType::TypedConfig(testing::any(
+                    HCM_TYPE, &manager,
+                ))),
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+#[test]
+fn server_listeners_decode_and_what_a36_refuses_is_nacked() {
+    use envoy_types::pb::envoy::config::rbac::v3 as rbac;
+    use envoy_types::pb::envoy::extensions::filters::http::rbac::v3 as rbac_filter;
+    let any = |l: &lpb::Listener| testing::any(ResourceType::Listener.type_url(), l);
+    let Decoded::ServerListener(l) =
+        decode(ResourceType::Listener, &any(&server_listener(vec![]))).unwrap()
+    else {
+        panic!("a server listener")
+    };
+    assert_eq!(l.address(), Some("10.0.0.1:8080".parse().unwrap()));
+    assert_eq!(&**l.chains()[0].name(), "inbound-plaintext");
+
+    let mut filters = server_listener(vec![]);
+    filters.listener_filters.push(Default::default());
+    assert_eq!(
+        err(ResourceType::Listener, &any(&filters)),
+        "listener \"xds.istio.io/grpc/lds/inbound/10.0.0.1:8080\": listener_filters: must be empty"
+    );
+    let cel = rbac_filter::Rbac {
+        rules: Some(rbac::Rbac {
+            action: rbac::rbac::Action::Allow as i32,
+            policies: [(
+                "p".to_string(),
+                rbac::Policy {
+                    permissions: vec![rbac::Permission {
+                        rule: Some(rbac::permission::Rule::Any(true)),
+                    }],
+                    principals: vec![rbac::Principal {
+                        identifier: Some(rbac::principal::Identifier::Any(true)),
+                    }],
+                    condition: Some(Default::default()),
+                    checked_condition: None,
+                    cel_config: None,
+                },
+            )]
+            .into(),
+            audit_logging_options: None,
+        }),
+        ..Default::default()
+    };
+    let rbac_http = hcm::HttpFilter {
+        name: "envoy.filters.http.rbac".into(),
+        config_type: Some(hcm::http_filter::ConfigType::TypedConfig(testing::any(
+            server::RBAC_TYPE,
+            &cel,
+        ))),
+        is_optional: false,
+        disabled: false,
+    };
+    assert_eq!(
+        err(
+            ResourceType::Listener,
+            &any(&server_listener(vec![rbac_http]))
+        ),
+        "listener \"xds.istio.io/grpc/lds/inbound/10.0.0.1:8080\": filter_chains[0].filters[0].http_filters[0].rules.policies[\"p\"].condition: CEL conditions are not supported"
+    );
+    let fault = hcm::HttpFilter {
+        name: "envoy.filters.http.fault".into(),
+        config_type: Some(hcm::http_filter::ConfigType::TypedConfig(testing::any(
+            FAULT_TYPE,
+            &fault_pb::HttpFault::default(),
+        ))),
+        is_optional: false,
+        disabled: false,
+    };
+    assert_eq!(
+        err(ResourceType::Listener, &any(&server_listener(vec![fault]))),
+        format!(
+            "listener \"xds.istio.io/grpc/lds/inbound/10.0.0.1:8080\": filter_chains[0].filters[0].http_filters[0]: unsupported server filter {FAULT_TYPE:?}"
+        )
+    );
+}
