@@ -18,6 +18,7 @@ pub mod observe;
 mod pool;
 pub mod protocol;
 pub mod reply;
+pub mod server;
 pub mod tls;
 
 pub use body::MeshBody;
@@ -26,4 +27,5 @@ pub use connector::{ConnectTarget, MeshConnection, MeshConnector, Negotiated, Tc
 pub use observe::{MeshInfo, Observer, RequestObserver};
 pub use protocol::{ERROR_HEADER, FLAGS_HEADER, OVERFLOW_HEADER};
 pub use reply::{LocalReason, ResponseFlags};
+pub use server::{MeshServer, PeerInfo, ServingState};
 pub use tls::{MeshStream, TlsConnectError, TlsConnector};

@@ -1,0 +1,303 @@
+//! The server stack: a mesh workload's inbound side, configured by its server listener
+//! (gRFC A36, `xds.istio.io/grpc/lds/inbound/IP:PORT` for istiod).
+//!
+//! Per connection: the first bytes tell TLS (a ClientHello) from plaintext, as Envoy's TLS
+//! inspector does; the listener picks the filter chain; a TLS chain terminates mTLS with the
+//! workload certificate (a client certificate required for STRICT); a plaintext chain serves
+//! plaintext, and TLS too when it is the only chain (PERMISSIVE, which istiod writes as a
+//! plaintext chain), so that mesh clients and sidecars keep their identity. A plaintext client
+//! of a TLS chain, a connection no chain matches, and any connection while not serving are
+//! closed without a byte. Per request: the chain's routes and RBAC ([`AuthzService`]), and the
+//! caller's [`PeerInfo`] in the request extensions.
+//!
+//! A change of the listener drains the connections made under the old one (HTTP/2 GOAWAY, or
+//! closing an idle HTTP/1.1 connection), closing them after a grace period; a change of an RDS
+//! route configuration alone does not.
+
+mod authz;
+mod tls;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use mesh_core::{Certificates, ConnectionFacts, LeafInfo, MeshSnapshot, ServerListener};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+pub use authz::{AuthzService, PeerInfo};
+
+/// Whether a server serves, and why not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServingState {
+    /// Its listener is here and names its address.
+    Serving,
+    /// Not yet, or not any more: the reason.
+    NotServing(String),
+}
+
+/// How long connections of a replaced listener may finish (gRFC A36: 10 minutes).
+pub const DEFAULT_DRAIN_GRACE: Duration = Duration::from_secs(600);
+
+/// How long a connection may take to send its first bytes.
+const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A mesh server: where it listens, its listener's name, and the xDS client's watches.
+#[derive(Clone)]
+pub struct MeshServer {
+    name: Arc<str>,
+    address: SocketAddr,
+    snapshots: watch::Receiver<Arc<MeshSnapshot>>,
+    tls: tls::TlsTerminator,
+    drain_grace: Duration,
+}
+
+impl std::fmt::Debug for MeshServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MeshServer")
+            .field("name", &self.name)
+            .field("address", &self.address)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MeshServer {
+    /// A server for listener `name` (from `XdsClient::subscribe_server(address)`), listening on
+    /// `address`.
+    pub fn new(
+        name: impl Into<Arc<str>>,
+        address: SocketAddr,
+        snapshots: watch::Receiver<Arc<MeshSnapshot>>,
+        certificates: watch::Receiver<Arc<Certificates>>,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            address,
+            snapshots,
+            tls: tls::TlsTerminator::new(certificates),
+            drain_grace: DEFAULT_DRAIN_GRACE,
+        }
+    }
+
+    /// How long connections of a replaced listener may finish.
+    pub fn drain_grace(mut self, grace: Duration) -> Self {
+        self.drain_grace = grace;
+        self
+    }
+
+    /// The listener in force and the serving state it gives.
+    fn current(&self) -> (Option<Arc<ServerListener>>, ServingState) {
+        let snap = self.snapshots.borrow().clone();
+        match snap.server_listener(&self.name) {
+            None => (
+                None,
+                ServingState::NotServing(format!("no listener {:?} yet", self.name)),
+            ),
+            Some(l) if l.address() != Some(self.address) => (
+                None,
+                ServingState::NotServing(format!(
+                    "listener {:?} is for {}, and this server listens on {}",
+                    self.name,
+                    l.address()
+                        .map_or("no address".to_string(), |a| a.to_string()),
+                    self.address
+                )),
+            ),
+            Some(l) => (Some(l.clone()), ServingState::Serving),
+        }
+    }
+
+    /// The serving state now, and as it changes with the configuration.
+    pub fn serving(&self) -> watch::Receiver<ServingState> {
+        let (tx, rx) = watch::channel(self.current().1);
+        let me = self.clone();
+        let mut snaps = self.snapshots.clone();
+        tokio::spawn(async move {
+            while snaps.changed().await.is_ok() {
+                let state = me.current().1;
+                tx.send_if_modified(|s| {
+                    let changed = *s != state;
+                    *s = state;
+                    changed
+                });
+                if tx.is_closed() {
+                    return;
+                }
+            }
+        });
+        rx
+    }
+
+    /// Accepts connections on `listener` and serves each with `service` behind the mesh's
+    /// per-request stage, until the listener fails.
+    pub async fn serve<S, RB>(self, listener: TcpListener, service: S) -> std::io::Result<()>
+    where
+        S: tower::Service<http::Request<Incoming>, Response = http::Response<RB>>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send + Sync + 'static,
+        RB: http_body::Body<Data = bytes::Bytes> + Send + Sync + 'static,
+        RB::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        loop {
+            let (tcp, remote) = listener.accept().await?;
+            let (me, service) = (self.clone(), service.clone());
+            tokio::spawn(async move {
+                if let Err(e) = me.connection(tcp, remote, service).await {
+                    tracing::debug!(%remote, "inbound connection: {e}");
+                }
+            });
+        }
+    }
+
+    async fn connection<S, RB>(
+        self,
+        tcp: TcpStream,
+        remote: SocketAddr,
+        service: S,
+    ) -> Result<(), String>
+    where
+        S: tower::Service<http::Request<Incoming>, Response = http::Response<RB>>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send + Sync + 'static,
+        RB: http_body::Body<Data = bytes::Bytes> + Send + Sync + 'static,
+        RB::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let (listener, state) = self.current();
+        let Some(listener) = listener else {
+            // Not serving: closed without a byte (A36).
+            return Err(match state {
+                ServingState::NotServing(why) => format!("closed: not serving ({why})"),
+                ServingState::Serving => "closed".into(),
+            });
+        };
+        let _ = tcp.set_nodelay(true);
+        let local = tcp.local_addr().map_err(|e| e.to_string())?;
+        let is_tls = tokio::time::timeout(FIRST_BYTES_TIMEOUT, starts_with_client_hello(&tcp))
+            .await
+            .map_err(|_| "closed: no bytes in time".to_string())?
+            .map_err(|e| e.to_string())?;
+        let facts = ConnectionFacts {
+            local,
+            peer: remote,
+            tls: is_tls,
+        };
+        let chain = listener
+            .select(&facts)
+            .ok_or_else(|| "closed: no filter chain matches".to_string())?
+            .clone();
+        let mut peer = PeerInfo {
+            local,
+            remote,
+            tls: is_tls,
+            certificate: None,
+            spiffe_id: None,
+            chain: chain.clone(),
+        };
+        let drained = drained(self.snapshots.clone(), self.name.clone(), listener.clone());
+        if is_tls {
+            let io = self.tls.accept(&chain, tcp).await?;
+            if let Some(leaf) = io
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(|c| LeafInfo::parse(c).ok())
+            {
+                peer.spiffe_id = leaf.sans.spiffe_id().map(Arc::from);
+                peer.certificate = Some(Arc::new(leaf));
+            }
+            self.serve_http(TokioIo::new(io), peer, service, drained)
+                .await
+        } else {
+            if chain.tls().is_some() {
+                return Err("closed: the filter chain requires TLS".into());
+            }
+            self.serve_http(TokioIo::new(tcp), peer, service, drained)
+                .await
+        }
+    }
+
+    async fn serve_http<I, S, RB>(
+        &self,
+        io: I,
+        peer: PeerInfo,
+        service: S,
+        drained: impl std::future::Future<Output = ()>,
+    ) -> Result<(), String>
+    where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+        S: tower::Service<http::Request<Incoming>, Response = http::Response<RB>>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send + Sync + 'static,
+        RB: http_body::Body<Data = bytes::Bytes> + Send + Sync + 'static,
+        RB::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let svc = AuthzService::new(service, Arc::new(peer), self.snapshots.clone());
+        let svc = hyper_util::service::TowerToHyperService::new(svc);
+        let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        let conn = builder.serve_connection_with_upgrades(io, svc);
+        tokio::pin!(conn);
+        tokio::select! {
+            r = conn.as_mut() => return r.map_err(|e| e.to_string()),
+            () = drained => {}
+        }
+        // The listener changed: GOAWAY (HTTP/2) or close when idle (HTTP/1.1), then a grace.
+        conn.as_mut().graceful_shutdown();
+        match tokio::time::timeout(self.drain_grace, conn).await {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(_) => Err("closed after the drain grace".into()),
+        }
+    }
+}
+
+/// Resolves when the server's listener is no longer `current` (replaced or removed).
+async fn drained(
+    mut snaps: watch::Receiver<Arc<MeshSnapshot>>,
+    name: Arc<str>,
+    current: Arc<ServerListener>,
+) {
+    loop {
+        let same = snaps
+            .borrow_and_update()
+            .server_listener(&name)
+            .is_some_and(|l| Arc::ptr_eq(l, &current));
+        if !same {
+            return;
+        }
+        if snaps.changed().await.is_err() {
+            // No more configuration will come: keep serving.
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Whether the connection opens with a TLS handshake record (0x16, version 3.x), looking
+/// without consuming.
+async fn starts_with_client_hello(tcp: &TcpStream) -> std::io::Result<bool> {
+    let mut buf = [0u8; 3];
+    loop {
+        let n = tcp.peek(&mut buf).await?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "closed before any byte",
+            ));
+        }
+        if n >= 2 || buf[0] != 0x16 {
+            return Ok(buf[0] == 0x16 && buf[1] == 0x03);
+        }
+        // One byte so far, and peek would return it again at once: wait a little.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}

@@ -1,0 +1,263 @@
+//! The server stack end to end: its inbound listener from the local control plane
+//! (PeerAuthentication, AuthorizationPolicy), its certificate from `file_watcher`, real
+//! handshakes with mesh's client stack and with plain hyper clients on 127.0.0.1.
+
+mod support;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use mesh_control_plane::ControlPlane;
+use mesh_tower::{ERROR_HEADER, MeshConfig, MeshServer, MeshService, PeerInfo, ServingState};
+use mesh_xds_client::testing::ca::TestCa;
+use mesh_xds_client::{Bootstrap, XdsClient, XdsClientBuilder};
+use support::tls::{certificate_providers, write_identity};
+use support::{HOST, resources};
+use tower::ServiceExt;
+
+const CLIENT: &str = "spiffe://cluster.local/ns/default/sa/client";
+const OTHER: &str = "spiffe://cluster.local/ns/default/sa/other";
+const SERVER: &str = "spiffe://cluster.local/ns/default/sa/ui";
+
+/// `ui` on `port` (service account ui), mTLS from clients, the server side under `mode`, and
+/// an ALLOW policy for `sa/client`.
+fn yaml(port: u16, mode: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: ui, namespace: default}}\nspec:\n  hosts: [{HOST}]\n  ports: [{{number: 9080, name: http}}]\n  endpoints:\n  - {{address: 127.0.0.1, ports: {{http: {port}}}, serviceAccount: ui, labels: {{app: ui}}}}\n---\n\
+apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: ui, namespace: default}}\nspec:\n  host: {HOST}\n  trafficPolicy: {{tls: {{mode: ISTIO_MUTUAL}}}}\n---\n\
+apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: ui, namespace: default}}\nspec:\n  selector: {{matchLabels: {{app: ui}}}}\n  mtls: {{mode: {mode}}}\n---\n\
+apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: clients-only, namespace: default}}\nspec:\n  selector: {{matchLabels: {{app: ui}}}}\n  action: ALLOW\n  rules:\n  - from:\n    - source: {{principals: [cluster.local/ns/default/sa/client]}}\n"
+    )
+}
+
+fn bootstrap(xds: SocketAddr, node: &str, dir: &std::path::Path) -> Bootstrap {
+    Bootstrap::from_json(
+        &format!(
+            r#"{{"xds_servers": [{{"server_uri": "{xds}", "channel_creds": [{{"type": "insecure"}}]}}],
+                "node": {{"id": "sidecar~127.0.0.1~{node}.default~default.svc.cluster.local", "metadata": {{"NAMESPACE": "default"}}}},
+                "server_listener_resource_name_template": "xds.istio.io/grpc/lds/inbound/%s",
+                {}}}"#,
+            certificate_providers(dir, "0.05s")
+        ),
+        "test",
+    )
+    .unwrap()
+}
+
+/// The application: answers who called and how.
+async fn app(req: Request<hyper::body::Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let p = req.extensions().get::<PeerInfo>().cloned();
+    let who = p
+        .as_ref()
+        .map(|p| {
+            format!(
+                "{} tls={} chain={}",
+                p.spiffe_id.as_deref().unwrap_or("anonymous"),
+                p.tls,
+                p.chain.name()
+            )
+        })
+        .unwrap_or_else(|| "no peer info".into());
+    Ok(Response::new(Full::new(Bytes::from(who))))
+}
+
+struct World {
+    cp: ControlPlane,
+    addr: SocketAddr,
+    xds: SocketAddr,
+    ca: Arc<TestCa>,
+    _server_xds: XdsClient,
+    serving: tokio::sync::watch::Receiver<ServingState>,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+async fn world(mode: &str) -> World {
+    let ca = Arc::new(TestCa::new("mesh-test-ca"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let cp = ControlPlane::new(resources(&yaml(addr.port(), mode)));
+    let xds = cp
+        .clone()
+        .spawn("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    write_identity(dir.path(), &ca, &ca.workload(SERVER));
+    let server_xds = XdsClientBuilder::new(bootstrap(xds, "ui", dir.path()))
+        .start()
+        .unwrap();
+    let name = server_xds.subscribe_server(addr).unwrap();
+    assert_eq!(name, format!("xds.istio.io/grpc/lds/inbound/{addr}"));
+    let server = MeshServer::new(
+        name,
+        addr,
+        server_xds.snapshots(),
+        server_xds.certificates(),
+    );
+    let mut serving = server.serving();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        serving.wait_for(|s| *s == ServingState::Serving),
+    )
+    .await
+    .expect("serving in time")
+    .unwrap();
+    tokio::spawn(server.serve(listener, tower::service_fn(app)));
+    World {
+        cp,
+        addr,
+        xds,
+        ca,
+        _server_xds: server_xds,
+        serving,
+        _dirs: vec![dir],
+    }
+}
+
+/// A mesh client with identity `id`.
+async fn client(w: &World, id: &str) -> (MeshService, XdsClient, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    write_identity(dir.path(), &w.ca, &w.ca.workload(id));
+    let xds = XdsClientBuilder::new(bootstrap(w.xds, "client", dir.path()))
+        .target(format!("{HOST}:9080"))
+        .start()
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), xds.ready())
+        .await
+        .unwrap()
+        .unwrap();
+    let svc =
+        MeshService::with_certificates(xds.snapshots(), xds.certificates(), MeshConfig::default());
+    (svc, xds, dir)
+}
+
+async fn get(svc: &MeshService) -> (StatusCode, String) {
+    let req = Request::get(format!("http://{HOST}:9080/orders"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = svc.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let err = resp
+        .headers()
+        .get(ERROR_HEADER)
+        .map(|v| v.to_str().unwrap().to_string());
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        err.unwrap_or_else(|| String::from_utf8_lossy(&body).trim().to_string()),
+    )
+}
+
+/// A plain hyper HTTP/1.1 request straight to the server; `Err` if the connection fails.
+async fn plain_get(addr: SocketAddr) -> Result<(StatusCode, String), String> {
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let req = Request::get("/orders")
+        .header("host", HOST)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = tx.send_request(req).await.map_err(|e| e.to_string())?;
+    let status = resp.status();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).trim().to_string()))
+}
+
+/// Sends a request head and checks that the server closed the connection without writing.
+async fn assert_closed_without_a_byte(addr: SocketAddr) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let _ = tcp.write_all(b"GET / HTTP/1.1\r\nhost: ui\r\n\r\n").await;
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut buf))
+        .await
+        .expect("closed in time");
+    assert_eq!(buf, b"", "not a byte");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_mtls_with_rbac_lets_in_the_allowed_identity_only() {
+    let w = world("STRICT").await;
+    let (allowed, _x1, _d1) = client(&w, CLIENT).await;
+    assert_eq!(
+        get(&allowed).await,
+        (
+            StatusCode::OK,
+            format!("{CLIENT} tls=true chain=inbound-mtls")
+        )
+    );
+    let (other, _x2, _d2) = client(&w, OTHER).await;
+    assert_eq!(
+        get(&other).await,
+        (
+            StatusCode::FORBIDDEN,
+            "RBAC: access denied: no policy of envoy.filters.http.rbac allows it".to_string()
+        )
+    );
+    // Plaintext to a STRICT server: closed without an answer.
+    assert!(plain_get(w.addr).await.is_err());
+    assert_closed_without_a_byte(w.addr).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permissive_serves_plaintext_and_mtls_on_one_port() {
+    let w = world("PERMISSIVE").await;
+    // istiod (and the local control plane) write PERMISSIVE as a plaintext chain.
+    let (allowed, _x, _d) = client(&w, CLIENT).await;
+    assert_eq!(
+        get(&allowed).await,
+        (
+            StatusCode::OK,
+            format!("{CLIENT} tls=true chain=inbound-plaintext")
+        )
+    );
+    // A plaintext caller has no identity, so the ALLOW policy for sa/client refuses it.
+    assert_eq!(
+        plain_get(w.addr).await.unwrap(),
+        (
+            StatusCode::FORBIDDEN,
+            "RBAC: access denied: no policy of envoy.filters.http.rbac allows it".to_string()
+        )
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_its_listener_the_server_closes_every_connection() {
+    let w = world("PERMISSIVE").await;
+    // The workload leaves the mesh configuration: no listener, not serving.
+    w.cp.update(resources(&yaml(w.addr.port() + 1, "PERMISSIVE")));
+    let mut serving = w.serving.clone();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        serving.wait_for(|s| *s != ServingState::Serving),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_closed_without_a_byte(w.addr).await;
+    // Back: serving again.
+    w.cp.update(resources(&yaml(w.addr.port(), "PERMISSIVE")));
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        serving.wait_for(|s| *s == ServingState::Serving),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(plain_get(w.addr).await.unwrap().0, StatusCode::FORBIDDEN);
+}
