@@ -220,11 +220,20 @@ impl<T> Limited<T> {
         }
     }
 
+    /// Passes `p` through, keeping its error if it is one (per read and write: inlined, and
+    /// the rare error path out of line).
+    #[inline(always)]
     fn note<R>(&self, p: Poll<std::io::Result<R>>) -> Poll<std::io::Result<R>> {
         if let Poll::Ready(Err(e)) = &p {
-            *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
+            self.keep(e);
         }
         p
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn keep(&self, e: &std::io::Error) {
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
     }
 }
 
