@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use mesh_core::route::Destination;
 use mesh_core::{LbConfig, MeshSnapshot, RouteAction, RouteSource};
+use mesh_tower::MeshBody;
 use mesh_xds_client::{Bootstrap, Protocol, ResourceState, XdsClientBuilder, XdsStatus};
 use serde_json::{Value, json};
 
@@ -607,7 +608,7 @@ pub async fn request(args: RequestArgs) -> Result<String, String> {
                     Some(s) => format!("grpc-status {s}"),
                     None => {
                         let text = String::from_utf8_lossy(&body);
-                        text.trim().chars().take(80).collect()
+                        text.trim().chars().take(200).collect()
                     }
                 };
                 results.push((status, error, info, started.elapsed(), shown));
@@ -691,4 +692,128 @@ pub async fn request(args: RequestArgs) -> Result<String, String> {
         latencies.last().copied().unwrap_or(0)
     );
     Ok(out)
+}
+
+/// Arguments of `mesh serve`.
+#[derive(Debug, Clone)]
+pub struct ServeArgs {
+    /// The gRPC bootstrap (default: `GRPC_XDS_BOOTSTRAP` / `GRPC_XDS_BOOTSTRAP_CONFIG`).
+    pub bootstrap: Option<PathBuf>,
+    /// Where to listen (the listener is named after it).
+    pub listen: std::net::SocketAddr,
+}
+
+/// The body `mesh serve` answers with: who answered, what, for whom.
+fn serve_answer(workload: &str, req: &http::Request<hyper::body::Incoming>) -> String {
+    let caller = req
+        .extensions()
+        .get::<mesh_tower::PeerInfo>()
+        .map(|p| match &p.spiffe_id {
+            Some(id) => id.to_string(),
+            None if p.tls => "an unnamed TLS peer".to_string(),
+            None => format!("anonymous ({})", p.remote),
+        })
+        .unwrap_or_else(|| "unknown".into());
+    format!(
+        "{workload} answered {} {} for {caller}",
+        req.method(),
+        req.uri().path()
+    )
+}
+
+/// A gRPC answer: one message whose field 1 is `text` (`helloworld.HelloReply`), then OK.
+fn grpc_answer(text: &str) -> http::Response<MeshBody> {
+    use http_body_util::BodyExt;
+    let mut msg = vec![0x0a];
+    let mut n = text.len();
+    // A protobuf varint of the length.
+    loop {
+        let byte = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            msg.push(byte);
+            break;
+        }
+        msg.push(byte | 0x80);
+    }
+    msg.extend_from_slice(text.as_bytes());
+    let mut frame = vec![0];
+    frame.extend_from_slice(&u32::try_from(msg.len()).unwrap_or(u32::MAX).to_be_bytes());
+    frame.extend_from_slice(&msg);
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+    let frames = [
+        Ok::<_, std::convert::Infallible>(http_body::Frame::data(bytes::Bytes::from(frame))),
+        Ok(http_body::Frame::trailers(trailers)),
+    ];
+    let body = http_body_util::StreamBody::new(tokio_stream::iter(frames))
+        .map_err(|e: std::convert::Infallible| match e {})
+        .boxed_unsync();
+    let mut r = http::Response::new(body);
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/grpc"),
+    );
+    r
+}
+
+/// Runs `mesh serve`: the server stack on `listen`, configured by the control plane, answering
+/// every request with who answered and for whom; prints each change of its serving state.
+pub async fn serve(args: ServeArgs) -> Result<(), String> {
+    let bootstrap = match &args.bootstrap {
+        Some(path) => Bootstrap::from_file(path),
+        None => Bootstrap::from_env(),
+    }
+    .map_err(|e| e.to_string())?;
+    let workload = bootstrap
+        .node
+        .metadata
+        .get("WORKLOAD_NAME")
+        .and_then(|v| v.as_str())
+        .map(String::from)
+        .unwrap_or_else(|| bootstrap.node.id.clone());
+    let client = XdsClientBuilder::new(bootstrap)
+        .start()
+        .map_err(|e| e.to_string())?;
+    let name = client
+        .subscribe_server(args.listen)
+        .map_err(|e| e.to_string())?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let server = mesh_tower::MeshServer::new(
+        name.clone(),
+        args.listen,
+        client.snapshots(),
+        client.certificates(),
+    );
+    let mut serving = server.serving();
+    let listen = args.listen;
+    tokio::spawn(async move {
+        loop {
+            let state = serving.borrow_and_update().clone();
+            match state {
+                mesh_tower::ServingState::Serving => println!("serving on {listen} ({name})"),
+                mesh_tower::ServingState::NotServing(why) => println!("not serving: {why}"),
+            }
+            if serving.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+    let workload: std::sync::Arc<str> = workload.into();
+    let app = tower::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        let text = serve_answer(&workload, &req);
+        async move {
+            let resp = if mesh_tower::protocol::is_grpc(req.headers()) {
+                grpc_answer(&text)
+            } else {
+                http::Response::new(mesh_tower::body::full(format!("{text}\n")))
+            };
+            Ok::<_, std::convert::Infallible>(resp)
+        }
+    });
+    let result = server.serve(listener, app).await;
+    drop(client);
+    result.map_err(|e| format!("accepting on {listen}: {e}"))
 }

@@ -85,6 +85,17 @@ enum Command {
         #[command(flatten)]
         xds: XdsArgs,
     },
+    /// A mesh workload: the server stack on ADDR, configured by the control plane (its inbound
+    /// listener: mTLS, RBAC), answering every request with who answered and for whom.
+    Serve {
+        /// gRPC xDS bootstrap file (default: GRPC_XDS_BOOTSTRAP / GRPC_XDS_BOOTSTRAP_CONFIG); it
+        /// needs `server_listener_resource_name_template`.
+        #[arg(long)]
+        bootstrap: Option<PathBuf>,
+        /// Where to listen, e.g. 127.0.0.1:8080.
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+    },
     /// Connects to the control plane, waits for the targets' configuration and prints it as
     /// this client resolves it, with the xDS status of every resource.
     ConfigDump {
@@ -100,7 +111,11 @@ enum Command {
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+            // `mesh serve` logs each decision (allowed, denied by which policy) unless told
+            // otherwise.
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                "warn,mesh::server::decision=debug,mesh::rbac::audit=info".into()
+            }),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -130,6 +145,9 @@ async fn main() -> ExitCode {
             };
             cli::request(args).await
         }
+        Command::Serve { bootstrap, listen } => cli::serve(cli::ServeArgs { bootstrap, listen })
+            .await
+            .map(|()| String::new()),
         Command::ConfigDump { targets, xds } => {
             cli::config_dump(cli::ConfigDumpArgs {
                 targets,

@@ -234,3 +234,98 @@ async fn config_dump_shows_the_workload_identity_in_use() {
         "{out}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_answers_with_who_called_and_enforces_its_policies() {
+    use mesh_xds_client::testing::ca::TestCa;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let yaml = format!(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: echo, namespace: default}}\nspec:\n  hosts: [echo.default.svc.cluster.local]\n  ports: [{{number: 9080, name: http}}]\n  endpoints:\n  - {{address: 127.0.0.1, ports: {{http: {port}}}, serviceAccount: echo, labels: {{app: echo}}}}\n---\n\
+apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: echo, namespace: default}}\nspec:\n  host: echo.default.svc.cluster.local\n  trafficPolicy: {{tls: {{mode: ISTIO_MUTUAL}}}}\n---\n\
+apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: strict, namespace: default}}\nspec: {{mtls: {{mode: STRICT}}}}\n---\n\
+apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: no-admin, namespace: default}}\nspec:\n  selector: {{matchLabels: {{app: echo}}}}\n  action: DENY\n  rules:\n  - to:\n    - operation: {{paths: [/admin*]}}\n"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("echo.yaml"), yaml).unwrap();
+    let cp = ControlPlane::new(load(dir.path()).unwrap());
+    let addr = cp.spawn("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let ca = TestCa::new("mesh-test-ca");
+    let bootstrap_for = |name: &str, id: &str| {
+        let certs = dir.path().join(name);
+        std::fs::create_dir_all(&certs).unwrap();
+        let leaf = ca.workload(id);
+        for (f, body) in [
+            ("cert-chain.pem", &leaf.chain_pem),
+            ("key.pem", &leaf.key_pem),
+            ("root-cert.pem", &ca.root_pem()),
+        ] {
+            std::fs::write(certs.join(f), body).unwrap();
+        }
+        let f = |n: &str| certs.join(n).display().to_string();
+        let path = dir.path().join(format!("{name}.json"));
+        std::fs::write(
+            &path,
+            format!(
+                r#"{{"xds_servers": [{{"server_uri": "{addr}", "channel_creds": [{{"type": "insecure"}}]}}],
+                "node": {{"id": "sidecar~127.0.0.1~{name}.default~default.svc.cluster.local", "metadata": {{"NAMESPACE": "default", "WORKLOAD_NAME": "{name}"}}}},
+                "server_listener_resource_name_template": "xds.istio.io/grpc/lds/inbound/%s",
+                "certificate_providers": {{"default": {{"plugin_name": "file_watcher", "config": {{"certificate_file": "{}", "private_key_file": "{}", "ca_certificate_file": "{}", "refresh_interval": "900s"}}}}}}}}"#,
+                f("cert-chain.pem"),
+                f("key.pem"),
+                f("root-cert.pem")
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let server = bootstrap_for("echo", "spiffe://cluster.local/ns/default/sa/echo");
+    let client = bootstrap_for("client", "spiffe://cluster.local/ns/default/sa/client");
+    tokio::spawn(mesh_cli::serve(mesh_cli::ServeArgs {
+        bootstrap: Some(server),
+        listen: format!("127.0.0.1:{port}").parse().unwrap(),
+    }));
+    let send = |path: &str, body: mesh_cli::RequestBody| {
+        let client = client.clone();
+        let url = format!("http://echo.default.svc.cluster.local:9080{path}");
+        async move {
+            let out = mesh_cli::request(mesh_cli::RequestArgs {
+                url,
+                requests: 10,
+                concurrency: 2,
+                method: "GET".into(),
+                headers: vec![],
+                body,
+                xds: xds(client, Duration::from_secs(10), None),
+            })
+            .await
+            .unwrap();
+            serde_json::from_str::<serde_json::Value>(&out).unwrap()
+        }
+    };
+    // The server may take a moment to have its listener: retry the first call until it answers.
+    let mut v = send("/hello", mesh_cli::RequestBody::Empty).await;
+    for _ in 0..50 {
+        if v["status"]["200"] == 10 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        v = send("/hello", mesh_cli::RequestBody::Empty).await;
+    }
+    assert_eq!(
+        v["bodies"]["echo answered GET /hello for spiffe://cluster.local/ns/default/sa/client"], 10,
+        "{v}"
+    );
+    let v = send("/demo.Echo/Who", mesh_cli::RequestBody::GrpcEmpty).await;
+    assert_eq!(v["bodies"]["grpc-status 0"], 10, "{v}");
+    let v = send("/admin/users", mesh_cli::RequestBody::Empty).await;
+    assert_eq!(v["status"]["403"], 10, "{v}");
+    assert_eq!(
+        v["bodies"]["RBAC: access denied: denied by policy \"default-no-admin-0\" of envoy.filters.http.rbac.DENY"],
+        10,
+        "{v}"
+    );
+}

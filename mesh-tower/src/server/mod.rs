@@ -140,7 +140,7 @@ impl MeshServer {
             + 'static,
         S::Future: Send + 'static,
         S::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send + Sync + 'static,
-        RB: http_body::Body<Data = bytes::Bytes> + Send + Sync + 'static,
+        RB: http_body::Body<Data = bytes::Bytes> + Send + 'static,
         RB::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         loop {
@@ -167,7 +167,7 @@ impl MeshServer {
             + 'static,
         S::Future: Send + 'static,
         S::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send + Sync + 'static,
-        RB: http_body::Body<Data = bytes::Bytes> + Send + Sync + 'static,
+        RB: http_body::Body<Data = bytes::Bytes> + Send + 'static,
         RB::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let (listener, state) = self.current();
@@ -240,7 +240,7 @@ impl MeshServer {
             + 'static,
         S::Future: Send + 'static,
         S::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send + Sync + 'static,
-        RB: http_body::Body<Data = bytes::Bytes> + Send + Sync + 'static,
+        RB: http_body::Body<Data = bytes::Bytes> + Send + 'static,
         RB::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let svc = AuthzService::new(service, Arc::new(peer), self.snapshots.clone());
