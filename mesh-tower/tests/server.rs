@@ -72,7 +72,7 @@ struct World {
     addr: SocketAddr,
     xds: SocketAddr,
     ca: Arc<TestCa>,
-    _server_xds: XdsClient,
+    server_xds: XdsClient,
     serving: tokio::sync::watch::Receiver<ServingState>,
     _dirs: Vec<tempfile::TempDir>,
 }
@@ -114,7 +114,7 @@ async fn world(mode: &str) -> World {
         addr,
         xds,
         ca,
-        _server_xds: server_xds,
+        server_xds,
         serving,
         _dirs: vec![dir],
     }
@@ -260,4 +260,54 @@ async fn without_its_listener_the_server_closes_every_connection() {
     .unwrap()
     .unwrap();
     assert_eq!(plain_get(w.addr).await.unwrap().0, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_change_drains_old_connections_and_other_changes_do_not() {
+    let w = world("PERMISSIVE").await;
+    let tcp = tokio::net::TcpStream::connect(w.addr).await.unwrap();
+    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    let send = |tx: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>| {
+        let req = Request::get("/orders")
+            .header("host", HOST)
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let f = tx.send_request(req);
+        async move { f.await.map(|r| r.status()) }
+    };
+    assert_eq!(send(&mut tx).await.unwrap(), StatusCode::FORBIDDEN);
+
+    // Another service changes: the server's listener does not, and the connection stays.
+    let mut snaps = w.server_xds.snapshots();
+    snaps.borrow_and_update();
+    let mut more = yaml(w.addr.port(), "PERMISSIVE");
+    more.push_str("---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: other, namespace: default}\nspec:\n  hosts: [other.default.svc.cluster.local]\n  ports: [{number: 9080, name: http}]\n  endpoints:\n  - {address: 127.0.0.1, ports: {http: 1}}\n");
+    let before = w.server_xds.snapshot();
+    w.cp.update(resources(&more));
+    // The control plane pushes; give the client time to take it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let name = format!("xds.istio.io/grpc/lds/inbound/{}", w.addr);
+    assert!(Arc::ptr_eq(
+        before.server_listener(&name).unwrap(),
+        w.server_xds.snapshot().server_listener(&name).unwrap()
+    ));
+    tx.ready().await.unwrap();
+    assert_eq!(send(&mut tx).await.unwrap(), StatusCode::FORBIDDEN);
+
+    // The policy changes (the listener's RBAC): the old connection is drained...
+    let open = yaml(w.addr.port(), "PERMISSIVE").replace(
+        "  rules:\n  - from:\n    - source: {principals: [cluster.local/ns/default/sa/client]}\n",
+        "  rules:\n  - {}\n",
+    );
+    w.cp.update(resources(&open));
+    tokio::time::timeout(Duration::from_secs(10), conn)
+        .await
+        .expect("the idle HTTP/1.1 connection is closed")
+        .unwrap()
+        .unwrap();
+    // ...and a new one gets the new policy.
+    assert_eq!(plain_get(w.addr).await.unwrap().0, StatusCode::OK);
 }
