@@ -13,8 +13,10 @@ pub use mesh_tower as tower;
 pub use mesh_xds_client as xds;
 
 pub mod client;
+pub mod server;
 
 pub use client::{Channel, Client, ClientBuilder, Error};
+pub use server::Server;
 
 /// The README's examples, compiled as doctests so that they stay true.
 #[cfg(doctest)]

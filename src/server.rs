@@ -1,0 +1,86 @@
+//! One line to serve in the mesh: [`Server`] owns an xDS client built from the gRPC bootstrap,
+//! subscribes to the listener named after its address, and serves any tower HTTP service (a
+//! hyper `service_fn`, or tonic's `Routes`) behind the server stack: mTLS with the workload
+//! certificate, RBAC, the caller's [`mesh_tower::PeerInfo`] in each request's extensions.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use mesh_tower::{MeshServer, ServingState};
+use mesh_xds_client::{Bootstrap, XdsClient, XdsClientBuilder};
+use tokio::sync::watch;
+
+use crate::client::Error;
+
+/// A mesh server on one address.
+pub struct Server {
+    xds: XdsClient,
+    inner: MeshServer,
+    address: SocketAddr,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("address", &self.address)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// A server on `address` with the bootstrap of `GRPC_XDS_BOOTSTRAP` (or
+    /// `GRPC_XDS_BOOTSTRAP_CONFIG`). Must run inside a tokio runtime.
+    pub fn from_env(address: SocketAddr) -> Result<Self, Error> {
+        Self::new(Bootstrap::from_env()?, address)
+    }
+
+    /// A server on `address` with this bootstrap (it needs
+    /// `server_listener_resource_name_template`, as istio-agent writes it).
+    pub fn new(bootstrap: Bootstrap, address: SocketAddr) -> Result<Self, Error> {
+        let xds = XdsClientBuilder::new(bootstrap).start()?;
+        let name = xds.subscribe_server(address)?;
+        let inner = MeshServer::new(name, address, xds.snapshots(), xds.certificates());
+        Ok(Self {
+            xds,
+            inner,
+            address,
+        })
+    }
+
+    /// How long connections of a replaced listener may finish (default 10 minutes).
+    pub fn drain_grace(mut self, grace: Duration) -> Self {
+        self.inner = self.inner.drain_grace(grace);
+        self
+    }
+
+    /// Whether it serves now (its listener is configured), and as that changes. It never
+    /// fails to start for want of configuration: until then it closes connections.
+    pub fn serving(&self) -> watch::Receiver<ServingState> {
+        self.inner.serving()
+    }
+
+    /// The xDS client (status, snapshots, certificates).
+    pub fn xds(&self) -> &XdsClient {
+        &self.xds
+    }
+
+    /// Binds the address and serves `service` until accepting fails.
+    pub async fn serve<S, RB>(self, service: S) -> std::io::Result<()>
+    where
+        S: tower::Service<http::Request<Incoming>, Response = http::Response<RB>>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send + Sync + 'static,
+        RB: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+        RB::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let listener = tokio::net::TcpListener::bind(self.address).await?;
+        let Self { xds, inner, .. } = self;
+        let result = inner.serve(listener, service).await;
+        drop(xds);
+        result
+    }
+}
