@@ -195,12 +195,107 @@ fn budget_and_breaker(c: &mut Criterion) {
     g.finish();
 }
 
+/// RBAC as istiod sends it for ten AuthorizationPolicies: a DENY filter with two policies and
+/// an ALLOW filter with eight (principals, namespaces, methods, paths), the allowed caller
+/// matching the last one. Baseline: the route match of the same request.
+fn rbac(c: &mut Criterion) {
+    use mesh::core::identity::{LeafInfo, SubjectAltNames};
+    use mesh::core::matcher::StringPattern;
+    use mesh::core::rbac::*;
+    let m = |p: StringPattern| StringMatcherSpec {
+        pattern: p,
+        ignore_case: false,
+    };
+    let policy = |sa: &str, path: &str| PolicySpec {
+        permissions: vec![PermissionSpec::And(vec![
+            PermissionSpec::Or(vec![PermissionSpec::Header(HeaderMatcherSpec::new(
+                ":method",
+                HeaderMatchSpec::String(StringMatcherSpec::exact("GET")),
+            ))]),
+            PermissionSpec::Or(vec![PermissionSpec::UrlPath(StringMatcherSpec::prefix(
+                path,
+            ))]),
+        ])],
+        principals: vec![PrincipalSpec::Or(vec![PrincipalSpec::Authenticated(Some(
+            StringMatcherSpec::prefix(format!("spiffe://cluster.local/ns/default/sa/{sa}")),
+        ))])],
+    };
+    let deny = RbacSpec {
+        name: "envoy.filters.http.rbac.DENY".into(),
+        action: Some(RbacAction::Deny),
+        policies: (0..2)
+            .map(|i| {
+                (
+                    format!("default-deny-{i}-0"),
+                    PolicySpec {
+                        permissions: vec![PermissionSpec::Any],
+                        principals: vec![PrincipalSpec::Authenticated(Some(m(
+                            StringPattern::Regex(format!(".*/ns/blocked{i}/.*")),
+                        )))],
+                    },
+                )
+            })
+            .collect(),
+        audit: AuditCondition::None,
+    };
+    let allow = RbacSpec {
+        name: "envoy.filters.http.rbac".into(),
+        action: Some(RbacAction::Allow),
+        policies: (0..8)
+            .map(|i| {
+                (
+                    format!("default-allow-{i}-0"),
+                    policy(&format!("client{i}"), &format!("/api{i}")),
+                )
+            })
+            .collect(),
+        audit: AuditCondition::None,
+    };
+    let rbac = Rbac::new(&[deny, allow]).expect("rbac");
+    let leaf = LeafInfo {
+        sans: SubjectAltNames {
+            uri: vec!["spiffe://cluster.local/ns/default/sa/client7".into()],
+            ..Default::default()
+        },
+        subject: String::new(),
+        serial: "01".into(),
+        not_before: std::time::UNIX_EPOCH,
+        not_after: std::time::UNIX_EPOCH,
+    };
+    let uri: Uri = "http://svc.ns.svc.cluster.local:8080/api7/orders"
+        .parse()
+        .expect("uri");
+    let headers = HeaderMap::new();
+    let (source, destination): (SocketAddr, SocketAddr) = (
+        "10.0.0.9:40000".parse().expect("addr"),
+        "10.0.0.1:8080".parse().expect("addr"),
+    );
+    let mut g = c.benchmark_group("rbac");
+    g.bench_function("baseline_route_request", |b| {
+        b.iter(|| black_box(RouteRequest::new(&Method::GET, &uri, &headers).path().len()))
+    });
+    g.bench_function("ten_policies_allowed_by_the_last", |b| {
+        b.iter(|| {
+            let v = rbac.evaluate(&AuthzRequest {
+                request: RouteRequest::new(&Method::GET, &uri, &headers),
+                source,
+                destination,
+                peer: Some(&leaf),
+                tls: true,
+                request_principal: None,
+            });
+            black_box(v.denied.is_none())
+        })
+    });
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2))
         .sample_size(50);
-    targets = lb_picks, route_match, budget_and_breaker
+    targets = lb_picks, route_match, budget_and_breaker, rbac
 }
 criterion_main!(benches);
