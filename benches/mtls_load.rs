@@ -35,6 +35,7 @@ use load::{drive, free_port, median};
 
 const PLAIN: &str = "plain.default.svc.cluster.local";
 const SECURE: &str = "secure.default.svc.cluster.local";
+const SERVED: &str = "served.default.svc.cluster.local";
 const CLIENT_ID: &str = "spiffe://cluster.local/ns/default/sa/bench";
 const SERVER_ID: &str = "spiffe://cluster.local/ns/default/sa/secure";
 
@@ -118,6 +119,28 @@ apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: {sa
         )
     };
     service(PLAIN, plain, "plain", "DISABLE") + &service(SECURE, secure, "secure", "ISTIO_MUTUAL")
+}
+
+/// The mesh server's service: STRICT, and ten AuthorizationPolicies as a workload might have
+/// (two DENY by namespace, eight ALLOW by identity and path; the bench client is the last).
+fn served_yaml(port: u16) -> String {
+    let mut y = format!(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: served, namespace: default}}\nspec:\n  hosts: [{SERVED}]\n  ports: [{{number: 9080, name: http}}]\n  endpoints:\n  - {{address: 127.0.0.1, ports: {{http: {port}}}, serviceAccount: served, labels: {{app: served}}}}\n---\n\
+apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: served, namespace: default}}\nspec:\n  host: {SERVED}\n  trafficPolicy: {{tls: {{mode: ISTIO_MUTUAL}}}}\n---\n\
+apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: served, namespace: default}}\nspec: {{selector: {{matchLabels: {{app: served}}}}, mtls: {{mode: STRICT}}}}\n---\n"
+    );
+    for i in 0..2 {
+        y.push_str(&format!("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: deny-{i}, namespace: default}}\nspec:\n  selector: {{matchLabels: {{app: served}}}}\n  action: DENY\n  rules: [{{from: [{{source: {{namespaces: [blocked{i}]}}}}]}}]\n---\n"));
+    }
+    for i in 0..8 {
+        let (sa, path) = if i == 7 {
+            ("bench".to_string(), "/productpage".to_string())
+        } else {
+            (format!("client{i}"), format!("/api{i}*"))
+        };
+        y.push_str(&format!("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: allow-{i}, namespace: default}}\nspec:\n  selector: {{matchLabels: {{app: served}}}}\n  action: ALLOW\n  rules: [{{from: [{{source: {{principals: [cluster.local/ns/default/sa/{sa}]}}}}], to: [{{operation: {{methods: [GET], paths: [\"{path}\"]}}}}]}}]\n---\n"));
+    }
+    y
 }
 
 /// An Envoy on `port` forwarding to `upstream`; with `Some(false)` its upstream is mTLS (a
@@ -236,8 +259,11 @@ fn main() {
         }
         let plain = plain_backend().await;
         let (secure, handshakes) = mtls_backend(&ca).await;
+        let served_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let served = served_listener.local_addr().unwrap();
         let mut cfg = IstioConfig::default();
         cfg.add_text("bench.yaml", &yaml(plain, secure)).unwrap();
+        cfg.add_text("served.yaml", &served_yaml(served.port())).unwrap();
         let cp = ControlPlane::new(translate(&cfg).unwrap());
         let xds = cp.spawn("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let f = |n: &str| dir.path().join(n).display().to_string();
@@ -252,9 +278,47 @@ fn main() {
             "bench",
         )
         .unwrap();
+        // The mesh server: its own identity and xDS client, as another workload would have.
+        let sdir = tempfile::tempdir().unwrap();
+        let served_leaf = ca.workload("spiffe://cluster.local/ns/default/sa/served");
+        for (f, body) in [
+            ("cert-chain.pem", &served_leaf.chain_pem),
+            ("key.pem", &served_leaf.key_pem),
+            ("root-cert.pem", &ca.root_pem()),
+        ] {
+            std::fs::write(sdir.path().join(f), body).unwrap();
+        }
+        let sf = |n: &str| sdir.path().join(n).display().to_string();
+        let sb = Bootstrap::from_json(
+            &format!(
+                r#"{{"xds_servers": [{{"server_uri": "{xds}", "channel_creds": [{{"type": "insecure"}}]}}], "node": {{"id": "sidecar~127.0.0.1~served.default~default.svc.cluster.local", "metadata": {{"NAMESPACE": "default"}}}},
+                "server_listener_resource_name_template": "xds.istio.io/grpc/lds/inbound/%s",
+                "certificate_providers": {{"default": {{"plugin_name": "file_watcher", "config": {{"certificate_file": "{}", "private_key_file": "{}", "ca_certificate_file": "{}", "refresh_interval": "900s"}}}}}}}}"#,
+                sf("cert-chain.pem"),
+                sf("key.pem"),
+                sf("root-cert.pem")
+            ),
+            "bench-server",
+        )
+        .unwrap();
+        let server_xds = XdsClientBuilder::new(sb).start().unwrap();
+        let name = server_xds.subscribe_server(served).unwrap();
+        let server = mesh::tower::MeshServer::new(name, served, server_xds.snapshots(), server_xds.certificates());
+        let mut serving = server.serving();
+        serving
+            .wait_for(|s| *s == mesh::tower::ServingState::Serving)
+            .await
+            .unwrap();
+        tokio::spawn(server.serve(
+            served_listener,
+            tower::service_fn(|_req: Request<Incoming>| async {
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+            }),
+        ));
         let client = XdsClientBuilder::new(b)
             .target(format!("{PLAIN}:9080"))
             .target(format!("{SECURE}:9080"))
+            .target(format!("{SERVED}:9080"))
             .start()
             .unwrap();
         client.ready().await.expect("configuration");
@@ -271,10 +335,11 @@ fn main() {
                 }
             }
         };
-        let (send_plain, send_mtls) = (to(PLAIN), to(SECURE));
+        let (send_plain, send_mtls, send_served) = (to(PLAIN), to(SECURE), to(SERVED));
         if let Ok(only) = std::env::var("STACK_LOAD_ONLY") {
             let r = match only.as_str() {
                 "plain" => drive(requests, concurrency, &[], send_plain).await,
+                "served" => drive(requests, concurrency, &[], send_served).await,
                 _ => drive(requests, concurrency, &[], send_mtls).await,
             };
             println!("{only}: {requests} requests, {:.0} req/s", r.rps);
@@ -282,9 +347,11 @@ fn main() {
         }
         drive(5_000, concurrency, &[], send_plain.clone()).await;
         drive(5_000, concurrency, &[], send_mtls.clone()).await;
+        drive(5_000, concurrency, &[], send_served.clone()).await;
         let warm_handshakes = handshakes.load(Ordering::Relaxed);
         let rounds = 7;
         let (mut plain_runs, mut mtls_runs, mut added) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut served_runs, mut stack_added) = (Vec::new(), Vec::new());
         for round in 0..rounds {
             let (p, m) = if round % 2 == 0 {
                 let p = drive(requests, concurrency, &[], send_plain.clone()).await;
@@ -293,24 +360,36 @@ fn main() {
                 let m = drive(requests, concurrency, &[], send_mtls.clone()).await;
                 (drive(requests, concurrency, &[], send_plain.clone()).await, m)
             };
+            let sv = drive(requests, concurrency, &[], send_served.clone()).await;
             added.push(m.cpu_us - p.cpu_us);
+            stack_added.push(sv.cpu_us - m.cpu_us);
             plain_runs.push(p);
             mtls_runs.push(m);
+            served_runs.push(sv);
         }
         added.sort_by(f64::total_cmp);
+        stack_added.sort_by(f64::total_cmp);
         let (p, m) = (median(&mut plain_runs), median(&mut mtls_runs));
+        let sv = median(&mut served_runs);
         let total = handshakes.load(Ordering::Relaxed);
         println!("mTLS on reused connections: {requests} requests × {rounds} paired rounds (median shown), concurrency {concurrency}, loopback, 2 worker threads; client and backends in one process");
         println!("| path | req/s | CPU µs/request (client + backend) | p50 µs | p99 µs |");
         println!("| --- | ---: | ---: | ---: | ---: |");
         println!("| mesh → plaintext backend | {:.0} | {:.1} | {} | {} |", p.rps, p.cpu_us, p.p50_us, p.p99_us);
         println!("| mesh → mTLS backend | {:.0} | {:.1} | {} | {} |", m.rps, m.cpu_us, m.p50_us, m.p99_us);
+        println!("| mesh → mesh server (mTLS, ten RBAC policies) | {:.0} | {:.1} | {} | {} |", sv.rps, sv.cpu_us, sv.p50_us, sv.p99_us);
         println!(
             "mTLS vs plaintext: added CPU per request across the {rounds} pairs: min {:.2}, median {:.2}, max {:.2} µs (both ends of the connection); throughput {:.1}% of plaintext",
             added[0],
             added[added.len() / 2],
             added[added.len() - 1],
             100.0 * m.rps / p.rps
+        );
+        println!(
+            "the mesh server stack vs a bare hyper+rustls server (both mTLS), across the {rounds} rounds: min {:.2}, median {:.2}, max {:.2} µs per request",
+            stack_added[0],
+            stack_added[stack_added.len() / 2],
+            stack_added[stack_added.len() - 1]
         );
         println!(
             "handshakes: {warm_handshakes} during warm-up, {} more over {} mTLS requests",
