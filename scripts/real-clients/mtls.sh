@@ -31,6 +31,7 @@ mesh_leaf ui "$td/ui" mesh-ca
 mesh_leaf intruder "$td/intruder" mesh-ca
 mesh_leaf client "$td/client" mesh-ca
 mesh_leaf foreign "$td/client" other-ca
+mesh_leaf served "$td/served" mesh-ca
 cp mesh-ca/root-cert.pem foreign/root-cert.pem  # it trusts the mesh's servers; they do not trust it
 
 # --- backends and servers -------------------------------------------------------------------
@@ -115,7 +116,17 @@ spec:
 ---
 YAML
 }
-{ se ui 15006 ui; se ui-wrong 15007 ui; se echo 18095 ui; se echo-wrong 18095 other
+{ se ui 15006 ui; se ui-wrong 15007 ui; se echo 18095 ui; se echo-wrong 18095 other; se served 18096 served
+  cat <<YAML
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: clients-only, namespace: default}
+spec:
+  selector: {matchLabels: {app: served}}
+  action: ALLOW
+  rules: [{from: [{source: {principals: [cluster.local/ns/default/sa/client]}}]}]
+---
+YAML
   cat <<YAML
 apiVersion: security.istio.io/v1
 kind: PeerAuthentication
@@ -128,7 +139,7 @@ mesh="$root/target/debug/mesh"
 timeout 300 "$mesh" control-plane --config config --listen 127.0.0.1:15010 > cp.log 2>&1 & pids+=($!)
 sleep 1
 
-for b in "client client" "foreign foreign" "ui echo"; do
+for b in "client client" "foreign foreign" "ui echo" "served served" "intruder intruder"; do
   set -- $b
   mesh_bootstrap "bootstrap-$1.json" 127.0.0.1:15010 '{"type": "insecure"}' "$2" "$work/$1"
 done
@@ -155,5 +166,15 @@ echo "== the same server where the cluster expects sa/other: mesh refuses it"
 req client -n 3 --grpc http://echo-wrong.default.svc.cluster.local:9080/demo.Echo/Who
 echo "== gRPC C-core, a client certificate from another CA: the server refuses it"
 req foreign -n 3 --grpc http://echo.default.svc.cluster.local:9080/demo.Echo/Who
+echo "== gRPC C-core as the client of \`mesh serve\` (STRICT, an ALLOW policy for sa/client)"
+timeout 120 "$mesh" serve --bootstrap "$work/bootstrap-served.json" --listen 127.0.0.1:18096 > serve.log 2>&1 & pids+=($!)
+for _ in $(seq 50); do grep -q "^serving" serve.log && break; sleep 0.2; done
+grep -m1 "^serving" serve.log | sed 's/^/    /'
+echo "  - with sa/client's certificate:"
+GRPC_XDS_BOOTSTRAP="$work/bootstrap-client.json" timeout 60 "$py" "$here/grpc_xds_client.py" xds:///served.default.svc.cluster.local:9080 10
+echo "  - with sa/intruder's certificate:"
+GRPC_XDS_BOOTSTRAP="$work/bootstrap-intruder.json" timeout 60 "$py" "$here/grpc_xds_client.py" xds:///served.default.svc.cluster.local:9080 3
+echo "  - mesh serve's decisions:"
+grep -oE '(allowed|denied: [^=]*) caller="[^"]*"' serve.log | sort | uniq -c | sed 's/^/    /' || true
 echo "== control plane: what each client ACKed or NACKed"
 grep -E "^client|rejected|NACK" cp.log | sort | uniq -c | head -20 || true

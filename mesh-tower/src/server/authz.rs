@@ -147,6 +147,13 @@ where
                 );
             }
             if let Some(denied) = verdict.denied {
+                tracing::debug!(
+                    target: "mesh::server::decision",
+                    caller = self.peer.spiffe_id.as_deref().unwrap_or("anonymous"),
+                    remote = %self.peer.remote,
+                    path = req.uri().path(),
+                    "denied: {denied}"
+                );
                 let message = format!("RBAC: access denied: {denied}");
                 return local(refuse(
                     StatusCode::FORBIDDEN,
@@ -156,6 +163,14 @@ where
                 ));
             }
         }
+        tracing::debug!(
+            target: "mesh::server::decision",
+            caller = self.peer.spiffe_id.as_deref().unwrap_or("anonymous"),
+            remote = %self.peer.remote,
+            path = req.uri().path(),
+            chain = %chain.name(),
+            "allowed"
+        );
         req.extensions_mut().insert((*self.peer).clone());
         let map: fn(Response<RB>) -> Response<Either<RB, MeshBody>> = |r| r.map(Either::Left);
         futures_util::future::Either::Left(self.inner.call(req).map_ok(map))
