@@ -82,6 +82,13 @@ pub(crate) fn bounded_regex(pattern: &str, shown: &str, field: &str) -> FieldRes
 }
 
 /// Compiles an RE2-style pattern that must match the whole input.
+/// `L` when `pattern` is `.*L.*` and `L` has no regex syntax in it.
+fn around_literal(pattern: &str) -> Option<&str> {
+    let lit = pattern.strip_prefix(".*")?.strip_suffix(".*")?;
+    let meta = |c: char| "\\.+*?()|[]{}^$#&-~".contains(c) || c.is_whitespace();
+    (!lit.is_empty() && !lit.chars().any(meta)).then_some(lit)
+}
+
 pub(crate) fn full_match_regex(pattern: &str, field: &str) -> FieldResult<Regex> {
     bounded_regex(&format!("^(?:{pattern})$"), pattern, field)
 }
@@ -168,6 +175,7 @@ impl PartialEq for StringKind {
             | (Suffix(a, x), Suffix(b, y))
             | (Contains(a, x), Contains(b, y)) => a == b && x == y,
             (Regex(a), Regex(b)) => a.as_str() == b.as_str(),
+            (AroundLiteral(a), AroundLiteral(b)) => a == b,
             _ => false,
         }
     }
@@ -180,6 +188,9 @@ enum StringKind {
     Suffix(Box<str>, bool),
     Contains(Box<str>, bool),
     Regex(Regex),
+    /// A regex `.*LITERAL.*`, as Istio writes namespace rules: a full match is "contains
+    /// LITERAL, and no newline" (`.` does not match one), without running the regex.
+    AroundLiteral(Box<str>),
 }
 
 impl StringMatcher {
@@ -214,7 +225,14 @@ impl StringMatcher {
                 non_empty(s, "contains")?;
                 StringKind::Contains(fold(s), ic)
             }
-            StringPattern::Regex(s) => StringKind::Regex(full_match_regex(s, "safe_regex")?),
+            StringPattern::Regex(s) => {
+                let regex = full_match_regex(s, "safe_regex")?;
+                // Compiled either way: to validate it and to charge the regex budget.
+                match around_literal(s) {
+                    Some(lit) => StringKind::AroundLiteral(lit.into()),
+                    None => StringKind::Regex(regex),
+                }
+            }
         };
         Ok(Self { kind })
     }
@@ -237,6 +255,7 @@ impl StringMatcher {
             StringKind::Contains(p, false) => value.contains(&**p),
             StringKind::Contains(p, true) => value.to_ascii_lowercase().contains(&**p),
             StringKind::Regex(r) => r.is_match(value),
+            StringKind::AroundLiteral(lit) => value.contains(&**lit) && !value.contains('\n'),
         }
     }
 }
@@ -534,6 +553,18 @@ mod tests {
             ..HeaderMatcherSpec::new(name, m)
         })
         .unwrap()
+    }
+
+    proptest! {
+        /// Istio's `.*LITERAL.*` regexes, answered without the regex, answer as the regex does.
+        #[test]
+        fn around_literal_regexes_answer_as_the_regex(value in "[a-z/\n:.]{0,24}", lit in "[a-z/]{1,6}") {
+            let pattern = format!(".*{lit}.*");
+            let fast = StringMatcher::new(&StringMatcherSpec::regex(&pattern)).unwrap();
+            assert!(matches!(fast.kind, StringKind::AroundLiteral(_)));
+            let slow = full_match_regex(&pattern, "r").unwrap();
+            prop_assert_eq!(fast.matches(&value), slow.is_match(&value));
+        }
     }
 
     #[test]

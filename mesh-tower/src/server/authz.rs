@@ -71,7 +71,11 @@ fn refuse(status: StatusCode, code: u32, message: &str, grpc: bool) -> Response<
 }
 
 /// Why the chain cannot serve a request (A36): `None` if a non-forwarding route matches.
-fn route_problem<B>(chain: &FilterChain, snap: &MeshSnapshot, req: &Request<B>) -> Option<String> {
+fn route_problem(
+    chain: &FilterChain,
+    snap: &MeshSnapshot,
+    rr: &RouteRequest<'_>,
+) -> Option<String> {
     let rc = match chain.routes() {
         RouteSource::Inline(rc) => rc.clone(),
         RouteSource::Rds(name) => match snap.route_config(name) {
@@ -79,8 +83,7 @@ fn route_problem<B>(chain: &FilterChain, snap: &MeshSnapshot, req: &Request<B>) 
             None => return Some(format!("route configuration {name:?} is not available")),
         },
     };
-    let rr = RouteRequest::from_request(req);
-    match rc.route(&rr, &mut rand::rng()) {
+    match rc.route(rr, &mut rand::rng()) {
         Ok(route) => match route.action() {
             RouteAction::NonForwarding => None,
             RouteAction::Forward(_) => Some(format!(
@@ -116,7 +119,9 @@ where
             futures_util::future::Either::Right(std::future::ready(Ok(r.map(Either::Right))))
         };
         let snap = self.snapshots.borrow().clone();
-        if let Some(problem) = route_problem(chain, &snap, &req) {
+        // One view of the request for the route and for RBAC.
+        let rr = RouteRequest::from_request(&req);
+        if let Some(problem) = route_problem(chain, &snap, &rr) {
             tracing::debug!(chain = %chain.name(), "{problem}");
             return local(refuse(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -127,7 +132,7 @@ where
         }
         if !chain.rbac().is_empty() {
             let verdict = chain.rbac().evaluate(&AuthzRequest {
-                request: RouteRequest::from_request(&req),
+                request: rr,
                 source: self.peer.remote,
                 destination: self.peer.local,
                 peer: self.peer.certificate.as_deref(),
