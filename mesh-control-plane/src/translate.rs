@@ -201,7 +201,7 @@ pub fn translate(cfg: &IstioConfig) -> Result<Resources, ConfigError> {
         };
         out.routes.insert(rds, any(ROUTE_TYPE, &rc));
 
-        let rule = rules.get(&svc.fqdn);
+        let rule = rule_for(&rules, &svc.fqdn);
         let mut subsets: Vec<(String, Option<&istio::Subset>)> = vec![(String::new(), None)];
         if let Some(r) = rule {
             subsets.extend(r.spec.subsets.iter().map(|s| (s.name.clone(), Some(s))));
@@ -339,6 +339,25 @@ fn services(cfg: &IstioConfig) -> Result<Vec<Service>, ConfigError> {
         }
     }
     Ok(out)
+}
+
+/// The DestinationRule for `host`: its own, else the longest wildcard host covering it
+/// (`*.default.svc.cluster.local`, `*`), as istiod picks them.
+fn rule_for<'a>(
+    rules: &'a HashMap<String, &'a Named<istio::DestinationRule>>,
+    host: &str,
+) -> Option<&'a &'a Named<istio::DestinationRule>> {
+    rules.get(host).or_else(|| {
+        rules
+            .iter()
+            .filter(|(k, _)| {
+                k.as_str() == "*"
+                    || k.strip_prefix('*')
+                        .is_some_and(|suffix| host.ends_with(suffix))
+            })
+            .max_by_key(|(k, _)| k.len())
+            .map(|(_, v)| v)
+    })
 }
 
 fn destination_rules(
@@ -756,7 +775,7 @@ fn default_route(
             ))),
             timeout: Some(pb_duration(Duration::ZERO)),
             retry_policy: Some(default_retry()),
-            hash_policy: hash_policies(rules.get(&svc.fqdn)),
+            hash_policy: hash_policies(rule_for(rules, &svc.fqdn)),
             ..Default::default()
         })),
         ..Default::default()
@@ -882,7 +901,7 @@ fn vs_routes(
                 ..Default::default()
             }),
             retry_policy,
-            hash_policy: hash_policies(rules.get(&first_dest)),
+            hash_policy: hash_policies(rule_for(rules, &first_dest)),
             request_mirror_policies: mirrors,
             ..Default::default()
         };

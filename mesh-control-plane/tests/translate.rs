@@ -396,6 +396,26 @@ fn mesh_decodes_the_inbound_listener_into_a_server_listener() {
     );
 }
 
+#[test]
+fn a_wildcard_destination_rule_applies_to_the_hosts_it_covers_and_an_exact_one_wins() {
+    let yaml = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: a, namespace: default}\nspec:\n  hosts: [a.default.svc.cluster.local, b.default.svc.cluster.local]\n  ports: [{number: 80, name: http}]\n  endpoints: [{address: 127.0.0.1, ports: {http: 8080}}]\n---\n\
+apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: all, namespace: default}\nspec: {host: '*.default.svc.cluster.local', trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}}\n---\n\
+apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: b, namespace: default}\nspec: {host: b.default.svc.cluster.local, trafficPolicy: {tls: {mode: DISABLE}}}\n";
+    let mut cfg = IstioConfig::default();
+    cfg.add_text("w.yaml", yaml).unwrap();
+    let r = translate(&cfg).unwrap();
+    assert!(
+        cluster(&r, "outbound|80||a.default.svc.cluster.local")
+            .tls()
+            .is_some()
+    );
+    assert!(
+        cluster(&r, "outbound|80||b.default.svc.cluster.local")
+            .tls()
+            .is_none()
+    );
+}
+
 mod no_panic {
     use mesh_control_plane::{IstioConfig, translate};
     use proptest::prelude::*;

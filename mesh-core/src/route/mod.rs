@@ -273,6 +273,10 @@ impl RouteConfig {
     /// `prefix*`, then `*`. Compared case-insensitively with the port included (unless the
     /// configuration ignores ports). Wildcards never match an empty remainder.
     pub fn virtual_host(&self, authority: &str) -> Option<&VirtualHost> {
+        // A server's inbound routes have one `*` virtual host: no lookup to do.
+        if self.exact.is_empty() && self.suffixes.is_empty() && self.prefixes.is_empty() {
+            return self.any.map(|i| &self.virtual_hosts[i]);
+        }
         let mut authority = authority;
         if self.ignore_port {
             authority = strip_port(authority);
