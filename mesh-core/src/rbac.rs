@@ -313,6 +313,15 @@ fn permission(p: &PermissionSpec, at: &str) -> Result<Permission, FieldError> {
     };
     Ok(match p {
         PermissionSpec::Any => Permission::Any,
+        // istiod nests every condition in one-element sets: flattened, they cost no call.
+        PermissionSpec::And(v) | PermissionSpec::Or(v) if v.len() == 1 => {
+            let kind = if matches!(p, PermissionSpec::And(_)) {
+                "and_rules"
+            } else {
+                "or_rules"
+            };
+            permission(&v[0], &format!("{at}.{kind}.rules[0]"))?
+        }
         PermissionSpec::And(v) => Permission::And(list(v, "and_rules")?),
         PermissionSpec::Or(v) => Permission::Or(list(v, "or_rules")?),
         PermissionSpec::Not(p) => {
@@ -341,6 +350,14 @@ fn principal(p: &PrincipalSpec, at: &str) -> Result<Principal, FieldError> {
     };
     Ok(match p {
         PrincipalSpec::Any => Principal::Any,
+        PrincipalSpec::And(v) | PrincipalSpec::Or(v) if v.len() == 1 => {
+            let kind = if matches!(p, PrincipalSpec::And(_)) {
+                "and_ids"
+            } else {
+                "or_ids"
+            };
+            principal(&v[0], &format!("{at}.{kind}.ids[0]"))?
+        }
         PrincipalSpec::And(v) => Principal::And(list(v, "and_ids")?),
         PrincipalSpec::Or(v) => Principal::Or(list(v, "or_ids")?),
         PrincipalSpec::Not(p) => Principal::Not(Box::new(principal(p, &format!("{at}.not_id"))?)),
