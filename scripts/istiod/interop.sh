@@ -186,6 +186,71 @@ mesh_bootstrap "$mt/secure.json" localhost:15012 "$tls_creds" client "$mt/client
 mesh_bootstrap "$mt/elsewhere.json" localhost:15012 "$tls_creds" client "$mt/elsewhere"
 mesh_bootstrap "$mt/anonymous.json" localhost:15012 "$tls_creds" client
 mesh_bootstrap "$mt/local.json" 127.0.0.1:15910 '{"type": "insecure"}' client "$mt/client"
+# `mesh serve` as the workload `served` on 127.0.0.61:18401 (istiod finds a proxy's inbound
+# listener by the IP of its node id and the endpoint's port, and selects policies by the
+# node's LABELS): STRICT, and an ALLOW policy for sa/client.
+mesh_leaf "$mt/served" "$td/default/sa/served" "$mt/ca"
+cat >> "$mt/config/mtls.yaml" <<'YAML'
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: served, namespace: default}
+spec:
+  hosts: [served.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 9080, name: http, protocol: HTTP}]
+  endpoints:
+  - {address: 127.0.0.61, ports: {http: 18401}, serviceAccount: served, labels: {app: served}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: served, namespace: default}
+spec:
+  host: served.default.svc.cluster.local
+  trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: served, namespace: default}
+spec:
+  selector: {matchLabels: {app: served}}
+  mtls: {mode: STRICT}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: served-clients, namespace: default}
+spec:
+  selector: {matchLabels: {app: served}}
+  action: ALLOW
+  rules: [{from: [{source: {principals: [cluster.local/ns/default/sa/client]}}]}]
+---
+YAML
+served_boot() { # $1 file, $2 xDS server
+  cat > "$1" <<BOOT
+{"xds_servers": [{"server_uri": "$2", "channel_creds": [{"type": "insecure"}], "server_features": ["xds_v3"]}],
+ "node": {"id": "sidecar~127.0.0.61~served-0.default~default.svc.cluster.local",
+          "metadata": {"GENERATOR": "grpc", "NAMESPACE": "default", "CLUSTER_ID": "Kubernetes", "INSTANCE_IPS": "127.0.0.61",
+                       "WORKLOAD_NAME": "served", "LABELS": {"app": "served"}}},
+ "certificate_providers": {"default": {"plugin_name": "file_watcher", "config": {"certificate_file": "$mt/served/cert-chain.pem", "private_key_file": "$mt/served/key.pem", "ca_certificate_file": "$mt/served/root-cert.pem", "refresh_interval": "900s"}}},
+ "server_listener_resource_name_template": "xds.istio.io/grpc/lds/inbound/%s"}
+BOOT
+}
+served_boot "$mt/served-istiod.json" 127.0.0.1:15010
+served_boot "$mt/served-local.json" 127.0.0.1:15910
+mesh_bootstrap "$mt/intruder-client.json" 127.0.0.1:15010 '{"type": "insecure"}' client "$mt/intruder"
+mesh_bootstrap "$mt/intruder-local.json" 127.0.0.1:15910 '{"type": "insecure"}' client "$mt/intruder"
+serve_check() { # $1 label, $2 server bootstrap, $3 client bootstrap, $4 intruder bootstrap
+  echo "## $1: mesh serve with its inbound listener (STRICT, ALLOW sa/client)"
+  "$mesh" serve --bootstrap "$2" --listen 127.0.0.61:18401 > "$mt/serve.log" 2>&1 &
+  local serve=$!
+  for _ in $(seq 100); do grep -q "^serving" "$mt/serve.log" && break; sleep 0.1; done
+  grep -m1 "^serving" "$mt/serve.log" | sed "s/^/  /" || echo "  (never served)"
+  echo "- 20 requests from sa/client:"
+  "$mesh" request http://served.default.svc.cluster.local:9080/hello --bootstrap "$3" -n 20 -c 2 --json | answers
+  echo "- 3 requests from sa/intruder:"
+  "$mesh" request http://served.default.svc.cluster.local:9080/hello --bootstrap "$4" -n 3 --json | answers
+  kill "$serve"; wait "$serve" 2>/dev/null || true
+}
 answers() { python3 -c 'import json,sys; d=json.load(sys.stdin); print("  status", d["status"], "answers", d["bodies"], "errors", d["errors"])'; }
 mtls() { # $1 label, $2 bootstrap
   echo "## $1: ISTIO_MUTUAL"
@@ -204,8 +269,9 @@ istiod_tls() {
     echo "- $b:"
     "$mesh" config-dump --bootstrap "$mt/$b.json" --target secure.default.svc.cluster.local:9080 --timeout 5 2>&1 | head -1 | sed 's/^/  /'
   done
+  serve_check istiod "$mt/served-istiod.json" "$mt/plain.json" "$mt/intruder-client.json"
 }
-export -f mtls istiod_tls answers
+export -f mtls istiod_tls answers serve_check
 export mt
 ISTIOD_CA_DIR="$mt/ca" "$root/scripts/istiod/run.sh" "$mt/config" -- bash -c istiod_tls
 # The local control plane, same YAML, same client node; it follows edits of its directory too.
@@ -227,3 +293,4 @@ ISTIOD_CONFIG="$local_config" live_edits "mesh control-plane"
 cp "$mt/config/mtls.yaml" "$local_config/"
 sleep 1
 mtls "mesh control-plane" "$mt/local.json"
+serve_check "mesh control-plane" "$mt/served-local.json" "$mt/local.json" "$mt/intruder-local.json"
