@@ -78,6 +78,10 @@ struct World {
 }
 
 async fn world(mode: &str) -> World {
+    world_with(mode, |s| s).await
+}
+
+async fn world_with(mode: &str, tune: impl FnOnce(MeshServer) -> MeshServer) -> World {
     let ca = Arc::new(TestCa::new("mesh-test-ca"));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -94,12 +98,12 @@ async fn world(mode: &str) -> World {
         .unwrap();
     let name = server_xds.subscribe_server(addr).unwrap();
     assert_eq!(name, format!("xds.istio.io/grpc/lds/inbound/{addr}"));
-    let server = MeshServer::new(
+    let server = tune(MeshServer::new(
         name,
         addr,
         server_xds.snapshots(),
         server_xds.certificates(),
-    );
+    ));
     let mut serving = server.serving();
     tokio::time::timeout(
         Duration::from_secs(10),
@@ -310,4 +314,22 @@ async fn a_listener_change_drains_old_connections_and_other_changes_do_not() {
         .unwrap();
     // ...and a new one gets the new policy.
     assert_eq!(plain_get(w.addr).await.unwrap().0, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_stalls_before_or_in_its_handshake_is_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let w = world_with("STRICT", |s| {
+        s.handshake_timeout(Duration::from_millis(200))
+    })
+    .await;
+    // Silent after connecting; then the first bytes of a ClientHello and nothing more.
+    for opening in [&b""[..], &[0x16, 0x03, 0x01][..]] {
+        let mut tcp = tokio::net::TcpStream::connect(w.addr).await.unwrap();
+        tcp.write_all(opening).await.unwrap();
+        let mut buf = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut buf)).await;
+        assert!(read.is_ok(), "closed by the server, not left open");
+        assert_eq!(buf, b"");
+    }
 }

@@ -41,7 +41,7 @@ pub enum ServingState {
 /// How long connections of a replaced listener may finish (gRFC A36: 10 minutes).
 pub const DEFAULT_DRAIN_GRACE: Duration = Duration::from_secs(600);
 
-/// How long a connection may take to send its first bytes.
+/// The default time a connection has to send its first bytes, and then its TLS handshake.
 const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A mesh server: where it listens, its listener's name, and the xDS client's watches.
@@ -52,6 +52,7 @@ pub struct MeshServer {
     snapshots: watch::Receiver<Arc<MeshSnapshot>>,
     tls: tls::TlsTerminator,
     drain_grace: Duration,
+    handshake_timeout: Duration,
 }
 
 impl std::fmt::Debug for MeshServer {
@@ -78,12 +79,20 @@ impl MeshServer {
             snapshots,
             tls: tls::TlsTerminator::new(certificates),
             drain_grace: DEFAULT_DRAIN_GRACE,
+            handshake_timeout: FIRST_BYTES_TIMEOUT,
         }
     }
 
     /// How long connections of a replaced listener may finish.
     pub fn drain_grace(mut self, grace: Duration) -> Self {
         self.drain_grace = grace;
+        self
+    }
+
+    /// How long a connection may take to send its first bytes, and then to finish its TLS
+    /// handshake (default 10 s).
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = timeout;
         self
     }
 
@@ -131,7 +140,8 @@ impl MeshServer {
     }
 
     /// Accepts connections on `listener` and serves each with `service` behind the mesh's
-    /// per-request stage, until the listener fails.
+    /// per-request stage. Accept errors are logged and retried: it returns only if the task
+    /// is dropped.
     pub async fn serve<S, RB>(self, listener: TcpListener, service: S) -> std::io::Result<()>
     where
         S: tower::Service<http::Request<Incoming>, Response = http::Response<RB>>
@@ -144,7 +154,16 @@ impl MeshServer {
         RB::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         loop {
-            let (tcp, remote) = listener.accept().await?;
+            let (tcp, remote) = match listener.accept().await {
+                Ok(c) => c,
+                // Out of file descriptors, a connection reset before accept, ...: the server
+                // keeps serving the others and tries again.
+                Err(e) => {
+                    tracing::warn!(address = %self.address, "accept: {e}; retrying");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
             let (me, service) = (self.clone(), service.clone());
             tokio::spawn(async move {
                 if let Err(e) = me.connection(tcp, remote, service).await {
@@ -180,7 +199,7 @@ impl MeshServer {
         };
         let _ = tcp.set_nodelay(true);
         let local = tcp.local_addr().map_err(|e| e.to_string())?;
-        let is_tls = tokio::time::timeout(FIRST_BYTES_TIMEOUT, starts_with_client_hello(&tcp))
+        let is_tls = tokio::time::timeout(self.handshake_timeout, starts_with_client_hello(&tcp))
             .await
             .map_err(|_| "closed: no bytes in time".to_string())?
             .map_err(|e| e.to_string())?;
@@ -203,7 +222,10 @@ impl MeshServer {
         };
         let drained = drained(self.snapshots.clone(), self.name.clone(), listener.clone());
         if is_tls {
-            let io = self.tls.accept(&chain, tcp).await?;
+            // A peer that stalls in its handshake does not hold the connection for ever.
+            let io = tokio::time::timeout(self.handshake_timeout, self.tls.accept(&chain, tcp))
+                .await
+                .map_err(|_| "closed: the TLS handshake took too long".to_string())??;
             if let Some(leaf) = io
                 .get_ref()
                 .1
