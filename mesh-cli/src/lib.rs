@@ -65,6 +65,8 @@ async fn connect(
 pub struct ConfigDumpArgs {
     /// Targets (`host:port` or `xds:///host:port`).
     pub targets: Vec<String>,
+    /// The resources as received, decoded whole (`raw_dump`), instead of mesh's view.
+    pub raw: bool,
     /// Connection options.
     pub xds: XdsOptions,
 }
@@ -73,6 +75,13 @@ pub struct ConfigDumpArgs {
 /// status. On timeout the error lists what is still missing.
 pub async fn config_dump(args: ConfigDumpArgs) -> Result<String, String> {
     let (client, snapshot) = connect(&args.xds, &args.targets).await?;
+    if args.raw {
+        let raw = client
+            .raw_resources()
+            .await
+            .ok_or("the xDS client stopped")?;
+        return Ok(raw_dump(&raw));
+    }
     let status = client.status().await.ok_or("the xDS client stopped")?;
     let certificates = certificates_json(&client.certificates().borrow());
     Ok(if args.xds.json {
@@ -816,4 +825,122 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
     let result = server.serve(listener, app).await;
     drop(client);
     result.map_err(|e| format!("accepting on {listen}: {e}"))
+}
+
+/// Resources exactly as received, each decoded and printed with its nested `Any`s decoded too
+/// (listeners' connection managers and filters, TLS contexts, RBAC, faults), sorted by type and
+/// name: the raw material of a diff between two control planes. Map fields keep protobuf's
+/// unordered iteration; `scripts/istiod/xds-diff.sh` sorts them.
+pub fn raw_dump(
+    resources: &[(
+        mesh_xds_client::ResourceType,
+        String,
+        envoy_types::pb::google::protobuf::Any,
+    )],
+) -> String {
+    let mut sorted: Vec<_> = resources.iter().collect();
+    sorted.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+    let mut out = String::new();
+    for (ty, name, any) in sorted {
+        let _ = writeln!(out, "=== {ty} {name}");
+        out.push_str(&expand_any(&any.type_url, &any.value));
+        out.push('\n');
+    }
+    out
+}
+
+/// The pretty `Debug` of the message an `Any` holds, nested `Any`s expanded in turn.
+fn expand_any(type_url: &str, value: &[u8]) -> String {
+    use envoy_types::pb::envoy::config as c;
+    use envoy_types::pb::envoy::extensions::filters::http as h;
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as tls;
+    use prost::Message;
+    fn show<M: Message + Default + std::fmt::Debug>(v: &[u8]) -> Option<String> {
+        M::decode(v).ok().map(|m| format!("{m:#?}"))
+    }
+    let name = type_url.rsplit('/').next().unwrap_or(type_url);
+    let text = match name {
+        "envoy.config.listener.v3.Listener" => show::<c::listener::v3::Listener>(value),
+        "envoy.config.route.v3.RouteConfiguration" => {
+            show::<c::route::v3::RouteConfiguration>(value)
+        }
+        "envoy.config.cluster.v3.Cluster" => show::<c::cluster::v3::Cluster>(value),
+        "envoy.config.endpoint.v3.ClusterLoadAssignment" => {
+            show::<c::endpoint::v3::ClusterLoadAssignment>(value)
+        }
+        "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager" => {
+            show::<HttpConnectionManager>(value)
+        }
+        "envoy.extensions.filters.http.router.v3.Router" => show::<h::router::v3::Router>(value),
+        "envoy.extensions.filters.http.fault.v3.HTTPFault" => {
+            show::<h::fault::v3::HttpFault>(value)
+        }
+        "envoy.extensions.filters.http.rbac.v3.RBAC" => show::<h::rbac::v3::Rbac>(value),
+        "envoy.extensions.filters.http.rbac.v3.RBACPerRoute" => {
+            show::<h::rbac::v3::RbacPerRoute>(value)
+        }
+        "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext" => {
+            show::<tls::UpstreamTlsContext>(value)
+        }
+        "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext" => {
+            show::<tls::DownstreamTlsContext>(value)
+        }
+        _ => None,
+    };
+    match text {
+        Some(t) => expand_nested(&t),
+        None => format!("<{} bytes of {name}>", value.len()),
+    }
+}
+
+/// Replaces each pretty-printed `Any { type_url, value: [bytes] }` in `text` by what it holds.
+fn expand_nested(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out = String::new();
+    let mut i = 0;
+    while i < lines.len() {
+        let line = lines[i];
+        let indent = line.len() - line.trim_start().len();
+        let url = lines
+            .get(i + 1)
+            .and_then(|l| l.trim().strip_prefix("type_url: \""))
+            .and_then(|l| l.strip_suffix("\","));
+        if line.trim_end().ends_with("Any {") && url.is_some() {
+            // `value: [` then one byte per line, then `],`, then the closing `}`.
+            let url = url.unwrap_or_default();
+            let mut bytes = Vec::new();
+            let mut j = i + 3;
+            while let Some(l) = lines.get(j) {
+                match l.trim().trim_end_matches(',').parse::<u8>() {
+                    Ok(b) => bytes.push(b),
+                    Err(_) => break,
+                }
+                j += 1;
+            }
+            let head = &line[..line.len() - "Any {".len()];
+            let pad = " ".repeat(indent);
+            let inner = expand_any(url, &bytes);
+            let _ = write!(out, "{head}{url} ");
+            for (k, l) in inner.lines().enumerate() {
+                if k > 0 {
+                    out.push_str(&pad);
+                }
+                out.push_str(l);
+                out.push('\n');
+            }
+            // Skip `],` and the Any's closing brace, keeping what follows it (`},` → `,`).
+            let close = lines.get(j + 1).map(|l| l.trim()).unwrap_or("}");
+            if close.ends_with(',') {
+                out.pop();
+                out.push_str(",\n");
+            }
+            i = j + 2;
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+        i += 1;
+    }
+    out
 }

@@ -102,6 +102,9 @@ enum Command {
         /// A target `host:port` (or `xds:///host:port`); repeatable.
         #[arg(long = "target", required = true)]
         targets: Vec<String>,
+        /// Print the resources as received, decoded whole, instead of mesh's view.
+        #[arg(long)]
+        raw: bool,
         #[command(flatten)]
         xds: XdsArgs,
     },
@@ -150,9 +153,10 @@ async fn main() -> ExitCode {
         Command::Serve { bootstrap, listen } => cli::serve(cli::ServeArgs { bootstrap, listen })
             .await
             .map(|()| String::new()),
-        Command::ConfigDump { targets, xds } => {
+        Command::ConfigDump { targets, raw, xds } => {
             cli::config_dump(cli::ConfigDumpArgs {
                 targets,
+                raw,
                 xds: xds.into(),
             })
             .await

@@ -33,6 +33,7 @@ fn xds(bootstrap: std::path::PathBuf, timeout: Duration, protocol: Option<&str>)
 fn args(bootstrap: std::path::PathBuf, timeout: Duration) -> ConfigDumpArgs {
     ConfigDumpArgs {
         targets: vec!["xds:///ui.default.svc.cluster.local:9080".into()],
+        raw: false,
         xds: xds(bootstrap, timeout, Some("delta")),
     }
 }
@@ -328,4 +329,38 @@ apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: n
         10,
         "{v}"
     );
+}
+
+#[tokio::test]
+async fn config_dump_raw_shows_the_resources_as_received_with_nested_anys_decoded() {
+    let cp = ControlPlane::new(
+        load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/config")).unwrap(),
+    );
+    let addr = cp.spawn("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = args(
+        bootstrap(dir.path(), &addr.to_string()),
+        Duration::from_secs(10),
+    );
+    a.raw = true;
+    let out = config_dump(a).await.unwrap();
+    let headers: Vec<&str> = out.lines().filter(|l| l.starts_with("=== ")).collect();
+    assert_eq!(
+        headers,
+        [
+            "=== LDS ui.default.svc.cluster.local:9080",
+            "=== RDS outbound|9080||ui.default.svc.cluster.local",
+            "=== CDS outbound|9080|version-1|ui.default.svc.cluster.local",
+            "=== CDS outbound|9080|version-2-beta|ui.default.svc.cluster.local",
+            "=== EDS outbound|9080|version-1|ui.default.svc.cluster.local",
+            "=== EDS outbound|9080|version-2-beta|ui.default.svc.cluster.local",
+        ]
+    );
+    // The listener's HttpConnectionManager and its filters are decoded, not left as bytes.
+    assert!(out.contains("type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager HttpConnectionManager {"), "{out}");
+    assert!(
+        out.contains("type.googleapis.com/envoy.extensions.filters.http.router.v3.Router Router {"),
+        "{out}"
+    );
+    assert!(!out.contains("value: ["), "every Any is decoded");
 }

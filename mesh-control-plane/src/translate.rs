@@ -192,6 +192,7 @@ pub fn translate(cfg: &IstioConfig) -> Result<Resources, ConfigError> {
             name: name.clone(),
             domains: domains(svc),
             routes,
+            include_request_attempt_count: true,
             ..Default::default()
         };
         let rc = rpb::RouteConfiguration {
@@ -710,6 +711,18 @@ fn listener(name: &str, rds: &str) -> Any {
         LISTENER_TYPE,
         &lpb::Listener {
             name: name.into(),
+            // istiod gives API listeners an address too, 0.0.0.0 and the port of the name
+            // (clients ignore it; sending it keeps the two servers' resources equal).
+            address: name
+                .rsplit_once(':')
+                .and_then(|(_, p)| p.parse::<u32>().ok())
+                .map(|port| core::Address {
+                    address: Some(core::address::Address::SocketAddress(core::SocketAddress {
+                        address: "0.0.0.0".into(),
+                        port_specifier: Some(core::socket_address::PortSpecifier::PortValue(port)),
+                        ..Default::default()
+                    })),
+                }),
             api_listener: Some(lpb::ApiListener {
                 api_listener: Some(any(HCM_TYPE, &m)),
             }),
@@ -719,10 +732,26 @@ fn listener(name: &str, rds: &str) -> Any {
 }
 
 fn default_retry() -> rpb::RetryPolicy {
+    // As istiod sends it (checked with scripts/istiod/xds-diff.sh): `retriable-status-codes`
+    // with no codes, and a new host for each retry.
     rpb::RetryPolicy {
         retry_on: DEFAULT_RETRY_ON.into(),
         num_retries: u32v(2),
-        retriable_status_codes: vec![503],
+        ..retry_hosts()
+    }
+}
+
+/// istiod's part of every retry policy: retry on another host (mesh does so anyway).
+fn retry_hosts() -> rpb::RetryPolicy {
+    rpb::RetryPolicy {
+        retry_host_predicate: vec![rpb::retry_policy::RetryHostPredicate {
+            name: "envoy.retry_host_predicates.previous_hosts".into(),
+            config_type: Some(rpb::retry_policy::retry_host_predicate::ConfigType::TypedConfig(any(
+                "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate",
+                &envoy_types::pb::envoy::extensions::retry::host::previous_hosts::v3::PreviousHostsPredicate::default(),
+            ))),
+        }],
+        host_selection_retry_max_attempts: 5,
         ..Default::default()
     }
 }
@@ -857,9 +886,6 @@ fn vs_routes(
                 if !codes.is_empty() && !on.iter().any(|t| t == "retriable-status-codes") {
                     on.push("retriable-status-codes".into());
                 }
-                if r.retry_on.is_none() {
-                    codes.push(503);
-                }
                 Some(rpb::RetryPolicy {
                     retry_on: on.join(","),
                     num_retries: u32v(r.attempts),
@@ -869,7 +895,7 @@ fn vs_routes(
                         .and_then(parse_duration)
                         .map(pb_duration),
                     retriable_status_codes: codes,
-                    ..Default::default()
+                    ..retry_hosts()
                 })
             }
             None => Some(default_retry()),
@@ -1020,7 +1046,10 @@ fn route_match(m: Option<&istio::HttpMatch>) -> Result<rpb::RouteMatch, String> 
         .collect::<Result<_, String>>()?;
     Ok(rpb::RouteMatch {
         path_specifier: Some(path),
-        case_sensitive: m.ignore_uri_case.then_some(BoolValue { value: false }),
+        // istiod always writes it.
+        case_sensitive: Some(BoolValue {
+            value: !m.ignore_uri_case,
+        }),
         headers,
         query_parameters,
         ..Default::default()

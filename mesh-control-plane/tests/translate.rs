@@ -126,7 +126,8 @@ fn base_config_is_named_and_shaped_like_istiod() {
     // The route without a VS retry block gets istiod's default policy.
     let beta_retry = beta.retry_policy.as_ref().unwrap();
     assert_eq!(beta_retry.num_retries(), 2);
-    assert_eq!(beta_retry.retriable_status_codes(), [503]);
+    // istiod's own: `retriable-status-codes` with no codes (so a 503 is not retried).
+    assert_eq!(beta_retry.retriable_status_codes(), [] as [u16; 0]);
     assert_eq!(
         canary.timeouts.route_timeout(),
         None,
@@ -394,6 +395,26 @@ fn mesh_decodes_the_inbound_listener_into_a_server_listener() {
         v.denied.unwrap().to_string(),
         "no policy of envoy.filters.http.rbac allows it"
     );
+}
+
+#[test]
+fn client_listeners_carry_istiods_address_and_stay_api_listeners() {
+    use envoy_types::pb::envoy::config::core::v3::{address, socket_address};
+    use envoy_types::pb::envoy::config::listener::v3::Listener as PbListener;
+    use prost::Message;
+    let r = load(None);
+    let name = "ui.default.svc.cluster.local:9080";
+    let l = PbListener::decode(&*r.listeners[name].value).unwrap();
+    let Some(address::Address::SocketAddress(a)) = l.address.and_then(|a| a.address) else {
+        panic!("an address")
+    };
+    assert_eq!(a.address, "0.0.0.0");
+    assert_eq!(
+        a.port_specifier,
+        Some(socket_address::PortSpecifier::PortValue(9080))
+    );
+    // mesh still reads it as a client listener.
+    assert_eq!(&**listener(&r, name).name(), name);
 }
 
 #[test]

@@ -397,6 +397,7 @@ enum Command {
     Subscribe(String),
     Unsubscribe(String),
     Status(oneshot::Sender<XdsStatus>),
+    Raw(oneshot::Sender<Vec<(ResourceType, String, envoy_types::pb::google::protobuf::Any)>>),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -508,6 +509,16 @@ impl XdsClient {
         if self.commands.send(Command::Shutdown(tx)).is_ok() {
             let _ = rx.await;
         }
+    }
+
+    /// Every resource held, exactly as the control plane sent it; `None` if the client
+    /// stopped.
+    pub async fn raw_resources(
+        &self,
+    ) -> Option<Vec<(ResourceType, String, envoy_types::pb::google::protobuf::Any)>> {
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(Command::Raw(tx)).ok()?;
+        rx.await.ok()
     }
 
     /// Every resource's status and each type's version and nonce.
@@ -648,6 +659,10 @@ impl Worker {
             Command::Unsubscribe(l) => self.state.unsubscribe_listener(&l, now),
             // Handled where the worker can stop.
             Command::Shutdown(_) => Vec::new(),
+            Command::Raw(reply) => {
+                let _ = reply.send(self.state.raw_resources());
+                Vec::new()
+            }
             Command::Status(reply) => {
                 let _ = reply.send(XdsStatus {
                     health: self.health_tx.borrow().clone(),

@@ -330,6 +330,19 @@ impl AdsState {
         &self.types[index(t)].version
     }
 
+    /// Every resource held, exactly as received (CSDS, and diffs between control planes).
+    pub fn raw_resources(&self) -> Vec<(ResourceType, String, Any)> {
+        ResourceType::ALL
+            .iter()
+            .flat_map(|&t| {
+                self.types[index(t)]
+                    .entries
+                    .iter()
+                    .filter_map(move |(name, e)| Some((t, name.clone(), e.raw.clone()?)))
+            })
+            .collect()
+    }
+
     /// Every resource's status.
     pub fn statuses(&self) -> Vec<ResourceStatus> {
         ResourceType::ALL
