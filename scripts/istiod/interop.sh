@@ -94,6 +94,11 @@ PY
   sleep 2
   echo "- then a 50% abort with 418 on the canary route, 1,000 requests from a new client:"
   "$mesh" request http://ui.default.svc.cluster.local:9080/ --bootstrap "$MESH_BOOTSTRAP" -n 1000 -c 4 --json | split
+  sed -i 's/      abort: {httpStatus: 418, percentage: {value: 50}}/      delay: {fixedDelay: 0.3s, percentage: {value: 100}}/' "$routes"
+  sleep 2
+  echo "- then a 300 ms delay on every canary request instead, 20 requests from a new client:"
+  "$mesh" request http://ui.default.svc.cluster.local:9080/ --bootstrap "$MESH_BOOTSTRAP" -n 20 -c 4 --json \
+    | python3 -c 'import json,sys; d=json.load(sys.stdin); print("  status", d["status"], "latency p50", d["latency_us"]["p50"] // 1000, "ms")'
 }
 export -f scenario nack_and_cache live_edits split
 export mesh cache
@@ -294,3 +299,5 @@ cp "$mt/config/mtls.yaml" "$local_config/"
 sleep 1
 mtls "mesh control-plane" "$mt/local.json"
 serve_check "mesh control-plane" "$mt/served-local.json" "$mt/local.json" "$mt/intruder-local.json"
+# The resource-level diff of the two servers (docs/INTEROP-ISTIOD.md).
+"$root/scripts/istiod/xds-diff.sh"
