@@ -15,13 +15,13 @@ export mesh target out
   '"$mesh" config-dump --raw --bootstrap "$MESH_BOOTSTRAP" --target "$target" --timeout 20 > "$out/istiod.txt"'
 local_config="$(mktemp -d)"
 cp "$root"/scripts/istiod/config/*.yaml "$local_config/"
-"$mesh" control-plane --config "$local_config" --listen 127.0.0.1:15910 >/dev/null 2>&1 &
+"$mesh" control-plane --config "$local_config" --listen 127.0.0.1:15911 >/dev/null 2>&1 &
 cp_pid=$!
 trap 'kill $cp_pid 2>/dev/null || true' EXIT
 sleep 1
 boot="$(mktemp)"
 cat > "$boot" <<'BOOT'
-{"xds_servers": [{"server_uri": "127.0.0.1:15910", "channel_creds": [{"type": "insecure"}], "server_features": ["xds_v3"]}],
+{"xds_servers": [{"server_uri": "127.0.0.1:15911", "channel_creds": [{"type": "insecure"}], "server_features": ["xds_v3"]}],
  "node": {"id": "sidecar~127.0.0.2~client.default~default.svc.cluster.local",
           "metadata": {"GENERATOR": "grpc", "NAMESPACE": "default", "CLUSTER_ID": "Kubernetes"}}}
 BOOT
