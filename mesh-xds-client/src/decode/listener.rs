@@ -57,31 +57,7 @@ pub fn listener_spec(l: &PbListener) -> Result<ListenerSpec, ConfigError> {
         )));
     }
     let fault_filter = http_filters(&hcm).map_err(at)?;
-    let routes = match &hcm.route_specifier {
-        Some(RouteSpecifier::Rds(rds)) => {
-            if !is_ads(rds.config_source.as_ref()) {
-                return Err(at(FieldError::new(
-                    "rds.config_source",
-                    "must be ads or self",
-                )));
-            }
-            RouteSourceSpec::Rds(rds.route_config_name.clone())
-        }
-        Some(RouteSpecifier::RouteConfig(rc)) => {
-            RouteSourceSpec::Inline(route_config_spec(rc).map_err(|e| {
-                err(FieldError::new(
-                    format!("api_listener.route_config.{}", e.field),
-                    e.reason,
-                ))
-            })?)
-        }
-        _ => {
-            return Err(at(FieldError::new(
-                "route_specifier",
-                "must be rds or route_config",
-            )));
-        }
-    };
+    let routes = hcm_routes(&hcm).map_err(at)?;
     let max_stream_duration = opt_duration(
         hcm.common_http_protocol_options
             .as_ref()
@@ -95,6 +71,27 @@ pub fn listener_spec(l: &PbListener) -> Result<ListenerSpec, ConfigError> {
         max_stream_duration,
         fault_filter,
     })
+}
+
+/// Where an HttpConnectionManager's routes come from: RDS over ADS, or inline (client and
+/// server listeners alike); errors name fields below the HCM.
+pub(crate) fn hcm_routes(hcm: &HttpConnectionManager) -> Result<RouteSourceSpec, FieldError> {
+    match &hcm.route_specifier {
+        Some(RouteSpecifier::Rds(rds)) => {
+            if !is_ads(rds.config_source.as_ref()) {
+                return Err(FieldError::new("rds.config_source", "must be ads or self"));
+            }
+            Ok(RouteSourceSpec::Rds(rds.route_config_name.clone()))
+        }
+        Some(RouteSpecifier::RouteConfig(rc)) => Ok(RouteSourceSpec::Inline(
+            route_config_spec(rc)
+                .map_err(|e| FieldError::new(format!("route_config.{}", e.field), e.reason))?,
+        )),
+        _ => Err(FieldError::new(
+            "route_specifier",
+            "must be rds or route_config",
+        )),
+    }
 }
 
 /// Validates the filter chain (A39) and says whether the fault filter is in it.

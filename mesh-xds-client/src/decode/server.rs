@@ -10,22 +10,22 @@ use envoy_types::pb::envoy::config::listener::v3 as lpb;
 use envoy_types::pb::envoy::config::rbac::v3 as rbac;
 use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac as RbacFilter;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
-    HttpConnectionManager, http_connection_manager::RouteSpecifier, http_filter::ConfigType,
+    HttpConnectionManager, http_filter::ConfigType,
 };
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     DownstreamTlsContext, common_tls_context::ValidationContextType,
 };
 use mesh_core::error::{ConfigError, FieldError, ResourceKind};
+use mesh_core::matcher::StringMatcherSpec;
 use mesh_core::rbac::{
     AuditCondition, CidrSpec, PermissionSpec, PolicySpec, PrincipalSpec, RbacAction, RbacSpec,
 };
 use mesh_core::server::{
     DownstreamTlsSpec, FilterChainMatchSpec, FilterChainSpec, ServerListenerSpec,
 };
-use mesh_core::{RouteSourceSpec, matcher::StringMatcherSpec};
 
-use super::listener::{HCM_TYPE, is_ads};
-use super::route::{header_matcher, route_config_spec};
+use super::listener::{HCM_TYPE, hcm_routes};
+use super::route::header_matcher;
 use super::{string_matcher, unpack};
 
 const ROUTER_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router";
@@ -137,31 +137,7 @@ fn filter_chain(c: &lpb::FilterChain) -> FieldResult<FilterChainSpec> {
     }
     let hcm = hcm.ok_or_else(|| FieldError::new("filters", "need an HttpConnectionManager"))?;
     let at = |e: FieldError| e.within(format!("filters[{}]", c.filters.len() - 1));
-    let routes = match &hcm.route_specifier {
-        Some(RouteSpecifier::Rds(rds)) => {
-            if !is_ads(rds.config_source.as_ref()) {
-                return Err(at(FieldError::new(
-                    "rds.config_source",
-                    "must be ads or self",
-                )));
-            }
-            RouteSourceSpec::Rds(rds.route_config_name.clone())
-        }
-        Some(RouteSpecifier::RouteConfig(rc)) => {
-            RouteSourceSpec::Inline(route_config_spec(rc).map_err(|e| {
-                at(FieldError::new(
-                    format!("route_config.{}", e.field),
-                    e.reason,
-                ))
-            })?)
-        }
-        _ => {
-            return Err(at(FieldError::new(
-                "route_specifier",
-                "must be rds or route_config",
-            )));
-        }
-    };
+    let routes = hcm_routes(&hcm).map_err(at)?;
     let rbac = http_filters(&hcm).map_err(at)?;
     Ok(FilterChainSpec {
         name: c.name.clone(),
