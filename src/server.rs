@@ -6,7 +6,6 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use hyper::body::Incoming;
 use mesh_tower::{MeshServer, ServingState};
 use mesh_xds_client::{Bootstrap, XdsClient, XdsClientBuilder};
 use tokio::sync::watch;
@@ -68,14 +67,8 @@ impl Server {
     /// Binds the address and serves `service` until accepting fails.
     pub async fn serve<S, RB>(self, service: S) -> std::io::Result<()>
     where
-        S: tower::Service<http::Request<Incoming>, Response = http::Response<RB>>
-            + Clone
-            + Send
-            + 'static,
-        S::Future: Send + 'static,
-        S::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send + Sync + 'static,
-        RB: http_body::Body<Data = bytes::Bytes> + Send + 'static,
-        RB::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        S: mesh_tower::server::AppService<RB>,
+        RB: mesh_tower::server::AppBody,
     {
         let listener = tokio::net::TcpListener::bind(self.address).await?;
         let Self { xds, inner, .. } = self;

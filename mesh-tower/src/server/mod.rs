@@ -29,6 +29,43 @@ use tokio::sync::watch;
 
 pub use authz::{AuthzService, PeerInfo};
 
+/// An application a mesh server can serve: a cloneable tower service over hyper's request
+/// body (a hyper `service_fn`, tonic's `Routes`, an axum `Router`, ...).
+pub trait AppService<RB>:
+    tower::Service<
+        http::Request<Incoming>,
+        Response = http::Response<RB>,
+        Future: Send + 'static,
+        Error: Into<crate::body::BoxError> + Send + Sync + 'static,
+    > + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S, RB> AppService<RB> for S where
+    S: tower::Service<
+            http::Request<Incoming>,
+            Response = http::Response<RB>,
+            Future: Send + 'static,
+            Error: Into<crate::body::BoxError> + Send + Sync + 'static,
+        > + Clone
+        + Send
+        + 'static
+{
+}
+
+/// A response body an application may answer with.
+pub trait AppBody:
+    http_body::Body<Data = bytes::Bytes, Error: Into<crate::body::BoxError>> + Send + 'static
+{
+}
+
+impl<B> AppBody for B where
+    B: http_body::Body<Data = bytes::Bytes, Error: Into<crate::body::BoxError>> + Send + 'static
+{
+}
+
 /// Whether a server serves, and why not.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ServingState {
@@ -144,14 +181,8 @@ impl MeshServer {
     /// is dropped.
     pub async fn serve<S, RB>(self, listener: TcpListener, service: S) -> std::io::Result<()>
     where
-        S: tower::Service<http::Request<Incoming>, Response = http::Response<RB>>
-            + Clone
-            + Send
-            + 'static,
-        S::Future: Send + 'static,
-        S::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send + Sync + 'static,
-        RB: http_body::Body<Data = bytes::Bytes> + Send + 'static,
-        RB::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        S: AppService<RB>,
+        RB: AppBody,
     {
         loop {
             let (tcp, remote) = match listener.accept().await {
@@ -180,14 +211,8 @@ impl MeshServer {
         service: S,
     ) -> Result<(), String>
     where
-        S: tower::Service<http::Request<Incoming>, Response = http::Response<RB>>
-            + Clone
-            + Send
-            + 'static,
-        S::Future: Send + 'static,
-        S::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send + Sync + 'static,
-        RB: http_body::Body<Data = bytes::Bytes> + Send + 'static,
-        RB::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        S: AppService<RB>,
+        RB: AppBody,
     {
         let (listener, state) = self.current();
         let Some(listener) = listener else {
@@ -256,14 +281,8 @@ impl MeshServer {
     ) -> Result<(), String>
     where
         I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-        S: tower::Service<http::Request<Incoming>, Response = http::Response<RB>>
-            + Clone
-            + Send
-            + 'static,
-        S::Future: Send + 'static,
-        S::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send + Sync + 'static,
-        RB: http_body::Body<Data = bytes::Bytes> + Send + 'static,
-        RB::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        S: AppService<RB>,
+        RB: AppBody,
     {
         let svc = AuthzService::new(service, Arc::new(peer), self.snapshots.clone());
         let svc = hyper_util::service::TowerToHyperService::new(svc);
