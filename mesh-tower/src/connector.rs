@@ -161,15 +161,19 @@ impl tower::Service<ConnectTarget> for TcpConnector {
                 return Err(TcpConnectError::TlsRequired(target.cluster_name().clone()));
             }
             let addr = target.address();
-            let stream = tokio::net::TcpStream::connect(addr)
+            let stream = tcp_connect(addr)
                 .await
-                .map_err(|e| TcpConnectError::Io(addr, e))?;
-            stream
-                .set_nodelay(true)
                 .map_err(|e| TcpConnectError::Io(addr, e))?;
             Ok(TokioIo::new(stream))
         })
     }
+}
+
+/// A TCP connection with `TCP_NODELAY`, as every connector of the stack makes them.
+pub(crate) async fn tcp_connect(addr: SocketAddr) -> std::io::Result<tokio::net::TcpStream> {
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
 }
 
 /// A connection slot: released, and waiters woken, when the connection closes.

@@ -73,12 +73,13 @@ fn refuse(status: StatusCode, code: u32, message: &str, grpc: bool) -> Response<
 /// Why the chain cannot serve a request (A36): `None` if a non-forwarding route matches.
 fn route_problem(
     chain: &FilterChain,
-    snap: &MeshSnapshot,
+    snapshots: &watch::Receiver<Arc<MeshSnapshot>>,
     rr: &RouteRequest<'_>,
 ) -> Option<String> {
     let rc = match chain.routes() {
         RouteSource::Inline(rc) => rc.clone(),
-        RouteSource::Rds(name) => match snap.route_config(name) {
+        // Only RDS routes need the snapshot (istiod's are inline).
+        RouteSource::Rds(name) => match snapshots.borrow().route_config(name) {
             Some(rc) => rc.clone(),
             None => return Some(format!("route configuration {name:?} is not available")),
         },
@@ -118,10 +119,9 @@ where
         let local = |r: Response<MeshBody>| {
             futures_util::future::Either::Right(std::future::ready(Ok(r.map(Either::Right))))
         };
-        let snap = self.snapshots.borrow().clone();
         // One view of the request for the route and for RBAC.
         let rr = RouteRequest::from_request(&req);
-        if let Some(problem) = route_problem(chain, &snap, &rr) {
+        if let Some(problem) = route_problem(chain, &self.snapshots, &rr) {
             tracing::debug!(chain = %chain.name(), "{problem}");
             return local(refuse(
                 StatusCode::SERVICE_UNAVAILABLE,

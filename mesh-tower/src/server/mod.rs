@@ -133,36 +133,37 @@ impl MeshServer {
         self
     }
 
-    /// The listener in force and the serving state it gives.
-    fn current(&self) -> (Option<Arc<ServerListener>>, ServingState) {
+    /// The listener in force, or why the server is not serving.
+    fn current(&self) -> Result<Arc<ServerListener>, String> {
         let snap = self.snapshots.borrow().clone();
         match snap.server_listener(&self.name) {
-            None => (
-                None,
-                ServingState::NotServing(format!("no listener {:?} yet", self.name)),
-            ),
-            Some(l) if l.address() != Some(self.address) => (
-                None,
-                ServingState::NotServing(format!(
-                    "listener {:?} is for {}, and this server listens on {}",
-                    self.name,
-                    l.address()
-                        .map_or("no address".to_string(), |a| a.to_string()),
-                    self.address
-                )),
-            ),
-            Some(l) => (Some(l.clone()), ServingState::Serving),
+            None => Err(format!("no listener {:?} yet", self.name)),
+            Some(l) if l.address() != Some(self.address) => Err(format!(
+                "listener {:?} is for {}, and this server listens on {}",
+                self.name,
+                l.address()
+                    .map_or("no address".to_string(), |a| a.to_string()),
+                self.address
+            )),
+            Some(l) => Ok(l.clone()),
+        }
+    }
+
+    fn state(&self) -> ServingState {
+        match self.current() {
+            Ok(_) => ServingState::Serving,
+            Err(why) => ServingState::NotServing(why),
         }
     }
 
     /// The serving state now, and as it changes with the configuration.
     pub fn serving(&self) -> watch::Receiver<ServingState> {
-        let (tx, rx) = watch::channel(self.current().1);
+        let (tx, rx) = watch::channel(self.state());
         let me = self.clone();
         let mut snaps = self.snapshots.clone();
         tokio::spawn(async move {
             while snaps.changed().await.is_ok() {
-                let state = me.current().1;
+                let state = me.state();
                 tx.send_if_modified(|s| {
                     let changed = *s != state;
                     *s = state;
@@ -214,14 +215,10 @@ impl MeshServer {
         S: AppService<RB>,
         RB: AppBody,
     {
-        let (listener, state) = self.current();
-        let Some(listener) = listener else {
-            // Not serving: closed without a byte (A36).
-            return Err(match state {
-                ServingState::NotServing(why) => format!("closed: not serving ({why})"),
-                ServingState::Serving => "closed".into(),
-            });
-        };
+        // Not serving: closed without a byte (A36).
+        let listener = self
+            .current()
+            .map_err(|why| format!("closed: not serving ({why})"))?;
         let _ = tcp.set_nodelay(true);
         let local = tcp.local_addr().map_err(|e| e.to_string())?;
         let is_tls = tokio::time::timeout(self.handshake_timeout, starts_with_client_hello(&tcp))

@@ -381,13 +381,9 @@ fn handshake_error(addr: SocketAddr, e: std::io::Error) -> TlsConnectError {
 }
 
 async fn tcp(addr: SocketAddr) -> Result<TcpStream, TlsConnectError> {
-    let stream = TcpStream::connect(addr)
+    crate::connector::tcp_connect(addr)
         .await
-        .map_err(|e| TlsConnectError::Io(addr, e))?;
-    stream
-        .set_nodelay(true)
-        .map_err(|e| TlsConnectError::Io(addr, e))?;
-    Ok(stream)
+        .map_err(|e| TlsConnectError::Io(addr, e))
 }
 
 impl tower::Service<ConnectTarget> for TlsConnector {

@@ -109,7 +109,7 @@ impl IstioCaProvider {
                         .update(&self.name, |p: &mut ProviderCerts| p.last_error = Some(e));
                     let jitter = rand::rng().random_range(0.8..1.2);
                     tokio::time::sleep(delay.mul_f64(jitter)).await;
-                    delay = (delay * 2).min(self.retry.max);
+                    delay = delay.saturating_mul(2).min(self.retry.max);
                 }
             }
         }

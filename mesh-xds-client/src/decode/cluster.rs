@@ -217,16 +217,7 @@ fn tls(
     if common.custom_tls_certificate_selector.is_some() {
         return refuse("custom_tls_certificate_selector", "is not supported");
     }
-    let identity_provider = common
-        .tls_certificate_provider_instance
-        .as_ref()
-        .map(|p| p.instance_name.clone())
-        .or_else(|| {
-            common
-                .tls_certificate_certificate_provider_instance
-                .as_ref()
-                .map(|p| p.instance_name.clone())
-        });
+    let identity_provider = super::identity_instance(&common);
     if identity_provider.is_none()
         && (!common.tls_certificates.is_empty()
             || !common.tls_certificate_sds_secret_configs.is_empty())

@@ -292,6 +292,24 @@ pub(crate) fn fraction(f: &envoy_types::pb::envoy::r#type::v3::FractionalPercent
     }
 }
 
+/// The identity's certificate-provider instance of a TLS context: the current field, else the
+/// deprecated one (istiod sends both, for gRPC before and after 1.66).
+#[allow(deprecated)]
+pub(crate) fn identity_instance(
+    common: &envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::CommonTlsContext,
+) -> Option<String> {
+    common
+        .tls_certificate_provider_instance
+        .as_ref()
+        .map(|p| p.instance_name.clone())
+        .or_else(|| {
+            common
+                .tls_certificate_certificate_provider_instance
+                .as_ref()
+                .map(|p| p.instance_name.clone())
+        })
+}
+
 /// Decodes an `Any` that must hold `M`, naming `field` on failure.
 pub(crate) fn unpack<M: Message + Default>(
     any: &Any,

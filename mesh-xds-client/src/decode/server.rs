@@ -202,16 +202,7 @@ fn downstream_tls(ts: &core::TransportSocket) -> FieldResult<DownstreamTlsSpec> 
     if common.custom_handshaker.is_some() {
         return refuse("common_tls_context.custom_handshaker", "is not supported");
     }
-    let identity_provider = common
-        .tls_certificate_provider_instance
-        .as_ref()
-        .map(|p| p.instance_name.clone())
-        .or_else(|| {
-            common
-                .tls_certificate_certificate_provider_instance
-                .as_ref()
-                .map(|p| p.instance_name.clone())
-        });
+    let identity_provider = super::identity_instance(&common);
     let (validation, deprecated_root) = match &common.validation_context_type {
         None => (None, None),
         Some(ValidationContextType::ValidationContext(v)) => (Some(v.clone()), None),
