@@ -282,7 +282,7 @@ fn rbac(c: &mut Criterion) {
                 destination,
                 peer: Some(&leaf),
                 tls: true,
-                request_principal: None,
+                auth: None,
             });
             black_box(v.denied.is_none())
         })

@@ -389,7 +389,7 @@ fn mesh_decodes_the_inbound_listener_into_a_server_listener() {
         destination: "127.0.0.1:18081".parse().unwrap(),
         peer: None,
         tls: true,
-        request_principal: None,
+        auth: None,
     });
     assert_eq!(
         v.denied.unwrap().to_string(),

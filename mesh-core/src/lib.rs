@@ -19,6 +19,7 @@ pub mod endpoint;
 pub mod error;
 pub mod fraction;
 pub mod identity;
+pub mod jwt;
 pub mod lb;
 pub mod listener;
 pub mod matcher;

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use crate::error::FieldError;
 use crate::identity::LeafInfo;
+use crate::jwt::{AuthField, RequestAuth};
 use crate::matcher::{HeaderMatcher, HeaderMatcherSpec, StringMatcher, StringMatcherSpec};
 use crate::request::RouteRequest;
 
@@ -133,9 +134,10 @@ pub enum PrincipalSpec {
     Header(HeaderMatcherSpec),
     /// The path.
     UrlPath(StringMatcherSpec),
-    /// Dynamic metadata: never matches, unless a JWT filter put the request principal there
-    /// (`request.auth.principal`, Istio's `requestPrincipals`).
-    Metadata(Option<StringMatcherSpec>),
+    /// Dynamic metadata: never matches, unless it is what the JWT filter writes (istiod's
+    /// `istio_authn` keys: the request principal, audiences, presenter, claims), read from the
+    /// request's verified token.
+    Metadata(Option<(AuthField, StringMatcherSpec)>),
 }
 
 /// An unvalidated RBAC policy.
@@ -210,7 +212,7 @@ enum Principal {
     RemoteIp(Cidr),
     Header(HeaderMatcher),
     UrlPath(StringMatcher),
-    Jwt(Option<StringMatcher>),
+    Jwt(Option<(AuthField, StringMatcher)>),
 }
 
 #[derive(Debug)]
@@ -247,8 +249,8 @@ pub struct AuthzRequest<'a> {
     pub peer: Option<&'a LeafInfo>,
     /// Whether the connection is TLS.
     pub tls: bool,
-    /// The request principal (`ISS/SUB`) from a validated JWT.
-    pub request_principal: Option<&'a str>,
+    /// The request's verified JWT, if it has one.
+    pub auth: Option<&'a RequestAuth>,
 }
 
 /// An audit record (gRFC A59).
@@ -373,7 +375,7 @@ fn principal(p: &PrincipalSpec, at: &str) -> Result<Principal, FieldError> {
         PrincipalSpec::UrlPath(s) => Principal::UrlPath(string(s, &format!("{at}.url_path"))?),
         PrincipalSpec::Metadata(m) => Principal::Jwt(
             m.as_ref()
-                .map(|m| string(m, &format!("{at}.metadata")))
+                .map(|(f, m)| Ok((f.clone(), string(m, &format!("{at}.metadata"))?)))
                 .transpose()?,
         ),
     })
@@ -517,7 +519,9 @@ impl Principal {
             Self::Header(h) => h.matches(&r.request),
             Self::UrlPath(m) => m.matches(r.request.path()),
             Self::Jwt(None) => false,
-            Self::Jwt(Some(m)) => r.request_principal.is_some_and(|p| m.matches(p)),
+            Self::Jwt(Some((field, m))) => r
+                .auth
+                .is_some_and(|a| a.values(field).iter().any(|v| m.matches(v))),
         }
     }
 }

@@ -13,6 +13,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use crate::error::{ConfigError, FieldError, ResourceKind};
+use crate::jwt::{JwtAuthn, JwtAuthnSpec};
 use crate::listener::{RouteSource, RouteSourceSpec};
 use crate::rbac::{Cidr, CidrSpec, Rbac, RbacSpec};
 use crate::route::RouteConfig;
@@ -71,6 +72,8 @@ pub struct FilterChainSpec {
     pub tls: Option<DownstreamTlsSpec>,
     /// The routes (inline for istiod).
     pub routes: Option<RouteSourceSpec>,
+    /// The JWT filter (it runs before the RBAC filters).
+    pub jwt: Option<JwtAuthnSpec>,
     /// The RBAC filters, in order.
     pub rbac: Vec<RbacSpec>,
 }
@@ -113,6 +116,7 @@ pub struct FilterChain {
     matcher: ChainMatch,
     tls: Option<DownstreamTls>,
     routes: RouteSource,
+    jwt: Option<JwtAuthn>,
     rbac: Rbac,
 }
 
@@ -130,6 +134,11 @@ impl FilterChain {
     /// Its routes.
     pub fn routes(&self) -> &RouteSource {
         &self.routes
+    }
+
+    /// Its JWT filter.
+    pub fn jwt(&self) -> Option<&JwtAuthn> {
+        self.jwt.as_ref()
     }
 
     /// Its RBAC filters.
@@ -251,12 +260,18 @@ fn chain(spec: &FilterChainSpec, at: &str) -> Result<FilterChain, FieldError> {
             ));
         }
     };
+    let jwt = spec
+        .jwt
+        .as_ref()
+        .map(|j| JwtAuthn::new(j).map_err(|e| e.within(format!("{at}.jwt_authn"))))
+        .transpose()?;
     let rbac = Rbac::new(&spec.rbac).map_err(|e| e.within(at))?;
     Ok(FilterChain {
         name: spec.name.as_str().into(),
         matcher,
         tls,
         routes,
+        jwt,
         rbac,
     })
 }

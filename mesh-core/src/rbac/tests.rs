@@ -77,7 +77,7 @@ fn judge(rbac: &Rbac, method: Method, path: &str, peer: Option<&LeafInfo>) -> Ve
         destination: "10.0.0.1:9080".parse().unwrap(),
         peer,
         tls: peer.is_some(),
-        request_principal: None,
+        auth: None,
     })
 }
 

@@ -131,12 +131,60 @@ pub struct VirtualHost {
 #[derive(Debug)]
 pub struct Route {
     name: Arc<str>,
+    matcher: RouteMatch,
+    action: RouteAction,
+    fault: Option<Arc<FaultConfig>>,
+}
+
+/// A validated `RouteMatch`: the path, headers, query parameters and runtime fraction.
+#[derive(Debug)]
+pub struct RouteMatch {
     path: PathMatcher,
     headers: Box<[HeaderMatcher]>,
     query_params: Box<[QueryParamMatcher]>,
     runtime_ppm: Option<u32>,
-    action: RouteAction,
-    fault: Option<Arc<FaultConfig>>,
+}
+
+impl RouteMatch {
+    /// Validates a spec; errors are named from the route (`match...`).
+    pub fn new(m: &RouteMatchSpec) -> FieldResult<Self> {
+        let path = PathMatcher::new(&m.path, m.case_sensitive).map_err(|e| e.within("match"))?;
+        let headers = m
+            .headers
+            .iter()
+            .enumerate()
+            .map(|(i, h)| {
+                HeaderMatcher::new(h).map_err(|e| e.within(format!("match.headers[{i}]")))
+            })
+            .collect::<FieldResult<_>>()?;
+        let query_params = m
+            .query_params
+            .iter()
+            .enumerate()
+            .map(|(i, q)| {
+                QueryParamMatcher::new(q)
+                    .map_err(|e| e.within(format!("match.query_parameters[{i}]")))
+            })
+            .collect::<FieldResult<_>>()?;
+        Ok(Self {
+            path,
+            headers,
+            query_params,
+            runtime_ppm: m.runtime_fraction.map(Fraction::as_per_million),
+        })
+    }
+
+    /// Whether the request matches: path, then every header and query parameter, then the
+    /// runtime fraction (drawn only when everything else matched).
+    #[inline]
+    pub fn matches<R: RngCore + ?Sized>(&self, req: &RouteRequest<'_>, rng: &mut R) -> bool {
+        self.path.matches(req.path())
+            && self.headers.iter().all(|h| h.matches(req))
+            && self.query_params.iter().all(|q| q.matches(req))
+            && self
+                .runtime_ppm
+                .is_none_or(|ppm| sample_per_million(ppm, rng))
+    }
 }
 
 /// What a validated route does.
@@ -385,25 +433,7 @@ impl Route {
         vhost_retry: Option<&RetryPolicy>,
         vhost_fault: Option<&Arc<FaultConfig>>,
     ) -> FieldResult<Self> {
-        let m = &spec.matcher;
-        let path = PathMatcher::new(&m.path, m.case_sensitive).map_err(|e| e.within("match"))?;
-        let headers = m
-            .headers
-            .iter()
-            .enumerate()
-            .map(|(i, h)| {
-                HeaderMatcher::new(h).map_err(|e| e.within(format!("match.headers[{i}]")))
-            })
-            .collect::<FieldResult<_>>()?;
-        let query_params = m
-            .query_params
-            .iter()
-            .enumerate()
-            .map(|(i, q)| {
-                QueryParamMatcher::new(q)
-                    .map_err(|e| e.within(format!("match.query_parameters[{i}]")))
-            })
-            .collect::<FieldResult<_>>()?;
+        let matcher = RouteMatch::new(&spec.matcher)?;
         let action = match &spec.action {
             RouteActionSpec::Forward(f) => RouteAction::Forward(Box::new(
                 ForwardAction::new(f, vhost_retry).map_err(|e| e.within("route"))?,
@@ -418,10 +448,7 @@ impl Route {
         };
         Ok(Self {
             name: spec.name.as_str().into(),
-            path,
-            headers,
-            query_params,
-            runtime_ppm: m.runtime_fraction.map(Fraction::as_per_million),
+            matcher,
             action,
             fault,
         })
@@ -455,16 +482,10 @@ impl Route {
         self.fault.as_ref()
     }
 
-    /// Whether the request matches: path, then every header and query parameter, then the
-    /// runtime fraction (drawn only when everything else matched).
+    /// Whether the request matches.
     #[inline]
     pub fn matches<R: RngCore + ?Sized>(&self, req: &RouteRequest<'_>, rng: &mut R) -> bool {
-        self.path.matches(req.path())
-            && self.headers.iter().all(|h| h.matches(req))
-            && self.query_params.iter().all(|q| q.matches(req))
-            && self
-                .runtime_ppm
-                .is_none_or(|ppm| sample_per_million(ppm, rng))
+        self.matcher.matches(req, rng)
     }
 }
 

@@ -28,6 +28,7 @@ fn chain(name: &str, m: FilterChainMatchSpec, tls: bool) -> FilterChainSpec {
             require_client_certificate: true,
         }),
         routes: inline(),
+        jwt: None,
         rbac: vec![],
     }
 }

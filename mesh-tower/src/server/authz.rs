@@ -1,5 +1,6 @@
-//! Per request on a server connection: the chain's routes (non-forwarding only, gRFC A36) and
-//! its RBAC (A41), then the application with the caller's identity in the request extensions.
+//! Per request on a server connection: the chain's routes (non-forwarding only, gRFC A36), its
+//! JWT filter (RequestAuthentication), its RBAC (A41), then the application with the caller's
+//! identity ([`PeerInfo`], and the token's [`RequestAuth`]) in the request extensions.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -7,11 +8,13 @@ use std::task::{Context, Poll};
 
 use http::{Request, Response, StatusCode};
 use http_body_util::Either;
+use mesh_core::jwt::{JwtError, RemoteJwks, RequestAuth};
 use mesh_core::rbac::AuthzRequest;
 use mesh_core::route::RouteAction;
 use mesh_core::{FilterChain, LeafInfo, MeshSnapshot, RouteRequest, RouteSource};
 use tokio::sync::watch;
 
+use super::jwks::{JwksStore, Lookup, MIN_REFETCH_INTERVAL};
 use crate::body::{MeshBody, full};
 use crate::protocol::{grpc_status_response, is_grpc};
 
@@ -34,6 +37,8 @@ pub struct PeerInfo {
 
 /// The gRPC code for PERMISSION_DENIED.
 const PERMISSION_DENIED: u32 = 7;
+/// The gRPC code for UNAUTHENTICATED.
+const UNAUTHENTICATED: u32 = 16;
 /// The gRPC code for UNAVAILABLE.
 const UNAVAILABLE: u32 = 14;
 
@@ -43,19 +48,23 @@ pub struct AuthzService<S> {
     inner: S,
     peer: Arc<PeerInfo>,
     snapshots: watch::Receiver<Arc<MeshSnapshot>>,
+    jwks: JwksStore,
 }
 
 impl<S> AuthzService<S> {
-    /// `inner` behind the routes and RBAC of `peer.chain`.
+    /// `inner` behind the routes, JWT filter and RBAC of `peer.chain`, with remote key sets
+    /// from `jwks`.
     pub fn new(
         inner: S,
         peer: Arc<PeerInfo>,
         snapshots: watch::Receiver<Arc<MeshSnapshot>>,
+        jwks: JwksStore,
     ) -> Self {
         Self {
             inner,
             peer,
             snapshots,
+            jwks,
         }
     }
 }
@@ -68,6 +77,26 @@ fn refuse(status: StatusCode, code: u32, message: &str, grpc: bool) -> Response<
         *r.status_mut() = status;
         r
     }
+}
+
+/// Envoy's 401 for a token it refused.
+fn unauthenticated(e: &JwtError, grpc: bool) -> Response<MeshBody> {
+    let mut r = refuse(
+        StatusCode::UNAUTHORIZED,
+        UNAUTHENTICATED,
+        &e.to_string(),
+        grpc,
+    );
+    let challenge = if matches!(e, JwtError::Missing) {
+        "Bearer realm=\"mesh\""
+    } else {
+        "Bearer realm=\"mesh\", error=\"invalid_token\""
+    };
+    r.headers_mut().insert(
+        http::header::WWW_AUTHENTICATE,
+        http::HeaderValue::from_static(challenge),
+    );
+    r
 }
 
 /// Why the chain cannot serve a request (A36): `None` if a non-forwarding route matches.
@@ -96,40 +125,70 @@ fn route_problem(
     }
 }
 
-impl<S, B, RB> tower::Service<Request<B>> for AuthzService<S>
-where
-    S: tower::Service<Request<B>, Response = Response<RB>>,
-    S::Future: Send + 'static,
-{
-    type Response = Response<Either<RB, MeshBody>>;
-    type Error = S::Error;
-    type Future = futures_util::future::Either<
-        futures_util::future::MapOk<S::Future, fn(Response<RB>) -> Response<Either<RB, MeshBody>>>,
-        std::future::Ready<Result<Response<Either<RB, MeshBody>>, S::Error>>,
-    >;
+/// What the stage decided for a request.
+enum Admit {
+    /// Let it through to the application.
+    Pass,
+    /// Answer it locally.
+    Refuse(Response<MeshBody>),
+    /// The token names keys a (re)fetch of this remote set may bring: ask again after it.
+    NeedKeys(RemoteJwks),
+}
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
+fn now_seconds() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
 
-    fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        use futures_util::TryFutureExt;
+impl<S> AuthzService<S> {
+    /// Routes, JWT and RBAC for one request; on `Pass` the request carries the caller's
+    /// identity and the JWT filter's header changes. `refetched`: the remote keys were just
+    /// fetched for this request, so missing keys are final.
+    fn admit<B>(&self, req: &mut Request<B>, refetched: bool) -> Admit {
         let grpc = is_grpc(req.headers());
         let chain = &self.peer.chain;
-        let local = |r: Response<MeshBody>| {
-            futures_util::future::Either::Right(std::future::ready(Ok(r.map(Either::Right))))
-        };
-        // One view of the request for the route and for RBAC.
-        let rr = RouteRequest::from_request(&req);
+        // One view of the request for the route, the JWT filter and RBAC.
+        let rr = RouteRequest::from_request(req);
         if let Some(problem) = route_problem(chain, &self.snapshots, &rr) {
             tracing::debug!(chain = %chain.name(), "{problem}");
-            return local(refuse(
+            return Admit::Refuse(refuse(
                 StatusCode::SERVICE_UNAVAILABLE,
                 UNAVAILABLE,
                 &problem,
                 grpc,
             ));
         }
+        let verified = match chain.jwt() {
+            None => None,
+            Some(jwt) => {
+                let lookup = Lookup {
+                    store: &self.jwks,
+                    jwt,
+                };
+                match jwt.authenticate(&rr, &lookup, now_seconds(), &mut rand::rng()) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        if !refetched {
+                            if let Some(r) = e
+                                .refetch()
+                                .and_then(|uri| jwt.remote_keys().find(|r| r.uri == *uri))
+                            {
+                                return Admit::NeedKeys(r.clone());
+                            }
+                        }
+                        tracing::debug!(
+                            target: "mesh::server::decision",
+                            caller = self.peer.spiffe_id.as_deref().unwrap_or("anonymous"),
+                            remote = %self.peer.remote,
+                            path = rr.path(),
+                            "unauthenticated: {e}"
+                        );
+                        return Admit::Refuse(unauthenticated(&e, grpc));
+                    }
+                }
+            }
+        };
         if !chain.rbac().is_empty() {
             let verdict = chain.rbac().evaluate(&AuthzRequest {
                 request: rr,
@@ -137,7 +196,7 @@ where
                 destination: self.peer.local,
                 peer: self.peer.certificate.as_deref(),
                 tls: self.peer.tls,
-                request_principal: None,
+                auth: verified.as_ref().map(|v| &*v.auth),
             });
             for a in &verdict.audit {
                 // gRFC A59's stdout logger fields.
@@ -155,12 +214,13 @@ where
                 tracing::debug!(
                     target: "mesh::server::decision",
                     caller = self.peer.spiffe_id.as_deref().unwrap_or("anonymous"),
+                    request_principal = verified.as_ref().map_or("", |v| v.auth.principal.as_str()),
                     remote = %self.peer.remote,
                     path = req.uri().path(),
                     "denied: {denied}"
                 );
                 let message = format!("RBAC: access denied: {denied}");
-                return local(refuse(
+                return Admit::Refuse(refuse(
                     StatusCode::FORBIDDEN,
                     PERMISSION_DENIED,
                     &message,
@@ -171,13 +231,84 @@ where
         tracing::debug!(
             target: "mesh::server::decision",
             caller = self.peer.spiffe_id.as_deref().unwrap_or("anonymous"),
+            request_principal = verified.as_ref().map_or("", |v| v.auth.principal.as_str()),
             remote = %self.peer.remote,
             path = req.uri().path(),
             chain = %chain.name(),
             "allowed"
         );
+        if let Some(v) = verified {
+            let headers = req.headers_mut();
+            if let Some(h) = &v.remove {
+                headers.remove(h);
+            }
+            for (name, value) in &v.set {
+                if let Ok(value) = http::HeaderValue::try_from(value.as_str()) {
+                    headers.insert(name.clone(), value);
+                }
+            }
+            req.extensions_mut().insert(RequestAuth::clone(&v.auth));
+        }
         req.extensions_mut().insert((*self.peer).clone());
-        let map: fn(Response<RB>) -> Response<Either<RB, MeshBody>> = |r| r.map(Either::Left);
-        futures_util::future::Either::Left(self.inner.call(req).map_ok(map))
+        Admit::Pass
+    }
+}
+
+type Answer<RB> = Response<Either<RB, MeshBody>>;
+type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
+impl<S, B, RB> tower::Service<Request<B>> for AuthzService<S>
+where
+    S: tower::Service<Request<B>, Response = Response<RB>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    B: Send + 'static,
+    RB: Send + 'static,
+{
+    type Response = Answer<RB>;
+    type Error = S::Error;
+    type Future = futures_util::future::Either<
+        futures_util::future::Either<
+            futures_util::future::MapOk<S::Future, fn(Response<RB>) -> Answer<RB>>,
+            std::future::Ready<Result<Answer<RB>, S::Error>>,
+        >,
+        BoxFuture<Result<Answer<RB>, S::Error>>,
+    >;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        use futures_util::TryFutureExt;
+        use futures_util::future::Either as E;
+        let map: fn(Response<RB>) -> Answer<RB> = |r| r.map(Either::Left);
+        match self.admit(&mut req, false) {
+            Admit::Pass => E::Left(E::Left(self.inner.call(req).map_ok(map))),
+            Admit::Refuse(r) => E::Left(E::Right(std::future::ready(Ok(r.map(Either::Right))))),
+            Admit::NeedKeys(remote) => {
+                // Only this request waits, and only for the fetch (bounded by its timeout).
+                let inner = self.inner.clone();
+                let mut inner = std::mem::replace(&mut self.inner, inner);
+                let me = AuthzService {
+                    inner: (),
+                    peer: self.peer.clone(),
+                    snapshots: self.snapshots.clone(),
+                    jwks: self.jwks.clone(),
+                };
+                E::Right(Box::pin(async move {
+                    me.jwks.refresh(&remote, MIN_REFETCH_INTERVAL).await;
+                    match me.admit(&mut req, true) {
+                        Admit::Pass => inner.call(req).await.map(map),
+                        Admit::Refuse(r) => Ok(r.map(Either::Right)),
+                        Admit::NeedKeys(_) => Ok(unauthenticated(
+                            &JwtError::KeysUnavailable(remote.uri.clone()),
+                            is_grpc(req.headers()),
+                        )
+                        .map(Either::Right)),
+                    }
+                }))
+            }
+        }
     }
 }

@@ -15,6 +15,7 @@
 //! route configuration alone does not.
 
 mod authz;
+mod jwks;
 mod tls;
 
 use std::net::SocketAddr;
@@ -28,6 +29,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 pub use authz::{AuthzService, PeerInfo};
+pub use jwks::JwksStore;
 
 /// An application a mesh server can serve: a cloneable tower service over hyper's request
 /// body (a hyper `service_fn`, tonic's `Routes`, an axum `Router`, ...).
@@ -90,6 +92,7 @@ pub struct MeshServer {
     tls: tls::TlsTerminator,
     drain_grace: Duration,
     handshake_timeout: Duration,
+    jwks: JwksStore,
 }
 
 impl std::fmt::Debug for MeshServer {
@@ -117,6 +120,7 @@ impl MeshServer {
             tls: tls::TlsTerminator::new(certificates),
             drain_grace: DEFAULT_DRAIN_GRACE,
             handshake_timeout: FIRST_BYTES_TIMEOUT,
+            jwks: JwksStore::default(),
         }
     }
 
@@ -131,6 +135,11 @@ impl MeshServer {
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
         self.handshake_timeout = timeout;
         self
+    }
+
+    /// The remote JWT key sets this server fetched (for dumps and checks).
+    pub fn jwks(&self) -> &JwksStore {
+        &self.jwks
     }
 
     /// The listener in force, or why the server is not serving.
@@ -281,7 +290,15 @@ impl MeshServer {
         S: AppService<RB>,
         RB: AppBody,
     {
-        let svc = AuthzService::new(service, Arc::new(peer), self.snapshots.clone());
+        if let Some(jwt) = peer.chain.jwt() {
+            self.jwks.prefetch(jwt.remote_keys());
+        }
+        let svc = AuthzService::new(
+            service,
+            Arc::new(peer),
+            self.snapshots.clone(),
+            self.jwks.clone(),
+        );
         let svc = hyper_util::service::TowerToHyperService::new(svc);
         let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
         let conn = builder.serve_connection_with_upgrades(io, svc);

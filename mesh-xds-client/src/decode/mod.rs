@@ -5,6 +5,7 @@
 
 mod cluster;
 mod endpoint;
+mod jwt;
 mod listener;
 mod route;
 mod server;

@@ -88,7 +88,7 @@ fn route(r: &pb::Route) -> FieldResult<Option<RouteSpec>> {
     }))
 }
 
-fn route_match(m: &pb::RouteMatch) -> FieldResult<RouteMatchSpec> {
+pub(crate) fn route_match(m: &pb::RouteMatch) -> FieldResult<RouteMatchSpec> {
     use pb::route_match::PathSpecifier;
     let path = match &m.path_specifier {
         Some(PathSpecifier::Prefix(p)) => PathMatchSpec::Prefix(p.clone()),

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use envoy_types::pb::envoy::config::core::v3 as core;
 use envoy_types::pb::envoy::config::listener::v3 as lpb;
 use envoy_types::pb::envoy::config::rbac::v3 as rbac;
+use envoy_types::pb::envoy::extensions::filters::http::jwt_authn::v3::JwtAuthentication;
 use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac as RbacFilter;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, http_filter::ConfigType,
@@ -16,6 +17,7 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     DownstreamTlsContext, common_tls_context::ValidationContextType,
 };
 use mesh_core::error::{ConfigError, FieldError, ResourceKind};
+use mesh_core::jwt::{AuthField, JwtAuthnSpec};
 use mesh_core::matcher::StringMatcherSpec;
 use mesh_core::rbac::{
     AuditCondition, CidrSpec, PermissionSpec, PolicySpec, PrincipalSpec, RbacAction, RbacSpec,
@@ -24,6 +26,7 @@ use mesh_core::server::{
     DownstreamTlsSpec, FilterChainMatchSpec, FilterChainSpec, ServerListenerSpec,
 };
 
+use super::jwt::{JWT_AUTHN_TYPE, jwt_authn_spec};
 use super::listener::{HCM_TYPE, hcm_routes};
 use super::route::header_matcher;
 use super::{string_matcher, unpack};
@@ -138,12 +141,13 @@ fn filter_chain(c: &lpb::FilterChain) -> FieldResult<FilterChainSpec> {
     let hcm = hcm.ok_or_else(|| FieldError::new("filters", "need an HttpConnectionManager"))?;
     let at = |e: FieldError| e.within(format!("filters[{}]", c.filters.len() - 1));
     let routes = hcm_routes(&hcm).map_err(at)?;
-    let rbac = http_filters(&hcm).map_err(at)?;
+    let (jwt, rbac) = http_filters(&hcm).map_err(at)?;
     Ok(FilterChainSpec {
         name: c.name.clone(),
         matcher,
         tls,
         routes: Some(routes),
+        jwt,
         rbac,
     })
 }
@@ -274,13 +278,15 @@ fn downstream_tls(ts: &core::TransportSocket) -> FieldResult<DownstreamTlsSpec> 
     })
 }
 
-/// The RBAC filters of an HCM, in order; the list must end with the router (A39).
-fn http_filters(hcm: &HttpConnectionManager) -> FieldResult<Vec<RbacSpec>> {
+/// The JWT filter and the RBAC filters of an HCM, in order; the list must end with the router
+/// (A39), and the JWT filter must come before RBAC, whose principals read what it verified.
+fn http_filters(hcm: &HttpConnectionManager) -> FieldResult<(Option<JwtAuthnSpec>, Vec<RbacSpec>)> {
     if hcm.http_filters.is_empty() {
         return Err(FieldError::new("http_filters", "must not be empty"));
     }
     let mut names = HashSet::new();
     let mut out = Vec::new();
+    let mut jwt = None;
     let last = hcm.http_filters.len() - 1;
     for (i, f) in hcm.http_filters.iter().enumerate() {
         let at = format!("http_filters[{i}]");
@@ -304,6 +310,19 @@ fn http_filters(hcm: &HttpConnectionManager) -> FieldResult<Vec<RbacSpec>> {
                 let r: RbacFilter = unpack(any, RBAC_TYPE, &at)?;
                 out.push(rbac_filter(&f.name, &r).map_err(|e| e.within(&at))?);
             }
+            JWT_AUTHN_TYPE => {
+                if jwt.is_some() {
+                    return Err(FieldError::new(at, "a second JWT filter is not supported"));
+                }
+                if !out.is_empty() {
+                    return Err(FieldError::new(
+                        at,
+                        "the JWT filter must come before the RBAC filters",
+                    ));
+                }
+                let j: JwtAuthentication = unpack(any, JWT_AUTHN_TYPE, &at)?;
+                jwt = Some(jwt_authn_spec(&f.name, &j).map_err(|e| e.within(&at))?);
+            }
             _ if f.is_optional => {}
             other => {
                 return Err(FieldError::new(
@@ -313,7 +332,7 @@ fn http_filters(hcm: &HttpConnectionManager) -> FieldResult<Vec<RbacSpec>> {
             }
         }
     }
-    Ok(out)
+    Ok((jwt, out))
 }
 
 fn rbac_filter(name: &str, f: &RbacFilter) -> FieldResult<RbacSpec> {
@@ -474,28 +493,51 @@ fn rule_name(r: &rbac::permission::Rule) -> &'static str {
     }
 }
 
-/// A metadata matcher on the request principal istiod writes for `requestPrincipals`
-/// (`istio_authn` / `request.auth.principal`), else one that never matches.
-fn request_principal(
+/// A metadata matcher on what istiod's sidecar RBAC reads from the JWT filter (`istio_authn`:
+/// `request.auth.principal`, `.audiences`, `.presenter`, `.claims` with a claim path), with a
+/// string or a list (`one_of`) value matcher; any other metadata never matches (`None`).
+fn request_auth(
     m: &envoy_types::pb::envoy::r#type::matcher::v3::MetadataMatcher,
-) -> FieldResult<Option<StringMatcherSpec>> {
+) -> FieldResult<Option<(AuthField, StringMatcherSpec)>> {
+    use envoy_types::pb::envoy::r#type::matcher::v3::list_matcher::MatchPattern as ListPattern;
     use envoy_types::pb::envoy::r#type::matcher::v3::metadata_matcher::path_segment::Segment;
     use envoy_types::pb::envoy::r#type::matcher::v3::value_matcher::MatchPattern;
-    let key = match m.path.as_slice() {
-        [p] => match &p.segment {
+    let keys: Vec<&str> = m
+        .path
+        .iter()
+        .map(|p| match &p.segment {
             Some(Segment::Key(k)) => k.as_str(),
             None => "",
-        },
-        _ => "",
-    };
-    if m.filter != "istio_authn" || key != "request.auth.principal" || m.invert {
+        })
+        .collect();
+    if m.filter != "istio_authn" || m.invert {
         return Ok(None);
     }
-    match m.value.as_ref().and_then(|v| v.match_pattern.as_ref()) {
-        Some(MatchPattern::StringMatch(s)) => Ok(Some(
-            string_matcher(s).map_err(|e| e.within("value.string_match"))?,
-        )),
-        _ => Ok(None),
+    let field = match keys.as_slice() {
+        ["request.auth.principal"] => AuthField::Principal,
+        ["request.auth.audiences"] => AuthField::Audiences,
+        ["request.auth.presenter"] => AuthField::Presenter,
+        ["request.auth.claims", claim @ ..] if !claim.is_empty() => {
+            AuthField::Claim(claim.iter().map(|c| c.to_string()).collect())
+        }
+        _ => return Ok(None),
+    };
+    let string = match m.value.as_ref().and_then(|v| v.match_pattern.as_ref()) {
+        Some(MatchPattern::StringMatch(s)) => Some((s, "value.string_match")),
+        Some(MatchPattern::ListMatch(l)) => match &l.match_pattern {
+            Some(ListPattern::OneOf(v)) => match v.match_pattern.as_ref() {
+                Some(MatchPattern::StringMatch(s)) => {
+                    Some((s, "value.list_match.one_of.string_match"))
+                }
+                _ => None,
+            },
+            None => None,
+        },
+        _ => None,
+    };
+    match string {
+        Some((s, at)) => Ok(Some((field, string_matcher(s).map_err(|e| e.within(at))?))),
+        None => Ok(None),
     }
 }
 
@@ -531,7 +573,7 @@ fn principal(p: &rbac::Principal) -> FieldResult<PrincipalSpec> {
         }
         Some(I::UrlPath(u)) => PrincipalSpec::UrlPath(path(u).map_err(|e| e.within("url_path"))?),
         Some(I::Metadata(m)) => {
-            PrincipalSpec::Metadata(request_principal(m).map_err(|e| e.within("metadata"))?)
+            PrincipalSpec::Metadata(request_auth(m).map_err(|e| e.within("metadata"))?)
         }
         Some(I::FilterState(_)) => return Err(FieldError::new("filter_state", "is not supported")),
         Some(_) => return Err(FieldError::new("identifier", "is not supported")),
