@@ -7,8 +7,8 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use crate::istio::{
-    AuthorizationPolicy, DestinationRule, Metadata, PeerAuthentication, ServiceEntry,
-    VirtualService, WorkloadEntry,
+    AuthorizationPolicy, DestinationRule, Metadata, PeerAuthentication, RequestAuthentication,
+    ServiceEntry, VirtualService, WorkloadEntry,
 };
 
 /// A configuration error: where it is and what is wrong.
@@ -64,6 +64,8 @@ pub struct IstioConfig {
     pub peer_authentications: Vec<Named<PeerAuthentication>>,
     /// AuthorizationPolicies.
     pub authorization_policies: Vec<Named<AuthorizationPolicy>>,
+    /// RequestAuthentications.
+    pub request_authentications: Vec<Named<RequestAuthentication>>,
 }
 
 #[derive(Deserialize)]
@@ -148,12 +150,12 @@ impl IstioConfig {
             "ServiceEntry" | "WorkloadEntry" | "VirtualService" | "DestinationRule" => {
                 NETWORKING.contains(&head.api_version.as_str())
             }
-            "PeerAuthentication" | "AuthorizationPolicy" => {
+            "PeerAuthentication" | "AuthorizationPolicy" | "RequestAuthentication" => {
                 SECURITY.contains(&head.api_version.as_str())
             }
             other => {
                 return Err(err(format!(
-                    "unknown kind {other:?} (supported: ServiceEntry, WorkloadEntry, VirtualService, DestinationRule, PeerAuthentication, AuthorizationPolicy)"
+                    "unknown kind {other:?} (supported: ServiceEntry, WorkloadEntry, VirtualService, DestinationRule, PeerAuthentication, AuthorizationPolicy, RequestAuthentication)"
                 )));
             }
         };
@@ -206,6 +208,32 @@ impl IstioConfig {
             "PeerAuthentication" => self
                 .peer_authentications
                 .push(named(&head, file, line, doc, &at)?),
+            "RequestAuthentication" => {
+                let ra: Named<RequestAuthentication> = named(&head, file, line, doc, &at)?;
+                for (i, r) in ra.spec.jwt_rules.iter().enumerate() {
+                    let problem = if r.issuer.is_empty() {
+                        Some("issuer is required")
+                    } else if r.jwks.is_empty() && r.jwks_uri.is_empty() {
+                        Some(
+                            "needs jwks or jwksUri (OpenID discovery from the issuer is not supported)",
+                        )
+                    } else if r.jwks.is_empty()
+                        && !(r.jwks_uri.starts_with("https://")
+                            || r.jwks_uri.starts_with("http://"))
+                    {
+                        Some("jwksUri must be an http or https URI")
+                    } else {
+                        None
+                    };
+                    if let Some(p) = problem {
+                        return Err(err(format!(
+                            "RequestAuthentication {}: jwtRules[{i}]: {p}",
+                            ra.name
+                        )));
+                    }
+                }
+                self.request_authentications.push(ra)
+            }
             _ => self
                 .authorization_policies
                 .push(named(&head, file, line, doc, &at)?),

@@ -24,6 +24,10 @@ pub const INBOUND_PREFIX: &str = "xds.istio.io/grpc/lds/inbound/";
 const HCM_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
 const ROUTER_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router";
 const RBAC_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC";
+const JWT_AUTHN_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication";
+/// Istio's root namespace: its policies apply to every workload of the mesh.
+pub const ROOT_NAMESPACE: &str = "istio-system";
 const DOWNSTREAM_TLS_TYPE: &str =
     "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext";
 
@@ -47,6 +51,11 @@ pub struct WorkloadPort {
     pub labels: BTreeMap<String, String>,
 }
 
+/// Whether a policy in `namespace` covers the workload: its own namespace, or the root one.
+fn in_scope(namespace: &str, w: &WorkloadPort) -> bool {
+    namespace == w.namespace || namespace == ROOT_NAMESPACE
+}
+
 fn selects(selector: Option<&istio::LabelSelector>, labels: &BTreeMap<String, String>) -> bool {
     selector.is_none_or(|s| s.match_labels.iter().all(|(k, v)| labels.get(k) == Some(v)))
 }
@@ -57,8 +66,9 @@ fn mtls_mode(cfg: &IstioConfig, w: &WorkloadPort) -> String {
     let applicable = cfg
         .peer_authentications
         .iter()
-        .filter(|p| p.namespace == w.namespace && selects(p.spec.selector.as_ref(), &w.labels));
-    let best = applicable.max_by_key(|p| p.spec.selector.is_some());
+        .filter(|p| in_scope(&p.namespace, w) && selects(p.spec.selector.as_ref(), &w.labels));
+    // A workload selector over the namespace's policy over the root namespace's.
+    let best = applicable.max_by_key(|p| (p.spec.selector.is_some(), p.namespace == w.namespace));
     let mode = best
         .and_then(|p| p.spec.port_level_mtls.get(&w.port).or(p.spec.mtls.as_ref()))
         .map(|m| m.mode.to_ascii_uppercase())
@@ -85,6 +95,7 @@ pub fn inbound_listener(cfg: &IstioConfig, w: &WorkloadPort) -> Any {
     let mtls = mtls_mode(cfg, w) == "STRICT";
     let suffix = if mtls { "mtls" } else { "plaintext" };
     let mut http_filters = Vec::new();
+    http_filters.extend(jwt_filter(cfg, w));
     for (action, filter_name) in [
         ("DENY", "envoy.filters.http.rbac.DENY"),
         ("ALLOW", "envoy.filters.http.rbac"),
@@ -206,6 +217,130 @@ pub fn inbound_listener(cfg: &IstioConfig, w: &WorkloadPort) -> Any {
     any(crate::translate::LISTENER_TYPE, &listener)
 }
 
+/// The `jwt_authn` filter for a workload, as istiod writes it for sidecars: one provider
+/// `origins-N` per jwtRule of every RequestAuthentication that applies, and one rule for `/`
+/// requiring any of them or no token (a token that no provider accepts is refused; a request
+/// without one goes on to RBAC without a request principal). istiod's gRPC generator writes
+/// no JWT filter at all.
+fn jwt_filter(cfg: &IstioConfig, w: &WorkloadPort) -> Option<hcm::HttpFilter> {
+    use envoy_types::pb::envoy::extensions::filters::http::jwt_authn::v3 as jwt;
+    let rules: Vec<&istio::JwtRule> = cfg
+        .request_authentications
+        .iter()
+        .filter(|r| in_scope(&r.namespace, w) && selects(r.spec.selector.as_ref(), &w.labels))
+        .flat_map(|r| r.spec.jwt_rules.iter())
+        .collect();
+    if rules.is_empty() {
+        return None;
+    }
+    let mut providers = HashMap::new();
+    let mut requirements = Vec::new();
+    for (i, r) in rules.iter().enumerate() {
+        let name = format!("origins-{i}");
+        let jwks = if r.jwks.is_empty() {
+            let host = r
+                .jwks_uri
+                .parse::<http::Uri>()
+                .ok()
+                .and_then(|u| u.host().map(|h| (h.to_string(), u.port_u16())))
+                .unwrap_or_default();
+            let port = host.1.unwrap_or(if r.jwks_uri.starts_with("http://") {
+                80
+            } else {
+                443
+            });
+            jwt::jwt_provider::JwksSourceSpecifier::RemoteJwks(jwt::RemoteJwks {
+                http_uri: Some(core::HttpUri {
+                    uri: r.jwks_uri.clone(),
+                    timeout: Some(crate::translate::pb_duration(
+                        r.timeout
+                            .as_deref()
+                            .and_then(crate::translate::parse_duration)
+                            .unwrap_or(std::time::Duration::from_secs(5)),
+                    )),
+                    http_upstream_type: Some(core::http_uri::HttpUpstreamType::Cluster(format!(
+                        "outbound|{port}||{}",
+                        host.0
+                    ))),
+                }),
+                cache_duration: Some(crate::translate::pb_duration(
+                    std::time::Duration::from_secs(300),
+                )),
+                ..Default::default()
+            })
+        } else {
+            jwt::jwt_provider::JwksSourceSpecifier::LocalJwks(core::DataSource {
+                specifier: Some(core::data_source::Specifier::InlineString(r.jwks.clone())),
+                ..Default::default()
+            })
+        };
+        providers.insert(
+            name.clone(),
+            jwt::JwtProvider {
+                issuer: r.issuer.clone(),
+                audiences: r.audiences.clone(),
+                forward: r.forward_original_token,
+                from_headers: r
+                    .from_headers
+                    .iter()
+                    .map(|h| jwt::JwtHeader {
+                        name: h.name.clone(),
+                        value_prefix: h.prefix.clone(),
+                    })
+                    .collect(),
+                from_params: r.from_params.clone(),
+                from_cookies: r.from_cookies.clone(),
+                forward_payload_header: r.output_payload_to_header.clone(),
+                payload_in_metadata: r.issuer.clone(),
+                claim_to_headers: r
+                    .output_claim_to_headers
+                    .iter()
+                    .map(|c| jwt::JwtClaimToHeader {
+                        header_name: c.header.clone(),
+                        claim_name: c.claim.clone(),
+                    })
+                    .collect(),
+                jwks_source_specifier: Some(jwks),
+                ..Default::default()
+            },
+        );
+        requirements.push(jwt::JwtRequirement {
+            requires_type: Some(jwt::jwt_requirement::RequiresType::ProviderName(name)),
+        });
+    }
+    requirements.push(jwt::JwtRequirement {
+        requires_type: Some(jwt::jwt_requirement::RequiresType::AllowMissing(
+            Default::default(),
+        )),
+    });
+    let config = jwt::JwtAuthentication {
+        providers,
+        rules: vec![jwt::RequirementRule {
+            r#match: Some(rpb::RouteMatch {
+                path_specifier: Some(rpb::route_match::PathSpecifier::Prefix("/".into())),
+                ..Default::default()
+            }),
+            requirement_type: Some(jwt::requirement_rule::RequirementType::Requires(
+                jwt::JwtRequirement {
+                    requires_type: Some(jwt::jwt_requirement::RequiresType::RequiresAny(
+                        jwt::JwtRequirementOrList { requirements },
+                    )),
+                },
+            )),
+        }],
+        bypass_cors_preflight: true,
+        ..Default::default()
+    };
+    Some(hcm::HttpFilter {
+        name: "envoy.filters.http.jwt_authn".into(),
+        config_type: Some(hcm::http_filter::ConfigType::TypedConfig(any(
+            JWT_AUTHN_TYPE,
+            &config,
+        ))),
+        ..Default::default()
+    })
+}
+
 fn exact(s: &str) -> mpb::StringMatcher {
     mpb::StringMatcher {
         match_pattern: Some(mpb::string_matcher::MatchPattern::Exact(s.into())),
@@ -270,10 +405,24 @@ fn or_id(ids: Vec<rbac::principal::Identifier>) -> Option<rbac::Principal> {
     }
 }
 
-/// `request.auth.*` and JWT claims live in dynamic metadata Envoy's JWT filter writes (filter
-/// `istio_authn`); gRPC never matches metadata, as with istiod.
+/// `request.auth.*` lives in the dynamic metadata of the JWT filter (`istio_authn`, as istiod
+/// writes it for sidecars): the principal and presenter are strings, the audiences and claims
+/// lists (matched by `one_of`). gRPC never matches metadata; mesh reads them from the token.
 #[allow(deprecated)] // istiod still emits the metadata principal
 fn authn_metadata(path: &[&str], value: &str) -> rbac::principal::Identifier {
+    let string = mpb::value_matcher::MatchPattern::StringMatch(wildcard(value));
+    let list = path[0] != "request.auth.principal" && path[0] != "request.auth.presenter";
+    let pattern = if list {
+        mpb::value_matcher::MatchPattern::ListMatch(Box::new(mpb::ListMatcher {
+            match_pattern: Some(mpb::list_matcher::MatchPattern::OneOf(Box::new(
+                mpb::ValueMatcher {
+                    match_pattern: Some(string),
+                },
+            ))),
+        }))
+    } else {
+        string
+    };
     rbac::principal::Identifier::Metadata(mpb::MetadataMatcher {
         filter: "istio_authn".into(),
         path: path
@@ -285,9 +434,7 @@ fn authn_metadata(path: &[&str], value: &str) -> rbac::principal::Identifier {
             })
             .collect(),
         value: Some(mpb::ValueMatcher {
-            match_pattern: Some(mpb::value_matcher::MatchPattern::StringMatch(wildcard(
-                value,
-            ))),
+            match_pattern: Some(pattern),
         }),
         ..Default::default()
     })
@@ -393,11 +540,11 @@ fn rule_policy(r: &istio::AuthzRule) -> rbac::Policy {
             .strip_prefix("request.auth.claims[")
             .and_then(|k| k.strip_suffix(']'))
         {
-            Some(claim) => c
-                .values
-                .iter()
-                .map(|v| authn_metadata(&["request.auth.claims", claim], v))
-                .collect(),
+            Some(claim) => {
+                let mut path = vec!["request.auth.claims"];
+                path.extend(claim.split("]["));
+                c.values.iter().map(|v| authn_metadata(&path, v)).collect()
+            }
             None => c
                 .values
                 .iter()
@@ -431,7 +578,7 @@ fn rbac_policies(
     action: &str,
 ) -> HashMap<String, rbac::Policy> {
     let applies = |p: &&Named<istio::AuthorizationPolicy>| {
-        p.namespace == w.namespace
+        in_scope(&p.namespace, w)
             && selects(p.spec.selector.as_ref(), &w.labels)
             && p.spec
                 .action

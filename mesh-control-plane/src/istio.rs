@@ -421,6 +421,64 @@ pub struct AuthorizationPolicy {
     pub rules: Vec<AuthzRule>,
 }
 
+/// A `RequestAuthentication`: which JWTs a workload accepts.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct RequestAuthentication {
+    /// Workloads it applies to.
+    pub selector: Option<LabelSelector>,
+    /// The accepted issuers.
+    pub jwt_rules: Vec<JwtRule>,
+}
+
+/// A `jwtRules` entry.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct JwtRule {
+    /// `iss`.
+    pub issuer: String,
+    /// Accepted audiences (empty: any).
+    pub audiences: Vec<String>,
+    /// Where the keys are fetched from.
+    pub jwks_uri: String,
+    /// The keys, inline (a JWKS document).
+    pub jwks: String,
+    /// Headers tokens are read from.
+    pub from_headers: Vec<JwtHeader>,
+    /// Query parameters tokens are read from.
+    pub from_params: Vec<String>,
+    /// Cookies tokens are read from.
+    pub from_cookies: Vec<String>,
+    /// A header the verified payload is written to.
+    pub output_payload_to_header: String,
+    /// Whether the token is passed on to the application.
+    pub forward_original_token: bool,
+    /// Claims copied to headers.
+    pub output_claim_to_headers: Vec<ClaimToHeader>,
+    /// The JWKS fetch timeout (`5s`).
+    pub timeout: Option<String>,
+}
+
+/// `fromHeaders`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct JwtHeader {
+    /// The header.
+    pub name: String,
+    /// What precedes the token.
+    pub prefix: String,
+}
+
+/// `outputClaimToHeaders`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct ClaimToHeader {
+    /// The header.
+    pub header: String,
+    /// The claim.
+    pub claim: String,
+}
+
 /// An authorization rule.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]

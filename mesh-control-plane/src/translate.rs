@@ -127,7 +127,7 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
     (secs < 1e10).then(|| Duration::from_secs_f64(secs))
 }
 
-fn pb_duration(d: Duration) -> PbDuration {
+pub(crate) fn pb_duration(d: Duration) -> PbDuration {
     PbDuration {
         seconds: d.as_secs() as i64,
         nanos: d.subsec_nanos() as i32,

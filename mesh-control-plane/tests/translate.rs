@@ -261,7 +261,7 @@ fn bad_yaml_gets_exact_messages() {
         error(
             "# a comment\napiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: g}\n"
         ),
-        "bad.yaml:1: unknown kind \"Gateway\" (supported: ServiceEntry, WorkloadEntry, VirtualService, DestinationRule, PeerAuthentication, AuthorizationPolicy)"
+        "bad.yaml:1: unknown kind \"Gateway\" (supported: ServiceEntry, WorkloadEntry, VirtualService, DestinationRule, PeerAuthentication, AuthorizationPolicy, RequestAuthentication)"
     );
     assert_eq!(
         error(&format!(
@@ -468,4 +468,96 @@ mod no_panic {
             }
         }
     }
+}
+
+#[test]
+fn request_authentication_becomes_a_jwt_filter_that_feeds_rbac() {
+    use mesh_core::ConnectionFacts;
+    use mesh_core::jwt::{JwtError, KeySource};
+    use mesh_xds_client::testing::jwt::JwtIssuer;
+    let idp = JwtIssuer::new("https://idp.example", "k1");
+    let mut cfg = IstioConfig::load_dir(&examples()).unwrap();
+    let jwks = JwtIssuer::jwks(&[&idp]);
+    let yaml = format!(
+        "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata:\n  name: idp\n  namespace: istio-system\nspec:\n  jwtRules:\n  - issuer: https://idp.example\n    jwks: '{jwks}'\n  - issuer: https://other.example\n    jwksUri: https://other.example/keys\n"
+    );
+    cfg.add_text("jwt.yaml", &yaml).unwrap();
+    let r = translate(&cfg).unwrap();
+    let name = "xds.istio.io/grpc/lds/inbound/127.0.0.1:18081";
+    let Decoded::ServerListener(l) =
+        decode(ResourceType::Listener, &r.inbound_listeners[name]).unwrap()
+    else {
+        panic!("a server listener")
+    };
+    let chain = l
+        .select(&ConnectionFacts {
+            local: "127.0.0.1:18081".parse().unwrap(),
+            peer: "127.0.0.9:40000".parse().unwrap(),
+            tls: true,
+        })
+        .unwrap();
+    // A root-namespace RequestAuthentication covers every workload: one provider per rule.
+    let jwt = chain.jwt().expect("a JWT filter");
+    let providers: Vec<(&str, &str)> = jwt
+        .providers()
+        .iter()
+        .map(|p| (&**p.name(), p.issuer()))
+        .collect();
+    assert_eq!(
+        providers,
+        [
+            ("origins-0", "https://idp.example"),
+            ("origins-1", "https://other.example")
+        ]
+    );
+    assert!(matches!(jwt.providers()[0].keys(), KeySource::Inline(_)));
+    let remote: Vec<&str> = jwt.remote_keys().map(|r| &*r.uri).collect();
+    assert_eq!(remote, ["https://other.example/keys"]);
+
+    let judge = |token: Option<String>| {
+        let mut h = http::HeaderMap::new();
+        if let Some(t) = token {
+            h.insert("authorization", format!("Bearer {t}").parse().unwrap());
+        }
+        let (m, u) = (
+            http::Method::GET,
+            http::Uri::from_static("http://ui/orders/1"),
+        );
+        let req = mesh_core::RouteRequest::new(&m, &u, &h);
+        let no_keys = |_: &str| None;
+        let verified = jwt.authenticate(&req, &no_keys, JwtIssuer::now(), &mut rand::rng())?;
+        let v = chain.rbac().evaluate(&mesh_core::rbac::AuthzRequest {
+            request: req,
+            source: "127.0.0.9:40000".parse().unwrap(),
+            destination: "127.0.0.1:18081".parse().unwrap(),
+            peer: None,
+            tls: true,
+            auth: verified.as_ref().map(|v| &*v.auth),
+        });
+        Ok::<_, JwtError>(v.denied.map(|d| d.to_string()))
+    };
+    let readers = serde_json::json!({"groups": ["orders-readers"]});
+    assert_eq!(judge(Some(idp.token("alice", readers))), Ok(None));
+    let denied = Some("no policy of envoy.filters.http.rbac allows it".to_string());
+    assert_eq!(
+        judge(Some(idp.token("bob", serde_json::json!({"groups": ["x"]})))),
+        Ok(denied.clone())
+    );
+    assert_eq!(judge(None), Ok(denied), "no token: no request principal");
+    let forged = JwtIssuer::new("https://idp.example", "k1");
+    assert_eq!(
+        judge(Some(forged.token("alice", serde_json::json!({})))),
+        Err(JwtError::Signature)
+    );
+}
+
+#[test]
+fn a_request_authentication_without_keys_is_refused() {
+    let e = error(
+        "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata:\n  name: idp\nspec:\n  jwtRules:\n  - issuer: https://idp.example\n",
+    );
+    assert_eq!(
+        e,
+        "bad.yaml:1: RequestAuthentication idp: jwtRules[0]: needs jwks or jwksUri (OpenID discovery from the issuer is not supported)"
+    );
 }

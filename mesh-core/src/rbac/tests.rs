@@ -225,3 +225,66 @@ fn cidr_ranges_mask_and_clamp() {
     assert!(host.contains("2001:db8::1".parse().unwrap()));
     assert!(!host.contains("2001:db8::2".parse().unwrap()));
 }
+
+#[test]
+fn request_principals_and_claims_come_from_the_verified_token() {
+    use crate::jwt::{AuthField, RequestAuth};
+    // istiod's `requestPrincipals: ["https://idp/*"]` and `request.auth.claims[groups]: ops`.
+    let rbac = Rbac::new(&[RbacSpec {
+        name: "envoy.filters.http.rbac".into(),
+        action: Some(RbacAction::Allow),
+        policies: vec![(
+            "ns[default]-policy[jwt]-rule[0]".into(),
+            PolicySpec {
+                permissions: vec![PermissionSpec::Any],
+                principals: vec![PrincipalSpec::And(vec![
+                    PrincipalSpec::Metadata(Some((
+                        AuthField::Principal,
+                        StringMatcherSpec::prefix("https://idp/"),
+                    ))),
+                    PrincipalSpec::Metadata(Some((
+                        AuthField::Claim(vec!["groups".into()]),
+                        StringMatcherSpec::exact("ops"),
+                    ))),
+                ])],
+            },
+        )],
+        audit: AuditCondition::None,
+    }])
+    .unwrap();
+    let uri: Uri = "/".parse().unwrap();
+    let headers = HeaderMap::new();
+    let verdict = |auth: Option<&RequestAuth>| {
+        rbac.evaluate(&AuthzRequest {
+            request: RouteRequest::new(&Method::GET, &uri, &headers),
+            source: "10.0.0.9:40000".parse().unwrap(),
+            destination: "10.0.0.1:9080".parse().unwrap(),
+            peer: None,
+            tls: false,
+            auth,
+        })
+        .denied
+    };
+    let claims = |groups: serde_json::Value| {
+        let mut c = serde_json::Map::new();
+        c.insert("groups".into(), groups);
+        RequestAuth {
+            provider: "origins-0".into(),
+            principal: "https://idp/alice".into(),
+            issuer: "https://idp".into(),
+            subject: "alice".into(),
+            audiences: vec![],
+            presenter: None,
+            payload: String::new(),
+            claims: c,
+        }
+    };
+    assert_eq!(
+        verdict(Some(&claims(serde_json::json!(["dev", "ops"])))),
+        None
+    );
+    assert_eq!(verdict(Some(&claims(serde_json::json!("ops")))), None);
+    assert!(verdict(Some(&claims(serde_json::json!(["dev"])))).is_some());
+    // No token: the principal cannot match, so the ALLOW denies.
+    assert!(verdict(None).is_some());
+}

@@ -15,6 +15,7 @@ use prost::Message;
 use crate::decode::ResourceType;
 
 pub mod ca;
+pub mod jwt;
 
 /// Wraps a message in an `Any` with the given type URL.
 pub fn any<M: Message>(type_url: &str, m: &M) -> Any {
