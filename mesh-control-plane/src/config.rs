@@ -234,9 +234,29 @@ impl IstioConfig {
                 }
                 self.request_authentications.push(ra)
             }
-            _ => self
-                .authorization_policies
-                .push(named(&head, file, line, doc, &at)?),
+            _ => {
+                let ap: Named<AuthorizationPolicy> = named(&head, file, line, doc, &at)?;
+                let action = ap.spec.action.as_deref().unwrap_or("ALLOW");
+                if !["ALLOW", "DENY", "AUDIT"].contains(&action) {
+                    return Err(err(format!(
+                        "AuthorizationPolicy {}: action {action:?} is not supported (ALLOW, DENY, AUDIT)",
+                        ap.name
+                    )));
+                }
+                for (i, r) in ap.spec.rules.iter().enumerate() {
+                    for (j, c) in r.when.iter().enumerate() {
+                        if !crate::inbound::condition_key_supported(&c.key) {
+                            return Err(err(format!(
+                                "AuthorizationPolicy {}: rules[{i}].when[{j}]: key {:?} is not supported (supported: {})",
+                                ap.name,
+                                c.key,
+                                crate::inbound::CONDITION_KEYS.join(", ")
+                            )));
+                        }
+                    }
+                }
+                self.authorization_policies.push(ap)
+            }
         }
         Ok(())
     }

@@ -440,133 +440,289 @@ fn authn_metadata(path: &[&str], value: &str) -> rbac::principal::Identifier {
     })
 }
 
-fn rule_policy(r: &istio::AuthzRule) -> rbac::Policy {
-    let header = |name: &str, m: mpb::StringMatcher| rpb::HeaderMatcher {
+fn header(name: &str, m: mpb::StringMatcher) -> rpb::HeaderMatcher {
+    rpb::HeaderMatcher {
         name: name.into(),
         header_match_specifier: Some(rpb::header_matcher::HeaderMatchSpecifier::StringMatch(m)),
         ..Default::default()
+    }
+}
+
+fn cidr(block: &str) -> core::CidrRange {
+    let (ip, len) = block
+        .split_once('/')
+        .map_or((block, None), |(a, l)| (a, l.parse().ok()));
+    let len = len.unwrap_or(if ip.contains(':') { 128 } else { 32 });
+    core::CidrRange {
+        address_prefix: ip.into(),
+        prefix_len: Some(envoy_types::pb::google::protobuf::UInt32Value { value: len }),
+    }
+}
+
+/// One field of an operation: any of `values`, none of `not_values` (istiod's `not_rule`).
+fn perm_field(
+    and: &mut Vec<rbac::Permission>,
+    values: &[String],
+    not_values: &[String],
+    rule: impl Fn(&str) -> rbac::permission::Rule,
+) {
+    and.extend(or_perm(values.iter().map(|v| rule(v)).collect()));
+    if let Some(not) = or_perm(not_values.iter().map(|v| rule(v)).collect()) {
+        and.push(rbac::Permission {
+            rule: Some(rbac::permission::Rule::NotRule(Box::new(not))),
+        });
+    }
+}
+
+/// One field of a source: any of `values`, none of `not_values` (istiod's `not_id`).
+fn id_field(
+    and: &mut Vec<rbac::Principal>,
+    values: &[String],
+    not_values: &[String],
+    id: impl Fn(&str) -> rbac::principal::Identifier,
+) {
+    and.extend(or_id(values.iter().map(|v| id(v)).collect()));
+    if let Some(not) = or_id(not_values.iter().map(|v| id(v)).collect()) {
+        and.push(rbac::Principal {
+            identifier: Some(rbac::principal::Identifier::NotId(Box::new(not))),
+        });
+    }
+}
+
+fn authenticated(m: mpb::StringMatcher) -> rbac::principal::Identifier {
+    rbac::principal::Identifier::Authenticated(rbac::principal::Authenticated {
+        principal_name: Some(m),
+    })
+}
+
+fn namespace_id(n: &str) -> rbac::principal::Identifier {
+    authenticated(mpb::StringMatcher {
+        match_pattern: Some(mpb::string_matcher::MatchPattern::SafeRegex(
+            mpb::RegexMatcher {
+                regex: format!(".*/ns/{n}/.*"),
+                ..Default::default()
+            },
+        )),
+        ignore_case: false,
+    })
+}
+
+fn and_permissions(rules: Vec<rbac::Permission>) -> rbac::Permission {
+    rbac::Permission {
+        rule: Some(if rules.is_empty() {
+            rbac::permission::Rule::Any(true)
+        } else {
+            rbac::permission::Rule::AndRules(rbac::permission::Set { rules })
+        }),
+    }
+}
+
+/// The `when` keys mesh translates; the config loader refuses any other (a condition mesh
+/// ignored would make a DENY policy deny nothing).
+pub const CONDITION_KEYS: &[&str] = &[
+    "request.headers[NAME]",
+    "source.ip",
+    "remote.ip",
+    "source.namespace",
+    "source.principal",
+    "request.auth.principal",
+    "request.auth.audiences",
+    "request.auth.presenter",
+    "request.auth.claims[NAME]",
+    "destination.ip",
+    "destination.port",
+];
+
+/// Whether mesh translates a `when` key.
+pub fn condition_key_supported(key: &str) -> bool {
+    let bracketed = |prefix: &str| {
+        key.strip_prefix(prefix)
+            .and_then(|k| k.strip_suffix(']'))
+            .is_some_and(|k| !k.is_empty())
     };
+    bracketed("request.headers[")
+        || bracketed("request.auth.claims[")
+        || CONDITION_KEYS.contains(&key)
+}
+
+/// A `when` condition as principals (source keys, request.auth) or permissions (destination
+/// keys, headers), the way istiod's authz model splits them.
+enum Condition {
+    Ids(Vec<rbac::principal::Identifier>),
+    Perms(Vec<rbac::permission::Rule>),
+}
+
+fn condition(key: &str, values: &[String]) -> Condition {
+    use rbac::permission::Rule as R;
+    use rbac::principal::Identifier as I;
+    if let Some(name) = key
+        .strip_prefix("request.headers[")
+        .and_then(|k| k.strip_suffix(']'))
+    {
+        return Condition::Ids(
+            values
+                .iter()
+                .map(|v| I::Header(header(name, wildcard(v))))
+                .collect(),
+        );
+    }
+    if let Some(claim) = key
+        .strip_prefix("request.auth.claims[")
+        .and_then(|k| k.strip_suffix(']'))
+    {
+        let mut path = vec!["request.auth.claims"];
+        path.extend(claim.split("]["));
+        return Condition::Ids(values.iter().map(|v| authn_metadata(&path, v)).collect());
+    }
+    match key {
+        "source.ip" | "remote.ip" => {
+            Condition::Ids(values.iter().map(|v| I::DirectRemoteIp(cidr(v))).collect())
+        }
+        "source.namespace" => Condition::Ids(values.iter().map(|v| namespace_id(v)).collect()),
+        "source.principal" => Condition::Ids(
+            values
+                .iter()
+                .map(|v| authenticated(wildcard(&format!("spiffe://{v}"))))
+                .collect(),
+        ),
+        "destination.ip" => {
+            Condition::Perms(values.iter().map(|v| R::DestinationIp(cidr(v))).collect())
+        }
+        "destination.port" => Condition::Perms(
+            values
+                .iter()
+                .filter_map(|v| v.parse().ok())
+                .map(R::DestinationPort)
+                .collect(),
+        ),
+        // request.auth.principal, .audiences, .presenter (the loader refused anything else).
+        _ => Condition::Ids(values.iter().map(|v| authn_metadata(&[key], v)).collect()),
+    }
+}
+
+fn rule_policy(r: &istio::AuthzRule) -> rbac::Policy {
+    use rbac::permission::Rule as R;
     let mut perms = Vec::new();
     for t in &r.to {
         let op = &t.operation;
         let mut and = Vec::new();
-        and.extend(or_perm(
-            op.methods
-                .iter()
-                .map(|m| rbac::permission::Rule::Header(header(":method", exact(m))))
-                .collect(),
-        ));
-        and.extend(or_perm(
-            op.paths
-                .iter()
-                .map(|p| {
-                    rbac::permission::Rule::UrlPath(mpb::PathMatcher {
-                        rule: Some(mpb::path_matcher::Rule::Path(wildcard(p))),
-                    })
-                })
-                .collect(),
-        ));
-        and.extend(or_perm(
-            op.hosts
-                .iter()
-                .map(|h| rbac::permission::Rule::Header(header(":authority", wildcard(h))))
-                .collect(),
-        ));
-        and.extend(or_perm(
-            op.ports
-                .iter()
-                .filter_map(|p| p.parse().ok())
-                .map(rbac::permission::Rule::DestinationPort)
-                .collect(),
-        ));
-        perms.push(rbac::Permission {
-            rule: Some(if and.is_empty() {
-                rbac::permission::Rule::Any(true)
-            } else {
-                rbac::permission::Rule::AndRules(rbac::permission::Set { rules: and })
-            }),
+        perm_field(&mut and, &op.methods, &op.not_methods, |m| {
+            R::Header(header(":method", exact(m)))
         });
-    }
-    if perms.is_empty() {
-        perms.push(rbac::Permission {
-            rule: Some(rbac::permission::Rule::Any(true)),
+        let path = |p: &str| {
+            R::UrlPath(mpb::PathMatcher {
+                rule: Some(mpb::path_matcher::Rule::Path(wildcard(p))),
+            })
+        };
+        perm_field(&mut and, &op.paths, &op.not_paths, path);
+        perm_field(&mut and, &op.hosts, &op.not_hosts, |h| {
+            R::Header(header(":authority", wildcard(h)))
         });
+        // A port that is not a number never matches, as in istiod's validation.
+        let port = |p: &str| match p.parse() {
+            Ok(p) => R::DestinationPort(p),
+            Err(_) => R::NotRule(Box::new(rbac::Permission {
+                rule: Some(R::Any(true)),
+            })),
+        };
+        perm_field(&mut and, &op.ports, &op.not_ports, port);
+        perms.push(and_permissions(and));
     }
-    let mut and_ids = Vec::new();
+    // Sources are any-of; the fields of one source all-of.
+    let mut sources = Vec::new();
     for f in &r.from {
         let s = &f.source;
-        let authenticated = |m: mpb::StringMatcher| {
-            rbac::principal::Identifier::Authenticated(rbac::principal::Authenticated {
-                principal_name: Some(m),
-            })
-        };
-        let mut ids = Vec::new();
-        ids.extend(
-            s.principals
-                .iter()
-                .map(|p| authenticated(wildcard(&format!("spiffe://{p}")))),
+        let mut and_ids = Vec::new();
+        let principal = |p: &str| authenticated(wildcard(&format!("spiffe://{p}")));
+        id_field(&mut and_ids, &s.principals, &s.not_principals, principal);
+        id_field(&mut and_ids, &s.namespaces, &s.not_namespaces, namespace_id);
+        id_field(
+            &mut and_ids,
+            &s.request_principals,
+            &s.not_request_principals,
+            |p| authn_metadata(&["request.auth.principal"], p),
         );
-        ids.extend(s.namespaces.iter().map(|n| {
-            authenticated(mpb::StringMatcher {
-                match_pattern: Some(mpb::string_matcher::MatchPattern::SafeRegex(
-                    mpb::RegexMatcher {
-                        regex: format!(".*/ns/{n}/.*"),
-                        ..Default::default()
-                    },
-                )),
-                ignore_case: false,
-            })
-        }));
-        ids.extend(
-            s.request_principals
-                .iter()
-                .map(|p| authn_metadata(&["request.auth.principal"], p)),
+        let ip = |b: &str| rbac::principal::Identifier::DirectRemoteIp(cidr(b));
+        id_field(&mut and_ids, &s.ip_blocks, &s.not_ip_blocks, ip);
+        id_field(
+            &mut and_ids,
+            &s.remote_ip_blocks,
+            &s.not_remote_ip_blocks,
+            ip,
         );
-        ids.extend(s.ip_blocks.iter().map(|b| {
-            let (ip, len) = b
-                .split_once('/')
-                .map_or((b.as_str(), None), |(a, l)| (a, l.parse().ok()));
-            let len = len.unwrap_or(if ip.contains(':') { 128 } else { 32 });
-            rbac::principal::Identifier::DirectRemoteIp(core::CidrRange {
-                address_prefix: ip.into(),
-                prefix_len: Some(envoy_types::pb::google::protobuf::UInt32Value { value: len }),
-            })
-        }));
-        and_ids.extend(or_id(ids));
+        sources.push(and_ids);
     }
+    let mut and_ids = Vec::new();
+    let mut condition_perms = Vec::new();
     for c in &r.when {
-        let ids: Vec<_> = match c
-            .key
-            .strip_prefix("request.auth.claims[")
-            .and_then(|k| k.strip_suffix(']'))
-        {
-            Some(claim) => {
-                let mut path = vec!["request.auth.claims"];
-                path.extend(claim.split("]["));
-                c.values.iter().map(|v| authn_metadata(&path, v)).collect()
+        for (values, negate) in [(&c.values, false), (&c.not_values, true)] {
+            if values.is_empty() {
+                continue;
             }
-            None => c
-                .values
-                .iter()
-                .map(|v| authn_metadata(&[c.key.as_str()], v))
-                .collect(),
-        };
-        and_ids.extend(or_id(ids));
+            match condition(&c.key, values) {
+                Condition::Ids(ids) => {
+                    if let Some(p) = or_id(ids) {
+                        and_ids.push(if negate {
+                            rbac::Principal {
+                                identifier: Some(rbac::principal::Identifier::NotId(Box::new(p))),
+                            }
+                        } else {
+                            p
+                        });
+                    }
+                }
+                Condition::Perms(rules) => {
+                    if let Some(p) = or_perm(rules) {
+                        condition_perms.push(if negate {
+                            rbac::Permission {
+                                rule: Some(R::NotRule(Box::new(p))),
+                            }
+                        } else {
+                            p
+                        });
+                    }
+                }
+            }
+        }
     }
-    let principal = if and_ids.is_empty() {
-        rbac::Principal {
-            identifier: Some(rbac::principal::Identifier::Any(true)),
-        }
-    } else {
-        rbac::Principal {
-            identifier: Some(rbac::principal::Identifier::AndIds(rbac::principal::Set {
-                ids: and_ids,
-            })),
-        }
-    };
+    if perms.is_empty() {
+        perms.push(and_permissions(Vec::new()));
+    }
+    if !condition_perms.is_empty() {
+        // Destination conditions hold for every operation.
+        perms = perms
+            .into_iter()
+            .map(|p| {
+                let mut all = vec![p];
+                all.extend(condition_perms.iter().cloned());
+                and_permissions(all)
+            })
+            .collect();
+    }
+    // Conditions on the source hold for every source.
+    if sources.is_empty() {
+        sources.push(Vec::new());
+    }
+    let principals = sources
+        .into_iter()
+        .map(|mut ids| {
+            ids.extend(and_ids.iter().cloned());
+            if ids.is_empty() {
+                rbac::Principal {
+                    identifier: Some(rbac::principal::Identifier::Any(true)),
+                }
+            } else {
+                rbac::Principal {
+                    identifier: Some(rbac::principal::Identifier::AndIds(rbac::principal::Set {
+                        ids,
+                    })),
+                }
+            }
+        })
+        .collect();
     rbac::Policy {
         permissions: perms,
-        principals: vec![principal],
+        principals,
         ..Default::default()
     }
 }

@@ -409,9 +409,10 @@ pub struct Mtls {
     pub mode: String,
 }
 
-/// An `AuthorizationPolicy`.
+/// An `AuthorizationPolicy`. Unknown fields are errors: a policy field mesh ignored would
+/// allow or deny what the author did not mean.
 #[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct AuthorizationPolicy {
     /// Workloads it applies to.
     pub selector: Option<LabelSelector>,
@@ -421,9 +422,97 @@ pub struct AuthorizationPolicy {
     pub rules: Vec<AuthzRule>,
 }
 
+/// An authorization rule.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthzRule {
+    /// Sources (any).
+    pub from: Vec<AuthzFrom>,
+    /// Operations (any).
+    pub to: Vec<AuthzTo>,
+    /// Conditions (all).
+    pub when: Vec<AuthzCondition>,
+}
+
+/// `from`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthzFrom {
+    /// The source.
+    pub source: AuthzSource,
+}
+
+/// `from.source`: each list any-of, all lists together, `not*` lists none-of.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+pub struct AuthzSource {
+    /// Peer identities (without `spiffe://`).
+    pub principals: Vec<String>,
+    /// Peer identities that must not match.
+    pub not_principals: Vec<String>,
+    /// Request principals (`iss/sub`).
+    pub request_principals: Vec<String>,
+    /// Request principals that must not match.
+    pub not_request_principals: Vec<String>,
+    /// Namespaces.
+    pub namespaces: Vec<String>,
+    /// Namespaces that must not match.
+    pub not_namespaces: Vec<String>,
+    /// IP blocks.
+    pub ip_blocks: Vec<String>,
+    /// IP blocks that must not match.
+    pub not_ip_blocks: Vec<String>,
+    /// Remote IP blocks (the same as `ipBlocks` without proxies in front).
+    pub remote_ip_blocks: Vec<String>,
+    /// Remote IP blocks that must not match.
+    pub not_remote_ip_blocks: Vec<String>,
+}
+
+/// `to`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthzTo {
+    /// The operation.
+    pub operation: AuthzOperation,
+}
+
+/// `to.operation`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+pub struct AuthzOperation {
+    /// Methods.
+    pub methods: Vec<String>,
+    /// Methods that must not match.
+    pub not_methods: Vec<String>,
+    /// Paths (`/orders*` prefix, `*x` suffix).
+    pub paths: Vec<String>,
+    /// Paths that must not match.
+    pub not_paths: Vec<String>,
+    /// Hosts.
+    pub hosts: Vec<String>,
+    /// Hosts that must not match.
+    pub not_hosts: Vec<String>,
+    /// Ports.
+    pub ports: Vec<String>,
+    /// Ports that must not match.
+    pub not_ports: Vec<String>,
+}
+
+/// `when`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+pub struct AuthzCondition {
+    /// Key, e.g. `request.auth.claims[groups]`.
+    pub key: String,
+    /// Values (any).
+    pub values: Vec<String>,
+    /// Values that must not match.
+    pub not_values: Vec<String>,
+}
+
 /// A `RequestAuthentication`: which JWTs a workload accepts.
 #[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default, rename_all = "camelCase")]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
 pub struct RequestAuthentication {
     /// Workloads it applies to.
     pub selector: Option<LabelSelector>,
@@ -433,7 +522,7 @@ pub struct RequestAuthentication {
 
 /// A `jwtRules` entry.
 #[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default, rename_all = "camelCase")]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
 pub struct JwtRule {
     /// `iss`.
     pub issuer: String,
@@ -461,7 +550,7 @@ pub struct JwtRule {
 
 /// `fromHeaders`.
 #[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct JwtHeader {
     /// The header.
     pub name: String,
@@ -471,76 +560,10 @@ pub struct JwtHeader {
 
 /// `outputClaimToHeaders`.
 #[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct ClaimToHeader {
     /// The header.
     pub header: String,
     /// The claim.
     pub claim: String,
-}
-
-/// An authorization rule.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default)]
-pub struct AuthzRule {
-    /// Sources (any).
-    pub from: Vec<AuthzFrom>,
-    /// Operations (any).
-    pub to: Vec<AuthzTo>,
-    /// Conditions (all).
-    pub when: Vec<AuthzCondition>,
-}
-
-/// `from`.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default)]
-pub struct AuthzFrom {
-    /// The source.
-    pub source: AuthzSource,
-}
-
-/// `from.source`.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default, rename_all = "camelCase")]
-pub struct AuthzSource {
-    /// Peer identities (without `spiffe://`).
-    pub principals: Vec<String>,
-    /// Request principals (`iss/sub`).
-    pub request_principals: Vec<String>,
-    /// Namespaces.
-    pub namespaces: Vec<String>,
-    /// IP blocks.
-    pub ip_blocks: Vec<String>,
-}
-
-/// `to`.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default)]
-pub struct AuthzTo {
-    /// The operation.
-    pub operation: AuthzOperation,
-}
-
-/// `to.operation`.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default)]
-pub struct AuthzOperation {
-    /// Methods.
-    pub methods: Vec<String>,
-    /// Paths (`/orders*` prefix, `*x` suffix).
-    pub paths: Vec<String>,
-    /// Hosts.
-    pub hosts: Vec<String>,
-    /// Ports.
-    pub ports: Vec<String>,
-}
-
-/// `when`.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default)]
-pub struct AuthzCondition {
-    /// Key, e.g. `request.auth.claims[groups]`.
-    pub key: String,
-    /// Values (any).
-    pub values: Vec<String>,
 }

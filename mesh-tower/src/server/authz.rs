@@ -14,7 +14,7 @@ use mesh_core::route::RouteAction;
 use mesh_core::{FilterChain, LeafInfo, MeshSnapshot, RouteRequest, RouteSource};
 use tokio::sync::watch;
 
-use super::jwks::{JwksStore, Lookup, MIN_REFETCH_INTERVAL};
+use super::jwks::{JwksStore, Lookup};
 use crate::body::{MeshBody, full};
 use crate::protocol::{grpc_status_response, is_grpc};
 
@@ -169,13 +169,12 @@ impl<S> AuthzService<S> {
                 match jwt.authenticate(&rr, &lookup, now_seconds(), &mut rand::rng()) {
                     Ok(v) => v,
                     Err(e) => {
-                        if !refetched {
-                            if let Some(r) = e
-                                .refetch()
-                                .and_then(|uri| jwt.remote_keys().find(|r| r.uri == *uri))
-                            {
-                                return Admit::NeedKeys(r.clone());
-                            }
+                        if let Some(r) = e
+                            .refetch()
+                            .filter(|_| !refetched)
+                            .and_then(|uri| jwt.remote_keys().find(|r| r.uri == *uri))
+                        {
+                            return Admit::NeedKeys(r.clone());
                         }
                         tracing::debug!(
                             target: "mesh::server::decision",
@@ -297,7 +296,7 @@ where
                     jwks: self.jwks.clone(),
                 };
                 E::Right(Box::pin(async move {
-                    me.jwks.refresh(&remote, MIN_REFETCH_INTERVAL).await;
+                    me.jwks.refresh(&remote, me.jwks.min_refetch()).await;
                     match me.admit(&mut req, true) {
                         Admit::Pass => inner.call(req).await.map(map),
                         Admit::Refuse(r) => Ok(r.map(Either::Right)),

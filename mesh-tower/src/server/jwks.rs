@@ -30,9 +30,16 @@ struct Entry {
 }
 
 /// The remote key sets of one server, shared by its connections.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct JwksStore {
     entries: Arc<Mutex<HashMap<Arc<str>, Entry>>>,
+    min_refetch: Duration,
+}
+
+impl Default for JwksStore {
+    fn default() -> Self {
+        Self::new(MIN_REFETCH_INTERVAL)
+    }
 }
 
 impl std::fmt::Debug for JwksStore {
@@ -68,23 +75,39 @@ impl KeyStore for Lookup<'_> {
             let stale = match (e, cache) {
                 (Some(e), Some(cache)) => e.fetched_at.is_none_or(|at| {
                     let healthy = e.keys.is_some() && e.last_error.is_none();
-                    at.elapsed() >= if healthy { cache } else { MIN_REFETCH_INTERVAL }
+                    at.elapsed()
+                        >= if healthy {
+                            cache
+                        } else {
+                            self.store.min_refetch
+                        }
                 }),
                 (None, _) => true,
                 (Some(_), None) => false,
             };
             (e.and_then(|e| e.keys.clone()), stale)
         };
-        if stale {
-            if let Some(r) = self.jwt.remote_keys().find(|r| &*r.uri == uri) {
-                self.store.refresh_in_background(r);
-            }
+        if let Some(r) = self.jwt.remote_keys().find(|r| stale && &*r.uri == uri) {
+            self.store.refresh_in_background(r);
         }
         keys
     }
 }
 
 impl JwksStore {
+    /// A store whose forced refetches of one URI are at least `min_refetch` apart.
+    pub fn new(min_refetch: Duration) -> Self {
+        Self {
+            entries: Arc::default(),
+            min_refetch,
+        }
+    }
+
+    /// The least time between two forced fetches of one URI.
+    pub fn min_refetch(&self) -> Duration {
+        self.min_refetch
+    }
+
     /// The last good key set of a URI.
     pub fn keys(&self, uri: &str) -> Option<Arc<Jwks>> {
         let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
@@ -118,7 +141,7 @@ impl JwksStore {
             return;
         }
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(async move { me.refresh(&r, MIN_REFETCH_INTERVAL).await });
+            handle.spawn(async move { me.refresh(&r, me.min_refetch).await });
         }
     }
 

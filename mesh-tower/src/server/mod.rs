@@ -137,6 +137,13 @@ impl MeshServer {
         self
     }
 
+    /// The least time between two fetches of one remote JWT key set forced by requests (an
+    /// unknown `kid`, no keys yet); default 5 s.
+    pub fn jwks_min_refetch(mut self, interval: Duration) -> Self {
+        self.jwks = JwksStore::new(interval);
+        self
+    }
+
     /// The remote JWT key sets this server fetched (for dumps and checks).
     pub fn jwks(&self) -> &JwksStore {
         &self.jwks
