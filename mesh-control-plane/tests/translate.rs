@@ -561,3 +561,98 @@ fn a_request_authentication_without_keys_is_refused() {
         "bad.yaml:1: RequestAuthentication idp: jwtRules[0]: needs jwks or jwksUri (OpenID discovery from the issuer is not supported)"
     );
 }
+
+/// The server listener's ALLOW/DENY verdict for a request from `source` (no certificate).
+fn verdict(extra_yaml: &str, method: &str, path: &str, source: &str) -> Option<String> {
+    use mesh_core::ConnectionFacts;
+    let mut cfg = IstioConfig::default();
+    let base = std::fs::read_to_string(examples().join("ui-service.yaml")).unwrap();
+    cfg.add_text("ui-service.yaml", &base).unwrap();
+    cfg.add_text("policy.yaml", extra_yaml).unwrap();
+    let r = translate(&cfg).unwrap();
+    let name = "xds.istio.io/grpc/lds/inbound/127.0.0.1:18081";
+    let Decoded::ServerListener(l) =
+        decode(ResourceType::Listener, &r.inbound_listeners[name]).unwrap()
+    else {
+        panic!("a server listener")
+    };
+    let facts = ConnectionFacts {
+        local: "127.0.0.1:18081".parse().unwrap(),
+        peer: source.parse().unwrap(),
+        tls: false,
+    };
+    let chain = l.select(&facts).unwrap();
+    let (m, u, h) = (
+        method.parse::<http::Method>().unwrap(),
+        format!("http://ui{path}").parse::<http::Uri>().unwrap(),
+        http::HeaderMap::new(),
+    );
+    chain
+        .rbac()
+        .evaluate(&mesh_core::rbac::AuthzRequest {
+            request: mesh_core::RouteRequest::new(&m, &u, &h),
+            source: facts.peer,
+            destination: facts.local,
+            peer: None,
+            tls: false,
+            auth: None,
+        })
+        .denied
+        .map(|d| d.to_string())
+}
+
+const AP_HEAD: &str = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: p\nspec:\n";
+
+#[test]
+fn not_fields_sources_and_conditions_mean_what_they_mean_in_istio() {
+    // notPaths / notMethods: everything but writes to /admin.
+    let allow = format!(
+        "{AP_HEAD}  action: ALLOW\n  rules:\n  - to:\n    - operation: {{notPaths: ['/admin*']}}\n    - operation: {{paths: ['/admin*'], notMethods: [POST, DELETE]}}\n"
+    );
+    let src = "127.0.0.9:40000";
+    assert_eq!(verdict(&allow, "GET", "/orders", src), None);
+    assert_eq!(verdict(&allow, "GET", "/admin/x", src), None);
+    assert!(verdict(&allow, "POST", "/admin/x", src).is_some());
+    assert_eq!(verdict(&allow, "POST", "/orders", src), None);
+    // Two sources are any-of; the fields of one source all-of.
+    let sources = format!(
+        "{AP_HEAD}  action: ALLOW\n  rules:\n  - from:\n    - source: {{ipBlocks: [127.0.0.9/32], notIpBlocks: [127.0.0.9]}}\n    - source: {{ipBlocks: [127.0.1.0/24]}}\n"
+    );
+    assert!(verdict(&sources, "GET", "/", "127.0.0.9:1").is_some());
+    assert_eq!(verdict(&sources, "GET", "/", "127.0.1.7:1"), None);
+    assert!(verdict(&sources, "GET", "/", "127.0.2.7:1").is_some());
+    // A DENY on a `when` condition denies (it used to be a metadata match that never held).
+    let deny = format!(
+        "{AP_HEAD}  action: DENY\n  rules:\n  - when:\n    - key: source.ip\n      values: [127.0.0.66]\n    - key: destination.port\n      notValues: ['9999']\n"
+    );
+    assert_eq!(
+        verdict(&deny, "GET", "/", "127.0.0.66:1"),
+        Some("denied by policy \"default-p-0\" of envoy.filters.http.rbac.DENY".into())
+    );
+    assert_eq!(verdict(&deny, "GET", "/", "127.0.0.67:1"), None);
+}
+
+#[test]
+fn policy_fields_mesh_cannot_honour_are_refused_not_ignored() {
+    let e = error(&format!(
+        "{AP_HEAD}  rules:\n  - to:\n    - operation: {{notPath: ['/admin']}}\n"
+    ));
+    assert!(
+        e.starts_with("bad.yaml:") && e.contains("unknown field `notPath`"),
+        "{e}"
+    );
+    let e = error(&format!(
+        "{AP_HEAD}  rules:\n  - when:\n    - key: connection.sni\n      values: [x]\n"
+    ));
+    assert_eq!(
+        e,
+        "bad.yaml:1: AuthorizationPolicy p: rules[0].when[0]: key \"connection.sni\" is not supported (supported: request.headers[NAME], source.ip, remote.ip, source.namespace, source.principal, request.auth.principal, request.auth.audiences, request.auth.presenter, request.auth.claims[NAME], destination.ip, destination.port)"
+    );
+    let e = error(&format!("{AP_HEAD}  action: CUSTOM\n  provider: {{name: opa}}\n"));
+    assert!(e.contains("unknown field `provider`"), "{e}");
+    let e = error(&format!("{AP_HEAD}  action: CUSTOM\n"));
+    assert_eq!(
+        e,
+        "bad.yaml:1: AuthorizationPolicy p: action \"CUSTOM\" is not supported (ALLOW, DENY, AUDIT)"
+    );
+}
