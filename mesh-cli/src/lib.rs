@@ -723,8 +723,13 @@ fn serve_answer(workload: &str, req: &http::Request<hyper::body::Incoming>) -> S
             None => format!("anonymous ({})", p.remote),
         })
         .unwrap_or_else(|| "unknown".into());
+    let user = req
+        .extensions()
+        .get::<mesh_core::jwt::RequestAuth>()
+        .map(|a| format!(" (request principal {})", a.principal))
+        .unwrap_or_default();
     format!(
-        "{workload} answered {} {} for {caller}",
+        "{workload} answered {} {} for {caller}{user}",
         req.method(),
         req.uri().path()
     )

@@ -601,7 +601,8 @@ fn verdict(extra_yaml: &str, method: &str, path: &str, source: &str) -> Option<S
         .map(|d| d.to_string())
 }
 
-const AP_HEAD: &str = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: p\nspec:\n";
+const AP_HEAD: &str =
+    "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: p\nspec:\n";
 
 #[test]
 fn not_fields_sources_and_conditions_mean_what_they_mean_in_istio() {
@@ -648,7 +649,9 @@ fn policy_fields_mesh_cannot_honour_are_refused_not_ignored() {
         e,
         "bad.yaml:1: AuthorizationPolicy p: rules[0].when[0]: key \"connection.sni\" is not supported (supported: request.headers[NAME], source.ip, remote.ip, source.namespace, source.principal, request.auth.principal, request.auth.audiences, request.auth.presenter, request.auth.claims[NAME], destination.ip, destination.port)"
     );
-    let e = error(&format!("{AP_HEAD}  action: CUSTOM\n  provider: {{name: opa}}\n"));
+    let e = error(&format!(
+        "{AP_HEAD}  action: CUSTOM\n  provider: {{name: opa}}\n"
+    ));
     assert!(e.contains("unknown field `provider`"), "{e}");
     let e = error(&format!("{AP_HEAD}  action: CUSTOM\n"));
     assert_eq!(

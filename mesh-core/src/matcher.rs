@@ -2,6 +2,7 @@
 //! `RouteMatch.path_specifier`, `QueryParameterMatcher`) with Envoy's semantics.
 
 use regex::{Regex, RegexBuilder};
+use std::borrow::Cow;
 
 use crate::error::{FieldError, FieldResult};
 use crate::request::RouteRequest;
@@ -329,11 +330,21 @@ impl HeaderMatcherSpec {
 #[derive(Debug, Clone)]
 pub struct HeaderMatcher {
     name: Box<str>,
-    /// The parsed name of a regular header; `None` for pseudo-headers.
-    parsed: Option<http::HeaderName>,
+    /// Where the value comes from, resolved once.
+    source: HeaderSource,
     kind: HeaderKind,
     invert: bool,
     treat_missing_as_empty: bool,
+}
+
+/// A pseudo-header, or a regular header by parsed name.
+#[derive(Debug, Clone)]
+enum HeaderSource {
+    Method,
+    Authority,
+    Path,
+    Scheme,
+    Header(http::HeaderName),
 }
 
 #[derive(Debug, Clone)]
@@ -352,18 +363,22 @@ impl HeaderMatcher {
         if name.is_empty() {
             return Err(FieldError::new("name", "must not be empty"));
         }
-        let parsed = if name.starts_with(':') {
-            if !PSEUDO_HEADERS.contains(&name.as_str()) {
+        let source = match name.as_str() {
+            ":method" => HeaderSource::Method,
+            ":authority" => HeaderSource::Authority,
+            ":path" => HeaderSource::Path,
+            ":scheme" => HeaderSource::Scheme,
+            n if n.starts_with(':') => {
                 return Err(FieldError::new(
                     "name",
                     format!("unsupported pseudo-header {name:?} (supported: {PSEUDO_HEADERS:?})"),
                 ));
             }
-            None
-        } else {
-            Some(http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
-                FieldError::new("name", format!("{name:?} is not a valid header name"))
-            })?)
+            n => {
+                HeaderSource::Header(http::HeaderName::from_bytes(n.as_bytes()).map_err(|_| {
+                    FieldError::new("name", format!("{name:?} is not a valid header name"))
+                })?)
+            }
         };
         let kind = match &spec.matcher {
             HeaderMatchSpec::Present(p) => HeaderKind::Present(*p),
@@ -374,7 +389,7 @@ impl HeaderMatcher {
         };
         Ok(Self {
             name: name.into(),
-            parsed,
+            source,
             kind,
             invert: spec.invert,
             treat_missing_as_empty: spec.treat_missing_as_empty,
@@ -389,9 +404,12 @@ impl HeaderMatcher {
     /// Whether the request matches, as Envoy decides it: a missing header (unless treated as
     /// empty) matches only `present: false`, or `present: true` inverted.
     pub fn matches(&self, req: &RouteRequest<'_>) -> bool {
-        let value = match &self.parsed {
-            Some(h) => req.header_value(h),
-            None => req.header(&self.name),
+        let value = match &self.source {
+            HeaderSource::Header(h) => req.header_value(h),
+            HeaderSource::Method => Some(Cow::Borrowed(req.method().as_str())),
+            HeaderSource::Authority => Some(Cow::Borrowed(req.authority())),
+            HeaderSource::Path => Some(Cow::Borrowed(req.path())),
+            HeaderSource::Scheme => req.header(":scheme"),
         };
         match value {
             None if !self.treat_missing_as_empty => {

@@ -194,6 +194,7 @@ enum Permission {
     Or(Box<[Permission]>),
     Not(Box<Permission>),
     Header(HeaderMatcher),
+    Method(http::Method),
     UrlPath(StringMatcher),
     DestinationIp(Cidr),
     DestinationPort(u32),
@@ -306,6 +307,18 @@ fn header(h: &HeaderMatcherSpec, at: &str) -> Result<HeaderMatcher, FieldError> 
     HeaderMatcher::new(h).map_err(|e| e.within(at))
 }
 
+/// The method of a case-sensitive exact `:method` matcher.
+fn exact_method(h: &HeaderMatcherSpec) -> Option<http::Method> {
+    use crate::matcher::{HeaderMatchSpec, StringPattern};
+    match &h.matcher {
+        HeaderMatchSpec::String(StringMatcherSpec {
+            pattern: StringPattern::Exact(m),
+            ignore_case: false,
+        }) if h.name == ":method" && !h.invert => http::Method::from_bytes(m.as_bytes()).ok(),
+        _ => None,
+    }
+}
+
 fn permission(p: &PermissionSpec, at: &str) -> Result<Permission, FieldError> {
     let list = |v: &[PermissionSpec], kind: &str| -> Result<Box<[Permission]>, FieldError> {
         v.iter()
@@ -329,7 +342,14 @@ fn permission(p: &PermissionSpec, at: &str) -> Result<Permission, FieldError> {
         PermissionSpec::Not(p) => {
             Permission::Not(Box::new(permission(p, &format!("{at}.not_rule"))?))
         }
-        PermissionSpec::Header(h) => Permission::Header(header(h, &format!("{at}.header"))?),
+        PermissionSpec::Header(h) => match exact_method(h) {
+            // istiod's `methods`: compared as a method, not as text.
+            Some(m) => {
+                header(h, &format!("{at}.header"))?;
+                Permission::Method(m)
+            }
+            None => Permission::Header(header(h, &format!("{at}.header"))?),
+        },
         PermissionSpec::UrlPath(s) => Permission::UrlPath(string(s, &format!("{at}.url_path"))?),
         PermissionSpec::DestinationIp(c) => Permission::DestinationIp(
             Cidr::new(c).map_err(|e| e.within(format!("{at}.destination_ip")))?,
@@ -486,6 +506,7 @@ impl Permission {
             Self::Or(v) => v.iter().any(|p| p.matches(r)),
             Self::Not(p) => !p.matches(r),
             Self::Header(h) => h.matches(&r.request),
+            Self::Method(m) => r.request.method() == m,
             Self::UrlPath(m) => m.matches(r.request.path()),
             Self::DestinationIp(c) => c.contains(r.destination.ip()),
             Self::DestinationPort(p) => u32::from(r.destination.port()) == *p,
