@@ -1,4 +1,5 @@
-//! mesh-core micro-benchmarks: endpoint picks, route matching, retry budget and breaker.
+//! mesh-core micro-benchmarks: endpoint picks, route matching, retry budget and breaker, RBAC
+//! and JWT verification.
 //!
 //! `cargo bench --bench core`. Each group has a baseline measured in the same run, so the
 //! figures in BENCHMARKS.md are ratios as well as nanoseconds.
@@ -290,12 +291,68 @@ fn rbac(c: &mut Criterion) {
     g.finish();
 }
 
+fn jwt(c: &mut Criterion) {
+    use mesh::core::jwt::*;
+    use mesh::xds::testing::jwt::JwtIssuer;
+    let idp = JwtIssuer::new("https://idp.example", "k1");
+    // istiod's sidecar shape: any provider, or no token.
+    let filter = JwtAuthn::new(&JwtAuthnSpec {
+        name: "envoy.filters.http.jwt_authn".into(),
+        providers: vec![(
+            "origins-0".into(),
+            JwtProviderSpec {
+                issuer: idp.issuer.clone(),
+                jwks: Some(JwksSpec::Inline(JwtIssuer::jwks(&[&idp]))),
+                clock_skew_seconds: DEFAULT_CLOCK_SKEW_SECONDS,
+                ..Default::default()
+            },
+        )],
+        rules: vec![JwtRuleSpec {
+            matcher: RouteMatchSpec::prefix("/"),
+            requires: Some(RequirementSpec::Any(vec![
+                RequirementSpec::Provider("origins-0".into()),
+                RequirementSpec::AllowMissing,
+            ])),
+        }],
+        bypass_cors_preflight: true,
+    })
+    .expect("jwt filter");
+    let token = idp.token("alice", serde_json::json!({"groups": ["a", "b"]}));
+    let mut with = HeaderMap::new();
+    with.insert(
+        "authorization",
+        HeaderValue::from_str(&format!("Bearer {token}")).expect("header"),
+    );
+    let without = HeaderMap::new();
+    let uri: Uri = "http://svc/api/orders".parse().expect("uri");
+    let no_remote = |_: &str| None;
+    let now = JwtIssuer::now();
+    let mut rng = SmallRng::seed_from_u64(7);
+    let mut g = c.benchmark_group("jwt");
+    g.bench_function("no_token", |b| {
+        b.iter(|| {
+            let req = RouteRequest::new(&Method::GET, &uri, &without);
+            black_box(filter.authenticate(&req, &no_remote, now, &mut rng).is_ok())
+        })
+    });
+    g.bench_function("es256_signature_check", |b| {
+        b.iter(|| black_box(filter.providers()[0].verify(&token, None, now).is_ok()))
+    });
+    g.bench_function("es256_token_seen_before", |b| {
+        b.iter(|| {
+            let req = RouteRequest::new(&Method::GET, &uri, &with);
+            black_box(filter.authenticate(&req, &no_remote, now, &mut rng).is_ok())
+        })
+    });
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2))
         .sample_size(50);
-    targets = lb_picks, route_match, budget_and_breaker, rbac
+    targets = lb_picks, route_match, budget_and_breaker, rbac, jwt
 }
 criterion_main!(benches);

@@ -9,7 +9,8 @@
 //! conditions read. Key sets are either inline or fetched by the stack (this module does no I/O:
 //! it says when a fetch would help).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine;
@@ -348,7 +349,21 @@ pub struct JwtProvider {
     claim_to_headers: Box<[(HeaderName, Box<str>)]>,
     clock_skew: u64,
     require_expiration: bool,
+    /// Tokens this provider verified, so a caller's next request with the same token costs a
+    /// lookup and a time check instead of a signature check (Envoy's `jwt_cache_config`).
+    verified: Mutex<HashMap<Box<str>, Remembered>>,
 }
+
+/// A verified token, and the remote key set it was verified with (a refetched set verifies
+/// again, so a key withdrawn by the issuer stops being honoured).
+#[derive(Debug, Clone)]
+struct Remembered {
+    auth: Arc<RequestAuth>,
+    keys: Option<Arc<Jwks>>,
+}
+
+/// How many verified tokens a provider remembers (Envoy's default `jwt_cache_size`).
+pub const VERIFIED_TOKEN_CACHE: usize = 100;
 
 impl JwtProvider {
     fn new(name: &str, spec: &JwtProviderSpec) -> FieldResult<Self> {
@@ -447,6 +462,7 @@ impl JwtProvider {
             claim_to_headers,
             clock_skew: u64::from(spec.clock_skew_seconds),
             require_expiration: spec.require_expiration,
+            verified: Mutex::default(),
         })
     }
 
@@ -588,6 +604,63 @@ impl JwtProvider {
             payload: t.payload_b64.to_string(),
             claims: t.claims.clone(),
         })
+    }
+}
+
+impl JwtProvider {
+    fn check_times(&self, claims: &Map<String, Value>, now: u64) -> Result<(), JwtError> {
+        match claims.get("exp").and_then(Value::as_u64) {
+            Some(exp) if exp.saturating_add(self.clock_skew) < now => {
+                return Err(JwtError::Expired);
+            }
+            None if self.require_expiration => return Err(JwtError::NoExpiration),
+            _ => {}
+        }
+        if claims
+            .get("nbf")
+            .and_then(Value::as_u64)
+            .is_some_and(|nbf| nbf > now.saturating_add(self.clock_skew))
+        {
+            return Err(JwtError::NotYetValid);
+        }
+        Ok(())
+    }
+
+    /// A token this provider verified before with the same keys, if it is still within its
+    /// times.
+    fn remembered(
+        &self,
+        token: &str,
+        keys: Option<&Arc<Jwks>>,
+        now: u64,
+    ) -> Option<Result<Arc<RequestAuth>, JwtError>> {
+        let hit = self
+            .verified
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(token)
+            .cloned()?;
+        let same_keys = match (&hit.keys, keys) {
+            (None, None) => true,
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        };
+        same_keys.then(|| self.check_times(&hit.auth.claims, now).map(|()| hit.auth))
+    }
+
+    fn remember(&self, token: &str, auth: &Arc<RequestAuth>, keys: Option<Arc<Jwks>>) {
+        let mut cache = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= VERIFIED_TOKEN_CACHE {
+            // Simple and bounded: a full cache starts over.
+            cache.clear();
+        }
+        cache.insert(
+            token.into(),
+            Remembered {
+                auth: auth.clone(),
+                keys,
+            },
+        );
     }
 }
 
@@ -872,14 +945,24 @@ impl JwtAuthn {
                 let Some((token, at)) = p.token(req) else {
                     return Err(JwtError::Missing);
                 };
-                let parsed = ParsedToken::parse(&token)?;
                 let fetched = match &p.keys {
                     KeySource::Remote(r) => keys.keys(&r.uri),
                     KeySource::Inline(_) => None,
                 };
-                // A requirement's audiences replace the provider's.
-                let accepted = audiences.as_deref().unwrap_or(&p.audiences);
-                let auth = p.verify_parsed(&parsed, fetched.as_deref(), now, accepted)?;
+                let auth = match (audiences, p.remembered(&token, fetched.as_ref(), now)) {
+                    (None, Some(hit)) => hit?,
+                    _ => {
+                        let parsed = ParsedToken::parse(&token)?;
+                        // A requirement's audiences replace the provider's.
+                        let accepted = audiences.as_deref().unwrap_or(&p.audiences);
+                        let auth =
+                            Arc::new(p.verify_parsed(&parsed, fetched.as_deref(), now, accepted)?);
+                        if audiences.is_none() {
+                            p.remember(&token, &auth, fetched);
+                        }
+                        auth
+                    }
+                };
                 let mut set = Vec::new();
                 if let Some(h) = &p.forward_payload_header {
                     set.push((h.clone(), auth.payload.clone()));
@@ -897,7 +980,7 @@ impl JwtAuthn {
                     _ => None,
                 };
                 Ok(Some(Verified {
-                    auth: Arc::new(auth),
+                    auth,
                     remove,
                     set,
                 }))

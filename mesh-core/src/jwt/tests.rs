@@ -404,3 +404,37 @@ fn of_several_providers_the_tokens_issuer_picks_one() {
     let r = judge(&f, &[("authorization", &bearer(&token(c)))], "/");
     assert_eq!(r.unwrap_err(), JwtError::UnknownIssuer);
 }
+
+#[test]
+fn a_remembered_token_is_still_held_to_its_times_and_to_its_keys() {
+    let f = istiod_filter(provider(|_| {}));
+    let t = bearer(&token(claims()));
+    let mut map = HeaderMap::new();
+    map.insert("authorization", t.parse().unwrap());
+    let u: Uri = "/".parse().unwrap();
+    let req = RouteRequest::new(&Method::GET, &u, &map);
+    let at = |now| f.authenticate(&req, &no_remote, now, &mut rand::rng());
+    assert!(at(NOW).unwrap().is_some());
+    assert!(at(NOW + 1).unwrap().is_some(), "from the cache");
+    assert_eq!(at(NOW + 600 + 61).unwrap_err(), JwtError::Expired);
+
+    // Remote keys: a refetched set that no longer has the key is checked again.
+    let uri = "https://idp.example/jwks";
+    let f = istiod_filter(provider(|p| {
+        p.jwks = Some(JwksSpec::Remote {
+            uri: uri.into(),
+            timeout: Duration::ZERO,
+            cache_duration: Duration::ZERO,
+        });
+    }));
+    let with_k1 = Arc::new(Jwks::parse(&jwks("k1")).unwrap());
+    let keys = |_: &str| Some(with_k1.clone());
+    assert!(f.authenticate(&req, &keys, NOW, &mut rand::rng()).unwrap().is_some());
+    assert!(f.authenticate(&req, &keys, NOW, &mut rand::rng()).unwrap().is_some());
+    let rotated = Arc::new(Jwks::parse(&jwks("k2")).unwrap());
+    let keys = |_: &str| Some(rotated.clone());
+    assert_eq!(
+        f.authenticate(&req, &keys, NOW, &mut rand::rng()).unwrap_err(),
+        JwtError::NoMatchingKey(Some(uri.into()))
+    );
+}
