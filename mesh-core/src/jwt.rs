@@ -955,8 +955,12 @@ impl JwtAuthn {
                         let parsed = ParsedToken::parse(&token)?;
                         // A requirement's audiences replace the provider's.
                         let accepted = audiences.as_deref().unwrap_or(&p.audiences);
-                        let auth =
-                            Arc::new(p.verify_parsed(&parsed, fetched.as_deref(), now, accepted)?);
+                        let auth = Arc::new(p.verify_parsed(
+                            &parsed,
+                            fetched.as_deref(),
+                            now,
+                            accepted,
+                        )?);
                         if audiences.is_none() {
                             p.remember(&token, &auth, fetched);
                         }
@@ -979,11 +983,7 @@ impl JwtAuthn {
                     (Location::Header(h, _), false) => Some(h.clone()),
                     _ => None,
                 };
-                Ok(Some(Verified {
-                    auth,
-                    remove,
-                    set,
-                }))
+                Ok(Some(Verified { auth, remove, set }))
             }
             Requirement::Any(list) => {
                 let mut worst = JwtError::Missing;

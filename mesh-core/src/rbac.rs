@@ -319,11 +319,30 @@ fn exact_method(h: &HeaderMatcherSpec) -> Option<http::Method> {
     }
 }
 
-fn permission(p: &PermissionSpec, at: &str) -> Result<Permission, FieldError> {
+/// How a rule reads what it cannot evaluate (metadata; the request principal without a JWT
+/// filter): in ALLOW filters as never matching, in DENY filters as matching, so that the
+/// policy denies more rather than less (istiod does the same to HTTP-only fields of DENY
+/// policies on TCP chains); under `not` the sense flips.
+#[derive(Debug, Clone, Copy)]
+struct Ctx {
+    unknown_matches: bool,
+    jwt: bool,
+}
+
+impl Ctx {
+    fn flip(self) -> Self {
+        Self {
+            unknown_matches: !self.unknown_matches,
+            ..self
+        }
+    }
+}
+
+fn permission(p: &PermissionSpec, at: &str, ctx: Ctx) -> Result<Permission, FieldError> {
     let list = |v: &[PermissionSpec], kind: &str| -> Result<Box<[Permission]>, FieldError> {
         v.iter()
             .enumerate()
-            .map(|(i, p)| permission(p, &format!("{at}.{kind}.rules[{i}]")))
+            .map(|(i, p)| permission(p, &format!("{at}.{kind}.rules[{i}]"), ctx))
             .collect()
     };
     Ok(match p {
@@ -335,13 +354,15 @@ fn permission(p: &PermissionSpec, at: &str) -> Result<Permission, FieldError> {
             } else {
                 "or_rules"
             };
-            permission(&v[0], &format!("{at}.{kind}.rules[0]"))?
+            permission(&v[0], &format!("{at}.{kind}.rules[0]"), ctx)?
         }
         PermissionSpec::And(v) => Permission::And(list(v, "and_rules")?),
         PermissionSpec::Or(v) => Permission::Or(list(v, "or_rules")?),
-        PermissionSpec::Not(p) => {
-            Permission::Not(Box::new(permission(p, &format!("{at}.not_rule"))?))
-        }
+        PermissionSpec::Not(p) => Permission::Not(Box::new(permission(
+            p,
+            &format!("{at}.not_rule"),
+            ctx.flip(),
+        )?)),
         PermissionSpec::Header(h) => match exact_method(h) {
             // istiod's `methods`: compared as a method, not as text.
             Some(m) => {
@@ -356,6 +377,7 @@ fn permission(p: &PermissionSpec, at: &str) -> Result<Permission, FieldError> {
         ),
         PermissionSpec::DestinationPort(p) => Permission::DestinationPort(*p),
         PermissionSpec::DestinationPortRange(a, b) => Permission::DestinationPortRange(*a, *b),
+        PermissionSpec::Metadata if ctx.unknown_matches => Permission::Any,
         PermissionSpec::Metadata => Permission::Never,
         PermissionSpec::RequestedServerName(s) => {
             Permission::RequestedServerName(string(s, &format!("{at}.requested_server_name"))?)
@@ -363,11 +385,11 @@ fn permission(p: &PermissionSpec, at: &str) -> Result<Permission, FieldError> {
     })
 }
 
-fn principal(p: &PrincipalSpec, at: &str) -> Result<Principal, FieldError> {
+fn principal(p: &PrincipalSpec, at: &str, ctx: Ctx) -> Result<Principal, FieldError> {
     let list = |v: &[PrincipalSpec], kind: &str| -> Result<Box<[Principal]>, FieldError> {
         v.iter()
             .enumerate()
-            .map(|(i, p)| principal(p, &format!("{at}.{kind}.ids[{i}]")))
+            .map(|(i, p)| principal(p, &format!("{at}.{kind}.ids[{i}]"), ctx))
             .collect()
     };
     Ok(match p {
@@ -378,11 +400,13 @@ fn principal(p: &PrincipalSpec, at: &str) -> Result<Principal, FieldError> {
             } else {
                 "or_ids"
             };
-            principal(&v[0], &format!("{at}.{kind}.ids[0]"))?
+            principal(&v[0], &format!("{at}.{kind}.ids[0]"), ctx)?
         }
         PrincipalSpec::And(v) => Principal::And(list(v, "and_ids")?),
         PrincipalSpec::Or(v) => Principal::Or(list(v, "or_ids")?),
-        PrincipalSpec::Not(p) => Principal::Not(Box::new(principal(p, &format!("{at}.not_id"))?)),
+        PrincipalSpec::Not(p) => {
+            Principal::Not(Box::new(principal(p, &format!("{at}.not_id"), ctx.flip())?))
+        }
         PrincipalSpec::Authenticated(m) => Principal::Authenticated(
             m.as_ref()
                 .map(|m| string(m, &format!("{at}.authenticated.principal_name")))
@@ -393,6 +417,13 @@ fn principal(p: &PrincipalSpec, at: &str) -> Result<Principal, FieldError> {
         }
         PrincipalSpec::Header(h) => Principal::Header(header(h, &format!("{at}.header"))?),
         PrincipalSpec::UrlPath(s) => Principal::UrlPath(string(s, &format!("{at}.url_path"))?),
+        PrincipalSpec::Metadata(m) if m.is_none() || !ctx.jwt => {
+            if ctx.unknown_matches {
+                Principal::Any
+            } else {
+                Principal::Jwt(None)
+            }
+        }
         PrincipalSpec::Metadata(m) => Principal::Jwt(
             m.as_ref()
                 .map(|(f, m)| Ok((f.clone(), string(m, &format!("{at}.metadata"))?)))
@@ -402,14 +433,25 @@ fn principal(p: &PrincipalSpec, at: &str) -> Result<Principal, FieldError> {
 }
 
 impl Rbac {
-    /// Validates the filters of one HttpConnectionManager, in order; `at` names where they are.
+    /// Validates the filters of one HttpConnectionManager, in order, whose requests carry the
+    /// verified JWT (if any) that RBAC's request principals read.
     pub fn new(specs: &[RbacSpec]) -> Result<Self, FieldError> {
+        Self::with_authn(specs, true)
+    }
+
+    /// As [`Rbac::new`]; `jwt`: whether a JWT filter runs before these filters. Without one,
+    /// request principals and claims cannot be evaluated, and are read as any metadata is.
+    pub fn with_authn(specs: &[RbacSpec], jwt: bool) -> Result<Self, FieldError> {
         let mut filters = Vec::new();
         for s in specs {
             let Some(action) = s.action else { continue };
             if action == RbacAction::Log {
                 continue;
             }
+            let ctx = Ctx {
+                unknown_matches: action == RbacAction::Deny,
+                jwt,
+            };
             let at = format!("http_filters[{:?}].rules", s.name);
             let policies = s
                 .policies
@@ -422,13 +464,13 @@ impl Rbac {
                             .permissions
                             .iter()
                             .enumerate()
-                            .map(|(i, x)| permission(x, &format!("{pat}.permissions[{i}]")))
+                            .map(|(i, x)| permission(x, &format!("{pat}.permissions[{i}]"), ctx))
                             .collect::<Result<_, FieldError>>()?,
                         principals: p
                             .principals
                             .iter()
                             .enumerate()
-                            .map(|(i, x)| principal(x, &format!("{pat}.principals[{i}]")))
+                            .map(|(i, x)| principal(x, &format!("{pat}.principals[{i}]"), ctx))
                             .collect::<Result<_, FieldError>>()?,
                     })
                 })

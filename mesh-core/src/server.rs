@@ -265,7 +265,7 @@ fn chain(spec: &FilterChainSpec, at: &str) -> Result<FilterChain, FieldError> {
         .as_ref()
         .map(|j| JwtAuthn::new(j).map_err(|e| e.within(format!("{at}.jwt_authn"))))
         .transpose()?;
-    let rbac = Rbac::new(&spec.rbac).map_err(|e| e.within(at))?;
+    let rbac = Rbac::with_authn(&spec.rbac, jwt.is_some()).map_err(|e| e.within(at))?;
     Ok(FilterChain {
         name: spec.name.as_str().into(),
         matcher,

@@ -429,12 +429,21 @@ fn a_remembered_token_is_still_held_to_its_times_and_to_its_keys() {
     }));
     let with_k1 = Arc::new(Jwks::parse(&jwks("k1")).unwrap());
     let keys = |_: &str| Some(with_k1.clone());
-    assert!(f.authenticate(&req, &keys, NOW, &mut rand::rng()).unwrap().is_some());
-    assert!(f.authenticate(&req, &keys, NOW, &mut rand::rng()).unwrap().is_some());
+    assert!(
+        f.authenticate(&req, &keys, NOW, &mut rand::rng())
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        f.authenticate(&req, &keys, NOW, &mut rand::rng())
+            .unwrap()
+            .is_some()
+    );
     let rotated = Arc::new(Jwks::parse(&jwks("k2")).unwrap());
     let keys = |_: &str| Some(rotated.clone());
     assert_eq!(
-        f.authenticate(&req, &keys, NOW, &mut rand::rng()).unwrap_err(),
+        f.authenticate(&req, &keys, NOW, &mut rand::rng())
+            .unwrap_err(),
         JwtError::NoMatchingKey(Some(uri.into()))
     );
 }

@@ -167,8 +167,9 @@ fn what_cannot_be_evaluated_never_matches_and_bad_input_is_refused() {
     // Metadata never matches: an ALLOW on it denies (fails closed).
     let rbac = allow_if(PermissionSpec::Metadata).unwrap();
     assert!(judge(&rbac, Method::GET, "/", None).denied.is_some());
+    // ... and under `not` too: what cannot be evaluated never lets a request through.
     let rbac = allow_if(PermissionSpec::Not(Box::new(PermissionSpec::Metadata))).unwrap();
-    assert_eq!(judge(&rbac, Method::GET, "/", None).denied, None);
+    assert!(judge(&rbac, Method::GET, "/", None).denied.is_some());
     let rbac = allow_if(PermissionSpec::DestinationPort(9080)).unwrap();
     assert_eq!(judge(&rbac, Method::GET, "/", None).denied, None);
     let rbac = allow_if(PermissionSpec::DestinationIp(CidrSpec {
@@ -287,4 +288,44 @@ fn request_principals_and_claims_come_from_the_verified_token() {
     assert!(verdict(Some(&claims(serde_json::json!(["dev"])))).is_some());
     // No token: the principal cannot match, so the ALLOW denies.
     assert!(verdict(None).is_some());
+}
+
+#[test]
+fn a_deny_policy_that_cannot_be_evaluated_denies() {
+    use crate::jwt::AuthField;
+    // DENY for a request principal, on a chain without a JWT filter (istiod's gRPC shape).
+    let deny = |principal: PrincipalSpec| RbacSpec {
+        name: "envoy.filters.http.rbac.DENY".into(),
+        action: Some(RbacAction::Deny),
+        policies: vec![(
+            "ns[default]-policy[no-mallory]-rule[0]".into(),
+            PolicySpec {
+                permissions: vec![PermissionSpec::Any],
+                principals: vec![principal],
+            },
+        )],
+        audit: AuditCondition::None,
+    };
+    let mallory = PrincipalSpec::Metadata(Some((
+        AuthField::Principal,
+        StringMatcherSpec::exact("https://idp/mallory"),
+    )));
+    let without_jwt = Rbac::with_authn(&[deny(mallory.clone())], false).unwrap();
+    assert_eq!(
+        judge(&without_jwt, Method::GET, "/", None)
+            .denied
+            .unwrap()
+            .to_string(),
+        "denied by policy \"ns[default]-policy[no-mallory]-rule[0]\" of envoy.filters.http.rbac.DENY"
+    );
+    // Under `not`, the unknown reads the other way: the DENY still denies more, not less.
+    let not_alice = PrincipalSpec::Not(Box::new(mallory.clone()));
+    let rbac = Rbac::with_authn(&[deny(not_alice)], false).unwrap();
+    assert!(judge(&rbac, Method::GET, "/", None).denied.is_some());
+    // With a JWT filter the principal is known: no token, no match, no denial.
+    let with_jwt = Rbac::with_authn(&[deny(mallory)], true).unwrap();
+    assert_eq!(judge(&with_jwt, Method::GET, "/", None).denied, None);
+    // Other metadata in a DENY policy matches too.
+    let rbac = Rbac::with_authn(&[deny(PrincipalSpec::Metadata(None))], true).unwrap();
+    assert!(judge(&rbac, Method::GET, "/", None).denied.is_some());
 }
