@@ -352,10 +352,9 @@ fn peer_authentication_and_authorization_policy_shape_inbound_listeners() {
     );
 }
 
-#[test]
-fn mesh_decodes_the_inbound_listener_into_a_server_listener() {
-    use mesh_core::ConnectionFacts;
-    let r = load(None);
+/// The filter chain of ui's inbound listener (127.0.0.1:18081) that serves a connection from
+/// `peer`, as mesh decodes it.
+fn inbound_chain(r: &Resources, peer: &str, tls: bool) -> Arc<mesh_core::FilterChain> {
     let name = "xds.istio.io/grpc/lds/inbound/127.0.0.1:18081";
     let Decoded::ServerListener(l) =
         decode(ResourceType::Listener, &r.inbound_listeners[name]).unwrap()
@@ -363,13 +362,19 @@ fn mesh_decodes_the_inbound_listener_into_a_server_listener() {
         panic!("a server listener")
     };
     assert_eq!(l.address(), Some("127.0.0.1:18081".parse().unwrap()));
-    let chain = l
-        .select(&ConnectionFacts {
-            local: "127.0.0.1:18081".parse().unwrap(),
-            peer: "127.0.0.9:40000".parse().unwrap(),
-            tls: true,
-        })
-        .unwrap();
+    l.select(&mesh_core::ConnectionFacts {
+        local: "127.0.0.1:18081".parse().unwrap(),
+        peer: peer.parse().unwrap(),
+        tls,
+    })
+    .expect("a chain")
+    .clone()
+}
+
+#[test]
+fn mesh_decodes_the_inbound_listener_into_a_server_listener() {
+    let r = load(None);
+    let chain = inbound_chain(&r, "127.0.0.9:40000", true);
     assert_eq!(&**chain.name(), "inbound-mtls");
     let tls = chain.tls().unwrap();
     assert!(tls.require_client_certificate);
@@ -472,7 +477,6 @@ mod no_panic {
 
 #[test]
 fn request_authentication_becomes_a_jwt_filter_that_feeds_rbac() {
-    use mesh_core::ConnectionFacts;
     use mesh_core::jwt::{JwtError, KeySource};
     use mesh_xds_client::testing::jwt::JwtIssuer;
     let idp = JwtIssuer::new("https://idp.example", "k1");
@@ -483,19 +487,7 @@ fn request_authentication_becomes_a_jwt_filter_that_feeds_rbac() {
     );
     cfg.add_text("jwt.yaml", &yaml).unwrap();
     let r = translate(&cfg).unwrap();
-    let name = "xds.istio.io/grpc/lds/inbound/127.0.0.1:18081";
-    let Decoded::ServerListener(l) =
-        decode(ResourceType::Listener, &r.inbound_listeners[name]).unwrap()
-    else {
-        panic!("a server listener")
-    };
-    let chain = l
-        .select(&ConnectionFacts {
-            local: "127.0.0.1:18081".parse().unwrap(),
-            peer: "127.0.0.9:40000".parse().unwrap(),
-            tls: true,
-        })
-        .unwrap();
+    let chain = inbound_chain(&r, "127.0.0.9:40000", true);
     // A root-namespace RequestAuthentication covers every workload: one provider per rule.
     let jwt = chain.jwt().expect("a JWT filter");
     let providers: Vec<(&str, &str)> = jwt
@@ -564,24 +556,12 @@ fn a_request_authentication_without_keys_is_refused() {
 
 /// The server listener's ALLOW/DENY verdict for a request from `source` (no certificate).
 fn verdict(extra_yaml: &str, method: &str, path: &str, source: &str) -> Option<String> {
-    use mesh_core::ConnectionFacts;
     let mut cfg = IstioConfig::default();
     let base = std::fs::read_to_string(examples().join("ui-service.yaml")).unwrap();
     cfg.add_text("ui-service.yaml", &base).unwrap();
     cfg.add_text("policy.yaml", extra_yaml).unwrap();
     let r = translate(&cfg).unwrap();
-    let name = "xds.istio.io/grpc/lds/inbound/127.0.0.1:18081";
-    let Decoded::ServerListener(l) =
-        decode(ResourceType::Listener, &r.inbound_listeners[name]).unwrap()
-    else {
-        panic!("a server listener")
-    };
-    let facts = ConnectionFacts {
-        local: "127.0.0.1:18081".parse().unwrap(),
-        peer: source.parse().unwrap(),
-        tls: false,
-    };
-    let chain = l.select(&facts).unwrap();
+    let chain = inbound_chain(&r, source, false);
     let (m, u, h) = (
         method.parse::<http::Method>().unwrap(),
         format!("http://ui{path}").parse::<http::Uri>().unwrap(),
@@ -591,8 +571,8 @@ fn verdict(extra_yaml: &str, method: &str, path: &str, source: &str) -> Option<S
         .rbac()
         .evaluate(&mesh_core::rbac::AuthzRequest {
             request: mesh_core::RouteRequest::new(&m, &u, &h),
-            source: facts.peer,
-            destination: facts.local,
+            source: source.parse().unwrap(),
+            destination: "127.0.0.1:18081".parse().unwrap(),
             peer: None,
             tls: false,
             auth: None,
