@@ -1,7 +1,9 @@
-//! Serving in the mesh: a hyper service and a tonic service, each behind `mesh::Server`, under
-//! STRICT mTLS and an AuthorizationPolicy from the local control plane, called by mesh clients
-//! with two identities. What a service writes is the two `mesh::Server` lines in `main`; the
-//! rest sets the scene (control plane, certificates) as istio-agent and istiod would.
+//! Serving in the mesh: a hyper service behind `mesh::Server`, and a tonic service in tonic's
+//! own `transport::Server` fed by `mesh::Server::incoming` (the mesh's connections and its
+//! per-request layer), under STRICT mTLS and an AuthorizationPolicy from the local control
+//! plane, called by mesh clients with two identities. What a service writes is the few lines
+//! marked in `main`; the rest sets the scene (control plane, certificates) as istio-agent and
+//! istiod would.
 //!
 //! `cargo run --example servers`
 
@@ -179,7 +181,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?;
     let mut ready = (hello_server.serving(), greeter_server.serving());
     tokio::spawn(hello_server.serve(tower::service_fn(hello)));
-    tokio::spawn(greeter_server.serve(tonic::service::Routes::new(Greeter)));
+    // tonic's own server: the mesh's layer, over the mesh's connections.
+    let (layer, connections) = greeter_server.incoming().await?;
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .layer(layer)
+            .add_service(Greeter)
+            .serve_with_incoming(connections),
+    );
     ready
         .0
         .wait_for(|s| *s == mesh::tower::ServingState::Serving)

@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use futures_util::Stream as _;
 use mesh_tower::{MeshServer, ServingState};
 use mesh_xds_client::{Bootstrap, XdsClient, XdsClientBuilder};
 use tokio::sync::watch;
@@ -62,6 +63,31 @@ impl Server {
     /// The xDS client (status, snapshots, certificates).
     pub fn xds(&self) -> &XdsClient {
         &self.xds
+    }
+
+    /// For an HTTP server of the application's own, such as tonic's
+    /// `Server::builder().layer(layer).add_service(svc).serve_with_incoming(connections)`:
+    /// binds the address and gives the per-request layer (routes, JWT, RBAC) and the mesh
+    /// connections (mTLS terminated, each with its `PeerInfo`). The connections keep the xDS
+    /// client alive. Connections are not drained on a listener change: that server owns them.
+    pub async fn incoming(
+        self,
+    ) -> std::io::Result<(
+        mesh_tower::server::MeshServerLayer,
+        impl futures_util::Stream<Item = std::io::Result<mesh_tower::server::MeshConnection>>
+        + Send
+        + 'static,
+    )> {
+        let listener = tokio::net::TcpListener::bind(self.address).await?;
+        let Self { xds, inner, .. } = self;
+        let layer = inner.layer();
+        let mut connections = Box::pin(inner.incoming(listener));
+        let stream = futures_util::stream::poll_fn(move |cx| {
+            // Held for as long as the connections are wanted.
+            let _xds = &xds;
+            connections.as_mut().poll_next(cx)
+        });
+        Ok((layer, stream))
     }
 
     /// Binds the address and serves `service` until accepting fails.

@@ -82,6 +82,16 @@ async fn world(mode: &str) -> World {
 }
 
 async fn world_with(mode: &str, tune: impl FnOnce(MeshServer) -> MeshServer) -> World {
+    let (w, server, listener) = setup(mode, tune).await;
+    tokio::spawn(server.serve(listener, tower::service_fn(app)));
+    w
+}
+
+/// The world, with the server serving but not yet accepting.
+async fn setup(
+    mode: &str,
+    tune: impl FnOnce(MeshServer) -> MeshServer,
+) -> (World, MeshServer, tokio::net::TcpListener) {
     let ca = Arc::new(TestCa::new("mesh-test-ca"));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -112,8 +122,7 @@ async fn world_with(mode: &str, tune: impl FnOnce(MeshServer) -> MeshServer) -> 
     .await
     .expect("serving in time")
     .unwrap();
-    tokio::spawn(server.serve(listener, tower::service_fn(app)));
-    World {
+    let w = World {
         cp,
         addr,
         xds,
@@ -121,7 +130,8 @@ async fn world_with(mode: &str, tune: impl FnOnce(MeshServer) -> MeshServer) -> 
         server_xds,
         serving,
         _dirs: vec![dir],
-    }
+    };
+    (w, server, listener)
 }
 
 /// A mesh client with identity `id`.
@@ -332,4 +342,91 @@ async fn a_peer_that_stalls_before_or_in_its_handshake_is_closed() {
         assert!(read.is_ok(), "closed by the server, not left open");
         assert_eq!(buf, b"");
     }
+}
+
+/// The application as a tonic service: answers who called and how.
+#[derive(Clone)]
+struct Echo;
+
+impl tonic::server::NamedService for Echo {
+    const NAME: &'static str = "test.Echo";
+}
+
+impl tower::Service<Request<tonic::body::Body>> for Echo {
+    type Response = Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<tonic::body::Body>) -> Self::Future {
+        let who = req
+            .extensions()
+            .get::<PeerInfo>()
+            .map_or("no peer info".to_string(), |p| {
+                format!(
+                    "{} via tonic",
+                    p.spiffe_id.as_deref().unwrap_or("anonymous")
+                )
+            });
+        std::future::ready(Ok(Response::new(tonic::body::Body::new(Full::new(
+            Bytes::from(who),
+        )))))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tonics_own_server_serves_mesh_connections_behind_the_mesh_layer() {
+    let (w, server, listener) = setup("STRICT", |s| s).await;
+    let layer = server.layer();
+    tokio::spawn(
+        // The test's service port is `http` (HTTP/1.1 from mesh clients).
+        tonic::transport::Server::builder()
+            .accept_http1(true)
+            .layer(layer)
+            .add_service(Echo)
+            .serve_with_incoming(server.incoming(listener)),
+    );
+    let (allowed, _x1, _d1) = client(&w, CLIENT).await;
+    // tonic's router answers unknown paths itself; Echo is mounted at /test.Echo/.
+    let req = Request::post(format!("http://{HOST}:9080/test.Echo/Say"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = allowed.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, format!("{CLIENT} via tonic").as_bytes());
+    let (other, _x2, _d2) = client(&w, OTHER).await;
+    let req = Request::post(format!("http://{HOST}:9080/test.Echo/Say"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = other.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    // STRICT still holds: a plaintext caller is closed without a byte.
+    assert_closed_without_a_byte(w.addr).await;
+}
+
+#[tokio::test]
+async fn the_mesh_layer_refuses_requests_that_did_not_come_through_a_mesh_connection() {
+    let (_w, server, _listener) = setup("STRICT", |s| s).await;
+    let svc = tower::Layer::layer(&server.layer(), tower::service_fn(app_any));
+    let resp = svc
+        .oneshot(Request::get("/").body(Full::new(Bytes::new())).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(
+        body,
+        "not a mesh connection (serve MeshServer::incoming)\n".as_bytes()
+    );
+}
+
+async fn app_any(_: Request<Full<Bytes>>) -> Result<Response<Full<Bytes>>, Infallible> {
+    Ok(Response::new(Full::new(Bytes::from_static(b"reached"))))
 }

@@ -46,7 +46,9 @@ const UNAVAILABLE: u32 = 14;
 #[derive(Clone)]
 pub struct AuthzService<S> {
     inner: S,
-    peer: Arc<PeerInfo>,
+    /// The connection's caller; `None`: read per request from the extensions (an
+    /// application's own server fed by `MeshServer::incoming`).
+    peer: Option<Arc<PeerInfo>>,
     snapshots: watch::Receiver<Arc<MeshSnapshot>>,
     jwks: JwksStore,
 }
@@ -62,7 +64,22 @@ impl<S> AuthzService<S> {
     ) -> Self {
         Self {
             inner,
-            peer,
+            peer: Some(peer),
+            snapshots,
+            jwks,
+        }
+    }
+
+    /// `inner` behind the stage, with each request's [`PeerInfo`] taken from its extensions
+    /// (an `Arc<PeerInfo>`, as tonic puts a connection's `ConnectInfo` there).
+    pub fn per_request_peer(
+        inner: S,
+        snapshots: watch::Receiver<Arc<MeshSnapshot>>,
+        jwks: JwksStore,
+    ) -> Self {
+        Self {
+            inner,
+            peer: None,
             snapshots,
             jwks,
         }
@@ -147,7 +164,20 @@ impl<S> AuthzService<S> {
     /// fetched for this request, so missing keys are final.
     fn admit<B>(&self, req: &mut Request<B>, refetched: bool) -> Admit {
         let grpc = is_grpc(req.headers());
-        let chain = &self.peer.chain;
+        let Some(peer) = self
+            .peer
+            .clone()
+            .or_else(|| req.extensions().get::<Arc<PeerInfo>>().cloned())
+        else {
+            // Not a mesh connection: nothing says who is calling, so nothing is allowed.
+            return Admit::Refuse(refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                UNAVAILABLE,
+                "not a mesh connection (serve MeshServer::incoming)",
+                grpc,
+            ));
+        };
+        let chain = &peer.chain;
         // One view of the request for the route, the JWT filter and RBAC.
         let rr = RouteRequest::from_request(req);
         if let Some(problem) = route_problem(chain, &self.snapshots, &rr) {
@@ -178,8 +208,8 @@ impl<S> AuthzService<S> {
                         }
                         tracing::debug!(
                             target: "mesh::server::decision",
-                            caller = self.peer.spiffe_id.as_deref().unwrap_or("anonymous"),
-                            remote = %self.peer.remote,
+                            caller = peer.spiffe_id.as_deref().unwrap_or("anonymous"),
+                            remote = %peer.remote,
                             path = rr.path(),
                             "unauthenticated: {e}"
                         );
@@ -191,10 +221,10 @@ impl<S> AuthzService<S> {
         if !chain.rbac().is_empty() {
             let verdict = chain.rbac().evaluate(&AuthzRequest {
                 request: rr,
-                source: self.peer.remote,
-                destination: self.peer.local,
-                peer: self.peer.certificate.as_deref(),
-                tls: self.peer.tls,
+                source: peer.remote,
+                destination: peer.local,
+                peer: peer.certificate.as_deref(),
+                tls: peer.tls,
                 auth: verified.as_ref().map(|v| &*v.auth),
             });
             for a in &verdict.audit {
@@ -202,7 +232,7 @@ impl<S> AuthzService<S> {
                 tracing::info!(
                     target: "mesh::rbac::audit",
                     rpc_method = req.uri().path(),
-                    principal = self.peer.spiffe_id.as_deref().unwrap_or(""),
+                    principal = peer.spiffe_id.as_deref().unwrap_or(""),
                     policy_name = %a.filter,
                     matched_rule = a.policy.as_deref().unwrap_or(""),
                     authorized = a.authorized,
@@ -212,9 +242,9 @@ impl<S> AuthzService<S> {
             if let Some(denied) = verdict.denied {
                 tracing::debug!(
                     target: "mesh::server::decision",
-                    caller = self.peer.spiffe_id.as_deref().unwrap_or("anonymous"),
+                    caller = peer.spiffe_id.as_deref().unwrap_or("anonymous"),
                     request_principal = verified.as_ref().map_or("", |v| v.auth.principal.as_str()),
-                    remote = %self.peer.remote,
+                    remote = %peer.remote,
                     path = req.uri().path(),
                     "denied: {denied}"
                 );
@@ -229,9 +259,9 @@ impl<S> AuthzService<S> {
         }
         tracing::debug!(
             target: "mesh::server::decision",
-            caller = self.peer.spiffe_id.as_deref().unwrap_or("anonymous"),
+            caller = peer.spiffe_id.as_deref().unwrap_or("anonymous"),
             request_principal = verified.as_ref().map_or("", |v| v.auth.principal.as_str()),
-            remote = %self.peer.remote,
+            remote = %peer.remote,
             path = req.uri().path(),
             chain = %chain.name(),
             "allowed"
@@ -248,7 +278,7 @@ impl<S> AuthzService<S> {
             }
             req.extensions_mut().insert(RequestAuth::clone(&v.auth));
         }
-        req.extensions_mut().insert((*self.peer).clone());
+        req.extensions_mut().insert((*peer).clone());
         Admit::Pass
     }
 }

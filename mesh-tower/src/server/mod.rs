@@ -231,6 +231,18 @@ impl MeshServer {
         S: AppService<RB>,
         RB: AppBody,
     {
+        let (io, peer, listener) = self.handshake(tcp, remote).await?;
+        let drained = drained(self.snapshots.clone(), self.name.clone(), listener);
+        self.serve_http(TokioIo::new(io), peer, service, drained)
+            .await
+    }
+
+    /// A new connection up to HTTP: serving or closed, the first bytes, the chain, TLS.
+    async fn handshake(
+        &self,
+        tcp: TcpStream,
+        remote: SocketAddr,
+    ) -> Result<(MeshConnection, PeerInfo, Arc<ServerListener>), String> {
         // Not serving: closed without a byte (A36).
         let listener = self
             .current()
@@ -258,30 +270,85 @@ impl MeshServer {
             spiffe_id: None,
             chain: chain.clone(),
         };
-        let drained = drained(self.snapshots.clone(), self.name.clone(), listener.clone());
-        if is_tls {
-            // A peer that stalls in its handshake does not hold the connection for ever.
-            let io = tokio::time::timeout(self.handshake_timeout, self.tls.accept(&chain, tcp))
-                .await
-                .map_err(|_| "closed: the TLS handshake took too long".to_string())??;
-            if let Some(leaf) = io
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|c| c.first())
-                .and_then(|c| LeafInfo::parse(c).ok())
-            {
-                peer.spiffe_id = leaf.sans.spiffe_id().map(Arc::from);
-                peer.certificate = Some(Arc::new(leaf));
-            }
-            self.serve_http(TokioIo::new(io), peer, service, drained)
-                .await
-        } else {
+        if let Some(jwt) = chain.jwt() {
+            self.jwks.prefetch(jwt.remote_keys());
+        }
+        if !is_tls {
             if chain.tls().is_some() {
                 return Err("closed: the filter chain requires TLS".into());
             }
-            self.serve_http(TokioIo::new(tcp), peer, service, drained)
-                .await
+            let conn = MeshConnection {
+                io: ConnectionIo::Plain(tcp),
+                peer: Arc::new(peer.clone()),
+            };
+            return Ok((conn, peer, listener));
+        }
+        // A peer that stalls in its handshake does not hold the connection for ever.
+        let io = tokio::time::timeout(self.handshake_timeout, self.tls.accept(&chain, tcp))
+            .await
+            .map_err(|_| "closed: the TLS handshake took too long".to_string())??;
+        if let Some(leaf) = io
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .and_then(|c| LeafInfo::parse(c).ok())
+        {
+            peer.spiffe_id = leaf.sans.spiffe_id().map(Arc::from);
+            peer.certificate = Some(Arc::new(leaf));
+        }
+        let conn = MeshConnection {
+            io: ConnectionIo::Tls(Box::new(io)),
+            peer: Arc::new(peer.clone()),
+        };
+        Ok((conn, peer, listener))
+    }
+
+    /// The server's connections for an HTTP server of the application's (tonic's
+    /// `Server::serve_with_incoming`): accepted on `listener`, refused or closed as
+    /// [`MeshServer::serve`] does, handshaken concurrently, each carrying its [`PeerInfo`]
+    /// (tonic puts it in every request's extensions; [`MeshServer::layer`] reads it there).
+    /// Connections are not drained on a listener change: the application's server owns them.
+    pub fn incoming(
+        self,
+        listener: TcpListener,
+    ) -> impl futures_util::Stream<Item = std::io::Result<MeshConnection>> + Send + 'static {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<MeshConnection>(64);
+        tokio::spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    a = listener.accept() => a,
+                    () = tx.closed() => return,
+                };
+                let (tcp, remote) = match accepted {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(address = %self.address, "accept: {e}; retrying");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let (me, tx) = (self.clone(), tx.clone());
+                tokio::spawn(async move {
+                    match me.handshake(tcp, remote).await {
+                        Ok((conn, ..)) => {
+                            let _ = tx.send(conn).await;
+                        }
+                        Err(e) => tracing::debug!(%remote, "inbound connection: {e}"),
+                    }
+                });
+            }
+        });
+        futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx).map(|c| c.map(Ok)))
+    }
+
+    /// The per-request stage (routes, JWT, RBAC) as a tower layer, for an application's own
+    /// HTTP server fed by [`MeshServer::incoming`]; a request that did not come through a mesh
+    /// connection is refused.
+    pub fn layer(&self) -> MeshServerLayer {
+        MeshServerLayer {
+            snapshots: self.snapshots.clone(),
+            jwks: self.jwks.clone(),
         }
     }
 
@@ -297,9 +364,6 @@ impl MeshServer {
         S: AppService<RB>,
         RB: AppBody,
     {
-        if let Some(jwt) = peer.chain.jwt() {
-            self.jwks.prefetch(jwt.remote_keys());
-        }
         let svc = AuthzService::new(
             service,
             Arc::new(peer),
@@ -320,6 +384,103 @@ impl MeshServer {
             Ok(r) => r.map_err(|e| e.to_string()),
             Err(_) => Err("closed after the drain grace".into()),
         }
+    }
+}
+
+/// The layer of [`MeshServer::layer`].
+#[derive(Clone, Debug)]
+pub struct MeshServerLayer {
+    snapshots: watch::Receiver<Arc<MeshSnapshot>>,
+    jwks: JwksStore,
+}
+
+impl<S> tower::Layer<S> for MeshServerLayer {
+    type Service = AuthzService<S>;
+
+    fn layer(&self, inner: S) -> AuthzService<S> {
+        AuthzService::per_request_peer(inner, self.snapshots.clone(), self.jwks.clone())
+    }
+}
+
+/// One accepted mesh connection: TLS terminated (or plaintext), with who is on the other end.
+pub struct MeshConnection {
+    io: ConnectionIo,
+    peer: Arc<PeerInfo>,
+}
+
+enum ConnectionIo {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+impl MeshConnection {
+    /// Who is calling, on which chain.
+    pub fn peer(&self) -> &Arc<PeerInfo> {
+        &self.peer
+    }
+}
+
+impl std::fmt::Debug for MeshConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MeshConnection")
+            .field("remote", &self.peer.remote)
+            .field("tls", &self.peer.tls)
+            .finish_non_exhaustive()
+    }
+}
+
+impl tokio::io::AsyncRead for MeshConnection {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match &mut self.get_mut().io {
+            ConnectionIo::Plain(t) => std::pin::Pin::new(t).poll_read(cx, buf),
+            ConnectionIo::Tls(t) => std::pin::Pin::new(t.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for MeshConnection {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match &mut self.get_mut().io {
+            ConnectionIo::Plain(t) => std::pin::Pin::new(t).poll_write(cx, buf),
+            ConnectionIo::Tls(t) => std::pin::Pin::new(t.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match &mut self.get_mut().io {
+            ConnectionIo::Plain(t) => std::pin::Pin::new(t).poll_flush(cx),
+            ConnectionIo::Tls(t) => std::pin::Pin::new(t.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match &mut self.get_mut().io {
+            ConnectionIo::Plain(t) => std::pin::Pin::new(t).poll_shutdown(cx),
+            ConnectionIo::Tls(t) => std::pin::Pin::new(t.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+#[cfg(feature = "tonic")]
+impl tonic::transport::server::Connected for MeshConnection {
+    type ConnectInfo = Arc<PeerInfo>;
+
+    fn connect_info(&self) -> Arc<PeerInfo> {
+        self.peer.clone()
     }
 }
 
