@@ -246,6 +246,14 @@ impl StringMatcher {
         }
     }
 
+    /// The pattern and its `ignore_case` flag when this is a prefix matcher.
+    pub fn prefix(&self) -> Option<(&str, bool)> {
+        match &self.kind {
+            StringKind::Prefix(p, ic) => Some((p, *ic)),
+            _ => None,
+        }
+    }
+
     /// Whether `value` matches.
     pub fn matches(&self, value: &str) -> bool {
         match &self.kind {

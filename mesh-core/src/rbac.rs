@@ -229,6 +229,124 @@ struct Filter {
     action: RbacAction,
     policies: Box<[Policy]>,
     audit: AuditCondition,
+    /// With many policies: which ones a request's path leaves in the running.
+    index: Option<PathIndex>,
+}
+
+/// A literal a policy's path must meet for the policy to match: most istiod policies name
+/// paths (`operation.paths`), so a filter of many policies can skip, by one or two hash
+/// lookups, the ones whose paths the request cannot have, instead of trying each in turn.
+#[derive(Debug, Clone)]
+enum Guard {
+    Exact(Box<str>),
+    Prefix(Box<str>),
+}
+
+/// The policies of one filter (at most 64) by the path literals they require.
+#[derive(Debug)]
+struct PathIndex {
+    /// Policies without a path guard: always candidates.
+    unguarded: u64,
+    exact: rustc_hash::FxHashMap<Box<str>, u64>,
+    prefix: rustc_hash::FxHashMap<Box<str>, u64>,
+    /// The distinct prefix lengths, to look up each prefix of the path once.
+    prefix_lens: Box<[usize]>,
+}
+
+/// Below this many policies a filter is tried policy by policy.
+const INDEX_MIN_POLICIES: usize = 4;
+
+impl PathIndex {
+    fn new(policies: &[Policy]) -> Option<Self> {
+        if policies.len() < INDEX_MIN_POLICIES || policies.len() > 64 {
+            return None;
+        }
+        let mut index = Self {
+            unguarded: 0,
+            exact: Default::default(),
+            prefix: Default::default(),
+            prefix_lens: Box::default(),
+        };
+        let mut lens = Vec::new();
+        for (i, p) in policies.iter().enumerate() {
+            let bit = 1u64 << i;
+            match policy_guards(p) {
+                None => index.unguarded |= bit,
+                Some(guards) => {
+                    for g in guards {
+                        match g {
+                            Guard::Exact(s) => *index.exact.entry(s).or_default() |= bit,
+                            Guard::Prefix(s) => {
+                                lens.push(s.len());
+                                *index.prefix.entry(s).or_default() |= bit;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        lens.sort_unstable();
+        lens.dedup();
+        index.prefix_lens = lens.into();
+        // An index that rules nothing out is not worth its lookups.
+        (index.unguarded != u64::MAX >> (64 - policies.len())).then_some(index)
+    }
+
+    /// The policies that can match a request with this path, as a bit set.
+    #[inline]
+    fn candidates(&self, path: &str) -> u64 {
+        let mut set = self.unguarded;
+        if let Some(m) = self.exact.get(path) {
+            set |= m;
+        }
+        for &len in self.prefix_lens.iter() {
+            match path.get(..len) {
+                Some(head) => {
+                    if let Some(m) = self.prefix.get(head) {
+                        set |= m;
+                    }
+                }
+                None if path.len() < len => break,
+                None => {}
+            }
+        }
+        set
+    }
+}
+
+/// The path literals of which a policy needs one: `None` when some permission can match
+/// without any.
+fn policy_guards(p: &Policy) -> Option<Vec<Guard>> {
+    let mut all = Vec::new();
+    for perm in p.permissions.iter() {
+        all.extend(permission_guards(perm)?);
+    }
+    Some(all)
+}
+
+fn permission_guards(p: &Permission) -> Option<Vec<Guard>> {
+    match p {
+        Permission::UrlPath(m) => {
+            if let Some((s, false)) = m.exact() {
+                Some(vec![Guard::Exact(s.into())])
+            } else if let Some((s, false)) = m.prefix() {
+                Some(vec![Guard::Prefix(s.into())])
+            } else {
+                None
+            }
+        }
+        // All must hold: any one child's literals are needed.
+        Permission::And(v) => v.iter().find_map(permission_guards),
+        // One must hold: the literals of every child, if each child has some.
+        Permission::Or(v) => {
+            let mut all = Vec::new();
+            for c in v.iter() {
+                all.extend(permission_guards(c)?);
+            }
+            Some(all)
+        }
+        _ => None,
+    }
 }
 
 /// The validated RBAC filters of an inbound HttpConnectionManager, in order.
@@ -474,17 +592,30 @@ impl Rbac {
                             .collect::<Result<_, FieldError>>()?,
                     })
                 })
-                .collect::<Result<_, FieldError>>()?;
+                .collect::<Result<Box<[Policy]>, FieldError>>()?;
+            let index = PathIndex::new(&policies);
             filters.push(Filter {
                 name: s.name.as_str().into(),
                 action,
                 policies,
                 audit: s.audit,
+                index,
             });
         }
         Ok(Self {
             filters: filters.into(),
         })
+    }
+
+    /// The same filters, every one tried policy by policy (to check the index against).
+    #[cfg(test)]
+    fn without_index(mut self) -> Self {
+        let mut filters = std::mem::take(&mut self.filters).into_vec();
+        for f in &mut filters {
+            f.index = None;
+        }
+        self.filters = filters.into();
+        self
     }
 
     /// Whether there is nothing to evaluate.
@@ -496,7 +627,23 @@ impl Rbac {
     pub fn evaluate(&self, r: &AuthzRequest<'_>) -> Verdict {
         let mut audit = Vec::new();
         for f in self.filters.iter() {
-            let matched = f.policies.iter().find(|p| p.matches(r));
+            let matched = match &f.index {
+                None => f.policies.iter().find(|p| p.matches(r)),
+                Some(index) => {
+                    // The candidates in order, so the first match is the same policy.
+                    let mut set = index.candidates(r.request.path());
+                    let mut found = None;
+                    while set != 0 {
+                        let i = set.trailing_zeros() as usize;
+                        set &= set - 1;
+                        if f.policies[i].matches(r) {
+                            found = Some(&f.policies[i]);
+                            break;
+                        }
+                    }
+                    found
+                }
+            };
             let authorized = match f.action {
                 RbacAction::Deny => matched.is_none(),
                 _ => matched.is_some(),

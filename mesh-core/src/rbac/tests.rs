@@ -329,3 +329,87 @@ fn a_deny_policy_that_cannot_be_evaluated_denies() {
     let rbac = Rbac::with_authn(&[deny(PrincipalSpec::Metadata(None))], true).unwrap();
     assert!(judge(&rbac, Method::GET, "/", None).denied.is_some());
 }
+
+mod index {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::test_support::proptest_config;
+
+    const PATHS: [&str; 6] = ["/a", "/ab", "/abc", "/b", "/b/c", "/é"];
+
+    fn url(kind: u8, p: &str) -> PermissionSpec {
+        PermissionSpec::UrlPath(match kind % 3 {
+            0 => StringMatcherSpec::exact(p),
+            1 => StringMatcherSpec::prefix(p),
+            _ => StringMatcherSpec {
+                pattern: StringPattern::Prefix(p.to_uppercase()),
+                ignore_case: true,
+            },
+        })
+    }
+
+    fn perm(shape: u8, kind: u8, a: usize, b: usize) -> PermissionSpec {
+        let (pa, pb) = (PATHS[a % PATHS.len()], PATHS[b % PATHS.len()]);
+        match shape % 5 {
+            0 => url(kind, pa),
+            1 => PermissionSpec::And(vec![
+                PermissionSpec::Header(HeaderMatcherSpec::new(
+                    ":method",
+                    HeaderMatchSpec::String(StringMatcherSpec::exact("GET")),
+                )),
+                url(kind, pa),
+            ]),
+            2 => PermissionSpec::Or(vec![url(kind, pa), url(kind.wrapping_add(1), pb)]),
+            3 => PermissionSpec::Not(Box::new(url(kind, pa))),
+            _ => PermissionSpec::Any,
+        }
+    }
+
+    proptest! {
+        #![proptest_config(proptest_config(256))]
+        /// The path index picks the same policy as trying each policy in turn.
+        #[test]
+        fn the_index_picks_what_a_linear_scan_picks(
+            policies in prop::collection::vec((any::<u8>(), any::<u8>(), 0usize..6, 0usize..6), 4..20),
+            deny in any::<bool>(),
+            path in prop::sample::select(vec!["/", "/a", "/ab", "/abc/d", "/b", "/b/c", "/bc", "/é/x", "/A", ""]),
+            post in any::<bool>(),
+        ) {
+            let spec = RbacSpec {
+                name: "f".into(),
+                action: Some(if deny { RbacAction::Deny } else { RbacAction::Allow }),
+                policies: policies
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (shape, kind, a, b))| {
+                        (
+                            format!("p{i:02}"),
+                            PolicySpec {
+                                permissions: vec![perm(*shape, *kind, *a, *b)],
+                                principals: vec![PrincipalSpec::Any],
+                            },
+                        )
+                    })
+                    .collect(),
+                audit: AuditCondition::OnDenyAndAllow,
+            };
+            let indexed = Rbac::new(std::slice::from_ref(&spec)).unwrap();
+            let linear = Rbac::new(&[spec]).unwrap().without_index();
+            let method = if post { Method::POST } else { Method::GET };
+            let uri: Uri = format!("http://ui{path}").parse().unwrap_or_else(|_| Uri::from_static("http://ui/"));
+            let headers = HeaderMap::new();
+            let request = AuthzRequest {
+                request: RouteRequest::new(&method, &uri, &headers),
+                source: "10.0.0.9:40000".parse().unwrap(),
+                destination: "10.0.0.1:9080".parse().unwrap(),
+                peer: None,
+                tls: false,
+                auth: None,
+            };
+            let (a, b) = (indexed.evaluate(&request), linear.evaluate(&request));
+            prop_assert_eq!(a.denied, b.denied);
+            prop_assert_eq!(a.audit, b.audit);
+        }
+    }
+}
