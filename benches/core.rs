@@ -199,8 +199,9 @@ fn budget_and_breaker(c: &mut Criterion) {
 /// RBAC as istiod sends it for ten AuthorizationPolicies: a DENY filter with two policies and
 /// an ALLOW filter with eight (principals, namespaces, methods, paths), the allowed caller
 /// matching the last one. Baseline: the route match of the same request.
-fn rbac(c: &mut Criterion) {
-    use mesh::core::identity::{LeafInfo, SubjectAltNames};
+/// Ten policies as istiod writes them: 2 DENY by namespace, 8 ALLOW by identity, method and
+/// path (a caller `client7` on `/api7/...` is allowed by the last).
+fn ten_policies() -> [mesh::core::rbac::RbacSpec; 2] {
     use mesh::core::matcher::StringPattern;
     use mesh::core::rbac::*;
     let m = |p: StringPattern| StringMatcherSpec {
@@ -252,8 +253,13 @@ fn rbac(c: &mut Criterion) {
             .collect(),
         audit: AuditCondition::None,
     };
-    let rbac = Rbac::new(&[deny, allow]).expect("rbac");
-    let leaf = LeafInfo {
+    [deny, allow]
+}
+
+/// The caller of the RBAC and server-stage benches: `sa/client7`'s certificate.
+fn client7() -> mesh::core::identity::LeafInfo {
+    use mesh::core::identity::{LeafInfo, SubjectAltNames};
+    LeafInfo {
         sans: SubjectAltNames {
             uri: vec!["spiffe://cluster.local/ns/default/sa/client7".into()],
             ..Default::default()
@@ -262,7 +268,13 @@ fn rbac(c: &mut Criterion) {
         serial: "01".into(),
         not_before: std::time::UNIX_EPOCH,
         not_after: std::time::UNIX_EPOCH,
-    };
+    }
+}
+
+fn rbac(c: &mut Criterion) {
+    use mesh::core::rbac::*;
+    let rbac = Rbac::new(&ten_policies()).expect("rbac");
+    let leaf = client7();
     let uri: Uri = "http://svc.ns.svc.cluster.local:8080/api7/orders"
         .parse()
         .expect("uri");
@@ -347,12 +359,93 @@ fn jwt(c: &mut Criterion) {
     g.finish();
 }
 
+/// The server stack's per-request stage (routes, RBAC with ten policies, the caller's
+/// `PeerInfo` into the extensions) on an mTLS connection, against the bare application called
+/// the same way: what the stack adds per request, apart from TLS (which both servers pay) and
+/// the connection driver.
+fn server_stage(c: &mut Criterion) {
+    use std::convert::Infallible;
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use mesh::core::RouteSourceSpec;
+    use mesh::core::server::{DownstreamTlsSpec, FilterChainSpec, ServerListenerSpec};
+    use mesh::tower::server::{AuthzService, JwksStore};
+    use tower::{Service, ServiceExt};
+
+    let spec = ServerListenerSpec {
+        name: "xds.istio.io/grpc/lds/inbound/10.0.0.1:8080".into(),
+        address: Some("10.0.0.1:8080".parse().expect("addr")),
+        chains: vec![FilterChainSpec {
+            name: "inbound-mtls".into(),
+            tls: Some(DownstreamTlsSpec {
+                identity_provider: Some("default".into()),
+                root_provider: Some("default".into()),
+                require_client_certificate: true,
+            }),
+            routes: Some(RouteSourceSpec::Inline(RouteConfigSpec {
+                name: "inbound".into(),
+                virtual_hosts: vec![VirtualHostSpec {
+                    domains: vec!["*".into()],
+                    routes: vec![RouteSpec {
+                        name: String::new(),
+                        matcher: RouteMatchSpec::prefix("/"),
+                        action: RouteActionSpec::NonForwarding,
+                        fault: None,
+                    }],
+                    ..Default::default()
+                }],
+                ignore_port_in_host_matching: false,
+            })),
+            rbac: ten_policies().to_vec(),
+            ..Default::default()
+        }],
+        default_chain: None,
+    };
+    let listener = mesh::core::ServerListener::new(&spec).expect("listener");
+    let leaf = client7();
+    let peer = Arc::new(mesh::tower::PeerInfo {
+        local: "10.0.0.1:8080".parse().expect("addr"),
+        remote: "10.0.0.9:40000".parse().expect("addr"),
+        tls: true,
+        spiffe_id: leaf.sans.spiffe_id().map(Arc::from),
+        certificate: Some(Arc::new(leaf)),
+        chain: listener.chains()[0].clone(),
+    });
+    let (_tx, snapshots) =
+        tokio::sync::watch::channel(Arc::new(mesh::core::MeshSnapshot::default()));
+    let app = tower::service_fn(|_req: http::Request<Full<Bytes>>| async {
+        Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from_static(b"ok"))))
+    });
+    let request = || {
+        http::Request::get("http://svc.ns.svc.cluster.local:8080/api7/orders")
+            .body(Full::new(Bytes::new()))
+            .expect("request")
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    let mut stage = AuthzService::new(app, peer, snapshots, JwksStore::default());
+    let mut g = c.benchmark_group("server_stage");
+    g.bench_function("bare_app", |b| {
+        b.iter(|| black_box(rt.block_on(app.oneshot(request())).is_ok()))
+    });
+    g.bench_function("mesh_stage_mtls_ten_policies", |b| {
+        b.iter(|| {
+            let r = rt.block_on(stage.call(request())).expect("answer");
+            black_box(r.status().is_success())
+        })
+    });
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2))
         .sample_size(50);
-    targets = lb_picks, route_match, budget_and_breaker, rbac, jwt
+    targets = lb_picks, route_match, budget_and_breaker, rbac, jwt, server_stage
 }
 criterion_main!(benches);
