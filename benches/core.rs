@@ -106,6 +106,7 @@ fn route_config() -> RouteConfig {
                 "c{i}"
             )))),
             fault: None,
+            rbac: Vec::new(),
         });
     }
     let mut regex = RouteMatchSpec::prefix("");
@@ -116,6 +117,7 @@ fn route_config() -> RouteConfig {
             matcher: m,
             action: RouteActionSpec::Forward(Box::new(ForwardActionSpec::to_cluster("c"))),
             fault: None,
+            rbac: Vec::new(),
         });
     }
     RouteConfig::new(&RouteConfigSpec {
@@ -393,6 +395,7 @@ fn server_stage(c: &mut Criterion) {
                         matcher: RouteMatchSpec::prefix("/"),
                         action: RouteActionSpec::NonForwarding,
                         fault: None,
+                        rbac: Vec::new(),
                     }],
                     ..Default::default()
                 }],

@@ -353,6 +353,35 @@ fn permission_guards(p: &Permission) -> Option<Vec<Guard>> {
 #[derive(Debug, Default)]
 pub struct Rbac {
     filters: Box<[Filter]>,
+    /// Every RBAC filter instance's name in order, those that do nothing included (a route may
+    /// give one rules).
+    names: Box<[Arc<str>]>,
+}
+
+/// A route's `RBACPerRoute` configs: for each filter named, the rules that replace the
+/// filter's on that route (none: the filter does nothing there).
+#[derive(Debug)]
+pub struct RbacOverrides {
+    with_jwt: Rbac,
+    without_jwt: Rbac,
+}
+
+impl RbacOverrides {
+    /// Validates the overrides, one spec per filter name.
+    pub fn new(specs: &[RbacSpec]) -> Result<Self, FieldError> {
+        for (i, s) in specs.iter().enumerate() {
+            if specs[..i].iter().any(|o| o.name == s.name) {
+                return Err(FieldError::new(
+                    format!("[{:?}]", s.name),
+                    "overrides the same filter twice",
+                ));
+            }
+        }
+        Ok(Self {
+            with_jwt: Rbac::with_authn(specs, true)?,
+            without_jwt: Rbac::with_authn(specs, false)?,
+        })
+    }
 }
 
 /// What a request is judged on.
@@ -561,6 +590,7 @@ impl Rbac {
     /// request principals and claims cannot be evaluated, and are read as any metadata is.
     pub fn with_authn(specs: &[RbacSpec], jwt: bool) -> Result<Self, FieldError> {
         let mut filters = Vec::new();
+        let names = specs.iter().map(|s| Arc::from(s.name.as_str())).collect();
         for s in specs {
             let Some(action) = s.action else { continue };
             if action == RbacAction::Log {
@@ -604,6 +634,7 @@ impl Rbac {
         }
         Ok(Self {
             filters: filters.into(),
+            names,
         })
     }
 
@@ -625,58 +656,91 @@ impl Rbac {
 
     /// Judges one request.
     pub fn evaluate(&self, r: &AuthzRequest<'_>) -> Verdict {
-        let mut audit = Vec::new();
-        for f in self.filters.iter() {
-            let matched = match &f.index {
-                None => f.policies.iter().find(|p| p.matches(r)),
-                Some(index) => {
-                    // The candidates in order, so the first match is the same policy.
-                    let mut set = index.candidates(r.request.path());
-                    let mut found = None;
-                    while set != 0 {
-                        let i = set.trailing_zeros() as usize;
-                        set &= set - 1;
-                        if f.policies[i].matches(r) {
-                            found = Some(&f.policies[i]);
-                            break;
-                        }
+        judge(self.filters.iter(), r)
+    }
+
+    /// Judges one request on a route with `overrides`; `jwt`: whether a JWT filter ran (as for
+    /// [`Rbac::with_authn`]).
+    pub fn evaluate_on_route(
+        &self,
+        r: &AuthzRequest<'_>,
+        overrides: Option<&RbacOverrides>,
+        jwt: bool,
+    ) -> Verdict {
+        let Some(o) = overrides else {
+            return self.evaluate(r);
+        };
+        let o = if jwt { &o.with_jwt } else { &o.without_jwt };
+        let filters = self.names.iter().filter_map(|name| {
+            if o.names.contains(name) {
+                o.filters.iter().find(|f| f.name == *name)
+            } else {
+                self.filters.iter().find(|f| f.name == *name)
+            }
+        });
+        judge(filters, r)
+    }
+
+    /// Whether any RBAC filter instance is configured, even one that does nothing (a route's
+    /// override may give it rules).
+    pub fn has_filters(&self) -> bool {
+        !self.names.is_empty()
+    }
+}
+
+/// The verdict of `filters` in order: the first that does not authorize denies.
+fn judge<'f>(filters: impl Iterator<Item = &'f Filter>, r: &AuthzRequest<'_>) -> Verdict {
+    let mut audit = Vec::new();
+    for f in filters {
+        let matched = match &f.index {
+            None => f.policies.iter().find(|p| p.matches(r)),
+            Some(index) => {
+                // The candidates in order, so the first match is the same policy.
+                let mut set = index.candidates(r.request.path());
+                let mut found = None;
+                while set != 0 {
+                    let i = set.trailing_zeros() as usize;
+                    set &= set - 1;
+                    if f.policies[i].matches(r) {
+                        found = Some(&f.policies[i]);
+                        break;
                     }
-                    found
                 }
-            };
-            let authorized = match f.action {
-                RbacAction::Deny => matched.is_none(),
-                _ => matched.is_some(),
-            };
-            let record = matches!(
-                (f.audit, authorized),
-                (AuditCondition::OnDenyAndAllow, _)
-                    | (AuditCondition::OnAllow, true)
-                    | (AuditCondition::OnDeny, false)
-            );
-            if record {
-                audit.push(AuditRecord {
+                found
+            }
+        };
+        let authorized = match f.action {
+            RbacAction::Deny => matched.is_none(),
+            _ => matched.is_some(),
+        };
+        let record = matches!(
+            (f.audit, authorized),
+            (AuditCondition::OnDenyAndAllow, _)
+                | (AuditCondition::OnAllow, true)
+                | (AuditCondition::OnDeny, false)
+        );
+        if record {
+            audit.push(AuditRecord {
+                filter: f.name.clone(),
+                policy: matched.map(|p| p.name.clone()),
+                authorized,
+            });
+        }
+        if !authorized {
+            return Verdict {
+                denied: Some(Denied {
                     filter: f.name.clone(),
-                    policy: matched.map(|p| p.name.clone()),
-                    authorized,
-                });
-            }
-            if !authorized {
-                return Verdict {
-                    denied: Some(Denied {
-                        filter: f.name.clone(),
-                        policy: matched
-                            .filter(|_| f.action == RbacAction::Deny)
-                            .map(|p| p.name.clone()),
-                    }),
-                    audit,
-                };
-            }
+                    policy: matched
+                        .filter(|_| f.action == RbacAction::Deny)
+                        .map(|p| p.name.clone()),
+                }),
+                audit,
+            };
         }
-        Verdict {
-            denied: None,
-            audit,
-        }
+    }
+    Verdict {
+        denied: None,
+        audit,
     }
 }
 

@@ -354,6 +354,7 @@ mod tests {
                         matcher: RouteMatchSpec::prefix("/"),
                         action: RouteActionSpec::Forward(Box::new(action)),
                         fault: None,
+                        rbac: Vec::new(),
                     }],
                     ..Default::default()
                 }],

@@ -69,12 +69,14 @@ pub fn snapshot() -> Result<MeshSnapshot, ConfigError> {
                     matcher: beta,
                     action: RouteActionSpec::Forward(Box::new(canary)),
                     fault: None,
+                    rbac: Vec::new(),
                 },
                 RouteSpec {
                     name: "canary-90-10".into(),
                     matcher: RouteMatchSpec::prefix("/"),
                     action: RouteActionSpec::Forward(Box::new(split)),
                     fault: None,
+                    rbac: Vec::new(),
                 },
             ],
             ..Default::default()

@@ -27,6 +27,7 @@ use crate::matcher::{
     HeaderMatcher, HeaderMatcherSpec, PathMatchSpec, PathMatcher, QueryParamMatcher,
     QueryParamMatcherSpec,
 };
+use crate::rbac::{RbacOverrides, RbacSpec};
 use crate::request::RouteRequest;
 
 /// An unvalidated RDS `RouteConfiguration`.
@@ -53,6 +54,8 @@ pub struct VirtualHostSpec {
     pub retry_policy: Option<RetryPolicySpec>,
     /// Fault config for routes that have none (`typed_per_filter_config`).
     pub fault: Option<FaultSpec>,
+    /// RBAC filter overrides for routes that have none (`RBACPerRoute`, by filter name).
+    pub rbac: Vec<RbacSpec>,
 }
 
 /// An unvalidated route.
@@ -66,6 +69,8 @@ pub struct RouteSpec {
     pub action: RouteActionSpec,
     /// Fault config override (`typed_per_filter_config`), replacing the virtual host's.
     pub fault: Option<FaultSpec>,
+    /// RBAC filter overrides (`RBACPerRoute`, by filter name), replacing the virtual host's.
+    pub rbac: Vec<RbacSpec>,
 }
 
 /// An unvalidated `RouteMatch`.
@@ -134,6 +139,7 @@ pub struct Route {
     matcher: RouteMatch,
     action: RouteAction,
     fault: Option<Arc<FaultConfig>>,
+    rbac: Option<Arc<RbacOverrides>>,
 }
 
 /// A validated `RouteMatch`: the path, headers, query parameters and runtime fraction.
@@ -279,13 +285,22 @@ impl RouteConfig {
                 .map(|f| FaultConfig::new(f).map(Arc::new))
                 .transpose()
                 .map_err(|e| at(e.within("typed_per_filter_config.fault")))?;
+            let vhost_rbac = (!vh.rbac.is_empty())
+                .then(|| RbacOverrides::new(&vh.rbac).map(Arc::new))
+                .transpose()
+                .map_err(|e| at(e.within("typed_per_filter_config")))?;
             let routes = vh
                 .routes
                 .iter()
                 .enumerate()
                 .map(|(ri, r)| {
-                    Route::new(r, vhost_retry.as_ref(), vhost_fault.as_ref())
-                        .map_err(|e| at(e.within(format!("routes[{ri}]"))))
+                    Route::new(
+                        r,
+                        vhost_retry.as_ref(),
+                        vhost_fault.as_ref(),
+                        vhost_rbac.as_ref(),
+                    )
+                    .map_err(|e| at(e.within(format!("routes[{ri}]"))))
                 })
                 .collect::<Result<Box<[_]>, _>>()?;
             virtual_hosts.push(VirtualHost {
@@ -432,6 +447,7 @@ impl Route {
         spec: &RouteSpec,
         vhost_retry: Option<&RetryPolicy>,
         vhost_fault: Option<&Arc<FaultConfig>>,
+        vhost_rbac: Option<&Arc<RbacOverrides>>,
     ) -> FieldResult<Self> {
         let matcher = RouteMatch::new(&spec.matcher)?;
         let action = match &spec.action {
@@ -446,11 +462,19 @@ impl Route {
             )),
             None => vhost_fault.cloned(),
         };
+        let rbac = if spec.rbac.is_empty() {
+            vhost_rbac.cloned()
+        } else {
+            Some(Arc::new(
+                RbacOverrides::new(&spec.rbac).map_err(|e| e.within("typed_per_filter_config"))?,
+            ))
+        };
         Ok(Self {
             name: spec.name.as_str().into(),
             matcher,
             action,
             fault,
+            rbac,
         })
     }
 
@@ -475,6 +499,11 @@ impl Route {
             RouteAction::Forward(f) => Some(f),
             RouteAction::NonForwarding => None,
         }
+    }
+
+    /// The effective RBAC overrides (the route's, else the virtual host's).
+    pub fn rbac_overrides(&self) -> Option<&Arc<RbacOverrides>> {
+        self.rbac.as_ref()
     }
 
     /// The effective fault config (the route's, else the virtual host's).

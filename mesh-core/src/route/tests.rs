@@ -27,6 +27,7 @@ fn route(name: &str, matcher: RouteMatchSpec, cluster: &str) -> RouteSpec {
         matcher,
         action: RouteActionSpec::Forward(Box::new(ForwardActionSpec::to_cluster(cluster))),
         fault: None,
+        rbac: Vec::new(),
     }
 }
 
@@ -611,6 +612,7 @@ fn the_regexes_of_one_resource_share_a_budget() {
                 matcher: RouteMatchSpec::prefix("/"),
                 action: RouteActionSpec::Forward(Box::new(forward)),
                 fault: None,
+                rbac: Vec::new(),
             }],
         )],
         ignore_port_in_host_matching: false,

@@ -11,6 +11,7 @@ fn inline() -> Option<RouteSourceSpec> {
                 matcher: RouteMatchSpec::prefix("/"),
                 action: RouteActionSpec::NonForwarding,
                 fault: None,
+                rbac: Vec::new(),
             }],
             ..Default::default()
         }],

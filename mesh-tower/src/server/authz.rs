@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 use http::{Request, Response, StatusCode};
 use http_body_util::Either;
 use mesh_core::jwt::{JwtError, RemoteJwks, RequestAuth};
-use mesh_core::rbac::AuthzRequest;
+use mesh_core::rbac::{AuthzRequest, RbacOverrides};
 use mesh_core::route::RouteAction;
 use mesh_core::{FilterChain, LeafInfo, MeshSnapshot, RouteRequest, RouteSource};
 use tokio::sync::watch;
@@ -116,29 +116,30 @@ fn unauthenticated(e: &JwtError, grpc: bool) -> Response<MeshBody> {
     r
 }
 
-/// Why the chain cannot serve a request (A36): `None` if a non-forwarding route matches.
-fn route_problem(
+/// The route that serves a request on the chain (A36: a non-forwarding one), as its RBAC
+/// overrides, or why there is none.
+fn route_for(
     chain: &FilterChain,
     snapshots: &watch::Receiver<Arc<MeshSnapshot>>,
     rr: &RouteRequest<'_>,
-) -> Option<String> {
+) -> Result<Option<Arc<RbacOverrides>>, String> {
     let rc = match chain.routes() {
         RouteSource::Inline(rc) => rc.clone(),
         // Only RDS routes need the snapshot (istiod's are inline).
         RouteSource::Rds(name) => match snapshots.borrow().route_config(name) {
             Some(rc) => rc.clone(),
-            None => return Some(format!("route configuration {name:?} is not available")),
+            None => return Err(format!("route configuration {name:?} is not available")),
         },
     };
     match rc.route(rr, &mut rand::rng()) {
         Ok(route) => match route.action() {
-            RouteAction::NonForwarding => None,
-            RouteAction::Forward(_) => Some(format!(
+            RouteAction::NonForwarding => Ok(route.rbac_overrides().cloned()),
+            RouteAction::Forward(_) => Err(format!(
                 "route {:?} forwards, and a server's routes must be non-forwarding",
                 route.name()
             )),
         },
-        Err(e) => Some(e.to_string()),
+        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -180,15 +181,18 @@ impl<S> AuthzService<S> {
         let chain = &peer.chain;
         // One view of the request for the route, the JWT filter and RBAC.
         let rr = RouteRequest::from_request(req);
-        if let Some(problem) = route_problem(chain, &self.snapshots, &rr) {
-            tracing::debug!(chain = %chain.name(), "{problem}");
-            return Admit::Refuse(refuse(
-                StatusCode::SERVICE_UNAVAILABLE,
-                UNAVAILABLE,
-                &problem,
-                grpc,
-            ));
-        }
+        let overrides = match route_for(chain, &self.snapshots, &rr) {
+            Ok(o) => o,
+            Err(problem) => {
+                tracing::debug!(chain = %chain.name(), "{problem}");
+                return Admit::Refuse(refuse(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    UNAVAILABLE,
+                    &problem,
+                    grpc,
+                ));
+            }
+        };
         let verified = match chain.jwt() {
             None => None,
             Some(jwt) => {
@@ -218,15 +222,20 @@ impl<S> AuthzService<S> {
                 }
             }
         };
-        if !chain.rbac().is_empty() {
-            let verdict = chain.rbac().evaluate(&AuthzRequest {
+        if !chain.rbac().is_empty() || (overrides.is_some() && chain.rbac().has_filters()) {
+            let request = AuthzRequest {
                 request: rr,
                 source: peer.remote,
                 destination: peer.local,
                 peer: peer.certificate.as_deref(),
                 tls: peer.tls,
                 auth: verified.as_ref().map(|v| &*v.auth),
-            });
+            };
+            let verdict = chain.rbac().evaluate_on_route(
+                &request,
+                overrides.as_deref(),
+                chain.jwt().is_some(),
+            );
             for a in &verdict.audit {
                 // gRFC A59's stdout logger fields.
                 tracing::info!(

@@ -9,6 +9,7 @@ use mesh_core::error::{ConfigError, FieldError, ResourceKind};
 use mesh_core::matcher::{
     HeaderMatchSpec, HeaderMatcherSpec, PathMatchSpec, QueryParamMatcherSpec, StringMatcherSpec,
 };
+use mesh_core::rbac::RbacSpec;
 use mesh_core::route::{
     DestinationSpec, FaultAbortKind, FaultAbortSpec, FaultDelayKind, FaultDelaySpec, FaultSpec,
     ForwardActionSpec, HashPolicyKind, HashPolicySpec, MirrorPolicySpec, RetryPolicySpec,
@@ -59,6 +60,7 @@ fn virtual_host(vh: &pb::VirtualHost) -> FieldResult<VirtualHostSpec> {
             .transpose()
             .map_err(|e| e.within("retry_policy"))?,
         fault: fault_override(&vh.typed_per_filter_config)?,
+        rbac: rbac_overrides(&vh.typed_per_filter_config)?,
     })
 }
 
@@ -85,6 +87,7 @@ fn route(r: &pb::Route) -> FieldResult<Option<RouteSpec>> {
         matcher,
         action,
         fault: fault_override(&r.typed_per_filter_config)?,
+        rbac: rbac_overrides(&r.typed_per_filter_config)?,
     }))
 }
 
@@ -312,6 +315,35 @@ fn fault_override(configs: &HashMap<String, Any>) -> FieldResult<Option<FaultSpe
         }
     }
     Ok(None)
+}
+
+const RBAC_PER_ROUTE_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBACPerRoute";
+
+/// The `RBACPerRoute` entries of a `typed_per_filter_config` map, each named for the RBAC
+/// filter instance it overrides (in name order, for stable errors).
+fn rbac_overrides(configs: &HashMap<String, Any>) -> FieldResult<Vec<RbacSpec>> {
+    use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::RbacPerRoute;
+    let mut names: Vec<&String> = configs.keys().collect();
+    names.sort();
+    let mut out = Vec::new();
+    for name in names {
+        let field = format!("typed_per_filter_config[{name:?}]");
+        let mut any = configs[name].clone();
+        if any.type_url == FILTER_CONFIG_TYPE {
+            let fc: pb::FilterConfig = unpack(&any, FILTER_CONFIG_TYPE, &field)?;
+            match fc.config {
+                Some(c) => any = c,
+                None => continue,
+            }
+        }
+        if any.type_url == RBAC_PER_ROUTE_TYPE {
+            let per_route: RbacPerRoute = unpack(&any, RBAC_PER_ROUTE_TYPE, &field)?;
+            let filter = per_route.rbac.unwrap_or_default();
+            out.push(super::server::rbac_filter(name, &filter).map_err(|e| e.within(&field))?);
+        }
+    }
+    Ok(out)
 }
 
 fn fault(f: &HttpFault) -> FieldResult<FaultSpec> {

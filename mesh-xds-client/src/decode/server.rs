@@ -335,7 +335,8 @@ fn http_filters(hcm: &HttpConnectionManager) -> FieldResult<(Option<JwtAuthnSpec
     Ok((jwt, out))
 }
 
-fn rbac_filter(name: &str, f: &RbacFilter) -> FieldResult<RbacSpec> {
+/// An RBAC filter config (the listener's, or a route's `RBACPerRoute`) as a spec.
+pub(crate) fn rbac_filter(name: &str, f: &RbacFilter) -> FieldResult<RbacSpec> {
     let Some(rules) = &f.rules else {
         return Ok(RbacSpec {
             name: name.into(),

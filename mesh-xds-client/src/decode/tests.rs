@@ -829,3 +829,140 @@ fn server_listeners_decode_and_what_a36_refuses_is_nacked() {
         )
     );
 }
+
+#[test]
+fn rbac_per_route_replaces_or_disables_a_filter_on_its_route() {
+    use envoy_types::pb::envoy::config::rbac::v3 as rbac;
+    use envoy_types::pb::envoy::extensions::filters::http::rbac::v3 as rbac_filter;
+    let rules = |principal: rbac::principal::Identifier| rbac::Rbac {
+        action: rbac::rbac::Action::Allow as i32,
+        policies: [(
+            "p".to_string(),
+            rbac::Policy {
+                permissions: vec![rbac::Permission {
+                    rule: Some(rbac::permission::Rule::Any(true)),
+                }],
+                principals: vec![rbac::Principal {
+                    identifier: Some(principal),
+                }],
+                ..Default::default()
+            },
+        )]
+        .into(),
+        audit_logging_options: None,
+    };
+    // The listener allows only TLS peers.
+    let listener_rbac = hcm::HttpFilter {
+        name: "envoy.filters.http.rbac".into(),
+        config_type: Some(hcm::http_filter::ConfigType::TypedConfig(testing::any(
+            server::RBAC_TYPE,
+            &rbac_filter::Rbac {
+                rules: Some(rules(rbac::principal::Identifier::Authenticated(
+                    Default::default(),
+                ))),
+                ..Default::default()
+            },
+        ))),
+        is_optional: false,
+        disabled: false,
+    };
+    let mut l = server_listener(vec![listener_rbac]);
+    let per_route = |rbac: Option<rbac::Rbac>| {
+        let per = rbac_filter::RbacPerRoute {
+            rbac: rbac.map(|r| rbac_filter::Rbac {
+                rules: Some(r),
+                ..Default::default()
+            }),
+        };
+        [(
+            "envoy.filters.http.rbac".to_string(),
+            testing::any(
+                "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBACPerRoute",
+                &per,
+            ),
+        )]
+        .into()
+    };
+    let route = |prefix: &str, per: std::collections::HashMap<String, Any>| rpb::Route {
+        r#match: Some(rpb::RouteMatch {
+            path_specifier: Some(rpb::route_match::PathSpecifier::Prefix(prefix.into())),
+            ..Default::default()
+        }),
+        action: Some(rpb::route::Action::NonForwardingAction(Default::default())),
+        typed_per_filter_config: per,
+        ..Default::default()
+    };
+    {
+        let Some(lpb::filter::ConfigType::TypedConfig(any)) =
+            l.filter_chains[0].filters[0].config_type.as_mut()
+        else {
+            panic!("an HCM")
+        };
+        let mut m = hcm::HttpConnectionManager::decode(&*any.value).unwrap();
+        let Some(hcm::http_connection_manager::RouteSpecifier::RouteConfig(rc)) =
+            m.route_specifier.as_mut()
+        else {
+            panic!()
+        };
+        let vh = &mut rc.virtual_hosts[0];
+        vh.routes.insert(0, route("/health", per_route(None)));
+        vh.routes.insert(
+            1,
+            route(
+                "/open",
+                per_route(Some(rules(rbac::principal::Identifier::Any(true)))),
+            ),
+        );
+        *any = testing::any(HCM_TYPE, &m);
+    }
+    let Decoded::ServerListener(l) = decode(
+        ResourceType::Listener,
+        &testing::any(ResourceType::Listener.type_url(), &l),
+    )
+    .unwrap() else {
+        panic!("a server listener")
+    };
+    let chain = &l.chains()[0];
+    let mesh_core::RouteSource::Inline(rc) = chain.routes() else {
+        panic!("inline routes")
+    };
+    let denied = |path: &str| {
+        let (m, u, h) = (
+            http::Method::GET,
+            format!("http://ui{path}").parse::<http::Uri>().unwrap(),
+            http::HeaderMap::new(),
+        );
+        let rr = mesh_core::RouteRequest::new(&m, &u, &h);
+        let route = rc.route(&rr, &mut rand::rng()).unwrap();
+        chain
+            .rbac()
+            .evaluate_on_route(
+                &mesh_core::rbac::AuthzRequest {
+                    request: rr,
+                    source: "10.0.0.9:4000".parse().unwrap(),
+                    destination: "10.0.0.1:8080".parse().unwrap(),
+                    peer: None,
+                    tls: false,
+                    auth: None,
+                },
+                route.rbac_overrides().map(|o| &**o),
+                false,
+            )
+            .denied
+            .map(|d| d.to_string())
+    };
+    assert_eq!(
+        denied("/orders"),
+        Some("no policy of envoy.filters.http.rbac allows it".into())
+    );
+    assert_eq!(
+        denied("/health"),
+        None,
+        "RBACPerRoute without rules disables the filter"
+    );
+    assert_eq!(
+        denied("/open/x"),
+        None,
+        "the route's rules replace the listener's"
+    );
+}
