@@ -53,6 +53,9 @@ pub(crate) struct Clusters<C> {
     /// The address of the snapshot entries were last pruned for: a request that sees another
     /// one checks for clusters that left. Only compared, never dereferenced.
     pruned_for: AtomicUsize,
+    /// The snapshot `pruned_for` names, held so that its address cannot be reused by a later
+    /// snapshot (which would then look pruned when it is not).
+    pruned_snapshot: Mutex<Option<Arc<MeshSnapshot>>>,
 }
 
 impl<C> Default for Clusters<C> {
@@ -61,6 +64,7 @@ impl<C> Default for Clusters<C> {
             map: RwLock::default(),
             building: Mutex::default(),
             pruned_for: AtomicUsize::new(0),
+            pruned_snapshot: Mutex::default(),
         }
     }
 }
@@ -158,8 +162,16 @@ impl<C: MeshConnector> Clusters<C> {
             return;
         }
         let seen = Arc::as_ptr(snap) as usize;
-        if self.pruned_for.swap(seen, Ordering::Relaxed) == seen {
-            return;
+        {
+            let mut held = self
+                .pruned_snapshot
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if held.as_ref().is_some_and(|h| Arc::ptr_eq(h, snap)) {
+                return;
+            }
+            *held = Some(snap.clone());
+            self.pruned_for.store(seen, Ordering::Relaxed);
         }
         let gone: Vec<Arc<ClusterEntry<C>>> = {
             let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
@@ -317,5 +329,29 @@ mod tests {
             .unwrap();
         assert_eq!(ports(&e), [1]);
         assert_eq!(clusters.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_at_a_freed_snapshots_address_is_still_pruned() {
+        let clusters = Clusters::<TcpConnector>::default();
+        let (tx, rx) = watch::channel(Arc::new(MeshSnapshot::new()));
+        for _ in 0..16 {
+            let with_c = snapshot(&[1]);
+            tx.send(with_c.clone()).unwrap();
+            clusters
+                .get(&with_c, &rx, "c", &TcpConnector, &SETTINGS)
+                .unwrap();
+            // The snapshot goes away, and the allocator may hand its address to the next one.
+            drop(with_c);
+            tx.send(Arc::new(MeshSnapshot::new())).unwrap();
+            let without_c = Arc::new(MeshSnapshot::new());
+            tx.send(without_c.clone()).unwrap();
+            assert!(
+                clusters
+                    .get(&without_c, &rx, "c", &TcpConnector, &SETTINGS)
+                    .is_none()
+            );
+            assert_eq!(clusters.len(), 0, "the removed cluster's state is dropped");
+        }
     }
 }
