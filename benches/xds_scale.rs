@@ -23,7 +23,16 @@ use prost::Message;
 #[global_allocator]
 static ALLOC: dhat::Alloc = dhat::Alloc;
 
-const SERVICES: usize = 1_000;
+/// Services in the mesh (ten clusters each): `XDS_SCALE_SERVICES`, default 1,000.
+fn services() -> usize {
+    static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *N.get_or_init(|| {
+        std::env::var("XDS_SCALE_SERVICES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1_000)
+    })
+}
 const SUBSETS: usize = 10;
 const ENDPOINTS: usize = 10;
 
@@ -35,7 +44,7 @@ struct Mesh {
 fn mesh() -> Mesh {
     let mut by_type: [Vec<Any>; 4] = Default::default();
     let mut listeners = Vec::new();
-    for s in 0..SERVICES {
+    for s in 0..services() {
         let host = format!("svc-{s}.ns.svc.cluster.local");
         let listener = format!("{host}:8080");
         let rds = subset_key(8080, "", &host);
@@ -129,7 +138,7 @@ fn median(mut v: Vec<Duration>) -> Duration {
 fn main() {
     let m = mesh();
     let total_bytes: usize = m.by_type.iter().flatten().map(|a| a.value.len()).sum();
-    let clusters = SERVICES * SUBSETS;
+    let clusters = services() * SUBSETS;
 
     // Baseline: protobuf decoding alone, no validation or indexing.
     let baseline = median(
@@ -196,7 +205,8 @@ fn main() {
     };
 
     println!(
-        "xDS client at scale: {SERVICES} services, {clusters} clusters × {ENDPOINTS} endpoints, {} resources, {:.1} MB encoded",
+        "xDS client at scale: {} services, {clusters} clusters × {ENDPOINTS} endpoints, {} resources, {:.1} MB encoded",
+        services(),
         m.by_type.iter().map(Vec::len).sum::<usize>(),
         total_bytes as f64 / 1e6
     );

@@ -29,6 +29,7 @@ pub mod rbac;
 pub mod request;
 pub mod route;
 pub mod server;
+pub mod shared_map;
 pub mod snapshot;
 #[cfg(test)]
 mod test_support;
