@@ -10,12 +10,14 @@
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::Arc;
 
-use rustc_hash::{FxBuildHasher, FxHashMap};
+use hashbrown::HashTable;
+use rustc_hash::FxBuildHasher;
 
 /// How many shards a non-empty map has.
 pub const SHARDS: usize = 256;
 
-type Shard<V> = Arc<FxHashMap<Arc<str>, V>>;
+/// One shard: entries found by the same hash that picked the shard (hashed once per lookup).
+type Shard<V> = Arc<HashTable<(Arc<str>, V)>>;
 
 /// A map from names to `V`, cheap to clone and to change one entry of.
 #[derive(Debug)]
@@ -44,27 +46,39 @@ impl<V> Default for SharedMap<V> {
 }
 
 #[inline]
-fn shard_of(key: &str) -> usize {
+fn hash(key: &str) -> u64 {
     let mut h = FxBuildHasher.build_hasher();
     key.hash(&mut h);
-    // The top bits: FxHash mixes them best.
-    (h.finish() >> (64 - SHARDS.trailing_zeros())) as usize
+    h.finish()
+}
+
+/// The shard of a hash: bits 40 to 47, which the table uses neither for its buckets (the low
+/// bits) nor for its tags (the top seven).
+#[inline]
+fn shard_of(hash: u64) -> usize {
+    ((hash >> 40) as usize) & (SHARDS - 1)
 }
 
 impl<V: Clone> SharedMap<V> {
-    /// The shard for `key`, copied first if another snapshot shares it.
-    fn shard_mut(&mut self, key: &str) -> &mut FxHashMap<Arc<str>, V> {
+    /// The shard for `hash`, copied first if another snapshot shares it.
+    fn shard_mut(&mut self, hash: u64) -> &mut HashTable<(Arc<str>, V)> {
         let shards = Arc::make_mut(&mut self.shards);
         if shards.is_empty() {
             shards.resize_with(SHARDS, Arc::default);
         }
-        Arc::make_mut(&mut shards[shard_of(key)])
+        Arc::make_mut(&mut shards[shard_of(hash)])
     }
 
     /// Inserts or replaces the entry for `key`.
     pub fn insert(&mut self, key: Arc<str>, value: V) {
-        if self.shard_mut(&key).insert(key, value).is_none() {
-            self.len += 1;
+        let h = hash(&key);
+        let table = self.shard_mut(h);
+        match table.find_mut(h, |(k, _)| *k == key) {
+            Some(entry) => entry.1 = value,
+            None => {
+                table.insert_unique(h, (key, value), |(k, _)| hash(k));
+                self.len += 1;
+            }
         }
     }
 
@@ -73,11 +87,11 @@ impl<V: Clone> SharedMap<V> {
         if !self.contains_key(key) {
             return None;
         }
-        let removed = self.shard_mut(key).remove(key);
-        if removed.is_some() {
-            self.len -= 1;
-        }
-        removed
+        let h = hash(key);
+        let entry = self.shard_mut(h).find_entry(h, |(k, _)| &**k == key).ok()?;
+        let ((_, value), _) = entry.remove();
+        self.len -= 1;
+        Some(value)
     }
 }
 
@@ -88,7 +102,10 @@ impl<V> SharedMap<V> {
         if self.len == 0 {
             return None;
         }
-        self.shards[shard_of(key)].get(key)
+        let h = hash(key);
+        self.shards[shard_of(h)]
+            .find(h, |(k, _)| &**k == key)
+            .map(|(_, v)| v)
     }
 
     /// Whether there is an entry for `key`.
@@ -108,12 +125,12 @@ impl<V> SharedMap<V> {
 
     /// The values, shard by shard (no particular order).
     pub fn values(&self) -> impl Iterator<Item = &V> {
-        self.shards.iter().flat_map(|s| s.values())
+        self.shards.iter().flat_map(|s| s.iter().map(|(_, v)| v))
     }
 
     /// The keys, shard by shard (no particular order).
     pub fn keys(&self) -> impl Iterator<Item = &Arc<str>> {
-        self.shards.iter().flat_map(|s| s.keys())
+        self.shards.iter().flat_map(|s| s.iter().map(|(k, _)| k))
     }
 }
 
