@@ -7,7 +7,7 @@
 //! change copies the shard table (pointers) and the one shard it touches: about 1/256 of the
 //! map. Lookups hash the key once more to pick the shard; iteration goes shard by shard.
 
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::Arc;
 
 use hashbrown::HashTable;
@@ -47,9 +47,7 @@ impl<V> Default for SharedMap<V> {
 
 #[inline]
 fn hash(key: &str) -> u64 {
-    let mut h = FxBuildHasher.build_hasher();
-    key.hash(&mut h);
-    h.finish()
+    FxBuildHasher.hash_one(key)
 }
 
 /// The shard of a hash: bits 40 to 47, which the table uses neither for its buckets (the low

@@ -191,7 +191,7 @@ impl MeshSnapshot {
 
     /// The endpoints of a cluster.
     pub fn cluster_endpoints(&self, cluster: &Cluster) -> Option<&Arc<EndpointSet>> {
-        self.endpoints.get(&**cluster.eds_service_name())
+        self.endpoints.get(cluster.eds_service_name())
     }
 
     /// Every listener.
