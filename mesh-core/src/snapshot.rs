@@ -218,7 +218,7 @@ impl MeshSnapshot {
     pub fn listener_routes<'a>(&'a self, listener: &'a Listener) -> Option<&'a RouteConfig> {
         match listener.routes() {
             RouteSource::Inline(rc) => Some(rc),
-            RouteSource::Rds(name) => self.route_configs.get(&**name).map(|rc| &**rc),
+            RouteSource::Rds(name) => self.route_configs.get(name).map(|rc| &**rc),
         }
     }
 
