@@ -161,14 +161,28 @@ fn main() {
             .collect(),
     );
 
-    let full_sotw = median((0..3).map(|_| converge(&m, Protocol::Sotw).1).collect());
-    let full_delta = median((0..3).map(|_| converge(&m, Protocol::Delta).1).collect());
+    // `XDS_SCALE_ONLY=update`: only the updates, with the slowest listed (for profiling).
+    let only_updates = std::env::var("XDS_SCALE_ONLY").is_ok_and(|v| v == "update");
+    let full_sotw = if only_updates {
+        Duration::ZERO
+    } else {
+        median((0..3).map(|_| converge(&m, Protocol::Sotw).1).collect())
+    };
+    let full_delta = if only_updates {
+        Duration::ZERO
+    } else {
+        median((0..3).map(|_| converge(&m, Protocol::Delta).1).collect())
+    };
 
     // A Delta update of one endpoint set in the converged mesh.
     let (mut s, _) = converge(&m, Protocol::Delta);
     let target = subset_key(8080, "v3", "svc-500.ns.svc.cluster.local");
     let mut updates = Vec::new();
-    for i in 0..200u16 {
+    let count: u16 = std::env::var("XDS_SCALE_UPDATES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    for i in 0..count {
         let cla = testing::endpoints(&target, &[SocketAddr::from(([10, 9, 9, 9], 1000 + i))]);
         let resp = DeltaDiscoveryResponse {
             type_url: ResourceType::ClusterLoadAssignment.type_url().into(),
@@ -185,6 +199,19 @@ fn main() {
         let out = s.on_delta_response(resp, Instant::now());
         updates.push(start.elapsed());
         assert!(out.iter().any(|o| matches!(o, Output::Publish(_))));
+    }
+    if only_updates {
+        let mut slowest: Vec<(usize, Duration)> = updates.iter().copied().enumerate().collect();
+        slowest.sort_by_key(|(_, d)| std::cmp::Reverse(*d));
+        println!(
+            "slowest updates (index, µs): {:?}",
+            slowest
+                .iter()
+                .take(8)
+                .map(|(i, d)| (*i, d.as_micros()))
+                .collect::<Vec<_>>()
+        );
+        return;
     }
     updates.sort();
     let (update_p50, update_p99) = (
