@@ -588,6 +588,20 @@ impl AdsState {
         expect: Option<&str>,
         now: Instant,
     ) -> Result<Option<String>, (Option<String>, String)> {
+        if let Some(name) = self.unchanged(ty, any, expect) {
+            // The same bytes as the value in use: nothing to decode or validate again, so a
+            // SotW response costs what changed in it.
+            let t = &mut self.types[index(ty)];
+            t.pending.remove(&name);
+            t.cached.remove(&name);
+            if let Some(e) = t.entries.get_mut(&name) {
+                e.version = version.to_string();
+                e.state = ResourceState::Acked;
+                e.requested_at = None;
+                e.last_updated = Some(now);
+            }
+            return Ok(Some(name));
+        }
         let decoded = decode(ty, any).and_then(|d| {
             self.check_instances(&d)?;
             Ok(d)
@@ -646,6 +660,31 @@ impl AdsState {
                 Err((err.name, err.message))
             }
         }
+    }
+
+    /// The name of a route configuration or endpoint set whose bytes are exactly those of the
+    /// value in use (their validation depends on nothing but those bytes, unlike listeners'
+    /// and clusters', which name certificate providers).
+    fn unchanged(&self, ty: ResourceType, any: &Any, expect: Option<&str>) -> Option<String> {
+        #[derive(Clone, PartialEq, prost::Message)]
+        struct Named {
+            // `name` of a RouteConfiguration, `cluster_name` of a ClusterLoadAssignment.
+            #[prost(string, tag = "1")]
+            name: String,
+        }
+        if !matches!(
+            ty,
+            ResourceType::RouteConfiguration | ResourceType::ClusterLoadAssignment
+        ) || any.type_url != ty.type_url()
+        {
+            return None;
+        }
+        let name = <Named as prost::Message>::decode(&*any.value).ok()?.name;
+        if expect.is_some_and(|e| e != name) {
+            return None;
+        }
+        let e = self.types[index(ty)].entries.get(&name)?;
+        (e.value.is_some() && e.raw.as_ref() == Some(any)).then_some(name)
     }
 
     /// Recomputes what each type wants from what the types above hold, drops what is no
