@@ -443,12 +443,121 @@ fn server_stage(c: &mut Criterion) {
     g.finish();
 }
 
+/// The request path's lookups in a snapshot of 100 and of 100,000 clusters (each with its
+/// endpoints, one listener and route configuration per service): the route, the cluster, its
+/// endpoints, and a pick. The figure must not grow with the mesh.
+fn snapshot_scale(c: &mut Criterion) {
+    use mesh::core::{Cluster, ClusterSpec, Listener, ListenerSpec, MeshSnapshot, RouteSourceSpec};
+    let mut g = c.benchmark_group("snapshot_scale");
+    for n in [100usize, 100_000] {
+        let mut snap = MeshSnapshot::new();
+        for i in 0..n {
+            let name = format!("outbound|8080||svc-{i}.ns.svc.cluster.local");
+            snap.insert_cluster(
+                Cluster::new(&ClusterSpec {
+                    name: name.clone(),
+                    ..Default::default()
+                })
+                .expect("cluster"),
+            );
+            let mut set = ClusterLoadAssignmentSpec {
+                cluster_name: name.clone(),
+                localities: vec![LocalityEndpointsSpec {
+                    endpoints: (0..10u8)
+                        .map(|e| EndpointSpec::new(SocketAddr::from(([10, 1, 0, e], 8080))))
+                        .collect(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            };
+            set.cluster_name = name.clone();
+            snap.insert_endpoints(EndpointSet::new(&set).expect("endpoints"));
+            if i % 10 == 0 {
+                let host = format!("svc-{i}.ns.svc.cluster.local");
+                snap.insert_listener(
+                    Listener::new(&ListenerSpec {
+                        name: format!("{host}:8080"),
+                        routes: RouteSourceSpec::Rds(name.clone()),
+                        max_stream_duration: None,
+                        fault_filter: false,
+                    })
+                    .expect("listener"),
+                );
+                snap.insert_route_config(
+                    RouteConfig::new(&RouteConfigSpec {
+                        name: name.clone(),
+                        virtual_hosts: vec![VirtualHostSpec {
+                            domains: vec!["*".into()],
+                            routes: vec![RouteSpec {
+                                name: String::new(),
+                                matcher: RouteMatchSpec::prefix("/"),
+                                action: RouteActionSpec::Forward(Box::new(
+                                    ForwardActionSpec::to_cluster(name.clone()),
+                                )),
+                                fault: None,
+                                rbac: Vec::new(),
+                            }],
+                            ..Default::default()
+                        }],
+                        ignore_port_in_host_matching: false,
+                    })
+                    .expect("route config"),
+                );
+            }
+        }
+        let target = n / 2 / 10 * 10;
+        let listener = format!("svc-{target}.ns.svc.cluster.local:8080");
+        let uri: Uri = format!("http://svc-{target}.ns.svc.cluster.local:8080/api")
+            .parse()
+            .expect("uri");
+        let headers = HeaderMap::new();
+        let picker = {
+            let routed = snap
+                .route(
+                    &listener,
+                    &RouteRequest::new(&Method::GET, &uri, &headers),
+                    &mut SmallRng::seed_from_u64(1),
+                )
+                .expect("routed");
+            let cluster = snap
+                .cluster(routed.cluster.expect("a cluster"))
+                .expect("cluster");
+            let eps = snap.cluster_endpoints(cluster).expect("endpoints");
+            ClusterPicker::new(
+                &LbConfig::RoundRobin,
+                eps,
+                PickerOptions::default(),
+                |_| true,
+                None,
+                0,
+            )
+        };
+        let mut rng = SmallRng::seed_from_u64(7);
+        g.bench_with_input(
+            BenchmarkId::new("route_cluster_endpoints_pick", n),
+            &n,
+            |b, _| {
+                b.iter(|| {
+                    let req = RouteRequest::new(&Method::GET, &uri, &headers);
+                    let routed = snap.route(&listener, &req, &mut rng).expect("routed");
+                    let cluster = snap
+                        .cluster(routed.cluster.expect("cluster"))
+                        .expect("cluster");
+                    let eps = snap.cluster_endpoints(cluster).expect("endpoints");
+                    black_box((eps.endpoints().len(), picker.pick(None, &mut rng)))
+                })
+            },
+        );
+    }
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2))
         .sample_size(50);
-    targets = lb_picks, route_match, budget_and_breaker, rbac, jwt, server_stage
+    targets = lb_picks, route_match, budget_and_breaker, rbac, jwt, server_stage, snapshot_scale
 }
 criterion_main!(benches);

@@ -354,4 +354,41 @@ mod tests {
             assert_eq!(clusters.len(), 0, "the removed cluster's state is dropped");
         }
     }
+
+    #[tokio::test]
+    async fn state_is_built_only_for_the_clusters_that_get_traffic() {
+        let mut snap = MeshSnapshot::new();
+        for i in 0..1_000 {
+            let name = format!("c{i}");
+            snap.insert_cluster(
+                Cluster::new(&ClusterSpec {
+                    name: name.clone(),
+                    ..Default::default()
+                })
+                .unwrap(),
+            );
+            snap.insert_endpoints(
+                EndpointSet::new(&ClusterLoadAssignmentSpec {
+                    cluster_name: name,
+                    localities: vec![LocalityEndpointsSpec {
+                        weight: Some(1),
+                        endpoints: vec![EndpointSpec::new(([127, 0, 0, 1], 1).into())],
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                })
+                .unwrap(),
+            );
+        }
+        let snap = Arc::new(snap);
+        let (_tx, rx) = watch::channel(snap.clone());
+        let clusters = Clusters::<TcpConnector>::default();
+        assert_eq!(clusters.len(), 0, "subscribed to 1,000, nothing built yet");
+        for name in ["c1", "c20", "c300", "c999", "c1", "c20"] {
+            clusters
+                .get(&snap, &rx, name, &TcpConnector, &SETTINGS)
+                .unwrap();
+        }
+        assert_eq!(clusters.len(), 4, "one state per cluster that got traffic");
+    }
 }
