@@ -439,7 +439,9 @@ pub async fn control_plane(dir: PathBuf, listen: std::net::SocketAddr) -> Result
                 .iter()
                 .map(|(t, s)| match &s.nack {
                     Some(e) => format!("{t} NACK ({e})"),
-                    None if s.acked.is_empty() => format!("{t} sent"),
+                    None if s.sent.is_empty() => format!("{t} requested"),
+                    None if s.acked.is_empty() => format!("{t} sent {}", s.sent),
+                    None if s.acked != s.sent => format!("{t} sent {}, ACK {}", s.sent, s.acked),
                     None => format!("{t} ACK {}", s.acked),
                 })
                 .collect();

@@ -1,7 +1,7 @@
 //! The ADS server: SotW and Delta over one stream per client, ACK/NACK tracking, pushes on
 //! change, wildcard LDS/CDS, and short listener names expanded the way istiod does.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,6 +34,80 @@ pub struct Served {
     pub version: u64,
     /// The resources.
     pub resources: Arc<Resources>,
+    /// What the recent pushes changed, oldest first, so that a stream pushes what changed
+    /// instead of comparing everything it serves.
+    log: Arc<VecDeque<Arc<Changes>>>,
+}
+
+/// What one push changed in one type: names added or whose bytes changed, and names removed.
+#[derive(Debug, Default)]
+struct TypeChanges {
+    changed: BTreeSet<String>,
+    removed: BTreeSet<String>,
+}
+
+/// What one push changed, per type (indexed by [`type_index`]).
+#[derive(Debug, Default)]
+struct Changes {
+    version: u64,
+    types: [TypeChanges; 4],
+}
+
+impl Changes {
+    fn names(&self) -> usize {
+        self.types
+            .iter()
+            .map(|t| t.changed.len() + t.removed.len())
+            .sum()
+    }
+}
+
+/// The most pushes kept in the change log, and the most names in it: a stream further behind
+/// compares everything it serves, as on a fresh stream.
+const LOG_PUSHES: usize = 256;
+const LOG_NAMES: usize = 1_000_000;
+
+impl Served {
+    /// The changes after `seen` up to this version, or `None` when the log no longer reaches
+    /// back that far.
+    fn since(&self, seen: u64) -> Option<Vec<Arc<Changes>>> {
+        let out: Vec<Arc<Changes>> = self
+            .log
+            .iter()
+            .filter(|c| c.version > seen)
+            .cloned()
+            .collect();
+        let reaches = seen == self.version || out.first().is_some_and(|c| c.version == seen + 1);
+        reaches.then_some(out)
+    }
+}
+
+/// The position of a type in [`Changes`].
+fn type_index(type_url: &str) -> Option<usize> {
+    match type_url {
+        LISTENER_TYPE => Some(0),
+        ROUTE_TYPE => Some(1),
+        CLUSTER_TYPE => Some(2),
+        ENDPOINT_TYPE => Some(3),
+        _ => None,
+    }
+}
+
+/// The names of type `index` that the pushes in `log` changed (`removed`: removed instead)
+/// and that `wanted` accepts.
+fn logged(
+    log: &[Arc<Changes>],
+    index: usize,
+    removed: bool,
+    wanted: impl Fn(&str) -> bool,
+) -> BTreeSet<&String> {
+    log.iter()
+        .flat_map(|c| {
+            let t = &c.types[index];
+            if removed { &t.removed } else { &t.changed }
+        })
+        .filter(|n| wanted(n))
+        .collect()
 }
 
 /// One client's state per type, for the status output.
@@ -43,6 +117,8 @@ pub struct TypeStatus {
     pub subscribed: usize,
     /// Subscribed to everything.
     pub wildcard: bool,
+    /// Version of the last response sent (queued on the stream).
+    pub sent: String,
     /// Last version the client ACKed.
     pub acked: String,
     /// Last NACK's error, cleared by the next ACK.
@@ -148,18 +224,37 @@ fn lookup(
     out
 }
 
+/// Records in `out` how `new` differs from `old`, walking both in name order.
+///
 /// Protobuf maps (endpoint metadata) encode in hash order, so a resource translated twice can
-/// differ in bytes and not in meaning. Reusing the old bytes for an unchanged resource keeps
-/// versions stable and avoids pushing what did not change.
-fn keep_unchanged_bytes(old: &BTreeMap<String, Any>, new: &mut BTreeMap<String, Any>) {
+/// differ in bytes and not in meaning. Such a resource takes the old bytes back, which keeps
+/// versions stable and leaves it out of the changes.
+fn reconcile(old: &BTreeMap<String, Any>, new: &mut BTreeMap<String, Any>, out: &mut TypeChanges) {
+    let mut old_iter = old.iter().peekable();
     for (name, a) in new.iter_mut() {
-        if let Some(o) = old.get(name)
-            && o.value != a.value
-            && same(o, a)
+        while let Some((o_name, _)) = old_iter.peek()
+            && o_name.as_str() < name.as_str()
         {
-            *a = o.clone();
+            out.removed.insert((*o_name).clone());
+            old_iter.next();
+        }
+        match old_iter.peek() {
+            Some((o_name, o)) if *o_name == name => {
+                if *o != a {
+                    if same(o, a) {
+                        *a = (*o).clone();
+                    } else {
+                        out.changed.insert(name.clone());
+                    }
+                }
+                old_iter.next();
+            }
+            _ => {
+                out.changed.insert(name.clone());
+            }
         }
     }
+    out.removed.extend(old_iter.map(|(n, _)| n.clone()));
 }
 
 fn same(a: &Any, b: &Any) -> bool {
@@ -197,6 +292,7 @@ impl ControlPlane {
                 watch::channel(Served {
                     version: 1,
                     resources: Arc::new(resources),
+                    log: Arc::default(),
                 })
                 .0,
             ),
@@ -208,18 +304,34 @@ impl ControlPlane {
     /// Serves new resources: the version goes up and every stream gets what changed for it.
     pub fn update(&self, mut resources: Resources) {
         let previous = self.served.borrow().resources.clone();
+        let mut changes = Changes::default();
         for type_url in PUSH_ORDER {
-            if let (Some(old), Some(new)) = (previous.of(type_url), resources.of_mut(type_url)) {
-                keep_unchanged_bytes(old, new);
+            if let (Some(old), Some(new), Some(i)) = (
+                previous.of(type_url),
+                resources.of_mut(type_url),
+                type_index(type_url),
+            ) {
+                reconcile(old, new, &mut changes.types[i]);
             }
         }
-        keep_unchanged_bytes(
+        reconcile(
             &previous.inbound_listeners,
             &mut resources.inbound_listeners,
+            &mut changes.types[0],
         );
         self.served.send_modify(|s| {
             s.version += 1;
             s.resources = Arc::new(resources);
+            changes.version = s.version;
+            let mut log = (*s.log).clone();
+            log.push_back(Arc::new(changes));
+            let mut names: usize = log.iter().map(|c| c.names()).sum();
+            while log.len() > LOG_PUSHES || (log.len() > 1 && names > LOG_NAMES) {
+                if let Some(c) = log.pop_front() {
+                    names -= c.names();
+                }
+            }
+            s.log = Arc::new(log);
         });
     }
 
@@ -313,6 +425,25 @@ impl ControlPlane {
         });
     }
 
+    /// Queues a response on a stream and records its version as sent; false when the stream
+    /// is gone.
+    async fn queue<T>(
+        &self,
+        tx: &mpsc::Sender<Result<T, Status>>,
+        id: u64,
+        type_url: &str,
+        version: String,
+        resp: T,
+    ) -> bool {
+        if tx.send(Ok(resp)).await.is_err() {
+            return false;
+        }
+        self.with_client(id, |c| {
+            c.types.entry(short(type_url)).or_default().sent = version
+        });
+        true
+    }
+
     fn drop_client(&self, id: u64) {
         self.clients
             .lock()
@@ -327,7 +458,183 @@ struct SotwType {
     names: BTreeSet<String>,
     wildcard: bool,
     nonce: String,
-    sent: Option<BTreeMap<String, Any>>,
+    /// A response of this type has been sent on the stream.
+    sent: bool,
+}
+
+impl SotwType {
+    fn wants(&self, name: &str) -> bool {
+        self.wildcard || self.names.contains(name)
+    }
+}
+
+/// Listeners and clusters are sent whole in every SotW response; route configurations and
+/// endpoint sets may be sent alone (a client does not take their absence for a deletion), so
+/// a change to one of them costs what it changed.
+fn full_state(type_url: &str) -> bool {
+    matches!(type_url, LISTENER_TYPE | CLUSTER_TYPE)
+}
+
+/// Builds a SotW response of `type_url` from `current`: every resource the stream subscribes
+/// to, or only `only`.
+fn sotw_response(
+    t: &mut SotwType,
+    type_url: &str,
+    current: &Served,
+    namespace: Option<&str>,
+    nonce: &mut u64,
+    only: Option<&BTreeSet<String>>,
+) -> DiscoveryResponse {
+    let resources = match only {
+        Some(names) => lookup(&current.resources, type_url, names, false, namespace),
+        None => lookup(
+            &current.resources,
+            type_url,
+            &t.names,
+            t.wildcard,
+            namespace,
+        ),
+    };
+    *nonce += 1;
+    t.nonce = format!("{}/{}", current.version, nonce);
+    t.sent = true;
+    DiscoveryResponse {
+        version_info: format!("v{}", current.version),
+        resources: resources.into_values().collect(),
+        type_url: type_url.to_string(),
+        nonce: t.nonce.clone(),
+        ..Default::default()
+    }
+}
+
+/// The SotW response a push owes a stream for one type: `None` when nothing it subscribes to
+/// changed. `log` is what changed since the stream's last push (`None`: unknown, so all is
+/// sent); `clusters_pushed` says clusters went out in this push.
+fn sotw_push(
+    t: &mut SotwType,
+    type_url: &str,
+    current: &Served,
+    log: Option<&[Arc<Changes>]>,
+    namespace: Option<&str>,
+    nonce: &mut u64,
+    clusters_pushed: bool,
+) -> Option<DiscoveryResponse> {
+    let (Some(log), Some(i)) = (log, type_index(type_url)) else {
+        return Some(sotw_response(t, type_url, current, namespace, nonce, None));
+    };
+    // A changed cluster is warming in Envoy until its endpoints come again.
+    if type_url == ENDPOINT_TYPE && clusters_pushed {
+        return Some(sotw_response(t, type_url, current, namespace, nonce, None));
+    }
+    if type_url == LISTENER_TYPE {
+        // Subscriptions may use short names, so any listener change is sent.
+        let any = log
+            .iter()
+            .any(|c| !c.types[i].changed.is_empty() || !c.types[i].removed.is_empty());
+        return any.then(|| sotw_response(t, type_url, current, namespace, nonce, None));
+    }
+    let changed = logged(log, i, false, |n| t.wants(n));
+    if full_state(type_url) {
+        let touched = !changed.is_empty() || !logged(log, i, true, |n| t.wants(n)).is_empty();
+        return touched.then(|| sotw_response(t, type_url, current, namespace, nonce, None));
+    }
+    if changed.is_empty() {
+        return None;
+    }
+    let only: BTreeSet<String> = changed.into_iter().cloned().collect();
+    Some(sotw_response(
+        t,
+        type_url,
+        current,
+        namespace,
+        nonce,
+        Some(&only),
+    ))
+}
+
+/// Per type, per Delta stream: what it subscribes to and what it holds (name → version).
+#[derive(Default)]
+struct DeltaType {
+    names: BTreeSet<String>,
+    wildcard: bool,
+    known: BTreeMap<String, String>,
+}
+
+impl DeltaType {
+    fn wants(&self, name: &str) -> bool {
+        self.wildcard || self.names.contains(name)
+    }
+
+    /// The response that brings the stream up to `current` for `type_url`: over every name it
+    /// subscribes to, or only over `only` (names it wants or holds). `force` sends resources
+    /// it already holds at their version. `None` when nothing is owed.
+    fn diff(
+        &mut self,
+        type_url: &str,
+        current: &Served,
+        namespace: Option<&str>,
+        nonce: &mut u64,
+        only: Option<&BTreeSet<String>>,
+        force: bool,
+    ) -> Option<DeltaDiscoveryResponse> {
+        let (resources, removed) = match only {
+            Some(names) => {
+                let wanted: BTreeSet<String> =
+                    names.iter().filter(|n| self.wants(n)).cloned().collect();
+                let resources = lookup(&current.resources, type_url, &wanted, false, namespace);
+                let removed: Vec<String> = names
+                    .iter()
+                    .filter(|n| !resources.contains_key(*n) && self.known.contains_key(*n))
+                    .cloned()
+                    .collect();
+                (resources, removed)
+            }
+            None => {
+                let resources = lookup(
+                    &current.resources,
+                    type_url,
+                    &self.names,
+                    self.wildcard,
+                    namespace,
+                );
+                let removed: Vec<String> = self
+                    .known
+                    .keys()
+                    .filter(|n| !resources.contains_key(*n))
+                    .cloned()
+                    .collect();
+                (resources, removed)
+            }
+        };
+        let mut out = Vec::new();
+        for (n, a) in resources {
+            let v = version_of(&a);
+            if force || self.known.get(&n) != Some(&v) {
+                self.known.insert(n.clone(), v.clone());
+                out.push(Resource {
+                    name: n,
+                    version: v,
+                    resource: Some(a),
+                    ..Default::default()
+                });
+            }
+        }
+        for n in &removed {
+            self.known.remove(n);
+        }
+        if out.is_empty() && removed.is_empty() {
+            return None;
+        }
+        *nonce += 1;
+        Some(DeltaDiscoveryResponse {
+            system_version_info: format!("v{}", current.version),
+            resources: out,
+            type_url: type_url.to_string(),
+            removed_resources: removed,
+            nonce: format!("{}/{}", current.version, nonce),
+            ..Default::default()
+        })
+    }
 }
 
 #[tonic::async_trait]
@@ -344,38 +651,11 @@ impl AggregatedDiscoveryService for ControlPlane {
         let cp = self.clone();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut served = self.served.subscribe();
+        let mut seen = served.borrow_and_update().version;
         tokio::spawn(async move {
             let mut types: HashMap<String, SotwType> = HashMap::new();
             let mut namespace = None;
             let mut nonce = 0u64;
-            let respond = |t: &mut SotwType,
-                           type_url: &str,
-                           current: &Served,
-                           namespace: Option<&str>,
-                           nonce: &mut u64,
-                           force: bool| {
-                let resources = lookup(
-                    &current.resources,
-                    type_url,
-                    &t.names,
-                    t.wildcard,
-                    namespace,
-                );
-                if !force && t.sent.as_ref() == Some(&resources) {
-                    return None;
-                }
-                *nonce += 1;
-                t.nonce = format!("{}/{}", current.version, nonce);
-                let resp = DiscoveryResponse {
-                    version_info: format!("v{}", current.version),
-                    resources: resources.values().cloned().collect(),
-                    type_url: type_url.to_string(),
-                    nonce: t.nonce.clone(),
-                    ..Default::default()
-                };
-                t.sent = Some(resources);
-                Some(resp)
-            };
             loop {
                 tokio::select! {
                     msg = inbound.message() => {
@@ -396,19 +676,31 @@ impl AggregatedDiscoveryService for ControlPlane {
                             // istiod ignores stale requests entirely.
                             continue;
                         }
-                        let names: BTreeSet<String> = r.resource_names.iter().cloned().collect();
-                        let first = t.sent.is_none();
-                        let wildcard = if first { names.is_empty() && matches!(r.type_url.as_str(), LISTENER_TYPE | CLUSTER_TYPE) } else { t.wildcard };
-                        let changed = first || names != t.names || wildcard != t.wildcard;
-                        t.names = names;
+                        let first = !t.sent;
+                        // An ACK repeats every name: in the order they were kept (the common
+                        // case) they compare without building a set.
+                        let same_names = r.resource_names.iter().eq(t.names.iter());
+                        let wildcard = if first { r.resource_names.is_empty() && full_state(&r.type_url) } else { t.wildcard };
+                        let changed = first || !same_names || wildcard != t.wildcard;
+                        let mut added = BTreeSet::new();
+                        if !same_names {
+                            let names: BTreeSet<String> = r.resource_names.iter().cloned().collect();
+                            // Route configurations and endpoint sets: only the newly named ones.
+                            added = names.difference(&t.names).cloned().collect();
+                            t.names = names;
+                        }
                         t.wildcard = wildcard;
                         let acked = (!r.response_nonce.is_empty()).then(|| r.version_info.clone());
                         cp.note_request(id, kind, t.names.len(), wildcard, acked);
                         if changed {
                             let current = served.borrow().clone();
-                            if let Some(resp) = respond(t, &r.type_url, &current, namespace.as_deref(), &mut nonce, true)
-                                && tx.send(Ok(resp)).await.is_err()
-                            {
+                            let only = (!first && !full_state(&r.type_url)).then_some(&added);
+                            if only.is_some_and(BTreeSet::is_empty) {
+                                continue;
+                            }
+                            let resp = sotw_response(t, &r.type_url, &current, namespace.as_deref(), &mut nonce, only);
+                            let version = resp.version_info.clone();
+                            if !cp.queue(&tx, id, &r.type_url, version, resp).await {
                                 break;
                             }
                         }
@@ -416,15 +708,16 @@ impl AggregatedDiscoveryService for ControlPlane {
                     changed = served.changed() => {
                         if changed.is_err() { break; }
                         let current = served.borrow_and_update().clone();
-                        let mut clusters_changed = false;
+                        let log = current.since(seen);
+                        seen = current.version;
+                        let mut clusters_pushed = false;
                         for type_url in PUSH_ORDER {
                             let Some(t) = types.get_mut(type_url) else { continue };
-                            if t.sent.is_none() { continue; }
-                            // A changed cluster is warming in Envoy until its endpoints come again.
-                            let force = type_url == ENDPOINT_TYPE && clusters_changed;
-                            if let Some(resp) = respond(t, type_url, &current, namespace.as_deref(), &mut nonce, force) {
-                                clusters_changed |= type_url == CLUSTER_TYPE;
-                                if tx.send(Ok(resp)).await.is_err() { break; }
+                            if !t.sent { continue; }
+                            if let Some(resp) = sotw_push(t, type_url, &current, log.as_deref(), namespace.as_deref(), &mut nonce, clusters_pushed) {
+                                clusters_pushed |= type_url == CLUSTER_TYPE;
+                                let version = resp.version_info.clone();
+                                if !cp.queue(&tx, id, type_url, version, resp).await { break; }
                             }
                         }
                     }
@@ -444,54 +737,11 @@ impl AggregatedDiscoveryService for ControlPlane {
         let cp = self.clone();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut served = self.served.subscribe();
+        let mut seen = served.borrow_and_update().version;
         tokio::spawn(async move {
-            // Per type: subscribed names, wildcard, and what the client holds (name → version).
-            let mut subs: HashMap<String, (BTreeSet<String>, bool)> = HashMap::new();
-            let mut known: HashMap<String, BTreeMap<String, String>> = HashMap::new();
+            let mut streams: HashMap<String, DeltaType> = HashMap::new();
             let mut namespace = None;
             let mut nonce = 0u64;
-            let diff = |type_url: &str,
-                        subs: &(BTreeSet<String>, bool),
-                        known: &mut BTreeMap<String, String>,
-                        current: &Served,
-                        namespace: Option<&str>,
-                        nonce: &mut u64,
-                        force: bool| {
-                let resources = lookup(&current.resources, type_url, &subs.0, subs.1, namespace);
-                let mut out = Vec::new();
-                for (n, a) in &resources {
-                    let v = version_of(a);
-                    if force || known.get(n) != Some(&v) {
-                        known.insert(n.clone(), v.clone());
-                        out.push(Resource {
-                            name: n.clone(),
-                            version: v,
-                            resource: Some(a.clone()),
-                            ..Default::default()
-                        });
-                    }
-                }
-                let removed: Vec<String> = known
-                    .keys()
-                    .filter(|n| !resources.contains_key(*n))
-                    .cloned()
-                    .collect();
-                for n in &removed {
-                    known.remove(n);
-                }
-                if out.is_empty() && removed.is_empty() {
-                    return None;
-                }
-                *nonce += 1;
-                Some(DeltaDiscoveryResponse {
-                    system_version_info: format!("v{}", current.version),
-                    resources: out,
-                    type_url: type_url.to_string(),
-                    removed_resources: removed,
-                    nonce: format!("{}/{}", current.version, nonce),
-                    ..Default::default()
-                })
-            };
             loop {
                 tokio::select! {
                     msg = inbound.message() => {
@@ -507,46 +757,78 @@ impl AggregatedDiscoveryService for ControlPlane {
                             cp.note_nack(id, &r.type_url, &r.response_nonce, &err.message);
                             continue;
                         }
-                        let first = !subs.contains_key(&r.type_url);
-                        let s = subs.entry(r.type_url.clone()).or_default();
-                        if first && r.resource_names_subscribe.is_empty() && matches!(r.type_url.as_str(), LISTENER_TYPE | CLUSTER_TYPE) {
-                            s.1 = true;
+                        let first = !streams.contains_key(&r.type_url);
+                        let d = streams.entry(r.type_url.clone()).or_default();
+                        let was_wildcard = d.wildcard;
+                        if first && r.resource_names_subscribe.is_empty() && full_state(&r.type_url) {
+                            d.wildcard = true;
                         }
+                        let mut added = BTreeSet::new();
                         for n in &r.resource_names_subscribe {
-                            if n == "*" { s.1 = true } else { s.0.insert(n.clone()); }
+                            if n == "*" {
+                                d.wildcard = true;
+                            } else if d.names.insert(n.clone()) {
+                                added.insert(n.clone());
+                            }
                         }
                         for n in &r.resource_names_unsubscribe {
-                            if n == "*" { s.1 = false } else { s.0.remove(n); }
+                            if n == "*" { d.wildcard = false } else { d.names.remove(n); }
                         }
-                        let k = known.entry(r.type_url.clone()).or_default();
                         for (n, v) in &r.initial_resource_versions {
-                            k.insert(n.clone(), v.clone());
+                            d.known.insert(n.clone(), v.clone());
                         }
                         for n in &r.resource_names_unsubscribe {
-                            k.remove(n);
+                            d.known.remove(n);
                         }
                         // Delta responses carry no version: the nonce starts with the push version.
                         let acked = (!r.response_nonce.is_empty())
                             .then(|| r.response_nonce.split('/').next().map(|v| format!("v{v}")).unwrap_or_default());
-                        cp.note_request(id, kind, s.0.len(), s.1, acked);
+                        cp.note_request(id, kind, d.names.len(), d.wildcard, acked);
+                        // A plain ACK asks for nothing new; a new wildcard asks for everything,
+                        // new names for themselves.
+                        let everything = d.wildcard && (first || !was_wildcard);
+                        if !everything && added.is_empty() {
+                            continue;
+                        }
                         let current = served.borrow().clone();
-                        if let Some(resp) = diff(&r.type_url, s, k, &current, namespace.as_deref(), &mut nonce, false)
-                            && tx.send(Ok(resp)).await.is_err()
-                        {
-                            break;
+                        let only = (!everything).then_some(&added);
+                        if let Some(resp) = d.diff(&r.type_url, &current, namespace.as_deref(), &mut nonce, only, false) {
+                            let version = resp.system_version_info.clone();
+                            if !cp.queue(&tx, id, &r.type_url, version, resp).await {
+                                break;
+                            }
                         }
                     }
                     changed = served.changed() => {
                         if changed.is_err() { break; }
                         let current = served.borrow_and_update().clone();
-                        let mut clusters_changed = false;
+                        let log = current.since(seen);
+                        seen = current.version;
+                        let mut clusters_pushed = false;
                         for type_url in PUSH_ORDER {
-                            let Some(s) = subs.get(type_url) else { continue };
-                            let k = known.entry(type_url.to_string()).or_default();
-                            let force = type_url == ENDPOINT_TYPE && clusters_changed;
-                            if let Some(resp) = diff(type_url, s, k, &current, namespace.as_deref(), &mut nonce, force) {
-                                clusters_changed |= type_url == CLUSTER_TYPE;
-                                if tx.send(Ok(resp)).await.is_err() { break; }
+                            let Some(d) = streams.get_mut(type_url) else { continue };
+                            let force = type_url == ENDPOINT_TYPE && clusters_pushed;
+                            // Listener subscriptions may use short names: a listener change
+                            // compares them all.
+                            let listeners_changed = |log: &[Arc<Changes>]| log.iter().any(|c| !c.types[0].changed.is_empty() || !c.types[0].removed.is_empty());
+                            let names: Option<BTreeSet<String>> = match (&log, type_index(type_url)) {
+                                (Some(log), Some(_)) if type_url == LISTENER_TYPE && !listeners_changed(log) => continue,
+                                (Some(log), Some(i)) if !force && type_url != LISTENER_TYPE => Some(
+                                    logged(log, i, false, |n| d.wants(n))
+                                        .into_iter()
+                                        .chain(logged(log, i, true, |n| d.known.contains_key(n)))
+                                        .cloned()
+                                        .collect(),
+                                ),
+                                _ => None,
+                            };
+                            if names.as_ref().is_some_and(BTreeSet::is_empty) {
+                                continue;
+                            }
+                            if let Some(resp) = d.diff(type_url, &current, namespace.as_deref(), &mut nonce, names.as_ref(), force) {
+                                clusters_pushed |= type_url == CLUSTER_TYPE;
+                                let version = resp.system_version_info.clone();
+                                if !cp.queue(&tx, id, type_url, version, resp).await { break; }
                             }
                         }
                     }
@@ -555,5 +837,41 @@ impl AggregatedDiscoveryService for ControlPlane {
             cp.drop_client(id);
         });
         Ok(tonic::Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn served(version: u64, logged: &[u64]) -> Served {
+        Served {
+            version,
+            resources: Arc::default(),
+            log: Arc::new(
+                logged
+                    .iter()
+                    .map(|&v| {
+                        Arc::new(Changes {
+                            version: v,
+                            ..Default::default()
+                        })
+                    })
+                    .collect(),
+            ),
+        }
+    }
+
+    #[test]
+    fn the_change_log_answers_only_when_it_reaches_back_far_enough() {
+        let s = served(5, &[3, 4, 5]);
+        let versions = |seen| {
+            s.since(seen)
+                .map(|l| l.iter().map(|c| c.version).collect::<Vec<_>>())
+        };
+        assert_eq!(versions(2), Some(vec![3, 4, 5]));
+        assert_eq!(versions(4), Some(vec![5]));
+        assert_eq!(versions(5), Some(vec![]));
+        assert_eq!(versions(1), None, "version 2's changes are gone");
     }
 }

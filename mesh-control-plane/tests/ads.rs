@@ -267,3 +267,126 @@ async fn wildcard_cds_and_endpoints_pushed_after_a_cluster_change() {
         "same endpoints, pushed for warming"
     );
 }
+
+/// A control plane serving three clusters `c0`..`c2` whose endpoints are on `ports`.
+fn three_clusters(ports: [u16; 3]) -> mesh_control_plane::Resources {
+    let mut r = mesh_control_plane::Resources::default();
+    for (i, port) in ports.iter().enumerate() {
+        let name = format!("c{i}");
+        r.clusters
+            .insert(name.clone(), mesh_xds_client::testing::eds_cluster(&name));
+        r.endpoints.insert(
+            name.clone(),
+            mesh_xds_client::testing::endpoints(&name, &[([10, 0, 0, 1], *port).into()]),
+        );
+    }
+    r
+}
+
+#[tokio::test]
+async fn an_endpoint_change_pushes_that_endpoint_set_alone_sotw_and_delta() {
+    use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
+    let names: Vec<String> = (0..3).map(|i| format!("c{i}")).collect();
+    let cp = ControlPlane::new(three_clusters([1, 2, 3]));
+    let addr = cp
+        .clone()
+        .spawn("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let mut ads = AggregatedDiscoveryServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+
+    // SotW: endpoint sets may be sent alone, and are.
+    let (tx, rx) = mpsc::channel(8);
+    tx.send(DiscoveryRequest {
+        node: Some(Node::default()),
+        type_url: ENDPOINT_TYPE.into(),
+        resource_names: names.clone(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut sotw = ads
+        .stream_aggregated_resources(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let eds = within("EDS", sotw.message()).await.unwrap().unwrap();
+    assert_eq!(eds.resources.len(), 3);
+    tx.send(DiscoveryRequest {
+        type_url: ENDPOINT_TYPE.into(),
+        resource_names: names.clone(),
+        version_info: eds.version_info.clone(),
+        response_nonce: eds.nonce.clone(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+
+    // Delta on its own stream.
+    let (dtx, drx) = mpsc::channel(8);
+    dtx.send(DeltaDiscoveryRequest {
+        node: Some(Node::default()),
+        type_url: ENDPOINT_TYPE.into(),
+        resource_names_subscribe: names.clone(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut delta = ads
+        .clone()
+        .delta_aggregated_resources(ReceiverStream::new(drx))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = within("delta EDS", delta.message()).await.unwrap().unwrap();
+    assert_eq!(first.resources.len(), 3);
+    dtx.send(DeltaDiscoveryRequest {
+        type_url: ENDPOINT_TYPE.into(),
+        response_nonce: first.nonce.clone(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+
+    // The same resources again push nothing; then c1 changes: only c1 is sent, to both.
+    cp.update(three_clusters([1, 2, 3]));
+    cp.update(three_clusters([1, 20, 3]));
+    let changed = three_clusters([1, 20, 3]).endpoints["c1"].clone();
+    let push = within("SotW push", sotw.message()).await.unwrap().unwrap();
+    assert_eq!(push.type_url, ENDPOINT_TYPE);
+    assert_eq!(push.version_info, "v3");
+    assert_eq!(push.resources, vec![changed.clone()]);
+    let push = within("delta push", delta.message())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        push.resources
+            .iter()
+            .map(|r| (r.name.as_str(), r.resource.clone().unwrap()))
+            .collect::<Vec<_>>(),
+        [("c1", changed)]
+    );
+    assert!(push.removed_resources.is_empty());
+    dtx.send(DeltaDiscoveryRequest {
+        type_url: ENDPOINT_TYPE.into(),
+        response_nonce: push.nonce.clone(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+
+    // c2 goes away: Delta says so, and sends nothing else.
+    let mut without = three_clusters([1, 20, 3]);
+    without.endpoints.remove("c2");
+    without.clusters.remove("c2");
+    cp.update(without);
+    let push = within("delta removal", delta.message())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(push.resources.is_empty());
+    assert_eq!(push.removed_resources, ["c2"]);
+}
