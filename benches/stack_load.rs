@@ -140,15 +140,37 @@ apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: ui}}
         .unwrap();
         let client = XdsClientBuilder::new(b).target(format!("{HOST}:9080")).start().unwrap();
         client.ready().await.expect("configuration");
-        let mesh = MeshService::new(client.snapshots(), MeshConfig::default());
+        // `STACK_LOAD_TELEMETRY=1`: the baseline is the stack without telemetry, and the
+        // measured path the stack recording Istio's metrics (no exporter attached).
+        let telemetry = std::env::var_os("STACK_LOAD_TELEMETRY").is_some();
+        let metrics = mesh::tower::telemetry::Telemetry::new(mesh::core::telemetry::Workload::default());
+        let config = if telemetry {
+            MeshConfig::default().observer(metrics.client_observer())
+        } else {
+            MeshConfig::default()
+        };
+        let mesh = MeshService::new(client.snapshots(), config);
+        let plain = telemetry.then(|| MeshService::new(client.snapshots(), MeshConfig::default()));
+        let (base_name, test_name) = if telemetry {
+            ("mesh stack, telemetry off", "mesh stack, telemetry on")
+        } else {
+            ("bare hyper client", "mesh stack")
+        };
 
         let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
         connector.set_nodelay(true);
         let bare: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build(connector);
         let bare_uri: http::Uri = format!("http://{addr}/productpage").parse().unwrap();
+        let plain_uri: http::Uri = format!("http://{HOST}:9080/productpage").parse().unwrap();
         let send_bare = move || {
             let (bare, uri) = (bare.clone(), bare_uri.clone());
+            let plain = plain.clone().map(|p| (p, plain_uri.clone()));
             async move {
+                if let Some((plain, uri)) = plain {
+                    let req = Request::get(uri).body(Full::new(Bytes::new())).unwrap();
+                    let Ok(r) = plain.oneshot(req).await;
+                    return r.status().is_success() && r.into_body().collect().await.is_ok();
+                }
                 let mut req = Request::get(uri).body(Full::new(Bytes::new())).unwrap();
                 req.headers_mut().insert(http::header::HOST, http::HeaderValue::from_static("ui.default.svc.cluster.local:9080"));
                 match bare.request(req).await {
@@ -209,10 +231,14 @@ apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: ui}}
         println!("stack load: {requests} requests × {rounds} paired rounds (median shown), concurrency {concurrency}, loopback, {threads} worker threads; client and backend in one process");
         println!("| path | req/s | CPU µs/request (client + backend) | p50 µs | p99 µs |");
         println!("| --- | ---: | ---: | ---: | ---: |");
-        println!("| bare hyper client | {:.0} | {:.1} | {} | {} |", b.rps, b.cpu_us, b.p50_us, b.p99_us);
-        println!("| mesh stack | {:.0} | {:.1} | {} | {} |", m.rps, m.cpu_us, m.p50_us, m.p99_us);
+        println!("| {base_name} | {:.0} | {:.1} | {} | {} |", b.rps, b.cpu_us, b.p50_us, b.p99_us);
+        println!("| {test_name} | {:.0} | {:.1} | {} | {} |", m.rps, m.cpu_us, m.p50_us, m.p99_us);
+        if telemetry {
+            let series = metrics.encode().lines().filter(|l| l.starts_with("istio_requests_total{")).count();
+            println!("telemetry: {series} istio_requests_total series recorded");
+        }
         println!(
-            "mesh vs bare: throughput {:.1}% of bare ({:+.1}%), added CPU {:.2} µs/request ({:.2}× bare CPU)",
+            "{test_name} vs {base_name}: throughput {:.1}% of the baseline ({:+.1}%), added CPU {:.2} µs/request ({:.2}× the baseline CPU)",
             100.0 * m.rps / b.rps,
             100.0 * (m.rps / b.rps - 1.0),
             m.cpu_us - b.cpu_us,
@@ -225,7 +251,7 @@ apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: ui}}
             added[added.len() - 1]
         );
         println!(
-            "mesh throughput as a share of bare across the {rounds} pairs: min {:.1}%, median {:.1}%, max {:.1}%",
+            "{test_name} throughput as a share of {base_name} across the {rounds} pairs: min {:.1}%, median {:.1}%, max {:.1}%",
             100.0 * ratios[0],
             100.0 * ratios[ratios.len() / 2],
             100.0 * ratios[ratios.len() - 1]

@@ -148,6 +148,8 @@ struct Ep {
     weight: u32,
     service_account: String,
     workload: String,
+    /// The workload's namespace (a WorkloadEntry is selected only from its ServiceEntry's).
+    namespace: String,
 }
 
 #[derive(Debug, Clone)]
@@ -313,6 +315,7 @@ fn services(cfg: &IstioConfig) -> Result<Vec<Service>, ConfigError> {
                     weight: w.weight.unwrap_or(1).max(1),
                     service_account: w.service_account.clone(),
                     workload: workload.clone(),
+                    namespace: se.namespace.clone(),
                 });
             }
             for h in &se.spec.hosts {
@@ -1321,18 +1324,20 @@ fn load_assignment(name: &str, eps: &[&Ep]) -> epb::ClusterLoadAssignment {
                                 )
                             })
                             .collect();
-                        let canonical = e
-                            .labels
-                            .get("app")
-                            .cloned()
+                        // Istio's canonical service and revision: the canonical labels, else
+                        // `app` and `version`, else the workload's name and `latest`.
+                        let label =
+                            |keys: [&str; 2]| keys.iter().find_map(|k| e.labels.get(*k).cloned());
+                        let canonical = label(["service.istio.io/canonical-name", "app"])
                             .unwrap_or_else(|| e.workload.clone());
-                        let revision = e.labels.get("version").cloned().unwrap_or_default();
+                        let revision = label(["service.istio.io/canonical-revision", "version"])
+                            .unwrap_or_else(|| "latest".into());
                         fields.insert(
                             "workload".into(),
                             Value {
                                 kind: Some(Kind::StringValue(format!(
                                     "{};{};{canonical};{revision};Kubernetes",
-                                    e.workload, "default"
+                                    e.workload, e.namespace
                                 ))),
                             },
                         );

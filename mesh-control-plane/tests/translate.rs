@@ -639,3 +639,31 @@ fn policy_fields_mesh_cannot_honour_are_refused_not_ignored() {
         "bad.yaml:1: AuthorizationPolicy p: action \"CUSTOM\" is not supported (ALLOW, DENY, AUDIT)"
     );
 }
+
+#[test]
+fn endpoint_metadata_names_each_workload_in_its_own_namespace_with_its_canonical_labels() {
+    let yaml = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: cart, namespace: shop}\nspec:\n  hosts: [cart.shop.svc.cluster.local]\n  ports: [{number: 8080, name: http}]\n  endpoints:\n  - address: 10.0.0.1\n    labels: {app: cart, version: v2}\n  workloadSelector:\n    labels: {app: cart}\n---\n\
+apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: cart-vm, namespace: shop}\nspec:\n  address: 10.0.0.2\n  labels: {app: cart, service.istio.io/canonical-name: cart-svc, service.istio.io/canonical-revision: r7}\n---\n\
+apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: bare, namespace: tools}\nspec:\n  hosts: [bare.tools.svc.cluster.local]\n  ports: [{number: 80, name: http}]\n  endpoints:\n  - address: 10.0.0.3\n";
+    let mut cfg = IstioConfig::default();
+    cfg.add_text("workloads.yaml", yaml).unwrap();
+    let r = translate(&cfg).unwrap();
+    let workloads = |cluster: &str| -> Vec<String> {
+        endpoints(&r, cluster)
+            .endpoints()
+            .iter()
+            .map(|e| e.labels["workload"].clone())
+            .collect()
+    };
+    assert_eq!(
+        workloads("outbound|8080||cart.shop.svc.cluster.local"),
+        [
+            "cart-0;shop;cart;v2;Kubernetes",
+            "cart-vm;shop;cart-svc;r7;Kubernetes"
+        ]
+    );
+    assert_eq!(
+        workloads("outbound|80||bare.tools.svc.cluster.local"),
+        ["bare-0;tools;bare-0;latest;Kubernetes"]
+    );
+}

@@ -31,6 +31,7 @@ pub mod route;
 pub mod server;
 pub mod shared_map;
 pub mod snapshot;
+pub mod telemetry;
 #[cfg(test)]
 mod test_support;
 pub mod time;

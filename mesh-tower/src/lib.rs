@@ -19,6 +19,7 @@ mod pool;
 pub mod protocol;
 pub mod reply;
 pub mod server;
+pub mod telemetry;
 pub mod tls;
 
 pub use body::MeshBody;

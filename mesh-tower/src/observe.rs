@@ -2,13 +2,20 @@
 //! an optional per-request [`Observer`] (the seam for metrics, access logs and trace
 //! propagation).
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
 
 use http::{HeaderMap, Method, StatusCode, Uri};
 use mesh_core::route::AttemptFailure;
 
+use crate::body::{BoxError, MeshBody};
 use crate::reply::{LocalReason, ResponseFlags};
 
 /// What the stack did for a response; attached to every response as an extension.
@@ -52,7 +59,11 @@ pub trait RequestObserver: Send + 'static {
     fn on_attempt_end(&mut self, _end: &AttemptEnd<'_>) {}
 
     /// The response head is going back to the caller.
-    fn on_response(self: Box<Self>, response: &ResponseEnd<'_>);
+    fn on_response(&mut self, _response: &ResponseEnd<'_>) {}
+
+    /// The response body ended: read to the end (trailers included), failed, or dropped by
+    /// the caller. Called once, last.
+    fn on_end(self: Box<Self>, end: &StreamEnd<'_>);
 }
 
 /// A request as it arrived.
@@ -79,6 +90,8 @@ pub struct AttemptStart<'a> {
     pub cluster: &'a Arc<str>,
     /// The endpoint picked.
     pub endpoint: SocketAddr,
+    /// The endpoint's metadata labels (istiod's `istio` filter metadata: `workload`, ...).
+    pub labels: &'a Arc<BTreeMap<String, String>>,
     /// The headers going upstream.
     pub headers: &'a mut HeaderMap,
 }
@@ -93,6 +106,8 @@ pub struct AttemptEnd<'a> {
     pub cluster: &'a Arc<str>,
     /// The endpoint it went to.
     pub endpoint: SocketAddr,
+    /// The endpoint's metadata labels.
+    pub labels: &'a Arc<BTreeMap<String, String>>,
     /// The upstream's status, if a response head arrived.
     pub status: Option<StatusCode>,
     /// What failed, as the retry policy sees it (`None`: a success).
@@ -111,6 +126,98 @@ pub struct ResponseEnd<'a> {
     pub info: &'a MeshInfo,
     /// The status the caller gets.
     pub status: StatusCode,
+    /// The response headers the caller gets.
+    pub headers: &'a HeaderMap,
     /// From the request's arrival to its response head.
     pub latency: Duration,
+}
+
+/// How the response body ended.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct StreamEnd<'a> {
+    /// The trailers, if the body ended with them (gRPC's status is there).
+    pub trailers: Option<&'a HeaderMap>,
+    /// Body bytes that reached the caller.
+    pub body_bytes: u64,
+    /// Whether the body was read to its end (not failed, not dropped early).
+    pub completed: bool,
+    /// From the request's arrival to the body's end.
+    pub duration: Duration,
+}
+
+/// A response body that tells its request's observer how it ended.
+pub(crate) struct ObservedBody {
+    inner: MeshBody,
+    observer: Option<Box<dyn RequestObserver>>,
+    started: Instant,
+    bytes: u64,
+}
+
+impl ObservedBody {
+    /// Wraps `inner`; `started` is the request's arrival.
+    pub(crate) fn new(
+        inner: MeshBody,
+        observer: Box<dyn RequestObserver>,
+        started: Instant,
+    ) -> Self {
+        Self {
+            inner,
+            observer: Some(observer),
+            started,
+            bytes: 0,
+        }
+    }
+
+    fn finish(&mut self, trailers: Option<&HeaderMap>, completed: bool) {
+        if let Some(o) = self.observer.take() {
+            o.on_end(&StreamEnd {
+                trailers,
+                body_bytes: self.bytes,
+                completed,
+                duration: self.started.elapsed(),
+            });
+        }
+    }
+}
+
+impl Body for ObservedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let frame = std::task::ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        match &frame {
+            Some(Ok(f)) => {
+                if let Some(data) = f.data_ref() {
+                    self.bytes = self.bytes.saturating_add(data.len() as u64);
+                } else if let Some(trailers) = f.trailers_ref() {
+                    // Trailers are the last frame: the stream is complete with them.
+                    self.finish(Some(trailers), true);
+                }
+            }
+            Some(Err(_)) => self.finish(None, false),
+            None => self.finish(None, true),
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for ObservedBody {
+    fn drop(&mut self) {
+        // A body with nothing left may never be polled: it is complete, not abandoned.
+        let completed = self.inner.is_end_stream();
+        self.finish(None, completed);
+    }
 }

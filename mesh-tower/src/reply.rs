@@ -7,7 +7,7 @@ use mesh_core::BreakerResource;
 use crate::protocol::code;
 
 /// Why the stack answered instead of an upstream (a local reply).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum LocalReason {
     /// No listener, virtual host or route matched, or the route does not forward.
@@ -117,7 +117,7 @@ impl std::fmt::Display for LocalReason {
 /// Envoy's response flags for one request, the `response_flags` of Istio's metrics: the local
 /// reason if the stack answered, plus what happened on the way (a delay fault, retries that
 /// ran out).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct ResponseFlags {
     /// Why the stack answered itself, if it did.
     pub reason: Option<LocalReason>,

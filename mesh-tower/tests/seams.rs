@@ -15,7 +15,7 @@ use http::{HeaderValue, Request, StatusCode};
 use http_body_util::Full;
 use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_util::rt::TokioIo;
-use mesh_tower::observe::{AttemptEnd, AttemptStart, RequestStart, ResponseEnd};
+use mesh_tower::observe::{AttemptEnd, AttemptStart, RequestStart, ResponseEnd, StreamEnd};
 use mesh_tower::{
     ConnectTarget, FLAGS_HEADER, LocalReason, MeshConfig, MeshConnection, MeshInfo, MeshService,
     Negotiated, Observer, RequestObserver,
@@ -103,12 +103,19 @@ impl RequestObserver for Following {
         ));
     }
 
-    fn on_response(self: Box<Self>, response: &ResponseEnd<'_>) {
+    fn on_response(&mut self, response: &ResponseEnd<'_>) {
         self.0.0.lock().unwrap().push(format!(
             "response {} after {} attempts, flags {}",
             response.status.as_u16(),
             response.info.attempts,
             response.info.flags
+        ));
+    }
+
+    fn on_end(self: Box<Self>, end: &StreamEnd<'_>) {
+        self.0.0.lock().unwrap().push(format!(
+            "body ended after {} bytes, read to the end: {}",
+            end.body_bytes, end.completed
         ));
     }
 }
@@ -141,6 +148,7 @@ async fn the_observer_follows_each_request_through_its_attempts() {
             "attempt 2",
             "attempt 2 ended Some(200)",
             "response 200 after 2 attempts, flags -",
+            "body ended after 2 bytes, read to the end: true",
         ]
     );
     assert_eq!(flaky.hits.load(Ordering::Relaxed), 4);

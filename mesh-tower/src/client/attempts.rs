@@ -125,7 +125,8 @@ impl<C: MeshConnector> Attempts<'_, C> {
                 return AttemptOutcome::local(LocalReason::NoHealthyUpstream, grpc);
             };
             tried[(attempt as usize - 1) % tried.len()] = i;
-            let addr = state.endpoints.endpoints()[i].address;
+            let endpoint = &state.endpoints.endpoints()[i];
+            let (addr, labels) = (endpoint.address, &endpoint.labels);
             progress.attempts = attempt;
             progress.endpoint = Some(addr);
             let h2 = head.wants_h2();
@@ -135,6 +136,7 @@ impl<C: MeshConnector> Attempts<'_, C> {
                     attempt,
                     cluster: state.cluster.name(),
                     endpoint: addr,
+                    labels,
                     headers: req.headers_mut(),
                 });
             }
@@ -195,6 +197,7 @@ impl<C: MeshConnector> Attempts<'_, C> {
                     attempt,
                     cluster: state.cluster.name(),
                     endpoint: addr,
+                    labels,
                     status: t.response.as_ref().ok().map(|r| r.status()),
                     failure: t.failure,
                     reason: t.response.as_ref().err().map(|(r, _)| *r),

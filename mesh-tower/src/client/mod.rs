@@ -35,7 +35,7 @@ use tracing::Instrument;
 
 use crate::body::{BoxError, MeshBody, RequestBody};
 use crate::connector::{MeshConnector, TcpConnector};
-use crate::observe::{MeshInfo, RequestObserver, RequestStart, ResponseEnd};
+use crate::observe::{MeshInfo, ObservedBody, RequestObserver, RequestStart, ResponseEnd};
 use crate::protocol::{grpc_timeout, is_grpc, local_reply};
 use crate::reply::LocalReason;
 use crate::tls::TlsConnector;
@@ -352,11 +352,15 @@ impl<C: MeshConnector> Shared<C> {
                 local_reply(l.reason, l.detail.as_deref(), grpc)
             }
         };
-        if let (Some(o), Some(started)) = (observer, started) {
+        if let (Some(mut o), Some(started)) = (observer, started) {
             o.on_response(&ResponseEnd {
                 info: &info,
                 status: resp.status(),
+                headers: resp.headers(),
                 latency: started.elapsed(),
+            });
+            resp = resp.map(|b| {
+                http_body_util::BodyExt::boxed_unsync(ObservedBody::new(b, o, started.into_std()))
             });
         }
         resp.extensions_mut().insert(info);

@@ -1,0 +1,326 @@
+//! Istio's standard metrics (`istio_requests_total` and friends) from the client stack, with
+//! the names and labels an Envoy sidecar exports, so that Kiali and Istio's Grafana
+//! dashboards read a mesh workload as they read a sidecar.
+//!
+//! [`Telemetry`] holds the metrics; [`Telemetry::client_observer`] is the client stack's
+//! [`Observer`] (reporter `source`), and [`Telemetry::encode`] writes them as OpenMetrics text
+//! for Prometheus. A request is recorded once, when its response body ends (gRPC's status is
+//! in the trailers), whatever its retries; mirrored copies are not requests.
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, RwLock};
+
+use mesh_core::telemetry::{DURATION_BUCKETS_MS, SIZE_BUCKETS, Workload, cluster_service};
+use prometheus_client::encoding::{EncodeLabelSet, LabelSetEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::observe::{AttemptEnd, Observer, RequestObserver, RequestStart, ResponseEnd, StreamEnd};
+use crate::reply::ResponseFlags;
+
+/// Istio's value for a label nobody knows.
+const UNKNOWN: &str = "unknown";
+
+/// The labels that stay the same for every request between two workloads: interned, so that
+/// a series' key compares and hashes by pointer.
+#[derive(Debug)]
+struct Peers {
+    reporter: &'static str,
+    source: Workload,
+    destination: Workload,
+    service: Arc<str>,
+    service_name: Arc<str>,
+    service_namespace: Arc<str>,
+    security: &'static str,
+}
+
+/// An interned [`Peers`]: one `Arc` per distinct label set, so pointer identity is content
+/// identity.
+#[derive(Debug, Clone)]
+struct Interned(Arc<Peers>);
+
+impl PartialEq for Interned {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for Interned {}
+
+impl Hash for Interned {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        std::ptr::hash(Arc::as_ptr(&self.0), state);
+    }
+}
+
+/// One time series: the peers and what varies per request.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Series {
+    peers: Interned,
+    grpc: bool,
+    code: u16,
+    grpc_status: Option<u32>,
+    flags: ResponseFlags,
+}
+
+/// `value`, or Istio's `unknown` when empty.
+fn or_unknown(value: &str) -> &str {
+    if value.is_empty() { UNKNOWN } else { value }
+}
+
+impl EncodeLabelSet for Series {
+    fn encode(&self, encoder: &mut LabelSetEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let p = &self.peers.0;
+        let (s, d) = (&p.source, &p.destination);
+        let code = self.code.to_string();
+        let grpc_status = self.grpc_status.map(|c| c.to_string()).unwrap_or_default();
+        let flags = self.flags.to_string();
+        let destination_revision = if d.canonical_revision.is_empty() {
+            "latest"
+        } else {
+            &d.canonical_revision
+        };
+        [
+            ("reporter", p.reporter),
+            ("source_workload", or_unknown(&s.name)),
+            ("source_workload_namespace", or_unknown(&s.namespace)),
+            ("source_principal", or_unknown(&s.principal)),
+            ("source_app", or_unknown(&s.app)),
+            ("source_version", or_unknown(&s.version)),
+            ("source_canonical_service", or_unknown(&s.canonical_service)),
+            (
+                "source_canonical_revision",
+                or_unknown(&s.canonical_revision),
+            ),
+            ("source_cluster", or_unknown(&s.cluster)),
+            ("destination_workload", or_unknown(&d.name)),
+            ("destination_workload_namespace", or_unknown(&d.namespace)),
+            ("destination_principal", or_unknown(&d.principal)),
+            ("destination_app", or_unknown(&d.app)),
+            ("destination_version", or_unknown(&d.version)),
+            ("destination_service", or_unknown(&p.service)),
+            ("destination_service_name", or_unknown(&p.service_name)),
+            (
+                "destination_service_namespace",
+                or_unknown(&p.service_namespace),
+            ),
+            (
+                "destination_canonical_service",
+                or_unknown(&d.canonical_service),
+            ),
+            ("destination_canonical_revision", destination_revision),
+            ("destination_cluster", or_unknown(&d.cluster)),
+            ("request_protocol", if self.grpc { "grpc" } else { "http" }),
+            ("response_code", &code),
+            ("grpc_response_status", &grpc_status),
+            ("response_flags", &flags),
+            ("connection_security_policy", p.security),
+        ]
+        .encode(encoder)
+    }
+}
+
+type HistogramFamily = Family<Series, Histogram, fn() -> Histogram>;
+
+/// Interned peers by cluster, then by the endpoint's `workload` metadata.
+type PeersByCluster = HashMap<Arc<str>, HashMap<Box<str>, Interned>>;
+
+fn duration_histogram() -> Histogram {
+    Histogram::new(DURATION_BUCKETS_MS)
+}
+
+fn size_histogram() -> Histogram {
+    Histogram::new(SIZE_BUCKETS)
+}
+
+/// The destination a service host names: its first label, and its namespace when the host is
+/// a Kubernetes service name (`name.namespace.svc...`).
+fn service_parts(host: &str) -> (&str, Option<&str>) {
+    let mut labels = host.split('.');
+    let name = labels.next().unwrap_or_default();
+    let namespace = labels.next();
+    let svc = labels.next();
+    (name, namespace.filter(|_| svc == Some("svc")))
+}
+
+/// Istio's standard metrics of one workload.
+pub struct Telemetry {
+    registry: Registry,
+    requests: Family<Series, Counter>,
+    duration: HistogramFamily,
+    response_bytes: HistogramFamily,
+    local: Workload,
+    peers: RwLock<PeersByCluster>,
+}
+
+impl std::fmt::Debug for Telemetry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Telemetry")
+            .field("local", &self.local)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Telemetry {
+    /// The metrics of the workload `local` (from its node metadata and certificate).
+    pub fn new(local: Workload) -> Arc<Self> {
+        let mut registry = Registry::default();
+        let requests = Family::<Series, Counter>::default();
+        let duration: HistogramFamily = Family::new_with_constructor(duration_histogram);
+        let response_bytes: HistogramFamily = Family::new_with_constructor(size_histogram);
+        registry.register("istio_requests", "Requests", requests.clone());
+        registry.register(
+            "istio_request_duration_milliseconds",
+            "Request duration in milliseconds",
+            duration.clone(),
+        );
+        registry.register(
+            "istio_response_bytes",
+            "Response body sizes in bytes",
+            response_bytes.clone(),
+        );
+        Arc::new(Self {
+            registry,
+            requests,
+            duration,
+            response_bytes,
+            local,
+            peers: RwLock::default(),
+        })
+    }
+
+    /// The client stack's observer: records each request with reporter `source`.
+    pub fn client_observer(self: &Arc<Self>) -> Arc<dyn Observer> {
+        Arc::new(ClientObserver(self.clone()))
+    }
+
+    /// The metrics as OpenMetrics text (what Prometheus and istio-agent's merge read).
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// The interned peers for a request to `cluster` answered by an endpoint whose `workload`
+    /// metadata is `workload` (empty when unknown).
+    fn client_peers(&self, cluster: &Arc<str>, workload: &str) -> Interned {
+        if let Some(p) = self
+            .peers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&**cluster)
+            .and_then(|m| m.get(workload))
+        {
+            return p.clone();
+        }
+        let destination = Workload::from_endpoint_metadata(workload).unwrap_or_default();
+        let service = cluster_service(cluster).unwrap_or_default();
+        let (name, namespace) = service_parts(service);
+        let peers = Interned(Arc::new(Peers {
+            reporter: "source",
+            source: self.local.clone(),
+            service_namespace: Arc::from(namespace.unwrap_or(&destination.namespace)),
+            destination,
+            service: Arc::from(service),
+            service_name: Arc::from(name),
+            // A client does not know the server's policy.
+            security: UNKNOWN,
+        }));
+        let mut all = self.peers.write().unwrap_or_else(|p| p.into_inner());
+        all.entry(cluster.clone())
+            .or_default()
+            .entry(Box::from(workload))
+            .or_insert(peers)
+            .clone()
+    }
+}
+
+/// The client stack's observer.
+struct ClientObserver(Arc<Telemetry>);
+
+impl Observer for ClientObserver {
+    fn on_request(&self, request: &RequestStart<'_>) -> Option<Box<dyn RequestObserver>> {
+        Some(Box::new(ClientCall {
+            telemetry: self.0.clone(),
+            grpc: request.grpc,
+            cluster: None,
+            labels: None,
+            code: 0,
+            grpc_status: None,
+            flags: ResponseFlags::default(),
+        }))
+    }
+}
+
+/// One request, as the client observer follows it.
+struct ClientCall {
+    telemetry: Arc<Telemetry>,
+    grpc: bool,
+    cluster: Option<Arc<str>>,
+    /// The last attempt's endpoint metadata.
+    labels: Option<Arc<BTreeMap<String, String>>>,
+    code: u16,
+    grpc_status: Option<u32>,
+    flags: ResponseFlags,
+}
+
+/// A gRPC status from `grpc-status`.
+fn grpc_status(headers: &http::HeaderMap) -> Option<u32> {
+    headers.get("grpc-status")?.to_str().ok()?.parse().ok()
+}
+
+impl RequestObserver for ClientCall {
+    fn on_attempt_end(&mut self, end: &AttemptEnd<'_>) {
+        if self
+            .labels
+            .as_ref()
+            .is_none_or(|l| !Arc::ptr_eq(l, end.labels))
+        {
+            self.labels = Some(end.labels.clone());
+        }
+    }
+
+    fn on_response(&mut self, response: &ResponseEnd<'_>) {
+        self.cluster = response.info.cluster.clone();
+        self.code = response.status.as_u16();
+        self.flags = response.info.flags;
+        // A trailers-only gRPC response (and every local reply) has its status here.
+        self.grpc_status = if self.grpc {
+            grpc_status(response.headers)
+        } else {
+            None
+        };
+    }
+
+    fn on_end(self: Box<Self>, end: &StreamEnd<'_>) {
+        let t = &self.telemetry;
+        let workload = self
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("workload"))
+            .map_or("", String::as_str);
+        let cluster = self.cluster.clone().unwrap_or_else(|| Arc::from(""));
+        let grpc_status = match end.trailers {
+            Some(trailers) if self.grpc => grpc_status(trailers).or(self.grpc_status),
+            _ => self.grpc_status,
+        };
+        let series = Series {
+            peers: t.client_peers(&cluster, workload),
+            grpc: self.grpc,
+            code: self.code,
+            grpc_status,
+            flags: self.flags,
+        };
+        t.requests.get_or_create(&series).inc();
+        t.duration
+            .get_or_create(&series)
+            .observe(end.duration.as_secs_f64() * 1e3);
+        t.response_bytes
+            .get_or_create(&series)
+            .observe(end.body_bytes as f64);
+    }
+}

@@ -1,0 +1,228 @@
+//! Istio's standard metrics from the client stack, end to end: real backends on 127.0.0.1,
+//! the local control plane's endpoint metadata, exact counts and labels in the exported text.
+
+mod support;
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use mesh_core::telemetry::Workload;
+use mesh_tower::MeshConfig;
+use mesh_tower::telemetry::Telemetry;
+use support::*;
+use tower::ServiceExt;
+
+fn local() -> Workload {
+    Workload::from_node_metadata(
+        |k| match k {
+            "WORKLOAD_NAME" => Some("web"),
+            "NAMESPACE" => Some("front"),
+            "CLUSTER_ID" => Some("Kubernetes"),
+            _ => None,
+        },
+        |k| match k {
+            "app" => Some("web"),
+            "version" => Some("v1"),
+            _ => None,
+        },
+    )
+}
+
+/// The source and destination labels every request in these tests has (the destination is
+/// the `ui` ServiceEntry's first endpoint, `ui-0`, labelled `version: v1`).
+const PEERS: &str = "reporter=\"source\",source_workload=\"web\",source_workload_namespace=\"front\",source_principal=\"unknown\",source_app=\"web\",source_version=\"v1\",source_canonical_service=\"web\",source_canonical_revision=\"v1\",source_cluster=\"Kubernetes\",destination_workload=\"ui-0\",destination_workload_namespace=\"default\",destination_principal=\"unknown\",destination_app=\"unknown\",destination_version=\"unknown\",destination_service=\"ui.default.svc.cluster.local\",destination_service_name=\"ui\",destination_service_namespace=\"default\",destination_canonical_service=\"ui-0\",destination_canonical_revision=\"v1\",destination_cluster=\"Kubernetes\"";
+
+/// The `istio_requests_total` lines of the exported text, without the shared peer labels.
+fn requests(t: &Telemetry) -> Vec<String> {
+    let mut rows: Vec<String> = t
+        .encode()
+        .lines()
+        .filter(|l| l.starts_with("istio_requests_total{"))
+        .map(|l| l.replace(PEERS, "…"))
+        .collect();
+    rows.sort();
+    rows
+}
+
+async fn get(m: &Mesh, path: &str) -> StatusCode {
+    let resp = m
+        .svc
+        .clone()
+        .oneshot(
+            Request::get(format!("http://{HOST}:9080{path}"))
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let status = resp.status();
+    resp.into_body().collect().await.unwrap();
+    status
+}
+
+#[tokio::test]
+async fn each_request_is_counted_once_with_istios_labels() {
+    let ok = backend("v1", Behavior::Ok).await;
+    let t = Telemetry::new(local());
+    let config = MeshConfig::default().observer(t.client_observer());
+    let m = mesh_with(&yaml(&[ok.addr], &[], ROUND_ROBIN, ROUTE_V1), config).await;
+    for _ in 0..3 {
+        assert_eq!(get(&m, "/a").await, StatusCode::OK);
+    }
+    assert_eq!(
+        requests(&t),
+        [
+            "istio_requests_total{…,request_protocol=\"http\",response_code=\"200\",grpc_response_status=\"\",response_flags=\"-\",connection_security_policy=\"unknown\"} 3"
+        ]
+    );
+    let text = t.encode();
+    // Durations in Envoy's buckets, one observation per request; the bodies' bytes ("v1").
+    assert!(
+        text.lines().any(
+            |l| l.starts_with("istio_request_duration_milliseconds_count{")
+                && l.contains("response_code=\"200\"")
+                && l.ends_with(" 3")
+        ),
+        "{text}"
+    );
+    assert!(
+        text.lines().any(
+            |l| l.starts_with("istio_request_duration_milliseconds_bucket{")
+                && l.contains("le=\"3600000.0\"")
+                && l.ends_with(" 3")
+        ),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("istio_response_bytes_sum{") && l.ends_with(" 6.0")),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn retries_are_attempts_not_requests_and_local_replies_carry_their_flags() {
+    // Every other request fails: each first attempt gets 503, its retry 200.
+    let flaky = backend("v1", Behavior::FailHalf).await;
+    let retry = "  - name: r\n    match:\n    - uri: {prefix: /retry}\n    route:\n    - destination: {host: ui.default.svc.cluster.local, subset: version-1}\n    retries: {attempts: 2, retryOn: 5xx}\n  - name: plain\n    match:\n    - uri: {prefix: /plain}\n    route:\n    - destination: {host: ui.default.svc.cluster.local, subset: version-1}\n    retries: {attempts: 0}\n";
+    let t = Telemetry::new(local());
+    let budget = mesh_core::RetryBudgetConfig::new(&mesh_core::RetryBudgetSpec {
+        retry_percent: Some(100.0),
+        ..Default::default()
+    })
+    .unwrap();
+    let config = MeshConfig::default()
+        .observer(t.client_observer())
+        .retry_budget(budget);
+    let m = mesh_with(&yaml(&[flaky.addr], &[], ROUND_ROBIN, retry), config).await;
+    for _ in 0..2 {
+        assert_eq!(get(&m, "/retry").await, StatusCode::OK);
+    }
+    // Without retries: one 503, one 200.
+    assert_eq!(get(&m, "/plain").await, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(get(&m, "/plain").await, StatusCode::OK);
+    // No route: the stack's own 404, flagged NR, with no destination known.
+    assert_eq!(get(&m, "/elsewhere").await, StatusCode::NOT_FOUND);
+    let rows = requests(&t);
+    assert_eq!(
+        rows.iter()
+            .filter(|r| r.starts_with("istio_requests_total{…"))
+            .cloned()
+            .collect::<Vec<_>>(),
+        [
+            "istio_requests_total{…,request_protocol=\"http\",response_code=\"200\",grpc_response_status=\"\",response_flags=\"-\",connection_security_policy=\"unknown\"} 3",
+            "istio_requests_total{…,request_protocol=\"http\",response_code=\"503\",grpc_response_status=\"\",response_flags=\"-\",connection_security_policy=\"unknown\"} 1",
+        ]
+    );
+    let no_route: Vec<&String> = rows
+        .iter()
+        .filter(|r| r.contains("response_flags=\"NR\""))
+        .collect();
+    assert_eq!(no_route.len(), 1, "{rows:?}");
+    assert!(
+        no_route[0].contains("destination_workload=\"unknown\"")
+            && no_route[0].contains("destination_service=\"unknown\"")
+            && no_route[0].contains("response_code=\"404\"")
+            && no_route[0].ends_with("} 1"),
+        "{}",
+        no_route[0]
+    );
+    // Five requests counted, for six upstream attempts.
+    assert_eq!(flaky.hits.load(std::sync::atomic::Ordering::Relaxed), 6);
+}
+
+/// A gRPC backend over h2c: `/ok` answers one message and `grpc-status: 0` in the
+/// trailers, `/missing` a message and `grpc-status: 5` (NOT_FOUND) in the trailers, and
+/// `/denied` a trailers-only `grpc-status: 7` (PERMISSION_DENIED).
+async fn grpc_backend() -> std::net::SocketAddr {
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let svc =
+                hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
+                    let path = req.uri().path().to_string();
+                    let _ = req.into_body().collect().await;
+                    let mut builder =
+                        http::Response::builder().header("content-type", "application/grpc");
+                    let frames: Vec<Result<Frame<Bytes>, std::convert::Infallible>> =
+                        match path.as_str() {
+                            "/denied" => {
+                                builder = builder.header("grpc-status", "7");
+                                Vec::new()
+                            }
+                            p => {
+                                let mut trailers = http::HeaderMap::new();
+                                let code = if p == "/missing" { "5" } else { "0" };
+                                trailers.insert("grpc-status", code.parse().unwrap());
+                                vec![
+                                    Ok(Frame::data(Bytes::from_static(&[0, 0, 0, 0, 2, 8, 1]))),
+                                    Ok(Frame::trailers(trailers)),
+                                ]
+                            }
+                        };
+                    let body = StreamBody::new(futures_util::stream::iter(frames));
+                    Ok::<_, std::convert::Infallible>(builder.body(body).unwrap())
+                });
+            tokio::spawn(
+                hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc),
+            );
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn grpc_statuses_come_from_the_trailers_or_a_trailers_only_response() {
+    let addr = grpc_backend().await;
+    let t = Telemetry::new(local());
+    let config = MeshConfig::default().observer(t.client_observer());
+    let m = mesh_with(&yaml(&[addr], &[], ROUND_ROBIN, ROUTE_V1), config).await;
+    for path in ["/ok", "/ok", "/missing", "/denied"] {
+        let resp = m
+            .svc
+            .clone()
+            .oneshot(
+                Request::post(format!("http://{HOST}:9080{path}"))
+                    .version(http::Version::HTTP_2)
+                    .header("content-type", "application/grpc")
+                    .body(Full::new(Bytes::from_static(&[0, 0, 0, 0, 0])))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        resp.into_body().collect().await.unwrap();
+    }
+    assert_eq!(
+        requests(&t),
+        [
+            "istio_requests_total{…,request_protocol=\"grpc\",response_code=\"200\",grpc_response_status=\"0\",response_flags=\"-\",connection_security_policy=\"unknown\"} 2",
+            "istio_requests_total{…,request_protocol=\"grpc\",response_code=\"200\",grpc_response_status=\"5\",response_flags=\"-\",connection_security_policy=\"unknown\"} 1",
+            "istio_requests_total{…,request_protocol=\"grpc\",response_code=\"200\",grpc_response_status=\"7\",response_flags=\"-\",connection_security_policy=\"unknown\"} 1",
+        ]
+    );
+}
