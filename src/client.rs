@@ -15,8 +15,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::Body;
+use mesh_core::telemetry::Workload;
 use mesh_tower::body::BoxError;
 use mesh_tower::protocol::{is_grpc, local_reply};
+use mesh_tower::telemetry::Telemetry;
 use mesh_tower::{LocalReason, MeshBody, MeshConfig, MeshService, ResponseFuture};
 use mesh_xds_client::{Bootstrap, BootstrapError, Health, StartError, XdsClient, XdsClientBuilder};
 use tower::Service;
@@ -40,6 +42,7 @@ pub struct ClientBuilder {
     config: MeshConfig,
     config_timeout: Duration,
     cache_dir: Option<PathBuf>,
+    telemetry: bool,
 }
 
 impl Default for ClientBuilder {
@@ -50,6 +53,7 @@ impl Default for ClientBuilder {
             config: MeshConfig::default(),
             config_timeout: Duration::from_secs(10),
             cache_dir: None,
+            telemetry: false,
         }
     }
 }
@@ -86,14 +90,28 @@ impl ClientBuilder {
         self
     }
 
+    /// Records Istio's standard metrics for every request (reporter `source`), labelled with
+    /// this workload as the bootstrap's node metadata describes it; read them with
+    /// [`Client::telemetry`].
+    pub fn telemetry(mut self) -> Self {
+        self.telemetry = true;
+        self
+    }
+
     /// Starts the xDS client and builds the stack. Must run inside a tokio runtime.
     pub fn build(self) -> Result<Client, Error> {
         let bootstrap = match self.bootstrap {
             Some(b) => b,
             None => Bootstrap::from_env()?,
         };
-        let mut xds = XdsClientBuilder::new(bootstrap);
         let mut config = self.config;
+        let telemetry = self
+            .telemetry
+            .then(|| Telemetry::new(local_workload(&bootstrap)));
+        if let Some(t) = &telemetry {
+            config = config.observer(t.client_observer());
+        }
+        let mut xds = XdsClientBuilder::new(bootstrap);
         // `host:port`, without the `xds:///` a target may be written with.
         let target = self
             .target
@@ -114,6 +132,7 @@ impl ClientBuilder {
                 subscribed: Mutex::new(target.iter().cloned().collect()),
                 config_timeout: self.config_timeout,
                 target,
+                telemetry,
             }),
             svc,
         })
@@ -127,6 +146,22 @@ struct Inner {
     config_timeout: Duration,
     /// The one listener every request goes to (a channel).
     target: Option<String>,
+    telemetry: Option<Arc<Telemetry>>,
+}
+
+/// This workload as Istio's metrics label it, from the bootstrap's node metadata
+/// (`WORKLOAD_NAME`, `NAMESPACE`, `CLUSTER_ID`, `LABELS`), as istio-agent writes it.
+fn local_workload(bootstrap: &Bootstrap) -> Workload {
+    let metadata = &bootstrap.node.metadata;
+    Workload::from_node_metadata(
+        |k| metadata.get(k).and_then(|v| v.as_str()),
+        |k| {
+            metadata
+                .get("LABELS")
+                .and_then(|l| l.get(k))
+                .and_then(|v| v.as_str())
+        },
+    )
 }
 
 /// An HTTP client in the mesh: a `tower::Service` over hyper-compatible requests that routes
@@ -157,6 +192,12 @@ impl Client {
     /// The stack it sends through.
     pub fn stack(&self) -> &MeshService {
         &self.svc
+    }
+
+    /// Istio's metrics of this client's requests, when built with
+    /// [`ClientBuilder::telemetry`] (`encode()` gives the Prometheus text).
+    pub fn telemetry(&self) -> Option<&Arc<Telemetry>> {
+        self.inner.telemetry.as_ref()
     }
 
     /// Connection state and readiness of the xDS client.

@@ -135,3 +135,42 @@ async fn shutdown_writes_the_cache_and_health_says_stopped() {
         StatusCode::OK
     );
 }
+
+#[tokio::test]
+async fn a_client_with_telemetry_counts_its_requests_under_its_node_metadata() {
+    let cp = control_plane(backend().await).await;
+    let b = Bootstrap::from_json(
+        &format!(r#"{{"xds_servers": [{{"server_uri": "{cp}", "channel_creds": [{{"type": "insecure"}}]}}], "node": {{"id": "sidecar~127.0.0.1~web-1.front~front.svc.cluster.local", "metadata": {{"WORKLOAD_NAME": "web", "NAMESPACE": "front", "CLUSTER_ID": "east", "LABELS": {{"app": "web", "version": "v2"}}}}}}}}"#),
+        "test",
+    )
+    .unwrap();
+    let client = Client::builder().bootstrap(b).telemetry().build().unwrap();
+    for _ in 0..2 {
+        let (status, _) = get(client.clone(), &format!("http://{HOST}:9080/")).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let text = client.telemetry().expect("telemetry").encode();
+    let rows: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("istio_requests_total{"))
+        .collect();
+    assert_eq!(rows.len(), 1, "{text}");
+    for label in [
+        "source_workload=\"web\"",
+        "source_workload_namespace=\"front\"",
+        "source_app=\"web\"",
+        "source_version=\"v2\"",
+        "source_canonical_service=\"web\"",
+        "source_canonical_revision=\"v2\"",
+        "source_cluster=\"east\"",
+        "destination_service=\"ui.default.svc.cluster.local\"",
+        "destination_workload=\"ui-0\"",
+        "response_code=\"200\"",
+    ] {
+        assert!(rows[0].contains(label), "{label} in {}", rows[0]);
+    }
+    assert!(rows[0].ends_with("} 2"), "{}", rows[0]);
+    // Without `.telemetry()`, nothing is recorded or kept.
+    let plain = Client::builder().bootstrap(bootstrap(cp)).build().unwrap();
+    assert!(plain.telemetry().is_none());
+}

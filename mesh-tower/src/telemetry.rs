@@ -7,7 +7,7 @@
 //! for Prometheus. A request is recorded once, when its response body ends (gRPC's status is
 //! in the trailers), whatever its retries; mirrored copies are not requests.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, RwLock};
 
@@ -17,6 +17,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use rustc_hash::FxHashMap;
 
 use crate::observe::{AttemptEnd, Observer, RequestObserver, RequestStart, ResponseEnd, StreamEnd};
 use crate::reply::ResponseFlags;
@@ -126,7 +127,15 @@ impl EncodeLabelSet for Series {
 type HistogramFamily = Family<Series, Histogram, fn() -> Histogram>;
 
 /// Interned peers by cluster, then by the endpoint's `workload` metadata.
-type PeersByCluster = HashMap<Arc<str>, HashMap<Box<str>, Interned>>;
+type PeersByCluster = FxHashMap<Arc<str>, FxHashMap<Box<str>, Interned>>;
+
+/// One series' metrics, taken from the families once: recording is then one lookup keyed by
+/// a pointer and a few integers instead of one per family (which hash with SipHash).
+struct Handles {
+    requests: Counter,
+    duration: Histogram,
+    response_bytes: Histogram,
+}
 
 fn duration_histogram() -> Histogram {
     Histogram::new(DURATION_BUCKETS_MS)
@@ -154,6 +163,7 @@ pub struct Telemetry {
     response_bytes: HistogramFamily,
     local: Workload,
     peers: RwLock<PeersByCluster>,
+    series: RwLock<FxHashMap<Series, Arc<Handles>>>,
 }
 
 impl std::fmt::Debug for Telemetry {
@@ -189,6 +199,7 @@ impl Telemetry {
             response_bytes,
             local,
             peers: RwLock::default(),
+            series: RwLock::default(),
         })
     }
 
@@ -203,6 +214,29 @@ impl Telemetry {
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+
+    /// The metrics of one series, created on its first request.
+    fn handles(&self, series: Series) -> Arc<Handles> {
+        if let Some(h) = self
+            .series
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&series)
+        {
+            return h.clone();
+        }
+        let handles = Arc::new(Handles {
+            requests: self.requests.get_or_create(&series).clone(),
+            duration: self.duration.get_or_create(&series).clone(),
+            response_bytes: self.response_bytes.get_or_create(&series).clone(),
+        });
+        self.series
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(series)
+            .or_insert(handles)
+            .clone()
     }
 
     /// The interned peers for a request to `cluster` answered by an endpoint whose `workload`
@@ -308,19 +342,15 @@ impl RequestObserver for ClientCall {
             Some(trailers) if self.grpc => grpc_status(trailers).or(self.grpc_status),
             _ => self.grpc_status,
         };
-        let series = Series {
+        let h = t.handles(Series {
             peers: t.client_peers(&cluster, workload),
             grpc: self.grpc,
             code: self.code,
             grpc_status,
             flags: self.flags,
-        };
-        t.requests.get_or_create(&series).inc();
-        t.duration
-            .get_or_create(&series)
-            .observe(end.duration.as_secs_f64() * 1e3);
-        t.response_bytes
-            .get_or_create(&series)
-            .observe(end.body_bytes as f64);
+        });
+        h.requests.inc();
+        h.duration.observe(end.duration.as_secs_f64() * 1e3);
+        h.response_bytes.observe(end.body_bytes as f64);
     }
 }
