@@ -151,7 +151,7 @@ struct Inner {
 
 /// This workload as Istio's metrics label it, from the bootstrap's node metadata
 /// (`WORKLOAD_NAME`, `NAMESPACE`, `CLUSTER_ID`, `LABELS`), as istio-agent writes it.
-fn local_workload(bootstrap: &Bootstrap) -> Workload {
+pub(crate) fn local_workload(bootstrap: &Bootstrap) -> Workload {
     let metadata = &bootstrap.node.metadata;
     Workload::from_node_metadata(
         |k| metadata.get(k).and_then(|v| v.as_str()),

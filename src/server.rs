@@ -4,9 +4,12 @@
 //! certificate, RBAC, the caller's [`mesh_tower::PeerInfo`] in each request's extensions.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::Stream as _;
+use mesh_core::telemetry::Workload;
+use mesh_tower::telemetry::Telemetry;
 use mesh_tower::{MeshServer, ServingState};
 use mesh_xds_client::{Bootstrap, XdsClient, XdsClientBuilder};
 use tokio::sync::watch;
@@ -18,6 +21,9 @@ pub struct Server {
     xds: XdsClient,
     inner: MeshServer,
     address: SocketAddr,
+    /// This workload, from the bootstrap's node metadata, for its metrics.
+    workload: Workload,
+    telemetry: Option<Arc<Telemetry>>,
 }
 
 impl std::fmt::Debug for Server {
@@ -38,6 +44,7 @@ impl Server {
     /// A server on `address` with this bootstrap (it needs
     /// `server_listener_resource_name_template`, as istio-agent writes it).
     pub fn new(bootstrap: Bootstrap, address: SocketAddr) -> Result<Self, Error> {
+        let workload = crate::client::local_workload(&bootstrap);
         let xds = XdsClientBuilder::new(bootstrap).start()?;
         let name = xds.subscribe_server(address)?;
         let inner = MeshServer::new(name, address, xds.snapshots(), xds.certificates());
@@ -45,7 +52,29 @@ impl Server {
             xds,
             inner,
             address,
+            workload,
+            telemetry: None,
         })
+    }
+
+    /// Records Istio's standard metrics for every request served (reporter `destination`,
+    /// denied ones included), labelled from the bootstrap's node metadata; read them with
+    /// [`Server::telemetry_handle`].
+    pub fn telemetry(self) -> Self {
+        let t = Telemetry::new(self.workload.clone());
+        self.telemetry_into(t)
+    }
+
+    /// The same, into metrics shared with others (a client's, so that one scrape has both).
+    pub fn telemetry_into(mut self, telemetry: Arc<Telemetry>) -> Self {
+        self.inner = self.inner.telemetry(telemetry.clone());
+        self.telemetry = Some(telemetry);
+        self
+    }
+
+    /// The metrics it records into, if any (taken before `serve`, which consumes it).
+    pub fn telemetry_handle(&self) -> Option<Arc<Telemetry>> {
+        self.telemetry.clone()
     }
 
     /// How long connections of a replaced listener may finish (default 10 minutes).

@@ -8,8 +8,17 @@
 //! in the trailers), whatever its retries; mirrored copies are not requests.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::hash::{Hash, Hasher};
+use std::pin::Pin;
 use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::Body;
+use http_body_util::BodyExt;
 
 use mesh_core::telemetry::{DURATION_BUCKETS_MS, SIZE_BUCKETS, Workload, cluster_service};
 use prometheus_client::encoding::{EncodeLabelSet, LabelSetEncoder};
@@ -19,8 +28,13 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use rustc_hash::FxHashMap;
 
-use crate::observe::{AttemptEnd, Observer, RequestObserver, RequestStart, ResponseEnd, StreamEnd};
+use crate::body::{BoxError, MeshBody};
+use crate::observe::{
+    AttemptEnd, ObservedBody, Observer, RequestObserver, RequestStart, ResponseEnd, StreamEnd,
+};
+use crate::protocol::is_grpc;
 use crate::reply::ResponseFlags;
+use crate::server::PeerInfo;
 
 /// Istio's value for a label nobody knows.
 const UNKNOWN: &str = "unknown";
@@ -163,6 +177,8 @@ pub struct Telemetry {
     response_bytes: HistogramFamily,
     local: Workload,
     peers: RwLock<PeersByCluster>,
+    /// A server's interned peers by the caller's SPIFFE ID, then by the service called.
+    server_peers: RwLock<PeersByCluster>,
     series: RwLock<FxHashMap<Series, Arc<Handles>>>,
 }
 
@@ -199,6 +215,7 @@ impl Telemetry {
             response_bytes,
             local,
             peers: RwLock::default(),
+            server_peers: RwLock::default(),
             series: RwLock::default(),
         })
     }
@@ -214,6 +231,46 @@ impl Telemetry {
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+
+    /// The interned peers of a server's request from `caller` (its SPIFFE ID, empty without
+    /// a client certificate) to the service `host`.
+    fn server_peers(&self, caller: &str, host: &str) -> Interned {
+        if let Some(p) = self
+            .server_peers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(caller)
+            .and_then(|m| m.get(host))
+        {
+            return p.clone();
+        }
+        let source = if caller.is_empty() {
+            Workload::default()
+        } else {
+            Workload::default().with_spiffe_id(caller)
+        };
+        let (name, namespace) = service_parts(host);
+        let peers = Interned(Arc::new(Peers {
+            reporter: "destination",
+            source,
+            service_namespace: Arc::from(namespace.unwrap_or(&self.local.namespace)),
+            destination: self.local.clone(),
+            service: Arc::from(host),
+            service_name: Arc::from(name),
+            // Istio's rule: mutual TLS when the caller presented a certificate.
+            security: if caller.is_empty() {
+                "none"
+            } else {
+                "mutual_tls"
+            },
+        }));
+        let mut all = self.server_peers.write().unwrap_or_else(|p| p.into_inner());
+        all.entry(Arc::from(caller))
+            .or_default()
+            .entry(Box::from(host))
+            .or_insert(peers)
+            .clone()
     }
 
     /// The metrics of one series, created on its first request.
@@ -348,6 +405,158 @@ impl RequestObserver for ClientCall {
             code: self.code,
             grpc_status,
             flags: self.flags,
+        });
+        h.requests.inc();
+        h.duration.observe(end.duration.as_secs_f64() * 1e3);
+        h.response_bytes.observe(end.body_bytes as f64);
+    }
+}
+
+/// A server's metrics (reporter `destination`) around its per-request stage, so that denied
+/// requests are counted too. Without telemetry it passes responses through untouched.
+#[derive(Clone)]
+pub struct ServerMetrics<S> {
+    inner: S,
+    telemetry: Option<Arc<Telemetry>>,
+    /// The connection's caller; `None`: read per request from the extensions.
+    peer: Option<Arc<PeerInfo>>,
+}
+
+impl<S> ServerMetrics<S> {
+    /// `inner`, recorded into `telemetry` (if any) as served to `peer` (`None`: the
+    /// `Arc<PeerInfo>` in each request's extensions).
+    pub(crate) fn new(
+        inner: S,
+        telemetry: Option<Arc<Telemetry>>,
+        peer: Option<Arc<PeerInfo>>,
+    ) -> Self {
+        Self {
+            inner,
+            telemetry,
+            peer,
+        }
+    }
+}
+
+/// The service a server's request names: its authority (or `Host`) without the port. A
+/// proxyless server gets no inbound cluster metadata from istiod, so the caller's authority
+/// stands in for it; the caller is authenticated under mTLS.
+fn requested_service<B>(req: &Request<B>) -> &str {
+    let authority = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| {
+            req.headers()
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+        })
+        .unwrap_or_default();
+    match authority.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => authority,
+    }
+}
+
+type ServerFuture<E> = Pin<Box<dyn Future<Output = Result<Response<MeshBody>, E>> + Send>>;
+
+impl<S, B, RB> tower::Service<Request<B>> for ServerMetrics<S>
+where
+    S: tower::Service<Request<B>, Response = Response<RB>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    RB: Body<Data = Bytes> + Send + 'static,
+    RB::Error: Into<BoxError>,
+{
+    type Response = Response<http_body_util::Either<MeshBody, RB>>;
+    type Error = S::Error;
+    type Future = futures_util::future::Either<
+        futures_util::future::MapOk<S::Future, fn(Response<RB>) -> Self::Response>,
+        futures_util::future::MapOk<
+            ServerFuture<S::Error>,
+            fn(Response<MeshBody>) -> Self::Response,
+        >,
+    >;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        use futures_util::TryFutureExt;
+        use futures_util::future::Either as E;
+        let Some(telemetry) = self.telemetry.clone() else {
+            let plain: fn(Response<RB>) -> Self::Response =
+                |r| r.map(http_body_util::Either::Right);
+            return E::Left(self.inner.call(req).map_ok(plain));
+        };
+        let started = Instant::now();
+        let grpc = is_grpc(req.headers());
+        let service: Box<str> = Box::from(requested_service(&req));
+        let peer = self
+            .peer
+            .clone()
+            .or_else(|| req.extensions().get::<Arc<PeerInfo>>().cloned());
+        let fut = self.inner.call(req);
+        let observed: ServerFuture<S::Error> = Box::pin(async move {
+            let resp = fut.await?;
+            let call = ServerCall {
+                telemetry,
+                peer,
+                service,
+                grpc,
+                code: resp.status().as_u16(),
+                grpc_status: if grpc {
+                    grpc_status(resp.headers())
+                } else {
+                    None
+                },
+            };
+            Ok(resp.map(|b| {
+                ObservedBody::new(
+                    b.map_err(Into::into).boxed_unsync(),
+                    Box::new(call),
+                    started,
+                )
+                .boxed_unsync()
+            }))
+        });
+        let wrap: fn(Response<MeshBody>) -> Self::Response =
+            |r| r.map(http_body_util::Either::Left);
+        E::Right(observed.map_ok(wrap))
+    }
+}
+
+/// One request a server answered, as its metrics follow it.
+struct ServerCall {
+    telemetry: Arc<Telemetry>,
+    /// `None` for a request that came through no mesh connection (the stage refuses it).
+    peer: Option<Arc<PeerInfo>>,
+    service: Box<str>,
+    grpc: bool,
+    code: u16,
+    grpc_status: Option<u32>,
+}
+
+impl RequestObserver for ServerCall {
+    fn on_end(self: Box<Self>, end: &StreamEnd<'_>) {
+        let t = &self.telemetry;
+        let caller = self
+            .peer
+            .as_ref()
+            .filter(|p| p.tls)
+            .and_then(|p| p.spiffe_id.as_deref())
+            .unwrap_or_default();
+        let grpc_status = match end.trailers {
+            Some(trailers) if self.grpc => grpc_status(trailers).or(self.grpc_status),
+            _ => self.grpc_status,
+        };
+        let h = t.handles(Series {
+            peers: t.server_peers(caller, &self.service),
+            grpc: self.grpc,
+            code: self.code,
+            grpc_status,
+            flags: ResponseFlags::default(),
         });
         h.requests.inc();
         h.duration.observe(end.duration.as_secs_f64() * 1e3);

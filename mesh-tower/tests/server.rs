@@ -382,7 +382,9 @@ impl tower::Service<Request<tonic::body::Body>> for Echo {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tonics_own_server_serves_mesh_connections_behind_the_mesh_layer() {
-    let (w, server, listener) = setup("STRICT", |s| s).await;
+    let t = mesh_tower::telemetry::Telemetry::new(Default::default());
+    let tt = t.clone();
+    let (w, server, listener) = setup("STRICT", move |s| s.telemetry(tt)).await;
     let layer = server.layer();
     tokio::spawn(
         // The test's service port is `http` (HTTP/1.1 from mesh clients).
@@ -407,8 +409,35 @@ async fn tonics_own_server_serves_mesh_connections_behind_the_mesh_layer() {
         .unwrap();
     let resp = other.clone().oneshot(req).await.unwrap();
     assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    resp.into_body().collect().await.unwrap();
     // STRICT still holds: a plaintext caller is closed without a byte.
     assert_closed_without_a_byte(w.addr).await;
+    // The layer records what tonic's server served, the caller read from each request.
+    let rows = |text: String| -> Vec<String> {
+        let mut r: Vec<String> = text
+            .lines()
+            .filter(|l| l.starts_with("istio_requests_total{"))
+            .map(|l| {
+                let principal = l.split("source_principal=\"").nth(1).unwrap();
+                let code = l.split("response_code=\"").nth(1).unwrap();
+                format!(
+                    "{} {}",
+                    &principal[..principal.find('"').unwrap()],
+                    &code[..code.find('"').unwrap()]
+                )
+            })
+            .collect();
+        r.sort();
+        r
+    };
+    let want = vec![format!("{CLIENT} 200"), format!("{OTHER} 403")];
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while rows(t.encode()) != want {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{:?}", rows(t.encode())));
 }
 
 #[tokio::test]
@@ -429,4 +458,73 @@ async fn the_mesh_layer_refuses_requests_that_did_not_come_through_a_mesh_connec
 
 async fn app_any(_: Request<Full<Bytes>>) -> Result<Response<Full<Bytes>>, Infallible> {
     Ok(Response::new(Full::new(Bytes::from_static(b"reached"))))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_counts_each_request_as_its_destination_denied_ones_included() {
+    use mesh_core::telemetry::Workload;
+    use mesh_tower::telemetry::Telemetry;
+    let local = Workload::from_node_metadata(
+        |k| match k {
+            "WORKLOAD_NAME" => Some("ui"),
+            "NAMESPACE" => Some("default"),
+            _ => None,
+        },
+        |k| (k == "app").then_some("ui"),
+    );
+    let t = Telemetry::new(local);
+    let tt = t.clone();
+    let w = world_with("PERMISSIVE", move |s| s.telemetry(tt)).await;
+    let (allowed, _x1, _d1) = client(&w, CLIENT).await;
+    let (other, _x2, _d2) = client(&w, OTHER).await;
+    assert_eq!(get(&allowed).await.0, StatusCode::OK);
+    assert_eq!(get(&allowed).await.0, StatusCode::OK);
+    assert_eq!(get(&other).await.0, StatusCode::FORBIDDEN);
+    assert_eq!(plain_get(w.addr).await.unwrap().0, StatusCode::FORBIDDEN);
+    // A server records a request when its response body ends, which may be just after the
+    // client has read the last byte.
+    let count = |text: &str| -> u64 {
+        text.lines()
+            .filter(|l| l.starts_with("istio_requests_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while count(&t.encode()) < 4 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("four requests recorded");
+    let text = t.encode();
+    let mut rows: Vec<String> = text
+        .lines()
+        .filter(|l| l.starts_with("istio_requests_total{"))
+        .map(|l| {
+            // The labels that tell these requests apart, in Istio's order.
+            let pick = |k: &str| {
+                let start = l.find(&format!("{k}=\"")).unwrap() + k.len() + 2;
+                l[start..start + l[start..].find('"').unwrap()].to_string()
+            };
+            format!(
+                "{} {} {} {} {} {} {}",
+                pick("reporter"),
+                pick("source_principal"),
+                pick("source_workload_namespace"),
+                pick("destination_workload"),
+                pick("destination_service"),
+                pick("response_code"),
+                pick("connection_security_policy"),
+            ) + &l[l.rfind(' ').unwrap()..]
+        })
+        .collect();
+    rows.sort();
+    assert_eq!(
+        rows,
+        [
+            format!("destination {CLIENT} default ui {HOST} 200 mutual_tls 2"),
+            format!("destination {OTHER} default ui {HOST} 403 mutual_tls 1"),
+            format!("destination unknown unknown ui {HOST} 403 none 1"),
+        ]
+    );
 }

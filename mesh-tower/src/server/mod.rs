@@ -28,6 +28,8 @@ use mesh_core::{Certificates, ConnectionFacts, LeafInfo, MeshSnapshot, ServerLis
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+use crate::telemetry::{ServerMetrics, Telemetry};
+
 pub use authz::{AuthzService, PeerInfo};
 pub use jwks::JwksStore;
 
@@ -93,6 +95,7 @@ pub struct MeshServer {
     drain_grace: Duration,
     handshake_timeout: Duration,
     jwks: JwksStore,
+    telemetry: Option<Arc<Telemetry>>,
 }
 
 impl std::fmt::Debug for MeshServer {
@@ -121,7 +124,15 @@ impl MeshServer {
             drain_grace: DEFAULT_DRAIN_GRACE,
             handshake_timeout: FIRST_BYTES_TIMEOUT,
             jwks: JwksStore::default(),
+            telemetry: None,
         }
+    }
+
+    /// Records Istio's standard metrics for every request served (reporter `destination`),
+    /// denied ones included.
+    pub fn telemetry(mut self, telemetry: Arc<Telemetry>) -> Self {
+        self.telemetry = Some(telemetry);
+        self
     }
 
     /// How long connections of a replaced listener may finish.
@@ -349,6 +360,7 @@ impl MeshServer {
         MeshServerLayer {
             snapshots: self.snapshots.clone(),
             jwks: self.jwks.clone(),
+            telemetry: self.telemetry.clone(),
         }
     }
 
@@ -364,12 +376,14 @@ impl MeshServer {
         S: AppService<RB>,
         RB: AppBody,
     {
+        let peer = Arc::new(peer);
         let svc = AuthzService::new(
             service,
-            Arc::new(peer),
+            peer.clone(),
             self.snapshots.clone(),
             self.jwks.clone(),
         );
+        let svc = ServerMetrics::new(svc, self.telemetry.clone(), Some(peer));
         let svc = hyper_util::service::TowerToHyperService::new(svc);
         let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
         let conn = builder.serve_connection_with_upgrades(io, svc);
@@ -392,13 +406,16 @@ impl MeshServer {
 pub struct MeshServerLayer {
     snapshots: watch::Receiver<Arc<MeshSnapshot>>,
     jwks: JwksStore,
+    telemetry: Option<Arc<Telemetry>>,
 }
 
 impl<S> tower::Layer<S> for MeshServerLayer {
-    type Service = AuthzService<S>;
+    type Service = ServerMetrics<AuthzService<S>>;
 
-    fn layer(&self, inner: S) -> AuthzService<S> {
-        AuthzService::per_request_peer(inner, self.snapshots.clone(), self.jwks.clone())
+    fn layer(&self, inner: S) -> Self::Service {
+        let stage =
+            AuthzService::per_request_peer(inner, self.snapshots.clone(), self.jwks.clone());
+        ServerMetrics::new(stage, self.telemetry.clone(), None)
     }
 }
 
