@@ -15,6 +15,8 @@ use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use mesh::core::telemetry::Workload;
+use mesh::tower::telemetry::Telemetry;
 use mesh::tower::{MeshConfig, MeshService};
 use mesh::xds::{Bootstrap, XdsClient, XdsClientBuilder};
 use mesh_control_plane::ControlPlane;
@@ -90,6 +92,8 @@ pub struct Lab {
     pub client: XdsClient,
     /// The mesh stack.
     pub svc: MeshService,
+    /// Istio's metrics of the stack's requests.
+    pub telemetry: Arc<Telemetry>,
 }
 
 impl Lab {
@@ -128,7 +132,7 @@ impl Lab {
         let bootstrap = Bootstrap::from_json(
             &format!(
                 r#"{{"xds_servers": [{{"server_uri": "{xds}", "channel_creds": [{{"type": "insecure"}}], "server_features": ["xds_v3"]}}],
-                    "node": {{"id": "sidecar~127.0.0.1~example.default~default.svc.cluster.local", "metadata": {{"GENERATOR": "grpc", "NAMESPACE": "default"}}}}}}"#
+                    "node": {{"id": "sidecar~127.0.0.1~example.default~default.svc.cluster.local", "metadata": {{"GENERATOR": "grpc", "NAMESPACE": "default", "WORKLOAD_NAME": "example"}}}}}}"#
             ),
             "example",
         )?;
@@ -136,10 +140,19 @@ impl Lab {
             .target(format!("xds:///{TARGET}"))
             .start()?;
         tokio::time::timeout(Duration::from_secs(10), client.ready()).await??;
+        // This workload as the bootstrap above names it.
+        let telemetry = Telemetry::new(Workload::from_node_metadata(
+            |k| match k {
+                "WORKLOAD_NAME" => Some("example"),
+                "NAMESPACE" => Some("default"),
+                _ => None,
+            },
+            |_| None,
+        ));
         let svc = MeshService::with_certificates(
             client.snapshots(),
             client.certificates(),
-            MeshConfig::default(),
+            MeshConfig::default().observer(telemetry.client_observer()),
         );
         Ok(Self {
             backends,
@@ -148,6 +161,7 @@ impl Lab {
             xds,
             client,
             svc,
+            telemetry,
         })
     }
 

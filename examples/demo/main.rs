@@ -203,6 +203,50 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     stop.store(true, Ordering::Relaxed);
+    print_requests(&lab.telemetry.encode());
     println!("\ndone");
     Ok(())
+}
+
+/// The `istio_requests_total` rows the demo produced, as a dashboard groups them, and one
+/// whole row as Prometheus scrapes it.
+fn print_requests(text: &str) {
+    let rows: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("istio_requests_total{"))
+        .collect();
+    let label = |row: &str, key: &str| -> String {
+        let Some(start) = row.find(&format!(",{key}=\"")).map(|i| i + key.len() + 3) else {
+            return String::new();
+        };
+        row[start..]
+            .split('"')
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    };
+    println!(
+        "\nistio_requests_total (reporter=\"source\", source_workload=\"example\"), by destination:"
+    );
+    println!(
+        "  {:<34} {:<16} {:<8} {:<6} {:>9}",
+        "destination_service", "workload", "revision", "code", "requests"
+    );
+    for row in &rows {
+        println!(
+            "  {:<34} {:<16} {:<8} {:<6} {:>9}",
+            label(row, "destination_service"),
+            label(row, "destination_workload"),
+            label(row, "destination_canonical_revision"),
+            format!(
+                "{} {}",
+                label(row, "response_code"),
+                label(row, "response_flags")
+            ),
+            row.rsplit(' ').next().unwrap_or_default()
+        );
+    }
+    if let Some(first) = rows.first() {
+        println!("one row as scraped:\n  {first}");
+    }
 }
