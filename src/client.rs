@@ -15,7 +15,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::Body;
-use mesh_core::telemetry::Workload;
 use mesh_tower::body::BoxError;
 use mesh_tower::protocol::{is_grpc, local_reply};
 use mesh_tower::telemetry::Telemetry;
@@ -105,9 +104,7 @@ impl ClientBuilder {
             None => Bootstrap::from_env()?,
         };
         let mut config = self.config;
-        let telemetry = self
-            .telemetry
-            .then(|| Telemetry::new(local_workload(&bootstrap)));
+        let telemetry = self.telemetry.then(|| Telemetry::new(bootstrap.workload()));
         if let Some(t) = &telemetry {
             config = config.observer(t.client_observer());
         }
@@ -147,21 +144,6 @@ struct Inner {
     /// The one listener every request goes to (a channel).
     target: Option<String>,
     telemetry: Option<Arc<Telemetry>>,
-}
-
-/// This workload as Istio's metrics label it, from the bootstrap's node metadata
-/// (`WORKLOAD_NAME`, `NAMESPACE`, `CLUSTER_ID`, `LABELS`), as istio-agent writes it.
-pub(crate) fn local_workload(bootstrap: &Bootstrap) -> Workload {
-    let metadata = &bootstrap.node.metadata;
-    Workload::from_node_metadata(
-        |k| metadata.get(k).and_then(|v| v.as_str()),
-        |k| {
-            metadata
-                .get("LABELS")
-                .and_then(|l| l.get(k))
-                .and_then(|v| v.as_str())
-        },
-    )
 }
 
 /// An HTTP client in the mesh: a `tower::Service` over hyper-compatible requests that routes

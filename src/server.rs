@@ -44,7 +44,7 @@ impl Server {
     /// A server on `address` with this bootstrap (it needs
     /// `server_listener_resource_name_template`, as istio-agent writes it).
     pub fn new(bootstrap: Bootstrap, address: SocketAddr) -> Result<Self, Error> {
-        let workload = crate::client::local_workload(&bootstrap);
+        let workload = bootstrap.workload();
         let xds = XdsClientBuilder::new(bootstrap).start()?;
         let name = xds.subscribe_server(address)?;
         let inner = MeshServer::new(name, address, xds.snapshots(), xds.certificates());

@@ -712,6 +712,8 @@ pub struct ServeArgs {
     pub bootstrap: Option<PathBuf>,
     /// Where to listen (the listener is named after it).
     pub listen: std::net::SocketAddr,
+    /// Where to serve the admin endpoint (liveness, readiness, metrics), if anywhere.
+    pub admin: Option<std::net::SocketAddr>,
 }
 
 /// The body `mesh serve` answers with: who answered, what, for whom.
@@ -788,6 +790,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
         .and_then(|v| v.as_str())
         .map(String::from)
         .unwrap_or_else(|| bootstrap.node.id.clone());
+    let telemetry = mesh_tower::telemetry::Telemetry::new(bootstrap.workload());
     let client = XdsClientBuilder::new(bootstrap)
         .start()
         .map_err(|e| e.to_string())?;
@@ -802,7 +805,23 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
         args.listen,
         client.snapshots(),
         client.certificates(),
-    );
+    )
+    .telemetry(telemetry.clone());
+    if let Some(addr) = args.admin {
+        let admin_listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("cannot listen on {addr} (admin): {e}"))?;
+        let state = server.serving();
+        let admin =
+            mesh_tower::admin::Admin::new(Some(telemetry)).ready_when(move || {
+                match &*state.borrow() {
+                    mesh_tower::ServingState::Serving => Ok(()),
+                    mesh_tower::ServingState::NotServing(why) => Err(why.clone()),
+                }
+            });
+        println!("admin on {addr}");
+        tokio::spawn(admin.serve(admin_listener));
+    }
     let mut serving = server.serving();
     let listen = args.listen;
     tokio::spawn(async move {

@@ -95,6 +95,10 @@ enum Command {
         /// Where to listen, e.g. 127.0.0.1:8080.
         #[arg(long)]
         listen: std::net::SocketAddr,
+        /// An admin endpoint on ADDR: /live, /ready (while serving), /stats/prometheus and
+        /// /metrics (Istio's metrics of the requests served).
+        #[arg(long)]
+        admin: Option<std::net::SocketAddr>,
     },
     /// Connects to the control plane, waits for the targets' configuration and prints it as
     /// this client resolves it, with the xDS status of every resource.
@@ -150,9 +154,17 @@ async fn main() -> ExitCode {
             };
             cli::request(args).await
         }
-        Command::Serve { bootstrap, listen } => cli::serve(cli::ServeArgs { bootstrap, listen })
-            .await
-            .map(|()| String::new()),
+        Command::Serve {
+            bootstrap,
+            listen,
+            admin,
+        } => cli::serve(cli::ServeArgs {
+            bootstrap,
+            listen,
+            admin,
+        })
+        .await
+        .map(|()| String::new()),
         Command::ConfigDump { targets, raw, xds } => {
             cli::config_dump(cli::ConfigDumpArgs {
                 targets,

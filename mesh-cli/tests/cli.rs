@@ -285,9 +285,14 @@ apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: n
     };
     let server = bootstrap_for("echo", "spiffe://cluster.local/ns/default/sa/echo");
     let client = bootstrap_for("client", "spiffe://cluster.local/ns/default/sa/client");
+    let admin: std::net::SocketAddr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     tokio::spawn(mesh_cli::serve(mesh_cli::ServeArgs {
         bootstrap: Some(server),
         listen: format!("127.0.0.1:{port}").parse().unwrap(),
+        admin: Some(admin),
     }));
     let send = |path: &str, body: mesh_cli::RequestBody| {
         let client = client.clone();
@@ -329,6 +334,47 @@ apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: n
         10,
         "{v}"
     );
+    // The admin endpoint: ready while serving, and the requests served as Istio counts them
+    // (recorded as each response body ends, so the last may land just after the client).
+    let fetch = |path: &'static str| async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tcp = tokio::net::TcpStream::connect(admin).await.unwrap();
+        tcp.write_all(format!("GET {path} HTTP/1.0\r\nhost: admin\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut out = String::new();
+        tcp.read_to_string(&mut out).await.unwrap();
+        out
+    };
+    assert!(fetch("/ready").await.starts_with("HTTP/1.0 200"));
+    let count = |text: &str, protocol: &str, code: &str| -> u64 {
+        text.lines()
+            .filter(|l| {
+                l.starts_with("istio_requests_total{")
+                    && l.contains("reporter=\"destination\"")
+                    && l.contains(
+                        "source_principal=\"spiffe://cluster.local/ns/default/sa/client\"",
+                    )
+                    && l.contains("destination_workload=\"echo\"")
+                    && l.contains("connection_security_policy=\"mutual_tls\"")
+                    && l.contains(&format!("request_protocol=\"{protocol}\""))
+                    && l.contains(&format!("response_code=\"{code}\""))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    let mut text = String::new();
+    for _ in 0..100 {
+        text = fetch("/stats/prometheus").await;
+        if count(&text, "http", "403") == 10 && count(&text, "grpc", "200") == 10 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(count(&text, "http", "403"), 10, "{text}");
+    assert_eq!(count(&text, "grpc", "200"), 10, "{text}");
+    assert!(count(&text, "http", "200") >= 10, "{text}");
+    assert!(text.contains("grpc_response_status=\"0\""), "{text}");
 }
 
 #[tokio::test]

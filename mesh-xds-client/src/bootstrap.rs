@@ -345,6 +345,21 @@ pub fn parse_json_duration(s: &str) -> Option<Duration> {
 }
 
 impl Bootstrap {
+    /// This workload as Istio's metrics label it, from the node metadata istio-agent writes
+    /// (`WORKLOAD_NAME`, `NAMESPACE`, `CLUSTER_ID`, `LABELS`).
+    pub fn workload(&self) -> mesh_core::telemetry::Workload {
+        let metadata = &self.node.metadata;
+        mesh_core::telemetry::Workload::from_node_metadata(
+            |k| metadata.get(k).and_then(|v| v.as_str()),
+            |k| {
+                metadata
+                    .get("LABELS")
+                    .and_then(|l| l.get(k))
+                    .and_then(|v| v.as_str())
+            },
+        )
+    }
+
     /// Loads the bootstrap the way gRPC does: the file named by `GRPC_XDS_BOOTSTRAP`, else the
     /// JSON in `GRPC_XDS_BOOTSTRAP_CONFIG`.
     pub fn from_env() -> Result<Self, BootstrapError> {
