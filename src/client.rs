@@ -104,7 +104,9 @@ impl ClientBuilder {
             None => Bootstrap::from_env()?,
         };
         let mut config = self.config;
-        let telemetry = self.telemetry.then(|| Telemetry::new(bootstrap.workload()));
+        let telemetry = self
+            .telemetry
+            .then(|| Telemetry::for_node(bootstrap.workload(), &bootstrap.node.id));
         if let Some(t) = &telemetry {
             config = config.observer(t.client_observer());
         }

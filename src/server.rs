@@ -23,6 +23,8 @@ pub struct Server {
     address: SocketAddr,
     /// This workload, from the bootstrap's node metadata, for its metrics.
     workload: Workload,
+    /// The bootstrap's node id, which the peer-metadata exchange sends.
+    node_id: String,
     telemetry: Option<Arc<Telemetry>>,
 }
 
@@ -45,6 +47,7 @@ impl Server {
     /// `server_listener_resource_name_template`, as istio-agent writes it).
     pub fn new(bootstrap: Bootstrap, address: SocketAddr) -> Result<Self, Error> {
         let workload = bootstrap.workload();
+        let node_id = bootstrap.node.id.clone();
         let xds = XdsClientBuilder::new(bootstrap).start()?;
         let name = xds.subscribe_server(address)?;
         let inner = MeshServer::new(name, address, xds.snapshots(), xds.certificates());
@@ -53,6 +56,7 @@ impl Server {
             inner,
             address,
             workload,
+            node_id,
             telemetry: None,
         })
     }
@@ -61,7 +65,7 @@ impl Server {
     /// denied ones included), labelled from the bootstrap's node metadata; read them with
     /// [`Server::telemetry_handle`].
     pub fn telemetry(self) -> Self {
-        let t = Telemetry::new(self.workload.clone());
+        let t = Telemetry::for_node(self.workload.clone(), &self.node_id);
         self.telemetry_into(t)
     }
 

@@ -790,7 +790,8 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
         .and_then(|v| v.as_str())
         .map(String::from)
         .unwrap_or_else(|| bootstrap.node.id.clone());
-    let telemetry = mesh_tower::telemetry::Telemetry::new(bootstrap.workload());
+    let telemetry =
+        mesh_tower::telemetry::Telemetry::for_node(bootstrap.workload(), &bootstrap.node.id);
     let client = XdsClientBuilder::new(bootstrap)
         .start()
         .map_err(|e| e.to_string())?;

@@ -16,9 +16,10 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body::Body;
 use http_body_util::BodyExt;
+use mesh_core::telemetry::peer_metadata::{self, METADATA_HEADER, METADATA_ID_HEADER};
 
 use mesh_core::telemetry::{DURATION_BUCKETS_MS, SIZE_BUCKETS, Workload, cluster_service};
 use prometheus_client::encoding::{EncodeLabelSet, LabelSetEncoder};
@@ -35,6 +36,9 @@ use crate::observe::{
 use crate::protocol::is_grpc;
 use crate::reply::ResponseFlags;
 use crate::server::PeerInfo;
+
+/// Marks a peers key that is a peer's `x-envoy-peer-metadata` rather than endpoint metadata.
+const EXCHANGED: &str = "x-envoy-peer-metadata:";
 
 /// Istio's value for a label nobody knows.
 const UNKNOWN: &str = "unknown";
@@ -176,6 +180,8 @@ pub struct Telemetry {
     duration: HistogramFamily,
     response_bytes: HistogramFamily,
     local: Workload,
+    /// This workload's `x-envoy-peer-metadata` and `x-envoy-peer-metadata-id` values.
+    exchange: (Option<HeaderValue>, Option<HeaderValue>),
     peers: RwLock<PeersByCluster>,
     /// A server's interned peers by the caller's SPIFFE ID, then by the service called.
     server_peers: RwLock<PeersByCluster>,
@@ -193,6 +199,24 @@ impl std::fmt::Debug for Telemetry {
 impl Telemetry {
     /// The metrics of the workload `local` (from its node metadata and certificate).
     pub fn new(local: Workload) -> Arc<Self> {
+        Self::for_node(local, "")
+    }
+
+    /// The same, for the node `node_id` (the bootstrap's), which the peer-metadata exchange
+    /// sends as `x-envoy-peer-metadata-id`.
+    pub fn for_node(local: Workload, node_id: &str) -> Arc<Self> {
+        // The pod name is the node id's second field (`sidecar~IP~POD.NS~DOMAIN`).
+        let pod = node_id
+            .split('~')
+            .nth(2)
+            .and_then(|p| p.split('.').next())
+            .unwrap_or_default();
+        let exchange = (
+            HeaderValue::from_str(&peer_metadata::encode(&local, pod)).ok(),
+            HeaderValue::from_str(node_id)
+                .ok()
+                .filter(|v| !v.is_empty()),
+        );
         let mut registry = Registry::default();
         let requests = Family::<Series, Counter>::default();
         let duration: HistogramFamily = Family::new_with_constructor(duration_histogram);
@@ -214,10 +238,21 @@ impl Telemetry {
             duration,
             response_bytes,
             local,
+            exchange,
             peers: RwLock::default(),
             server_peers: RwLock::default(),
             series: RwLock::default(),
         })
+    }
+
+    /// Adds this workload's peer-metadata headers to `headers`.
+    fn announce(&self, headers: &mut HeaderMap) {
+        if let Some(v) = &self.exchange.0 {
+            headers.insert(METADATA_HEADER, v.clone());
+        }
+        if let Some(v) = &self.exchange.1 {
+            headers.insert(METADATA_ID_HEADER, v.clone());
+        }
     }
 
     /// The client stack's observer: records each request with reporter `source`.
@@ -234,22 +269,28 @@ impl Telemetry {
     }
 
     /// The interned peers of a server's request from `caller` (its SPIFFE ID, empty without
-    /// a client certificate) to the service `host`.
-    fn server_peers(&self, caller: &str, host: &str) -> Interned {
+    /// a client certificate) to the service `host`, the caller described by its peer
+    /// metadata if it sent some.
+    fn server_peers(&self, caller: &str, host: &str, exchanged: Option<&str>) -> Interned {
+        let key: std::borrow::Cow<'_, str> = match exchanged {
+            Some(md) => format!("{host}\n{md}").into(),
+            None => host.into(),
+        };
         if let Some(p) = self
             .server_peers
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .get(caller)
-            .and_then(|m| m.get(host))
+            .and_then(|m| m.get(&*key))
         {
             return p.clone();
         }
-        let source = if caller.is_empty() {
-            Workload::default()
-        } else {
-            Workload::default().with_spiffe_id(caller)
-        };
+        let mut source = exchanged
+            .and_then(|md| peer_metadata::decode(md.as_bytes()))
+            .unwrap_or_default();
+        if !caller.is_empty() {
+            source = source.with_spiffe_id(caller);
+        }
         let (name, namespace) = service_parts(host);
         let peers = Interned(Arc::new(Peers {
             reporter: "destination",
@@ -268,7 +309,7 @@ impl Telemetry {
         let mut all = self.server_peers.write().unwrap_or_else(|p| p.into_inner());
         all.entry(Arc::from(caller))
             .or_default()
-            .entry(Box::from(host))
+            .entry(Box::from(&*key))
             .or_insert(peers)
             .clone()
     }
@@ -308,7 +349,10 @@ impl Telemetry {
         {
             return p.clone();
         }
-        let destination = Workload::from_endpoint_metadata(workload).unwrap_or_default();
+        let destination = match workload.strip_prefix(EXCHANGED) {
+            Some(header) => peer_metadata::decode(header.as_bytes()).unwrap_or_default(),
+            None => Workload::from_endpoint_metadata(workload).unwrap_or_default(),
+        };
         let service = cluster_service(cluster).unwrap_or_default();
         let (name, namespace) = service_parts(service);
         let peers = Interned(Arc::new(Peers {
@@ -343,6 +387,7 @@ impl Observer for ClientObserver {
             code: 0,
             grpc_status: None,
             flags: ResponseFlags::default(),
+            exchanged: None,
         }))
     }
 }
@@ -357,6 +402,8 @@ struct ClientCall {
     code: u16,
     grpc_status: Option<u32>,
     flags: ResponseFlags,
+    /// The server's `x-envoy-peer-metadata`, if it answered with one.
+    exchanged: Option<HeaderValue>,
 }
 
 /// A gRPC status from `grpc-status`.
@@ -365,6 +412,10 @@ fn grpc_status(headers: &http::HeaderMap) -> Option<u32> {
 }
 
 impl RequestObserver for ClientCall {
+    fn on_attempt(&mut self, attempt: &mut crate::observe::AttemptStart<'_>) {
+        self.telemetry.announce(attempt.headers);
+    }
+
     fn on_attempt_end(&mut self, end: &AttemptEnd<'_>) {
         if self
             .labels
@@ -379,6 +430,7 @@ impl RequestObserver for ClientCall {
         self.cluster = response.info.cluster.clone();
         self.code = response.status.as_u16();
         self.flags = response.info.flags;
+        self.exchanged = response.headers.get(METADATA_HEADER).cloned();
         // A trailers-only gRPC response (and every local reply) has its status here.
         self.grpc_status = if self.grpc {
             grpc_status(response.headers)
@@ -389,11 +441,21 @@ impl RequestObserver for ClientCall {
 
     fn on_end(self: Box<Self>, end: &StreamEnd<'_>) {
         let t = &self.telemetry;
-        let workload = self
-            .labels
+        // What the server said of itself wins over what the control plane said of the
+        // endpoint, as in Envoy.
+        let exchanged = self
+            .exchanged
             .as_ref()
-            .and_then(|l| l.get("workload"))
-            .map_or("", String::as_str);
+            .and_then(|v| v.to_str().ok())
+            .map(|v| format!("{EXCHANGED}{v}"));
+        let workload = match &exchanged {
+            Some(key) => key.as_str(),
+            None => self
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("workload"))
+                .map_or("", String::as_str),
+        };
         let cluster = self.cluster.clone().unwrap_or_else(|| Arc::from(""));
         let grpc_status = match end.trailers {
             Some(trailers) if self.grpc => grpc_status(trailers).or(self.grpc_status),
@@ -482,7 +544,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
         use futures_util::TryFutureExt;
         use futures_util::future::Either as E;
         let Some(telemetry) = self.telemetry.clone() else {
@@ -493,17 +555,25 @@ where
         let started = Instant::now();
         let grpc = is_grpc(req.headers());
         let service: Box<str> = Box::from(requested_service(&req));
+        // The caller's peer metadata is for the mesh, not the application (as a sidecar
+        // strips it); a caller that sent it gets this workload's in the answer.
+        let exchanged = req.headers_mut().remove(METADATA_HEADER);
+        req.headers_mut().remove(METADATA_ID_HEADER);
         let peer = self
             .peer
             .clone()
             .or_else(|| req.extensions().get::<Arc<PeerInfo>>().cloned());
         let fut = self.inner.call(req);
         let observed: ServerFuture<S::Error> = Box::pin(async move {
-            let resp = fut.await?;
+            let mut resp = fut.await?;
+            if exchanged.is_some() {
+                telemetry.announce(resp.headers_mut());
+            }
             let call = ServerCall {
                 telemetry,
                 peer,
                 service,
+                exchanged,
                 grpc,
                 code: resp.status().as_u16(),
                 grpc_status: if grpc {
@@ -533,6 +603,8 @@ struct ServerCall {
     /// `None` for a request that came through no mesh connection (the stage refuses it).
     peer: Option<Arc<PeerInfo>>,
     service: Box<str>,
+    /// The caller's `x-envoy-peer-metadata`, if it sent one.
+    exchanged: Option<HeaderValue>,
     grpc: bool,
     code: u16,
     grpc_status: Option<u32>,
@@ -551,8 +623,9 @@ impl RequestObserver for ServerCall {
             Some(trailers) if self.grpc => grpc_status(trailers).or(self.grpc_status),
             _ => self.grpc_status,
         };
+        let exchanged = self.exchanged.as_ref().and_then(|v| v.to_str().ok());
         let h = t.handles(Series {
-            peers: t.server_peers(caller, &self.service),
+            peers: t.server_peers(caller, &self.service, exchanged),
             grpc: self.grpc,
             code: self.code,
             grpc_status,

@@ -528,3 +528,99 @@ async fn the_server_counts_each_request_as_its_destination_denied_ones_included(
         ]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mesh_client_and_server_name_each_other_through_the_peer_metadata_headers() {
+    use mesh_core::telemetry::Workload;
+    use mesh_tower::telemetry::Telemetry;
+    let workload = |name: &'static str, app: &'static str| {
+        Workload::from_node_metadata(
+            move |k| match k {
+                "WORKLOAD_NAME" => Some(name),
+                "NAMESPACE" => Some("default"),
+                "CLUSTER_ID" => Some("Kubernetes"),
+                _ => None,
+            },
+            move |k| match k {
+                "app" => Some(app),
+                "version" => Some("v7"),
+                _ => None,
+            },
+        )
+    };
+    let server_metrics = Telemetry::for_node(
+        workload("ui-deploy", "ui"),
+        "sidecar~127.0.0.1~ui-deploy-1.default~default.svc.cluster.local",
+    );
+    let sm = server_metrics.clone();
+    let (w, server, listener) = setup("STRICT", move |s| s.telemetry(sm)).await;
+    // The application says whether the exchange headers reached it (they must not).
+    tokio::spawn(server.serve(
+        listener,
+        tower::service_fn(|req: Request<hyper::body::Incoming>| async move {
+            let leaked = req.headers().contains_key("x-envoy-peer-metadata")
+                || req.headers().contains_key("x-envoy-peer-metadata-id");
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(format!(
+                "leaked={leaked}"
+            )))))
+        }),
+    ));
+    let client_metrics = Telemetry::for_node(
+        workload("web-deploy", "web"),
+        "sidecar~127.0.0.1~web-deploy-2.default~default.svc.cluster.local",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    write_identity(dir.path(), &w.ca, &w.ca.workload(CLIENT));
+    let xds = XdsClientBuilder::new(bootstrap(w.xds, "client", dir.path()))
+        .target(format!("{HOST}:9080"))
+        .start()
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), xds.ready())
+        .await
+        .unwrap()
+        .unwrap();
+    let svc = MeshService::with_certificates(
+        xds.snapshots(),
+        xds.certificates(),
+        MeshConfig::default().observer(client_metrics.client_observer()),
+    );
+    assert_eq!(get(&svc).await, (StatusCode::OK, "leaked=false".into()));
+    let row = |t: &Telemetry| -> String {
+        let text = t.encode();
+        text.lines()
+            .find(|l| l.starts_with("istio_requests_total{"))
+            .unwrap_or_default()
+            .to_string()
+    };
+    // The client learned the server's name from its answer, not from endpoint metadata.
+    let c = row(&client_metrics);
+    for label in [
+        "reporter=\"source\"",
+        "source_workload=\"web-deploy\"",
+        "destination_workload=\"ui-deploy\"",
+        "destination_app=\"ui\"",
+        "destination_version=\"v7\"",
+        "destination_canonical_service=\"ui\"",
+    ] {
+        assert!(c.contains(label), "{label} in {c}");
+    }
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while row(&server_metrics).is_empty() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap();
+    let s = row(&server_metrics);
+    for label in [
+        "reporter=\"destination\"",
+        "source_workload=\"web-deploy\"",
+        "source_app=\"web\"",
+        "source_version=\"v7\"",
+        "source_principal=\"spiffe://cluster.local/ns/default/sa/client\"",
+        "destination_workload=\"ui-deploy\"",
+        "connection_security_policy=\"mutual_tls\"",
+    ] {
+        assert!(s.contains(label), "{label} in {s}");
+    }
+}

@@ -4,6 +4,8 @@
 
 use std::sync::Arc;
 
+pub mod peer_metadata;
+
 /// A workload as Istio's metric labels describe it. Empty fields render as Istio's defaults.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct Workload {
