@@ -143,7 +143,24 @@ apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: ui}}
         // `STACK_LOAD_TELEMETRY=1`: the baseline is the stack without telemetry, and the
         // measured path the stack recording Istio's metrics (no exporter attached).
         let telemetry = std::env::var_os("STACK_LOAD_TELEMETRY").is_some();
-        let metrics = mesh::tower::telemetry::Telemetry::new(mesh::core::telemetry::Workload::default());
+        // A workload as istio-agent describes one, so that the exchange headers are sent.
+        let workload = mesh::core::telemetry::Workload::from_node_metadata(
+            |k| match k {
+                "WORKLOAD_NAME" => Some("bench"),
+                "NAMESPACE" => Some("default"),
+                "CLUSTER_ID" => Some("Kubernetes"),
+                _ => None,
+            },
+            |k| match k {
+                "app" => Some("bench"),
+                "version" => Some("v1"),
+                _ => None,
+            },
+        );
+        let metrics = mesh::tower::telemetry::Telemetry::for_node(
+            workload,
+            "sidecar~127.0.0.1~bench-1.default~default.svc.cluster.local",
+        );
         let config = if telemetry {
             MeshConfig::default().observer(metrics.client_observer())
         } else {

@@ -16,7 +16,7 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Request, Response};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response};
 use http_body::Body;
 use http_body_util::BodyExt;
 use mesh_core::telemetry::peer_metadata::{self, METADATA_HEADER, METADATA_ID_HEADER};
@@ -36,6 +36,10 @@ use crate::observe::{
 use crate::protocol::is_grpc;
 use crate::reply::ResponseFlags;
 use crate::server::PeerInfo;
+
+/// The exchange's header names, parsed once (parsing a name costs more than inserting it).
+const METADATA: HeaderName = HeaderName::from_static(METADATA_HEADER);
+const METADATA_ID: HeaderName = HeaderName::from_static(METADATA_ID_HEADER);
 
 /// Marks a peers key that is a peer's `x-envoy-peer-metadata` rather than endpoint metadata.
 const EXCHANGED: &str = "x-envoy-peer-metadata:";
@@ -212,7 +216,9 @@ impl Telemetry {
             .and_then(|p| p.split('.').next())
             .unwrap_or_default();
         let exchange = (
-            HeaderValue::from_str(&peer_metadata::encode(&local, pod)).ok(),
+            HeaderValue::from_str(&peer_metadata::encode(&local, pod))
+                .ok()
+                .filter(|v| !v.is_empty()),
             HeaderValue::from_str(node_id)
                 .ok()
                 .filter(|v| !v.is_empty()),
@@ -248,10 +254,10 @@ impl Telemetry {
     /// Adds this workload's peer-metadata headers to `headers`.
     fn announce(&self, headers: &mut HeaderMap) {
         if let Some(v) = &self.exchange.0 {
-            headers.insert(METADATA_HEADER, v.clone());
+            headers.insert(METADATA, v.clone());
         }
         if let Some(v) = &self.exchange.1 {
-            headers.insert(METADATA_ID_HEADER, v.clone());
+            headers.insert(METADATA_ID, v.clone());
         }
     }
 
@@ -430,7 +436,7 @@ impl RequestObserver for ClientCall {
         self.cluster = response.info.cluster.clone();
         self.code = response.status.as_u16();
         self.flags = response.info.flags;
-        self.exchanged = response.headers.get(METADATA_HEADER).cloned();
+        self.exchanged = response.headers.get(&METADATA).cloned();
         // A trailers-only gRPC response (and every local reply) has its status here.
         self.grpc_status = if self.grpc {
             grpc_status(response.headers)
@@ -557,8 +563,8 @@ where
         let service: Box<str> = Box::from(requested_service(&req));
         // The caller's peer metadata is for the mesh, not the application (as a sidecar
         // strips it); a caller that sent it gets this workload's in the answer.
-        let exchanged = req.headers_mut().remove(METADATA_HEADER);
-        req.headers_mut().remove(METADATA_ID_HEADER);
+        let exchanged = req.headers_mut().remove(&METADATA);
+        req.headers_mut().remove(&METADATA_ID);
         let peer = self
             .peer
             .clone()
