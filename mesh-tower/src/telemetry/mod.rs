@@ -1,26 +1,18 @@
-//! Istio's standard metrics (`istio_requests_total` and friends) from the client stack, with
-//! the names and labels an Envoy sidecar exports, so that Kiali and Istio's Grafana
-//! dashboards read a mesh workload as they read a sidecar.
+//! Istio's standard metrics (`istio_requests_total` and friends) from the client and server
+//! stacks, with the names and labels an Envoy sidecar exports, so that Kiali and Istio's
+//! Grafana dashboards read a mesh workload as they read a sidecar.
 //!
-//! [`Telemetry`] holds the metrics; [`Telemetry::client_observer`] is the client stack's
-//! [`Observer`] (reporter `source`), and [`Telemetry::encode`] writes them as OpenMetrics text
-//! for Prometheus. A request is recorded once, when its response body ends (gRPC's status is
-//! in the trailers), whatever its retries; mirrored copies are not requests.
+//! [`Telemetry`] holds the metrics and the interned label sets; `client` is the client stack's
+//! [`Observer`] (reporter `source`, [`Telemetry::client_observer`]), `server` the server's
+//! wrapper (reporter `destination`), and [`Telemetry::encode`] writes them as OpenMetrics text.
+//! A request is recorded once, when its response body ends (gRPC's status is in the
+//! trailers), whatever its retries; mirrored copies are not requests.
 
-use std::collections::BTreeMap;
-use std::future::Future;
 use std::hash::{Hash, Hasher};
-use std::pin::Pin;
 use std::sync::{Arc, RwLock};
-use std::task::{Context, Poll};
-use std::time::Instant;
 
-use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue, Request, Response};
-use http_body::Body;
-use http_body_util::BodyExt;
+use http::{HeaderMap, HeaderName, HeaderValue};
 use mesh_core::telemetry::peer_metadata::{self, METADATA_HEADER, METADATA_ID_HEADER};
-
 use mesh_core::telemetry::{DURATION_BUCKETS_MS, SIZE_BUCKETS, Workload, cluster_service};
 use prometheus_client::encoding::{EncodeLabelSet, LabelSetEncoder};
 use prometheus_client::metrics::counter::Counter;
@@ -29,13 +21,9 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use rustc_hash::FxHashMap;
 
-use crate::body::{BoxError, MeshBody};
-use crate::observe::{
-    AttemptEnd, ObservedBody, Observer, RequestObserver, RequestStart, ResponseEnd, StreamEnd,
-};
-use crate::protocol::is_grpc;
+use crate::observe::Observer;
 use crate::reply::ResponseFlags;
-use crate::server::PeerInfo;
+use client::ClientObserver;
 
 /// The exchange's header names, parsed once (parsing a name costs more than inserting it).
 const METADATA: HeaderName = HeaderName::from_static(METADATA_HEADER);
@@ -380,265 +368,12 @@ impl Telemetry {
     }
 }
 
-/// The client stack's observer.
-struct ClientObserver(Arc<Telemetry>);
-
-impl Observer for ClientObserver {
-    fn on_request(&self, request: &RequestStart<'_>) -> Option<Box<dyn RequestObserver>> {
-        Some(Box::new(ClientCall {
-            telemetry: self.0.clone(),
-            grpc: request.grpc,
-            cluster: None,
-            labels: None,
-            code: 0,
-            grpc_status: None,
-            flags: ResponseFlags::default(),
-            exchanged: None,
-        }))
-    }
-}
-
-/// One request, as the client observer follows it.
-struct ClientCall {
-    telemetry: Arc<Telemetry>,
-    grpc: bool,
-    cluster: Option<Arc<str>>,
-    /// The last attempt's endpoint metadata.
-    labels: Option<Arc<BTreeMap<String, String>>>,
-    code: u16,
-    grpc_status: Option<u32>,
-    flags: ResponseFlags,
-    /// The server's `x-envoy-peer-metadata`, if it answered with one.
-    exchanged: Option<HeaderValue>,
-}
-
 /// A gRPC status from `grpc-status`.
 fn grpc_status(headers: &http::HeaderMap) -> Option<u32> {
     headers.get("grpc-status")?.to_str().ok()?.parse().ok()
 }
 
-impl RequestObserver for ClientCall {
-    fn on_attempt(&mut self, attempt: &mut crate::observe::AttemptStart<'_>) {
-        self.telemetry.announce(attempt.headers);
-    }
+mod client;
+mod server;
 
-    fn on_attempt_end(&mut self, end: &AttemptEnd<'_>) {
-        if self
-            .labels
-            .as_ref()
-            .is_none_or(|l| !Arc::ptr_eq(l, end.labels))
-        {
-            self.labels = Some(end.labels.clone());
-        }
-    }
-
-    fn on_response(&mut self, response: &ResponseEnd<'_>) {
-        self.cluster = response.info.cluster.clone();
-        self.code = response.status.as_u16();
-        self.flags = response.info.flags;
-        self.exchanged = response.headers.get(&METADATA).cloned();
-        // A trailers-only gRPC response (and every local reply) has its status here.
-        self.grpc_status = if self.grpc {
-            grpc_status(response.headers)
-        } else {
-            None
-        };
-    }
-
-    fn on_end(self: Box<Self>, end: &StreamEnd<'_>) {
-        let t = &self.telemetry;
-        // What the server said of itself wins over what the control plane said of the
-        // endpoint, as in Envoy.
-        let exchanged = self
-            .exchanged
-            .as_ref()
-            .and_then(|v| v.to_str().ok())
-            .map(|v| format!("{EXCHANGED}{v}"));
-        let workload = match &exchanged {
-            Some(key) => key.as_str(),
-            None => self
-                .labels
-                .as_ref()
-                .and_then(|l| l.get("workload"))
-                .map_or("", String::as_str),
-        };
-        let cluster = self.cluster.clone().unwrap_or_else(|| Arc::from(""));
-        let grpc_status = match end.trailers {
-            Some(trailers) if self.grpc => grpc_status(trailers).or(self.grpc_status),
-            _ => self.grpc_status,
-        };
-        let h = t.handles(Series {
-            peers: t.client_peers(&cluster, workload),
-            grpc: self.grpc,
-            code: self.code,
-            grpc_status,
-            flags: self.flags,
-        });
-        h.requests.inc();
-        h.duration.observe(end.duration.as_secs_f64() * 1e3);
-        h.response_bytes.observe(end.body_bytes as f64);
-    }
-}
-
-/// A server's metrics (reporter `destination`) around its per-request stage, so that denied
-/// requests are counted too. Without telemetry it passes responses through untouched.
-#[derive(Clone)]
-pub struct ServerMetrics<S> {
-    inner: S,
-    telemetry: Option<Arc<Telemetry>>,
-    /// The connection's caller; `None`: read per request from the extensions.
-    peer: Option<Arc<PeerInfo>>,
-}
-
-impl<S> ServerMetrics<S> {
-    /// `inner`, recorded into `telemetry` (if any) as served to `peer` (`None`: the
-    /// `Arc<PeerInfo>` in each request's extensions).
-    pub(crate) fn new(
-        inner: S,
-        telemetry: Option<Arc<Telemetry>>,
-        peer: Option<Arc<PeerInfo>>,
-    ) -> Self {
-        Self {
-            inner,
-            telemetry,
-            peer,
-        }
-    }
-}
-
-/// The service a server's request names: its authority (or `Host`) without the port. A
-/// proxyless server gets no inbound cluster metadata from istiod, so the caller's authority
-/// stands in for it; the caller is authenticated under mTLS.
-fn requested_service<B>(req: &Request<B>) -> &str {
-    let authority = req
-        .uri()
-        .authority()
-        .map(|a| a.as_str())
-        .or_else(|| {
-            req.headers()
-                .get(http::header::HOST)
-                .and_then(|h| h.to_str().ok())
-        })
-        .unwrap_or_default();
-    match authority.rsplit_once(':') {
-        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
-        _ => authority,
-    }
-}
-
-type ServerFuture<E> = Pin<Box<dyn Future<Output = Result<Response<MeshBody>, E>> + Send>>;
-
-impl<S, B, RB> tower::Service<Request<B>> for ServerMetrics<S>
-where
-    S: tower::Service<Request<B>, Response = Response<RB>>,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-    RB: Body<Data = Bytes> + Send + 'static,
-    RB::Error: Into<BoxError>,
-{
-    type Response = Response<http_body_util::Either<MeshBody, RB>>;
-    type Error = S::Error;
-    type Future = futures_util::future::Either<
-        futures_util::future::MapOk<S::Future, fn(Response<RB>) -> Self::Response>,
-        futures_util::future::MapOk<
-            ServerFuture<S::Error>,
-            fn(Response<MeshBody>) -> Self::Response,
-        >,
-    >;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        use futures_util::TryFutureExt;
-        use futures_util::future::Either as E;
-        let Some(telemetry) = self.telemetry.clone() else {
-            let plain: fn(Response<RB>) -> Self::Response =
-                |r| r.map(http_body_util::Either::Right);
-            return E::Left(self.inner.call(req).map_ok(plain));
-        };
-        let started = Instant::now();
-        let grpc = is_grpc(req.headers());
-        let service: Box<str> = Box::from(requested_service(&req));
-        // The caller's peer metadata is for the mesh, not the application (as a sidecar
-        // strips it); a caller that sent it gets this workload's in the answer.
-        let exchanged = req.headers_mut().remove(&METADATA);
-        req.headers_mut().remove(&METADATA_ID);
-        let peer = self
-            .peer
-            .clone()
-            .or_else(|| req.extensions().get::<Arc<PeerInfo>>().cloned());
-        let fut = self.inner.call(req);
-        let observed: ServerFuture<S::Error> = Box::pin(async move {
-            let mut resp = fut.await?;
-            if exchanged.is_some() {
-                telemetry.announce(resp.headers_mut());
-            }
-            let call = ServerCall {
-                telemetry,
-                peer,
-                service,
-                exchanged,
-                grpc,
-                code: resp.status().as_u16(),
-                grpc_status: if grpc {
-                    grpc_status(resp.headers())
-                } else {
-                    None
-                },
-            };
-            Ok(resp.map(|b| {
-                ObservedBody::new(
-                    b.map_err(Into::into).boxed_unsync(),
-                    Box::new(call),
-                    started,
-                )
-                .boxed_unsync()
-            }))
-        });
-        let wrap: fn(Response<MeshBody>) -> Self::Response =
-            |r| r.map(http_body_util::Either::Left);
-        E::Right(observed.map_ok(wrap))
-    }
-}
-
-/// One request a server answered, as its metrics follow it.
-struct ServerCall {
-    telemetry: Arc<Telemetry>,
-    /// `None` for a request that came through no mesh connection (the stage refuses it).
-    peer: Option<Arc<PeerInfo>>,
-    service: Box<str>,
-    /// The caller's `x-envoy-peer-metadata`, if it sent one.
-    exchanged: Option<HeaderValue>,
-    grpc: bool,
-    code: u16,
-    grpc_status: Option<u32>,
-}
-
-impl RequestObserver for ServerCall {
-    fn on_end(self: Box<Self>, end: &StreamEnd<'_>) {
-        let t = &self.telemetry;
-        let caller = self
-            .peer
-            .as_ref()
-            .filter(|p| p.tls)
-            .and_then(|p| p.spiffe_id.as_deref())
-            .unwrap_or_default();
-        let grpc_status = match end.trailers {
-            Some(trailers) if self.grpc => grpc_status(trailers).or(self.grpc_status),
-            _ => self.grpc_status,
-        };
-        let exchanged = self.exchanged.as_ref().and_then(|v| v.to_str().ok());
-        let h = t.handles(Series {
-            peers: t.server_peers(caller, &self.service, exchanged),
-            grpc: self.grpc,
-            code: self.code,
-            grpc_status,
-            flags: ResponseFlags::default(),
-        });
-        h.requests.inc();
-        h.duration.observe(end.duration.as_secs_f64() * 1e3);
-        h.response_bytes.observe(end.body_bytes as f64);
-    }
-}
+pub use server::ServerMetrics;

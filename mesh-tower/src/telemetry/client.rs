@@ -1,0 +1,107 @@
+//! The client stack's observer: each request with reporter `source`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use http::HeaderValue;
+
+use super::{EXCHANGED, METADATA, Series, Telemetry, grpc_status};
+use crate::observe::{
+    AttemptEnd, AttemptStart, Observer, RequestObserver, RequestStart, ResponseEnd, StreamEnd,
+};
+use crate::reply::ResponseFlags;
+
+/// The client stack's observer.
+pub(super) struct ClientObserver(pub(super) Arc<Telemetry>);
+
+impl Observer for ClientObserver {
+    fn on_request(&self, request: &RequestStart<'_>) -> Option<Box<dyn RequestObserver>> {
+        Some(Box::new(ClientCall {
+            telemetry: self.0.clone(),
+            grpc: request.grpc,
+            cluster: None,
+            labels: None,
+            code: 0,
+            grpc_status: None,
+            flags: ResponseFlags::default(),
+            exchanged: None,
+        }))
+    }
+}
+
+/// One request, as the client observer follows it.
+struct ClientCall {
+    telemetry: Arc<Telemetry>,
+    grpc: bool,
+    cluster: Option<Arc<str>>,
+    /// The last attempt's endpoint metadata.
+    labels: Option<Arc<BTreeMap<String, String>>>,
+    code: u16,
+    grpc_status: Option<u32>,
+    flags: ResponseFlags,
+    /// The server's `x-envoy-peer-metadata`, if it answered with one.
+    exchanged: Option<HeaderValue>,
+}
+
+impl RequestObserver for ClientCall {
+    fn on_attempt(&mut self, attempt: &mut AttemptStart<'_>) {
+        self.telemetry.announce(attempt.headers);
+    }
+
+    fn on_attempt_end(&mut self, end: &AttemptEnd<'_>) {
+        if self
+            .labels
+            .as_ref()
+            .is_none_or(|l| !Arc::ptr_eq(l, end.labels))
+        {
+            self.labels = Some(end.labels.clone());
+        }
+    }
+
+    fn on_response(&mut self, response: &ResponseEnd<'_>) {
+        self.cluster = response.info.cluster.clone();
+        self.code = response.status.as_u16();
+        self.flags = response.info.flags;
+        self.exchanged = response.headers.get(&METADATA).cloned();
+        // A trailers-only gRPC response (and every local reply) has its status here.
+        self.grpc_status = if self.grpc {
+            grpc_status(response.headers)
+        } else {
+            None
+        };
+    }
+
+    fn on_end(self: Box<Self>, end: &StreamEnd<'_>) {
+        let t = &self.telemetry;
+        // What the server said of itself wins over what the control plane said of the
+        // endpoint, as in Envoy.
+        let exchanged = self
+            .exchanged
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .map(|v| format!("{EXCHANGED}{v}"));
+        let workload = match &exchanged {
+            Some(key) => key.as_str(),
+            None => self
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("workload"))
+                .map_or("", String::as_str),
+        };
+        let cluster = self.cluster.clone().unwrap_or_else(|| Arc::from(""));
+        let grpc_status = match end.trailers {
+            Some(trailers) if self.grpc => grpc_status(trailers).or(self.grpc_status),
+            _ => self.grpc_status,
+        };
+        let h = t.handles(Series {
+            peers: t.client_peers(&cluster, workload),
+            grpc: self.grpc,
+            code: self.code,
+            grpc_status,
+            flags: self.flags,
+        });
+        h.requests.inc();
+        h.duration.observe(end.duration.as_secs_f64() * 1e3);
+        h.response_bytes.observe(end.body_bytes as f64);
+    }
+}
