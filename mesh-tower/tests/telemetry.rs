@@ -226,3 +226,35 @@ async fn grpc_statuses_come_from_the_trailers_or_a_trailers_only_response() {
         ]
     );
 }
+
+#[tokio::test]
+async fn mirrored_copies_are_not_requests() {
+    let main = backend("v1", Behavior::Ok).await;
+    let shadow = backend("v2", Behavior::Ok).await;
+    let mirror = "  - name: mirrored\n    route:\n    - destination: {host: ui.default.svc.cluster.local, subset: version-1}\n    mirror: {host: ui.default.svc.cluster.local, subset: version-2-beta}\n    mirrorPercentage: {value: 100}\n";
+    let t = Telemetry::new(local());
+    let config = MeshConfig::default().observer(t.client_observer());
+    let m = mesh_with(
+        &yaml(&[main.addr], &[shadow.addr], ROUND_ROBIN, mirror),
+        config,
+    )
+    .await;
+    for _ in 0..3 {
+        assert_eq!(get(&m, "/a").await, StatusCode::OK);
+    }
+    // Every copy reached the shadow backend...
+    tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        while shadow.hits.load(std::sync::atomic::Ordering::Relaxed) < 3 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("mirrored");
+    // ...and only the three requests are counted, to the main destination.
+    assert_eq!(
+        requests(&t),
+        [
+            "istio_requests_total{…,request_protocol=\"http\",response_code=\"200\",grpc_response_status=\"\",response_flags=\"-\",connection_security_policy=\"unknown\"} 3"
+        ]
+    );
+}
