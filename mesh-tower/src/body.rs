@@ -2,6 +2,7 @@
 //! retries and mirrors, and response bodies discarded with a cap.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
@@ -64,6 +65,8 @@ struct Source {
     owner: bool,
     /// Mirrors waiting for a frame.
     followers: Vec<std::task::Waker>,
+    /// Where the bytes read from the caller's body are counted, for telemetry.
+    counter: Option<Arc<AtomicU64>>,
 }
 
 impl Source {
@@ -113,6 +116,7 @@ impl RequestBody {
                 pullers: 0,
                 owner: true,
                 followers: Vec::new(),
+                counter: None,
             }))),
         }
     }
@@ -163,6 +167,13 @@ impl RequestBody {
     /// The caller's body failed with this error.
     pub fn error(&self) -> Option<String> {
         self.source.as_ref().and_then(|s| lock(s).failed.clone())
+    }
+
+    /// Counts the bytes read from the caller's body into `counter` (an empty body reads none).
+    pub fn count_into(&self, counter: &Arc<AtomicU64>) {
+        if let Some(src) = &self.source {
+            lock(src).counter = Some(counter.clone());
+        }
     }
 
     /// Whether another attempt can send the body whole: nothing read so far was dropped.
@@ -262,8 +273,11 @@ impl Body for Reader {
             Poll::Ready(Some(Ok(frame))) => {
                 s.pulled += 1;
                 this.next += 1;
+                let len = frame.data_ref().map_or(0, Bytes::len);
+                if let Some(c) = &s.counter {
+                    c.fetch_add(len as u64, Ordering::Relaxed);
+                }
                 if !s.overflowed {
-                    let len = frame.data_ref().map_or(0, Bytes::len);
                     match s.kept_bytes.checked_add(len).filter(|&n| n <= s.cap) {
                         Some(n) => {
                             s.kept_bytes = n;

@@ -140,6 +140,8 @@ pub struct StreamEnd<'a> {
     pub trailers: Option<&'a HeaderMap>,
     /// Body bytes that reached the caller.
     pub body_bytes: u64,
+    /// Request body bytes read from the caller, when the stack counted them (the client).
+    pub request_bytes: Option<u64>,
     /// Whether the body was read to its end (not failed, not dropped early).
     pub completed: bool,
     /// From the request's arrival to the body's end.
@@ -152,6 +154,7 @@ pub(crate) struct ObservedBody {
     observer: Option<Box<dyn RequestObserver>>,
     started: Instant,
     bytes: u64,
+    request_bytes: Option<Arc<std::sync::atomic::AtomicU64>>,
 }
 
 impl ObservedBody {
@@ -166,7 +169,14 @@ impl ObservedBody {
             observer: Some(observer),
             started,
             bytes: 0,
+            request_bytes: None,
         }
+    }
+
+    /// Reports the request bytes `counter` holds when the body ends.
+    pub(crate) fn with_request_bytes(mut self, counter: Arc<std::sync::atomic::AtomicU64>) -> Self {
+        self.request_bytes = Some(counter);
+        self
     }
 
     fn finish(&mut self, trailers: Option<&HeaderMap>, completed: bool) {
@@ -174,6 +184,10 @@ impl ObservedBody {
             o.on_end(&StreamEnd {
                 trailers,
                 body_bytes: self.bytes,
+                request_bytes: self
+                    .request_bytes
+                    .as_ref()
+                    .map(|c| c.load(std::sync::atomic::Ordering::Relaxed)),
                 completed,
                 duration: self.started.elapsed(),
             });

@@ -258,3 +258,37 @@ async fn mirrored_copies_are_not_requests() {
         ]
     );
 }
+
+#[tokio::test]
+async fn request_bytes_are_the_bytes_read_from_the_callers_body() {
+    let ok = backend("v1", Behavior::Ok).await;
+    let t = Telemetry::new(local());
+    let config = MeshConfig::default().observer(t.client_observer());
+    let m = mesh_with(&yaml(&[ok.addr], &[], ROUND_ROBIN, ROUTE_V1), config).await;
+    for body in ["hello world", "hello"] {
+        let resp = m
+            .svc
+            .clone()
+            .oneshot(
+                Request::post(format!("http://{HOST}:9080/upload"))
+                    .body(Full::new(Bytes::from(body)))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        resp.into_body().collect().await.unwrap();
+    }
+    let text = t.encode();
+    let line = |prefix: &str| {
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("{prefix} in {text}"))
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(line("istio_request_bytes_sum{"), "16.0");
+    assert_eq!(line("istio_request_bytes_count{"), "2");
+}

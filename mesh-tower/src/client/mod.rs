@@ -234,6 +234,10 @@ impl<C: MeshConnector> Shared<C> {
     {
         // Clock reads are not free on every machine: only with an observer to tell.
         let started = observer.is_some().then(Instant::now);
+        // Counted only for an observer (istio_request_bytes).
+        let request_bytes = observer
+            .is_some()
+            .then(|| Arc::new(std::sync::atomic::AtomicU64::new(0)));
         let mut info = MeshInfo::default();
         let forwarded: Result<Response<MeshBody>, Local> = 'forward: {
             let snap = self.snapshots.borrow().clone();
@@ -306,6 +310,9 @@ impl<C: MeshConnector> Shared<C> {
 
             // Streamed from the first byte; a copy is kept for retries and mirrors.
             let body = RequestBody::new(body, self.config.max_replay_bytes);
+            if let Some(c) = &request_bytes {
+                body.count_into(c);
+            }
             self.mirror(
                 &snap,
                 &plan.forward.mirrors,
@@ -360,7 +367,11 @@ impl<C: MeshConnector> Shared<C> {
                 latency: started.elapsed(),
             });
             resp = resp.map(|b| {
-                http_body_util::BodyExt::boxed_unsync(ObservedBody::new(b, o, started.into_std()))
+                let mut observed = ObservedBody::new(b, o, started.into_std());
+                if let Some(c) = request_bytes {
+                    observed = observed.with_request_bytes(c);
+                }
+                http_body_util::BodyExt::boxed_unsync(observed)
             });
         }
         resp.extensions_mut().insert(info);

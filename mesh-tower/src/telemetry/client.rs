@@ -102,6 +102,8 @@ impl RequestObserver for ClientCall {
         });
         h.requests.inc();
         h.duration.observe(end.duration.as_secs_f64() * 1e3);
+        h.request_bytes
+            .observe(end.request_bytes.unwrap_or_default() as f64);
         h.response_bytes.observe(end.body_bytes as f64);
     }
 }

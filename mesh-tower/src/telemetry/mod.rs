@@ -144,6 +144,7 @@ type PeersByCluster = FxHashMap<Arc<str>, FxHashMap<Box<str>, Interned>>;
 struct Handles {
     requests: Counter,
     duration: Histogram,
+    request_bytes: Histogram,
     response_bytes: Histogram,
 }
 
@@ -170,6 +171,7 @@ pub struct Telemetry {
     registry: Registry,
     requests: Family<Series, Counter>,
     duration: HistogramFamily,
+    request_bytes: HistogramFamily,
     response_bytes: HistogramFamily,
     local: Workload,
     /// This workload's `x-envoy-peer-metadata` and `x-envoy-peer-metadata-id` values.
@@ -214,12 +216,18 @@ impl Telemetry {
         let mut registry = Registry::default();
         let requests = Family::<Series, Counter>::default();
         let duration: HistogramFamily = Family::new_with_constructor(duration_histogram);
+        let request_bytes: HistogramFamily = Family::new_with_constructor(size_histogram);
         let response_bytes: HistogramFamily = Family::new_with_constructor(size_histogram);
         registry.register("istio_requests", "Requests", requests.clone());
         registry.register(
             "istio_request_duration_milliseconds",
             "Request duration in milliseconds",
             duration.clone(),
+        );
+        registry.register(
+            "istio_request_bytes",
+            "Request body sizes in bytes",
+            request_bytes.clone(),
         );
         registry.register(
             "istio_response_bytes",
@@ -230,6 +238,7 @@ impl Telemetry {
             registry,
             requests,
             duration,
+            request_bytes,
             response_bytes,
             local,
             exchange,
@@ -321,6 +330,7 @@ impl Telemetry {
         let handles = Arc::new(Handles {
             requests: self.requests.get_or_create(&series).clone(),
             duration: self.duration.get_or_create(&series).clone(),
+            request_bytes: self.request_bytes.get_or_create(&series).clone(),
             response_bytes: self.response_bytes.get_or_create(&series).clone(),
         });
         self.series

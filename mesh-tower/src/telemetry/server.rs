@@ -101,6 +101,11 @@ where
         let service: Box<str> = Box::from(requested_service(&req));
         // The caller's peer metadata is for the mesh, not the application (as a sidecar
         // strips it); a caller that sent it gets this workload's in the answer.
+        // The application reads the body itself; its declared length is what the server knows.
+        let request_bytes = req
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
         let exchanged = req.headers_mut().remove(&METADATA);
         req.headers_mut().remove(&METADATA_ID);
         let peer = self
@@ -118,6 +123,7 @@ where
                 peer,
                 service,
                 exchanged,
+                request_bytes,
                 grpc,
                 code: resp.status().as_u16(),
                 grpc_status: if grpc {
@@ -149,6 +155,8 @@ struct ServerCall {
     service: Box<str>,
     /// The caller's `x-envoy-peer-metadata`, if it sent one.
     exchanged: Option<HeaderValue>,
+    /// The request's `content-length`, if it declared one.
+    request_bytes: Option<u64>,
     grpc: bool,
     code: u16,
     grpc_status: Option<u32>,
@@ -177,6 +185,9 @@ impl RequestObserver for ServerCall {
         });
         h.requests.inc();
         h.duration.observe(end.duration.as_secs_f64() * 1e3);
+        if let Some(n) = self.request_bytes {
+            h.request_bytes.observe(n as f64);
+        }
         h.response_bytes.observe(end.body_bytes as f64);
     }
 }
