@@ -93,6 +93,15 @@ fn type_index(type_url: &str) -> Option<usize> {
     }
 }
 
+/// Whether the pushes in `log` changed or removed a name of type `index` that `wanted`
+/// accepts.
+fn touched(log: &[Arc<Changes>], index: usize, wanted: impl Fn(&str) -> bool) -> bool {
+    log.iter().any(|c| {
+        let t = &c.types[index];
+        t.changed.iter().chain(&t.removed).any(|n| wanted(n))
+    })
+}
+
 /// The names of type `index` that the pushes in `log` changed (`removed`: removed instead)
 /// and that `wanted` accepts.
 fn logged(
@@ -528,16 +537,14 @@ fn sotw_push(
     }
     if type_url == LISTENER_TYPE {
         // Subscriptions may use short names, so any listener change is sent.
-        let any = log
-            .iter()
-            .any(|c| !c.types[i].changed.is_empty() || !c.types[i].removed.is_empty());
-        return any.then(|| sotw_response(t, type_url, current, namespace, nonce, None));
+        return touched(log, i, |_| true)
+            .then(|| sotw_response(t, type_url, current, namespace, nonce, None));
+    }
+    if full_state(type_url) {
+        return touched(log, i, |n| t.wants(n))
+            .then(|| sotw_response(t, type_url, current, namespace, nonce, None));
     }
     let changed = logged(log, i, false, |n| t.wants(n));
-    if full_state(type_url) {
-        let touched = !changed.is_empty() || !logged(log, i, true, |n| t.wants(n)).is_empty();
-        return touched.then(|| sotw_response(t, type_url, current, namespace, nonce, None));
-    }
     if changed.is_empty() {
         return None;
     }
@@ -810,9 +817,8 @@ impl AggregatedDiscoveryService for ControlPlane {
                             let force = type_url == ENDPOINT_TYPE && clusters_pushed;
                             // Listener subscriptions may use short names: a listener change
                             // compares them all.
-                            let listeners_changed = |log: &[Arc<Changes>]| log.iter().any(|c| !c.types[0].changed.is_empty() || !c.types[0].removed.is_empty());
                             let names: Option<BTreeSet<String>> = match (&log, type_index(type_url)) {
-                                (Some(log), Some(_)) if type_url == LISTENER_TYPE && !listeners_changed(log) => continue,
+                                (Some(log), Some(i)) if type_url == LISTENER_TYPE && !touched(log, i, |_| true) => continue,
                                 (Some(log), Some(i)) if !force && type_url != LISTENER_TYPE => Some(
                                     logged(log, i, false, |n| d.wants(n))
                                         .into_iter()

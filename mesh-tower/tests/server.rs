@@ -136,6 +136,15 @@ async fn setup(
 
 /// A mesh client with identity `id`.
 async fn client(w: &World, id: &str) -> (MeshService, XdsClient, tempfile::TempDir) {
+    client_with(w, id, MeshConfig::default()).await
+}
+
+/// [`client`] with these stack settings.
+async fn client_with(
+    w: &World,
+    id: &str,
+    config: MeshConfig,
+) -> (MeshService, XdsClient, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     write_identity(dir.path(), &w.ca, &w.ca.workload(id));
     let xds = XdsClientBuilder::new(bootstrap(w.xds, "client", dir.path()))
@@ -146,8 +155,7 @@ async fn client(w: &World, id: &str) -> (MeshService, XdsClient, tempfile::TempD
         .await
         .unwrap()
         .unwrap();
-    let svc =
-        MeshService::with_certificates(xds.snapshots(), xds.certificates(), MeshConfig::default());
+    let svc = MeshService::with_certificates(xds.snapshots(), xds.certificates(), config);
     (svc, xds, dir)
 }
 
@@ -569,21 +577,12 @@ async fn mesh_client_and_server_name_each_other_through_the_peer_metadata_header
         workload("web-deploy", "web"),
         "sidecar~127.0.0.1~web-deploy-2.default~default.svc.cluster.local",
     );
-    let dir = tempfile::tempdir().unwrap();
-    write_identity(dir.path(), &w.ca, &w.ca.workload(CLIENT));
-    let xds = XdsClientBuilder::new(bootstrap(w.xds, "client", dir.path()))
-        .target(format!("{HOST}:9080"))
-        .start()
-        .unwrap();
-    tokio::time::timeout(Duration::from_secs(10), xds.ready())
-        .await
-        .unwrap()
-        .unwrap();
-    let svc = MeshService::with_certificates(
-        xds.snapshots(),
-        xds.certificates(),
+    let (svc, _xds, _dir) = client_with(
+        &w,
+        CLIENT,
         MeshConfig::default().observer(client_metrics.client_observer()),
-    );
+    )
+    .await;
     assert_eq!(get(&svc).await, (StatusCode::OK, "leaked=false".into()));
     let row = |t: &Telemetry| -> String {
         let text = t.encode();

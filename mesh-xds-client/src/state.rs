@@ -221,6 +221,15 @@ fn put(working: &mut MeshSnapshot, d: &Decoded) {
     }
 }
 
+/// What became of a resource offered to the state.
+enum Applied {
+    /// Stored (or confirmed unchanged) under this name.
+    Stored(String),
+    /// Not asked for, and handed back: a cache load offers it again once the types above
+    /// name it.
+    Unwanted(Any),
+}
+
 /// Takes a resource out of the working snapshot.
 fn take(working: &mut MeshSnapshot, ty: ResourceType, name: &str) {
     match ty {
@@ -457,12 +466,12 @@ impl AdsState {
         // the frees of the originals are a large part of the load.
         for (i, any) in std::mem::take(&mut resp.resources).into_iter().enumerate() {
             match self.apply(ty, any, &resp.version_info, now) {
-                Ok(Some(name)) => {
+                Ok(Applied::Stored(name)) => {
                     if !seen.insert(name.clone()) {
                         errors.push(format!("resource {name:?} appears twice in the response"));
                     }
                 }
-                Ok(None) => {}
+                Ok(Applied::Unwanted(_)) => {}
                 Err((name, msg)) => {
                     if let Some(n) = &name {
                         seen.insert(n.clone());
@@ -572,15 +581,15 @@ impl AdsState {
         self.cascade(now, Some((ty, nack)))
     }
 
-    /// Decodes one resource and stores it if it was asked for. `Ok(Some(name))` when applied,
-    /// `Ok(None)` when ignored, `Err((name, reason))` when rejected.
+    /// Decodes one resource and stores it if it was asked for. `Stored(name)` when applied,
+    /// `Unwanted` (with the resource back) when not asked for, `Err((name, reason))` when rejected.
     fn apply(
         &mut self,
         ty: ResourceType,
         any: Any,
         version: &str,
         now: Instant,
-    ) -> Result<Option<String>, (Option<String>, String)> {
+    ) -> Result<Applied, (Option<String>, String)> {
         self.apply_named(ty, any, version, None, now)
     }
 
@@ -593,7 +602,7 @@ impl AdsState {
         version: &str,
         expect: Option<&str>,
         now: Instant,
-    ) -> Result<Option<String>, (Option<String>, String)> {
+    ) -> Result<Applied, (Option<String>, String)> {
         if let Some(name) = self.unchanged(ty, &any, expect) {
             // The same bytes as the value in use: nothing to decode or validate again, so a
             // SotW response costs what changed in it.
@@ -606,7 +615,7 @@ impl AdsState {
                 e.requested_at = None;
                 e.last_updated = Some(now);
             }
-            return Ok(Some(name));
+            return Ok(Applied::Stored(name));
         }
         let decoded = decode(ty, &any).and_then(|d| {
             self.check_instances(&d)?;
@@ -629,7 +638,7 @@ impl AdsState {
                 let t = &mut self.types[index(ty)];
                 // Servers may send what was not asked for; only wanted names are kept.
                 let Some(e) = t.entries.get_mut(&name) else {
-                    return Ok(None);
+                    return Ok(Applied::Unwanted(any));
                 };
                 t.pending.remove(&name);
                 t.cached.remove(&name);
@@ -644,7 +653,7 @@ impl AdsState {
                 e.state = ResourceState::Acked;
                 e.requested_at = None;
                 e.last_updated = Some(now);
-                Ok(Some(name))
+                Ok(Applied::Stored(name))
             }
             Err(err) => {
                 let t = &mut self.types[index(ty)];
@@ -944,15 +953,15 @@ impl AdsState {
         for _ in 0..ResourceType::ALL.len() {
             let mut rest = Vec::new();
             for (ty, version, any) in pending {
-                match self.apply(ty, any.clone(), &version, now) {
-                    Ok(Some(name)) => {
+                match self.apply(ty, any, &version, now) {
+                    Ok(Applied::Stored(name)) => {
                         let t = &mut self.types[index(ty)];
                         if let Some(e) = t.entries.get_mut(&name) {
                             t.cached.insert(name);
                             e.state = ResourceState::Cached;
                         }
                     }
-                    Ok(None) => rest.push((ty, version, any)),
+                    Ok(Applied::Unwanted(any)) => rest.push((ty, version, any)),
                     Err(_) => {}
                 }
             }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use http::HeaderValue;
 
-use super::{EXCHANGED, METADATA, Series, Telemetry, grpc_status};
+use super::{METADATA, Series, Telemetry, grpc_status};
 use crate::observe::{
     AttemptEnd, AttemptStart, Observer, RequestObserver, RequestStart, ResponseEnd, StreamEnd,
 };
@@ -73,37 +73,34 @@ impl RequestObserver for ClientCall {
 
     fn on_end(self: Box<Self>, end: &StreamEnd<'_>) {
         let t = &self.telemetry;
-        // What the server said of itself wins over what the control plane said of the
-        // endpoint, as in Envoy.
+        let workload = self
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("workload"))
+            .map_or("", String::as_str);
         let exchanged = self
             .exchanged
             .as_ref()
             .and_then(|v| v.to_str().ok())
-            .map(|v| format!("{EXCHANGED}{v}"));
-        let workload = match &exchanged {
-            Some(key) => key.as_str(),
-            None => self
-                .labels
-                .as_ref()
-                .and_then(|l| l.get("workload"))
-                .map_or("", String::as_str),
-        };
-        let cluster = self.cluster.clone().unwrap_or_else(|| Arc::from(""));
+            .unwrap_or_default();
+        let cluster = self.cluster.as_deref().unwrap_or_default();
         let grpc_status = match end.trailers {
             Some(trailers) if self.grpc => grpc_status(trailers).or(self.grpc_status),
             _ => self.grpc_status,
         };
-        let h = t.handles(Series {
-            peers: t.client_peers(&cluster, workload),
+        let series = Series {
+            peers: t.client_peers(cluster, workload, exchanged),
             grpc: self.grpc,
             code: self.code,
             grpc_status,
             flags: self.flags,
+        };
+        t.record(series, |h| {
+            h.requests.inc();
+            h.duration.observe(end.duration.as_secs_f64() * 1e3);
+            h.request_bytes
+                .observe(end.request_bytes.unwrap_or_default() as f64);
+            h.response_bytes.observe(end.body_bytes as f64);
         });
-        h.requests.inc();
-        h.duration.observe(end.duration.as_secs_f64() * 1e3);
-        h.request_bytes
-            .observe(end.request_bytes.unwrap_or_default() as f64);
-        h.response_bytes.observe(end.body_bytes as f64);
     }
 }

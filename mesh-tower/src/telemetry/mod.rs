@@ -29,9 +29,6 @@ use client::ClientObserver;
 const METADATA: HeaderName = HeaderName::from_static(METADATA_HEADER);
 const METADATA_ID: HeaderName = HeaderName::from_static(METADATA_ID_HEADER);
 
-/// Marks a peers key that is a peer's `x-envoy-peer-metadata` rather than endpoint metadata.
-const EXCHANGED: &str = "x-envoy-peer-metadata:";
-
 /// Istio's value for a label nobody knows.
 const UNKNOWN: &str = "unknown";
 
@@ -136,8 +133,33 @@ impl EncodeLabelSet for Series {
 
 type HistogramFamily = Family<Series, Histogram, fn() -> Histogram>;
 
-/// Interned peers by cluster, then by the endpoint's `workload` metadata.
-type PeersByCluster = FxHashMap<Arc<str>, FxHashMap<Box<str>, Interned>>;
+/// Interned peers under a three-part key (client: cluster, endpoint `workload` metadata, the
+/// server's exchanged metadata; server: caller, service, the caller's exchanged metadata),
+/// nested so that a lookup borrows the parts and allocates nothing.
+type PeersMap = FxHashMap<Box<str>, FxHashMap<Box<str>, FxHashMap<Box<str>, Interned>>>;
+
+/// The interned peers under `key`, built by `build` the first time.
+fn intern(map: &RwLock<PeersMap>, key: [&str; 3], build: impl FnOnce() -> Peers) -> Interned {
+    if let Some(p) = map
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(key[0])
+        .and_then(|m| m.get(key[1]))
+        .and_then(|m| m.get(key[2]))
+    {
+        return p.clone();
+    }
+    let peers = Interned(Arc::new(build()));
+    map.write()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry(Box::from(key[0]))
+        .or_default()
+        .entry(Box::from(key[1]))
+        .or_default()
+        .entry(Box::from(key[2]))
+        .or_insert(peers)
+        .clone()
+}
 
 /// One series' metrics, taken from the families once: recording is then one lookup keyed by
 /// a pointer and a few integers instead of one per family (which hash with SipHash).
@@ -176,10 +198,9 @@ pub struct Telemetry {
     local: Workload,
     /// This workload's `x-envoy-peer-metadata` and `x-envoy-peer-metadata-id` values.
     exchange: (Option<HeaderValue>, Option<HeaderValue>),
-    peers: RwLock<PeersByCluster>,
-    /// A server's interned peers by the caller's SPIFFE ID, then by the service called.
-    server_peers: RwLock<PeersByCluster>,
-    series: RwLock<FxHashMap<Series, Arc<Handles>>>,
+    peers: RwLock<PeersMap>,
+    server_peers: RwLock<PeersMap>,
+    series: RwLock<FxHashMap<Series, Handles>>,
 }
 
 impl std::fmt::Debug for Telemetry {
@@ -273,108 +294,77 @@ impl Telemetry {
 
     /// The interned peers of a server's request from `caller` (its SPIFFE ID, empty without
     /// a client certificate) to the service `host`, the caller described by its peer
-    /// metadata if it sent some.
-    fn server_peers(&self, caller: &str, host: &str, exchanged: Option<&str>) -> Interned {
-        let key: std::borrow::Cow<'_, str> = match exchanged {
-            Some(md) => format!("{host}\n{md}").into(),
-            None => host.into(),
-        };
-        if let Some(p) = self
-            .server_peers
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(caller)
-            .and_then(|m| m.get(&*key))
-        {
-            return p.clone();
-        }
-        let mut source = exchanged
-            .and_then(|md| peer_metadata::decode(md.as_bytes()))
-            .unwrap_or_default();
-        if !caller.is_empty() {
-            source = source.with_spiffe_id(caller);
-        }
-        let (name, namespace) = service_parts(host);
-        let peers = Interned(Arc::new(Peers {
-            reporter: "destination",
-            source,
-            service_namespace: Arc::from(namespace.unwrap_or(&self.local.namespace)),
-            destination: self.local.clone(),
-            service: Arc::from(host),
-            service_name: Arc::from(name),
-            // Istio's rule: mutual TLS when the caller presented a certificate.
-            security: if caller.is_empty() {
-                "none"
-            } else {
-                "mutual_tls"
-            },
-        }));
-        let mut all = self.server_peers.write().unwrap_or_else(|p| p.into_inner());
-        all.entry(Arc::from(caller))
-            .or_default()
-            .entry(Box::from(&*key))
-            .or_insert(peers)
-            .clone()
+    /// metadata (`exchanged`, empty when it sent none).
+    fn server_peers(&self, caller: &str, host: &str, exchanged: &str) -> Interned {
+        intern(&self.server_peers, [caller, host, exchanged], || {
+            let mut source = peer_metadata::decode(exchanged.as_bytes())
+                .filter(|_| !exchanged.is_empty())
+                .unwrap_or_default();
+            if !caller.is_empty() {
+                source = source.with_spiffe_id(caller);
+            }
+            let (name, namespace) = service_parts(host);
+            Peers {
+                reporter: "destination",
+                source,
+                service_namespace: Arc::from(namespace.unwrap_or(&self.local.namespace)),
+                destination: self.local.clone(),
+                service: Arc::from(host),
+                service_name: Arc::from(name),
+                // Istio's rule: mutual TLS when the caller presented a certificate.
+                security: if caller.is_empty() {
+                    "none"
+                } else {
+                    "mutual_tls"
+                },
+            }
+        })
     }
 
-    /// The metrics of one series, created on its first request.
-    fn handles(&self, series: Series) -> Arc<Handles> {
+    /// Records one request of `series` (its metrics created on its first request).
+    fn record(&self, series: Series, record: impl FnOnce(&Handles)) {
         if let Some(h) = self
             .series
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .get(&series)
         {
-            return h.clone();
+            return record(h);
         }
-        let handles = Arc::new(Handles {
+        let handles = Handles {
             requests: self.requests.get_or_create(&series).clone(),
             duration: self.duration.get_or_create(&series).clone(),
             request_bytes: self.request_bytes.get_or_create(&series).clone(),
             response_bytes: self.response_bytes.get_or_create(&series).clone(),
-        });
-        self.series
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(series)
-            .or_insert(handles)
-            .clone()
+        };
+        let mut all = self.series.write().unwrap_or_else(|p| p.into_inner());
+        record(all.entry(series).or_insert(handles));
     }
 
     /// The interned peers for a request to `cluster` answered by an endpoint whose `workload`
-    /// metadata is `workload` (empty when unknown).
-    fn client_peers(&self, cluster: &Arc<str>, workload: &str) -> Interned {
-        if let Some(p) = self
-            .peers
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&**cluster)
-            .and_then(|m| m.get(workload))
-        {
-            return p.clone();
-        }
-        let destination = match workload.strip_prefix(EXCHANGED) {
-            Some(header) => peer_metadata::decode(header.as_bytes()).unwrap_or_default(),
-            None => Workload::from_endpoint_metadata(workload).unwrap_or_default(),
-        };
-        let service = cluster_service(cluster).unwrap_or_default();
-        let (name, namespace) = service_parts(service);
-        let peers = Interned(Arc::new(Peers {
-            reporter: "source",
-            source: self.local.clone(),
-            service_namespace: Arc::from(namespace.unwrap_or(&destination.namespace)),
-            destination,
-            service: Arc::from(service),
-            service_name: Arc::from(name),
-            // A client does not know the server's policy.
-            security: UNKNOWN,
-        }));
-        let mut all = self.peers.write().unwrap_or_else(|p| p.into_inner());
-        all.entry(cluster.clone())
-            .or_default()
-            .entry(Box::from(workload))
-            .or_insert(peers)
-            .clone()
+    /// metadata is `workload`, or by a server that described itself with `exchanged` (what
+    /// it said wins, as in Envoy); either empty when unknown.
+    fn client_peers(&self, cluster: &str, workload: &str, exchanged: &str) -> Interned {
+        intern(&self.peers, [cluster, workload, exchanged], || {
+            let destination = if exchanged.is_empty() {
+                Workload::from_endpoint_metadata(workload)
+            } else {
+                peer_metadata::decode(exchanged.as_bytes())
+            }
+            .unwrap_or_default();
+            let service = cluster_service(cluster).unwrap_or_default();
+            let (name, namespace) = service_parts(service);
+            Peers {
+                reporter: "source",
+                source: self.local.clone(),
+                service_namespace: Arc::from(namespace.unwrap_or(&destination.namespace)),
+                destination,
+                service: Arc::from(service),
+                service_name: Arc::from(name),
+                // A client does not know the server's policy.
+                security: UNKNOWN,
+            }
+        })
     }
 }
 

@@ -7,11 +7,11 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response};
+use http::{Request, Response};
 use http_body::Body;
 use http_body_util::BodyExt;
 
-use super::{METADATA, METADATA_ID, Series, Telemetry, grpc_status};
+use super::{Interned, METADATA, METADATA_ID, Series, Telemetry, grpc_status};
 use crate::body::{BoxError, MeshBody};
 use crate::observe::{ObservedBody, RequestObserver, StreamEnd};
 use crate::protocol::is_grpc;
@@ -98,31 +98,43 @@ where
         };
         let started = Instant::now();
         let grpc = is_grpc(req.headers());
-        let service: Box<str> = Box::from(requested_service(&req));
-        // The caller's peer metadata is for the mesh, not the application (as a sidecar
-        // strips it); a caller that sent it gets this workload's in the answer.
         // The application reads the body itself; its declared length is what the server knows.
         let request_bytes = req
             .headers()
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        // The caller's peer metadata is for the mesh, not the application (as a sidecar
+        // strips it); a caller that sent it gets this workload's in the answer.
         let exchanged = req.headers_mut().remove(&METADATA);
         req.headers_mut().remove(&METADATA_ID);
         let peer = self
             .peer
-            .clone()
-            .or_else(|| req.extensions().get::<Arc<PeerInfo>>().cloned());
+            .as_ref()
+            .or_else(|| req.extensions().get::<Arc<PeerInfo>>());
+        let caller = peer
+            .filter(|p| p.tls)
+            .and_then(|p| p.spiffe_id.as_deref())
+            .unwrap_or_default();
+        // Everything the labels need is known now: the peers are looked up before the
+        // request goes on, and nothing of the request is kept for its end.
+        let peers = telemetry.server_peers(
+            caller,
+            requested_service(&req),
+            exchanged
+                .as_ref()
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default(),
+        );
+        let answer_exchange = exchanged.is_some();
         let fut = self.inner.call(req);
         let observed: ServerFuture<S::Error> = Box::pin(async move {
             let mut resp = fut.await?;
-            if exchanged.is_some() {
+            if answer_exchange {
                 telemetry.announce(resp.headers_mut());
             }
             let call = ServerCall {
                 telemetry,
-                peer,
-                service,
-                exchanged,
+                peers,
                 request_bytes,
                 grpc,
                 code: resp.status().as_u16(),
@@ -150,11 +162,7 @@ where
 /// One request a server answered, as its metrics follow it.
 struct ServerCall {
     telemetry: Arc<Telemetry>,
-    /// `None` for a request that came through no mesh connection (the stage refuses it).
-    peer: Option<Arc<PeerInfo>>,
-    service: Box<str>,
-    /// The caller's `x-envoy-peer-metadata`, if it sent one.
-    exchanged: Option<HeaderValue>,
+    peers: Interned,
     /// The request's `content-length`, if it declared one.
     request_bytes: Option<u64>,
     grpc: bool,
@@ -164,30 +172,24 @@ struct ServerCall {
 
 impl RequestObserver for ServerCall {
     fn on_end(self: Box<Self>, end: &StreamEnd<'_>) {
-        let t = &self.telemetry;
-        let caller = self
-            .peer
-            .as_ref()
-            .filter(|p| p.tls)
-            .and_then(|p| p.spiffe_id.as_deref())
-            .unwrap_or_default();
         let grpc_status = match end.trailers {
             Some(trailers) if self.grpc => grpc_status(trailers).or(self.grpc_status),
             _ => self.grpc_status,
         };
-        let exchanged = self.exchanged.as_ref().and_then(|v| v.to_str().ok());
-        let h = t.handles(Series {
-            peers: t.server_peers(caller, &self.service, exchanged),
+        let series = Series {
+            peers: self.peers,
             grpc: self.grpc,
             code: self.code,
             grpc_status,
             flags: ResponseFlags::default(),
+        };
+        self.telemetry.record(series, |h| {
+            h.requests.inc();
+            h.duration.observe(end.duration.as_secs_f64() * 1e3);
+            if let Some(n) = self.request_bytes {
+                h.request_bytes.observe(n as f64);
+            }
+            h.response_bytes.observe(end.body_bytes as f64);
         });
-        h.requests.inc();
-        h.duration.observe(end.duration.as_secs_f64() * 1e3);
-        if let Some(n) = self.request_bytes {
-            h.request_bytes.observe(n as f64);
-        }
-        h.response_bytes.observe(end.body_bytes as f64);
     }
 }
