@@ -311,7 +311,7 @@ fn main() {
             .unwrap();
         tokio::spawn(server.serve(
             served_listener,
-            tower::service_fn(|_req: Request<Incoming>| async {
+            tower::service_fn(|_req: Request<mesh::InboundBody>| async {
                 Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
             }),
         ));

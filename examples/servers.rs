@@ -82,7 +82,7 @@ where
 }
 
 /// The hyper service: answers with the caller's SPIFFE ID.
-async fn hello(req: Request<hyper::body::Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn hello(req: Request<mesh::InboundBody>) -> Result<Response<Full<Bytes>>, Infallible> {
     let caller = req
         .extensions()
         .get::<PeerInfo>()

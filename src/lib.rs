@@ -16,6 +16,7 @@ pub mod client;
 pub mod server;
 
 pub use client::{Channel, Client, ClientBuilder, Error};
+pub use mesh_tower::server::InboundBody;
 pub use server::Server;
 
 /// The README's examples, compiled as doctests so that they stay true.

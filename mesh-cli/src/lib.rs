@@ -717,7 +717,7 @@ pub struct ServeArgs {
 }
 
 /// The body `mesh serve` answers with: who answered, what, for whom.
-fn serve_answer(workload: &str, req: &http::Request<hyper::body::Incoming>) -> String {
+fn serve_answer(workload: &str, req: &http::Request<mesh_tower::server::InboundBody>) -> String {
     let caller = req
         .extensions()
         .get::<mesh_tower::PeerInfo>()
@@ -838,7 +838,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
         }
     });
     let workload: std::sync::Arc<str> = workload.into();
-    let app = tower::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+    let app = tower::service_fn(move |req: http::Request<mesh_tower::server::InboundBody>| {
         let text = serve_answer(&workload, &req);
         async move {
             let resp = if mesh_tower::protocol::is_grpc(req.headers()) {

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
+use mesh_core::telemetry::GrpcMessages;
 
 /// The error type of bodies crossing the stack.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -29,6 +30,89 @@ pub fn full(b: impl Into<Bytes>) -> MeshBody {
     http_body_util::Full::new(b.into())
         .map_err(|e: std::convert::Infallible| match e {})
         .boxed_unsync()
+}
+
+/// What one body carried, counted as it is read for telemetry: bytes, and gRPC messages
+/// when the reader parses the framing. Shared between the reader and whoever reports.
+#[derive(Debug, Default)]
+pub struct BodyCount {
+    bytes: AtomicU64,
+    messages: AtomicU64,
+}
+
+impl BodyCount {
+    /// Data bytes read.
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// gRPC messages begun (0 when the framing was not parsed).
+    pub fn messages(&self) -> u64 {
+        self.messages.load(Ordering::Relaxed)
+    }
+
+    /// Counts one data frame; `messages` is the reader's framing state, for gRPC.
+    fn add(&self, data: &[u8], messages: Option<&mut GrpcMessages>) {
+        self.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+        if let Some(m) = messages {
+            let before = m.count();
+            m.feed(data);
+            self.messages
+                .fetch_add(m.count().saturating_sub(before), Ordering::Relaxed);
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A body that counts what is read from it into a [`BodyCount`] (a server's inbound
+    /// request bodies, which the application reads).
+    pub struct CountedBody<B> {
+        #[pin]
+        inner: B,
+        counter: Option<(Arc<BodyCount>, Option<GrpcMessages>)>,
+    }
+}
+
+impl<B> CountedBody<B> {
+    /// `inner`, counted into `counter` (gRPC messages too when `grpc`); `None` counts nothing.
+    pub fn new(inner: B, counter: Option<Arc<BodyCount>>, grpc: bool) -> Self {
+        Self {
+            inner,
+            counter: counter.map(|c| (c, grpc.then(GrpcMessages::new))),
+        }
+    }
+
+    /// The body this wraps.
+    pub fn into_inner(self) -> B {
+        self.inner
+    }
+}
+
+impl<B: Body<Data = Bytes>> Body for CountedBody<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = self.project();
+        let frame = std::task::ready!(this.inner.poll_frame(cx));
+        if let (Some((c, messages)), Some(Ok(f))) = (this.counter.as_mut(), &frame)
+            && let Some(data) = f.data_ref()
+        {
+            c.add(data, messages.as_mut());
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// A request body shared by the attempts and mirrors of one request: it goes upstream as it
@@ -65,8 +149,9 @@ struct Source {
     owner: bool,
     /// Mirrors waiting for a frame.
     followers: Vec<std::task::Waker>,
-    /// Where the bytes read from the caller's body are counted, for telemetry.
-    counter: Option<Arc<AtomicU64>>,
+    /// Where what is read from the caller's body is counted, for telemetry, and the gRPC
+    /// framing read so far (for a gRPC call).
+    counter: Option<(Arc<BodyCount>, Option<GrpcMessages>)>,
 }
 
 impl Source {
@@ -169,10 +254,11 @@ impl RequestBody {
         self.source.as_ref().and_then(|s| lock(s).failed.clone())
     }
 
-    /// Counts the bytes read from the caller's body into `counter` (an empty body reads none).
-    pub fn count_into(&self, counter: &Arc<AtomicU64>) {
+    /// Counts what is read from the caller's body into `counter`, its gRPC messages too when
+    /// `grpc` (an empty body reads nothing).
+    pub fn count_into(&self, counter: &Arc<BodyCount>, grpc: bool) {
         if let Some(src) = &self.source {
-            lock(src).counter = Some(counter.clone());
+            lock(src).counter = Some((counter.clone(), grpc.then(GrpcMessages::new)));
         }
     }
 
@@ -274,8 +360,8 @@ impl Body for Reader {
                 s.pulled += 1;
                 this.next += 1;
                 let len = frame.data_ref().map_or(0, Bytes::len);
-                if let Some(c) = &s.counter {
-                    c.fetch_add(len as u64, Ordering::Relaxed);
+                if let (Some((c, messages)), Some(data)) = (&mut s.counter, frame.data_ref()) {
+                    c.add(data, messages.as_mut());
                 }
                 if !s.overflowed {
                     match s.kept_bytes.checked_add(len).filter(|&n| n <= s.cap) {

@@ -15,8 +15,9 @@ use http_body::{Body, Frame, SizeHint};
 use http::{HeaderMap, Method, StatusCode, Uri};
 use mesh_core::route::AttemptFailure;
 
-use crate::body::{BoxError, MeshBody};
+use crate::body::{BodyCount, BoxError, MeshBody};
 use crate::reply::{LocalReason, ResponseFlags};
+use mesh_core::telemetry::GrpcMessages;
 
 /// What the stack did for a response; attached to every response as an extension.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -140,8 +141,12 @@ pub struct StreamEnd<'a> {
     pub trailers: Option<&'a HeaderMap>,
     /// Body bytes that reached the caller.
     pub body_bytes: u64,
-    /// Request body bytes read from the caller, when the stack counted them (the client).
+    /// Request body bytes read from the caller, when the stack counted them.
     pub request_bytes: Option<u64>,
+    /// gRPC messages in the request body, when the stack counted them (gRPC calls).
+    pub request_messages: Option<u64>,
+    /// gRPC messages in the response body that reached the caller (0 when not gRPC).
+    pub response_messages: u64,
     /// Whether the body was read to its end (not failed, not dropped early).
     pub completed: bool,
     /// From the request's arrival to the body's end.
@@ -154,7 +159,9 @@ pub(crate) struct ObservedBody {
     observer: Option<Box<dyn RequestObserver>>,
     started: Instant,
     bytes: u64,
-    request_bytes: Option<Arc<std::sync::atomic::AtomicU64>>,
+    /// The response's gRPC framing, for a gRPC call.
+    messages: Option<GrpcMessages>,
+    request: Option<Arc<BodyCount>>,
 }
 
 impl ObservedBody {
@@ -169,13 +176,20 @@ impl ObservedBody {
             observer: Some(observer),
             started,
             bytes: 0,
-            request_bytes: None,
+            messages: None,
+            request: None,
         }
     }
 
-    /// Reports the request bytes `counter` holds when the body ends.
-    pub(crate) fn with_request_bytes(mut self, counter: Arc<std::sync::atomic::AtomicU64>) -> Self {
-        self.request_bytes = Some(counter);
+    /// Reports what `counter` counted of the request body when the body ends.
+    pub(crate) fn with_request_count(mut self, counter: Arc<BodyCount>) -> Self {
+        self.request = Some(counter);
+        self
+    }
+
+    /// Counts the response's gRPC messages.
+    pub(crate) fn with_grpc_messages(mut self) -> Self {
+        self.messages = Some(GrpcMessages::new());
         self
     }
 
@@ -184,10 +198,13 @@ impl ObservedBody {
             o.on_end(&StreamEnd {
                 trailers,
                 body_bytes: self.bytes,
-                request_bytes: self
-                    .request_bytes
+                request_bytes: self.request.as_ref().map(|c| c.bytes()),
+                request_messages: self
+                    .request
                     .as_ref()
-                    .map(|c| c.load(std::sync::atomic::Ordering::Relaxed)),
+                    .filter(|_| self.messages.is_some())
+                    .map(|c| c.messages()),
+                response_messages: self.messages.map_or(0, |m| m.count()),
                 completed,
                 duration: self.started.elapsed(),
             });
@@ -208,6 +225,9 @@ impl Body for ObservedBody {
             Some(Ok(f)) => {
                 if let Some(data) = f.data_ref() {
                     self.bytes = self.bytes.saturating_add(data.len() as u64);
+                    if let Some(m) = &mut self.messages {
+                        m.feed(data);
+                    }
                 } else if let Some(trailers) = f.trailers_ref() {
                     // Trailers are the last frame: the stream is complete with them.
                     self.finish(Some(trailers), true);

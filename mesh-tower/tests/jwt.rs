@@ -50,7 +50,9 @@ fn bootstrap(xds: SocketAddr) -> Bootstrap {
 }
 
 /// The application: who the token says is calling, and what reached it.
-async fn app(req: Request<hyper::body::Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn app(
+    req: Request<mesh_tower::server::InboundBody>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let who = req
         .extensions()
         .get::<RequestAuth>()

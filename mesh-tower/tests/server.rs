@@ -51,7 +51,9 @@ fn bootstrap(xds: SocketAddr, node: &str, dir: &std::path::Path) -> Bootstrap {
 }
 
 /// The application: answers who called and how.
-async fn app(req: Request<hyper::body::Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn app(
+    req: Request<mesh_tower::server::InboundBody>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let p = req.extensions().get::<PeerInfo>().cloned();
     let who = p
         .as_ref()
@@ -464,7 +466,9 @@ async fn the_mesh_layer_refuses_requests_that_did_not_come_through_a_mesh_connec
     );
 }
 
-async fn app_any(_: Request<Full<Bytes>>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn app_any(
+    _: Request<mesh_tower::body::CountedBody<Full<Bytes>>>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     Ok(Response::new(Full::new(Bytes::from_static(b"reached"))))
 }
 
@@ -565,7 +569,7 @@ async fn mesh_client_and_server_name_each_other_through_the_peer_metadata_header
     // The application says whether the exchange headers reached it (they must not).
     tokio::spawn(server.serve(
         listener,
-        tower::service_fn(|req: Request<hyper::body::Incoming>| async move {
+        tower::service_fn(|req: Request<mesh_tower::server::InboundBody>| async move {
             let leaked = req.headers().contains_key("x-envoy-peer-metadata")
                 || req.headers().contains_key("x-envoy-peer-metadata-id");
             Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(format!(
@@ -622,4 +626,75 @@ async fn mesh_client_and_server_name_each_other_through_the_peer_metadata_header
     ] {
         assert!(s.contains(label), "{label} in {s}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_counts_what_its_application_read_and_grpc_messages_each_way() {
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+    let t = mesh_tower::telemetry::Telemetry::new(Default::default());
+    let tt = t.clone();
+    let (w, server, listener) = setup("STRICT", move |s| s.telemetry(tt)).await;
+    // The application reads the whole request, then answers two messages.
+    tokio::spawn(server.serve(
+        listener,
+        tower::service_fn(|req: Request<mesh_tower::server::InboundBody>| async move {
+            let read = req.into_body().collect().await.unwrap().to_bytes().len();
+            assert_eq!(read, 17);
+            Ok::<_, Infallible>(
+                Response::builder()
+                    .header("content-type", "application/grpc")
+                    .header("grpc-status", "0")
+                    .body(Full::new(Bytes::from_static(&[
+                        0, 0, 0, 0, 1, 5, 0, 0, 0, 0, 0,
+                    ])))
+                    .unwrap(),
+            )
+        }),
+    ));
+    let (svc, _xds, _dir) = client(&w, CLIENT).await;
+    // Three messages (lengths 2, 0, 0), 17 bytes, streamed without a content-length.
+    let frames: Vec<Result<Frame<Bytes>, Infallible>> = [
+        &[0u8, 0, 0][..],
+        &[0, 2, 1, 2, 0, 0],
+        &[0, 0, 0, 0, 0, 0, 0, 0],
+    ]
+    .into_iter()
+    .map(|d| Ok(Frame::data(Bytes::copy_from_slice(d))))
+    .collect();
+    let req = Request::post(format!("http://{HOST}:9080/test.Echo/Say"))
+        .header("content-type", "application/grpc")
+        .body(StreamBody::new(futures_util::stream::iter(frames)))
+        .unwrap();
+    let resp = svc.oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    resp.into_body().collect().await.unwrap();
+    let value = |text: &str, prefix: &str| -> Option<String> {
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .map(|l| l.rsplit(' ').next().unwrap_or_default().to_string())
+    };
+    let want = [
+        ("istio_requests_total{", "1"),
+        ("istio_request_bytes_sum{", "17.0"),
+        ("istio_request_messages_total{", "3"),
+        ("istio_response_messages_total{", "2"),
+        ("istio_response_bytes_sum{", "11.0"),
+    ];
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while value(&t.encode(), "istio_requests_total{").is_none() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap();
+    let text = t.encode();
+    for (prefix, v) in want {
+        assert_eq!(
+            value(&text, prefix).as_deref(),
+            Some(v),
+            "{prefix} in {text}"
+        );
+    }
+    assert!(text.contains("request_protocol=\"grpc\""), "{text}");
 }

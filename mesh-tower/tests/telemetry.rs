@@ -153,7 +153,8 @@ async fn retries_are_attempts_not_requests_and_local_replies_carry_their_flags()
 
 /// A gRPC backend over h2c: `/ok` answers one message and `grpc-status: 0` in the
 /// trailers, `/missing` a message and `grpc-status: 5` (NOT_FOUND) in the trailers, and
-/// `/denied` a trailers-only `grpc-status: 7` (PERMISSION_DENIED).
+/// `/denied` a trailers-only `grpc-status: 7` (PERMISSION_DENIED); `/stream` three
+/// messages over frames that split their prefixes, then `grpc-status: 0`.
 async fn grpc_backend() -> std::net::SocketAddr {
     use http_body_util::StreamBody;
     use hyper::body::Frame;
@@ -177,10 +178,19 @@ async fn grpc_backend() -> std::net::SocketAddr {
                                 let mut trailers = http::HeaderMap::new();
                                 let code = if p == "/missing" { "5" } else { "0" };
                                 trailers.insert("grpc-status", code.parse().unwrap());
-                                vec![
-                                    Ok(Frame::data(Bytes::from_static(&[0, 0, 0, 0, 2, 8, 1]))),
-                                    Ok(Frame::trailers(trailers)),
-                                ]
+                                let data: &[&'static [u8]] = if p == "/stream" {
+                                    &[
+                                        &[0, 0, 0, 0, 1, 9, 0, 0],
+                                        &[0, 0, 2, 1, 1, 0],
+                                        &[0, 0, 0, 0],
+                                    ]
+                                } else {
+                                    &[&[0, 0, 0, 0, 2, 8, 1]]
+                                };
+                                data.iter()
+                                    .map(|d| Ok(Frame::data(Bytes::from_static(d))))
+                                    .chain([Ok(Frame::trailers(trailers))])
+                                    .collect()
                             }
                         };
                     let body = StreamBody::new(futures_util::stream::iter(frames));
@@ -291,4 +301,58 @@ async fn request_bytes_are_the_bytes_read_from_the_callers_body() {
     };
     assert_eq!(line("istio_request_bytes_sum{"), "16.0");
     assert_eq!(line("istio_request_bytes_count{"), "2");
+    // Message counts are gRPC's alone.
+    assert!(!text.contains("_messages_total{"), "{text}");
+}
+
+#[tokio::test]
+async fn grpc_messages_are_counted_each_way_however_the_frames_split_them() {
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+    let addr = grpc_backend().await;
+    let t = Telemetry::new(local());
+    let config = MeshConfig::default().observer(t.client_observer());
+    let m = mesh_with(&yaml(&[addr], &[], ROUND_ROBIN, ROUTE_V1), config).await;
+    // Two request messages (lengths 1 and 0), the first prefix split over two frames.
+    let two: [&'static [u8]; 2] = [&[0, 0, 0], &[0, 1, 7, 0, 0, 0, 0, 0]];
+    for (path, frames) in [("/ok", &two[..1]), ("/stream", &two[..])] {
+        let frames: Vec<Result<Frame<Bytes>, std::convert::Infallible>> = frames
+            .iter()
+            .map(|d| Ok(Frame::data(Bytes::from_static(d))))
+            .collect();
+        let resp = m
+            .svc
+            .clone()
+            .oneshot(
+                Request::post(format!("http://{HOST}:9080{path}"))
+                    .version(http::Version::HTTP_2)
+                    .header("content-type", "application/grpc")
+                    .body(StreamBody::new(futures_util::stream::iter(frames)))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        resp.into_body().collect().await.unwrap();
+    }
+    let text = t.encode();
+    let rows = |name: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| l.starts_with(name))
+            .map(|l| l.replace(PEERS, "…"))
+            .collect()
+    };
+    // `/ok`: its one (truncated) request message and one response message; `/stream`: two
+    // and three.
+    assert_eq!(
+        rows("istio_request_messages_total{"),
+        [
+            "istio_request_messages_total{…,request_protocol=\"grpc\",response_code=\"200\",grpc_response_status=\"0\",response_flags=\"-\",connection_security_policy=\"unknown\"} 3"
+        ]
+    );
+    assert_eq!(
+        rows("istio_response_messages_total{"),
+        [
+            "istio_response_messages_total{…,request_protocol=\"grpc\",response_code=\"200\",grpc_response_status=\"0\",response_flags=\"-\",connection_security_policy=\"unknown\"} 4"
+        ]
+    );
 }

@@ -4,7 +4,10 @@
 
 use std::sync::Arc;
 
+mod grpc_messages;
 pub mod peer_metadata;
+
+pub use grpc_messages::GrpcMessages;
 
 /// A workload as Istio's metric labels describe it. Empty fields render as Istio's defaults.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]

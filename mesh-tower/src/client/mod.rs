@@ -234,10 +234,10 @@ impl<C: MeshConnector> Shared<C> {
     {
         // Clock reads are not free on every machine: only with an observer to tell.
         let started = observer.is_some().then(Instant::now);
-        // Counted only for an observer (istio_request_bytes).
-        let request_bytes = observer
+        // Counted only for an observer (istio_request_bytes, istio_request_messages_total).
+        let request_count = observer
             .is_some()
-            .then(|| Arc::new(std::sync::atomic::AtomicU64::new(0)));
+            .then(|| Arc::new(crate::body::BodyCount::default()));
         let mut info = MeshInfo::default();
         let forwarded: Result<Response<MeshBody>, Local> = 'forward: {
             let snap = self.snapshots.borrow().clone();
@@ -310,8 +310,8 @@ impl<C: MeshConnector> Shared<C> {
 
             // Streamed from the first byte; a copy is kept for retries and mirrors.
             let body = RequestBody::new(body, self.config.max_replay_bytes);
-            if let Some(c) = &request_bytes {
-                body.count_into(c);
+            if let Some(c) = &request_count {
+                body.count_into(c, grpc);
             }
             self.mirror(
                 &snap,
@@ -368,8 +368,11 @@ impl<C: MeshConnector> Shared<C> {
             });
             resp = resp.map(|b| {
                 let mut observed = ObservedBody::new(b, o, started.into_std());
-                if let Some(c) = request_bytes {
-                    observed = observed.with_request_bytes(c);
+                if let Some(c) = request_count {
+                    observed = observed.with_request_count(c);
+                }
+                if grpc {
+                    observed = observed.with_grpc_messages();
                 }
                 http_body_util::BodyExt::boxed_unsync(observed)
             });

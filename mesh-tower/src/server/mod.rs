@@ -33,11 +33,15 @@ use crate::telemetry::{ServerMetrics, Telemetry};
 pub use authz::{AuthzService, PeerInfo};
 pub use jwks::JwksStore;
 
-/// An application a mesh server can serve: a cloneable tower service over hyper's request
-/// body (a hyper `service_fn`, tonic's `Routes`, an axum `Router`, ...).
+/// The request body a mesh server's application reads: hyper's, counted for telemetry as it
+/// is read (nothing is counted without telemetry).
+pub type InboundBody = crate::body::CountedBody<Incoming>;
+
+/// An application a mesh server can serve: a cloneable tower service over [`InboundBody`]
+/// (a hyper `service_fn`, tonic's `Routes`, an axum `Router`, ...).
 pub trait AppService<RB>:
     tower::Service<
-        http::Request<Incoming>,
+        http::Request<InboundBody>,
         Response = http::Response<RB>,
         Future: Send + 'static,
         Error: Into<crate::body::BoxError> + Send + Sync + 'static,
@@ -49,7 +53,7 @@ pub trait AppService<RB>:
 
 impl<S, RB> AppService<RB> for S where
     S: tower::Service<
-            http::Request<Incoming>,
+            http::Request<InboundBody>,
             Response = http::Response<RB>,
             Future: Send + 'static,
             Error: Into<crate::body::BoxError> + Send + Sync + 'static,

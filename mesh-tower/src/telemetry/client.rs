@@ -95,12 +95,6 @@ impl RequestObserver for ClientCall {
             grpc_status,
             flags: self.flags,
         };
-        t.record(series, |h| {
-            h.requests.inc();
-            h.duration.observe(end.duration.as_secs_f64() * 1e3);
-            h.request_bytes
-                .observe(end.request_bytes.unwrap_or_default() as f64);
-            h.response_bytes.observe(end.body_bytes as f64);
-        });
+        t.record(series, |h| h.add(end));
     }
 }

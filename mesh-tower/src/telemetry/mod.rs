@@ -21,7 +21,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use rustc_hash::FxHashMap;
 
-use crate::observe::Observer;
+use crate::observe::{Observer, StreamEnd};
 use crate::reply::ResponseFlags;
 use client::ClientObserver;
 
@@ -168,6 +168,23 @@ struct Handles {
     duration: Histogram,
     request_bytes: Histogram,
     response_bytes: Histogram,
+    /// gRPC's message counts (`None` for HTTP series, which Istio does not give them).
+    messages: Option<(Counter, Counter)>,
+}
+
+impl Handles {
+    /// Records one request that ended as `end` says.
+    fn add(&self, end: &StreamEnd<'_>) {
+        self.requests.inc();
+        self.duration.observe(end.duration.as_secs_f64() * 1e3);
+        self.request_bytes
+            .observe(end.request_bytes.unwrap_or_default() as f64);
+        self.response_bytes.observe(end.body_bytes as f64);
+        if let Some((request, response)) = &self.messages {
+            request.inc_by(end.request_messages.unwrap_or_default());
+            response.inc_by(end.response_messages);
+        }
+    }
 }
 
 fn duration_histogram() -> Histogram {
@@ -195,6 +212,8 @@ pub struct Telemetry {
     duration: HistogramFamily,
     request_bytes: HistogramFamily,
     response_bytes: HistogramFamily,
+    request_messages: Family<Series, Counter>,
+    response_messages: Family<Series, Counter>,
     local: Workload,
     /// This workload's `x-envoy-peer-metadata` and `x-envoy-peer-metadata-id` values.
     exchange: (Option<HeaderValue>, Option<HeaderValue>),
@@ -255,12 +274,27 @@ impl Telemetry {
             "Response body sizes in bytes",
             response_bytes.clone(),
         );
+        let request_messages = Family::<Series, Counter>::default();
+        let response_messages = Family::<Series, Counter>::default();
+        // prometheus-client adds the counters' `_total`.
+        registry.register(
+            "istio_request_messages",
+            "gRPC messages the caller sent",
+            request_messages.clone(),
+        );
+        registry.register(
+            "istio_response_messages",
+            "gRPC messages the server sent",
+            response_messages.clone(),
+        );
         Arc::new(Self {
             registry,
             requests,
             duration,
             request_bytes,
             response_bytes,
+            request_messages,
+            response_messages,
             local,
             exchange,
             peers: RwLock::default(),
@@ -336,6 +370,12 @@ impl Telemetry {
             duration: self.duration.get_or_create(&series).clone(),
             request_bytes: self.request_bytes.get_or_create(&series).clone(),
             response_bytes: self.response_bytes.get_or_create(&series).clone(),
+            messages: series.grpc.then(|| {
+                (
+                    self.request_messages.get_or_create(&series).clone(),
+                    self.response_messages.get_or_create(&series).clone(),
+                )
+            }),
         };
         let mut all = self.series.write().unwrap_or_else(|p| p.into_inner());
         record(all.entry(series).or_insert(handles));
@@ -376,4 +416,4 @@ fn grpc_status(headers: &http::HeaderMap) -> Option<u32> {
 mod client;
 mod server;
 
-pub use server::ServerMetrics;
+pub use server::{CountableBody, ServerMetrics};

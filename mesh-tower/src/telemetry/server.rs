@@ -12,7 +12,7 @@ use http_body::Body;
 use http_body_util::BodyExt;
 
 use super::{Interned, METADATA, METADATA_ID, Series, Telemetry, grpc_status};
-use crate::body::{BoxError, MeshBody};
+use crate::body::{BodyCount, BoxError, CountedBody, MeshBody};
 use crate::observe::{ObservedBody, RequestObserver, StreamEnd};
 use crate::protocol::is_grpc;
 use crate::reply::ResponseFlags;
@@ -64,11 +64,67 @@ fn requested_service<B>(req: &Request<B>) -> &str {
     }
 }
 
+/// A server's request body as the metrics see it: wrapped so that what the application reads
+/// is counted (`istio_request_bytes` without a `content-length`, gRPC's request messages).
+pub trait CountableBody: Sized {
+    /// The body the service behind the metrics gets.
+    type Counted;
+
+    /// This body, counted into `counter` (gRPC messages too when `grpc`); `None`: not counted.
+    fn counted(self, counter: Option<Arc<BodyCount>>, grpc: bool) -> Self::Counted;
+}
+
+/// Bodies an application's service can take wrapped: hyper's, and the in-memory ones tests
+/// and in-process callers use.
+macro_rules! countable_as_wrapped {
+    ($($body:ty),*) => {$(
+        impl CountableBody for $body {
+            type Counted = CountedBody<$body>;
+
+            fn counted(self, counter: Option<Arc<BodyCount>>, grpc: bool) -> Self::Counted {
+                CountedBody::new(self, counter, grpc)
+            }
+        }
+    )*};
+}
+
+countable_as_wrapped!(
+    hyper::body::Incoming,
+    http_body_util::Full<Bytes>,
+    http_body_util::Empty<Bytes>
+);
+
+/// Boxed bodies stay boxed, the count inside.
+impl<E: 'static> CountableBody for http_body_util::combinators::UnsyncBoxBody<Bytes, E> {
+    type Counted = Self;
+
+    fn counted(self, counter: Option<Arc<BodyCount>>, grpc: bool) -> Self::Counted {
+        match counter {
+            Some(c) => CountedBody::new(self, Some(c), grpc).boxed_unsync(),
+            None => self,
+        }
+    }
+}
+
+#[cfg(feature = "tonic")]
+impl CountableBody for tonic::body::Body {
+    type Counted = tonic::body::Body;
+
+    fn counted(self, counter: Option<Arc<BodyCount>>, grpc: bool) -> Self::Counted {
+        match counter {
+            // tonic's services take its own body type, so the count goes inside one.
+            Some(c) => tonic::body::Body::new(CountedBody::new(self, Some(c), grpc)),
+            None => self,
+        }
+    }
+}
+
 type ServerFuture<E> = Pin<Box<dyn Future<Output = Result<Response<MeshBody>, E>> + Send>>;
 
 impl<S, B, RB> tower::Service<Request<B>> for ServerMetrics<S>
 where
-    S: tower::Service<Request<B>, Response = Response<RB>>,
+    B: CountableBody,
+    S: tower::Service<Request<B::Counted>, Response = Response<RB>>,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
     RB: Body<Data = Bytes> + Send + 'static,
@@ -94,15 +150,16 @@ where
         let Some(telemetry) = self.telemetry.clone() else {
             let plain: fn(Response<RB>) -> Self::Response =
                 |r| r.map(http_body_util::Either::Right);
-            return E::Left(self.inner.call(req).map_ok(plain));
+            return E::Left(
+                self.inner
+                    .call(req.map(|b| b.counted(None, false)))
+                    .map_ok(plain),
+            );
         };
         let started = Instant::now();
         let grpc = is_grpc(req.headers());
-        // The application reads the body itself; its declared length is what the server knows.
-        let request_bytes = req
-            .headers()
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        // The application reads the body: what it reads is counted as it goes.
+        let request = Arc::new(BodyCount::default());
         // The caller's peer metadata is for the mesh, not the application (as a sidecar
         // strips it); a caller that sent it gets this workload's in the answer.
         let exchanged = req.headers_mut().remove(&METADATA);
@@ -126,7 +183,9 @@ where
                 .unwrap_or_default(),
         );
         let answer_exchange = exchanged.is_some();
-        let fut = self.inner.call(req);
+        let fut = self
+            .inner
+            .call(req.map(|b| b.counted(Some(request.clone()), grpc)));
         let observed: ServerFuture<S::Error> = Box::pin(async move {
             let mut resp = fut.await?;
             if answer_exchange {
@@ -135,7 +194,6 @@ where
             let call = ServerCall {
                 telemetry,
                 peers,
-                request_bytes,
                 grpc,
                 code: resp.status().as_u16(),
                 grpc_status: if grpc {
@@ -145,12 +203,17 @@ where
                 },
             };
             Ok(resp.map(|b| {
-                ObservedBody::new(
+                let observed = ObservedBody::new(
                     b.map_err(Into::into).boxed_unsync(),
                     Box::new(call),
                     started,
                 )
-                .boxed_unsync()
+                .with_request_count(request);
+                if grpc {
+                    observed.with_grpc_messages().boxed_unsync()
+                } else {
+                    observed.boxed_unsync()
+                }
             }))
         });
         let wrap: fn(Response<MeshBody>) -> Self::Response =
@@ -163,8 +226,6 @@ where
 struct ServerCall {
     telemetry: Arc<Telemetry>,
     peers: Interned,
-    /// The request's `content-length`, if it declared one.
-    request_bytes: Option<u64>,
     grpc: bool,
     code: u16,
     grpc_status: Option<u32>,
@@ -183,13 +244,6 @@ impl RequestObserver for ServerCall {
             grpc_status,
             flags: ResponseFlags::default(),
         };
-        self.telemetry.record(series, |h| {
-            h.requests.inc();
-            h.duration.observe(end.duration.as_secs_f64() * 1e3);
-            if let Some(n) = self.request_bytes {
-                h.request_bytes.observe(n as f64);
-            }
-            h.response_bytes.observe(end.body_bytes as f64);
-        });
+        self.telemetry.record(series, |h| h.add(end));
     }
 }
