@@ -17,7 +17,7 @@ use http::{Request, Response};
 use http_body::Body;
 use mesh_tower::body::BoxError;
 use mesh_tower::protocol::{is_grpc, local_reply};
-use mesh_tower::telemetry::Telemetry;
+use mesh_tower::telemetry::{Telemetry, Tracer};
 use mesh_tower::{LocalReason, MeshBody, MeshConfig, MeshService, ResponseFuture};
 use mesh_xds_client::{Bootstrap, BootstrapError, Health, StartError, XdsClient, XdsClientBuilder};
 use tower::Service;
@@ -42,6 +42,7 @@ pub struct ClientBuilder {
     config_timeout: Duration,
     cache_dir: Option<PathBuf>,
     telemetry: bool,
+    tracer: Option<Arc<Tracer>>,
 }
 
 impl Default for ClientBuilder {
@@ -53,6 +54,7 @@ impl Default for ClientBuilder {
             config_timeout: Duration::from_secs(10),
             cache_dir: None,
             telemetry: false,
+            tracer: None,
         }
     }
 }
@@ -97,6 +99,14 @@ impl ClientBuilder {
         self
     }
 
+    /// Propagates traces (W3C and B3) with `tracer`: each request continues the trace its
+    /// headers carry, or the one of the request a traced [`crate::Server`] is serving in
+    /// this task, and each attempt gets a span of its own.
+    pub fn tracing(mut self, tracer: Arc<Tracer>) -> Self {
+        self.tracer = Some(tracer);
+        self
+    }
+
     /// Starts the xDS client and builds the stack. Must run inside a tokio runtime.
     pub fn build(self) -> Result<Client, Error> {
         let bootstrap = match self.bootstrap {
@@ -107,8 +117,11 @@ impl ClientBuilder {
         let telemetry = self
             .telemetry
             .then(|| Telemetry::for_node(bootstrap.workload(), &bootstrap.node.id));
-        if let Some(t) = &telemetry {
-            config = config.observer(t.client_observer());
+        match (&telemetry, self.tracer) {
+            (Some(t), Some(tracer)) => config = config.observer(t.client_observer_traced(tracer)),
+            (Some(t), None) => config = config.observer(t.client_observer()),
+            (None, Some(tracer)) => config = config.observer(tracer.client_observer()),
+            (None, None) => {}
         }
         let mut xds = XdsClientBuilder::new(bootstrap);
         // `host:port`, without the `xds:///` a target may be written with.

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use futures_util::Stream as _;
 use mesh_core::telemetry::Workload;
-use mesh_tower::telemetry::Telemetry;
+use mesh_tower::telemetry::{Telemetry, Tracer};
 use mesh_tower::{MeshServer, ServingState};
 use mesh_xds_client::{Bootstrap, XdsClient, XdsClientBuilder};
 use tokio::sync::watch;
@@ -73,6 +73,13 @@ impl Server {
     pub fn telemetry_into(mut self, telemetry: Arc<Telemetry>) -> Self {
         self.inner = self.inner.telemetry(telemetry.clone());
         self.telemetry = Some(telemetry);
+        self
+    }
+
+    /// Continues each caller's trace (W3C and B3) with a server span, which the
+    /// application's calls through a traced [`crate::Client`] continue in turn.
+    pub fn tracing(mut self, tracer: Arc<Tracer>) -> Self {
+        self.inner = self.inner.tracing(tracer);
         self
     }
 

@@ -698,3 +698,80 @@ async fn a_server_counts_what_its_application_read_and_grpc_messages_each_way() 
     }
     assert!(text.contains("request_protocol=\"grpc\""), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trace_continues_from_client_through_server_to_the_servers_own_calls() {
+    use mesh_tower::telemetry::{Tracer, trace};
+    let tracer = Tracer::with_sampling(0.0);
+    // What the server's application calls: a backend recording the headers it gets.
+    let (backend, onward) = support::header_backend(0).await;
+    let outbound = support::mesh_with(
+        &support::yaml(&[backend], &[], support::ROUND_ROBIN, support::ROUTE_V1),
+        MeshConfig::default().observer(tracer.client_observer()),
+    )
+    .await;
+    let (w, server, listener) = setup("STRICT", {
+        let t = tracer.clone();
+        move |s| s.tracing(t)
+    })
+    .await;
+    let app_saw = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let saw = app_saw.clone();
+    let svc = outbound.svc.clone();
+    // The application calls onward without touching any trace header.
+    tokio::spawn(server.serve(
+        listener,
+        tower::service_fn(move |req: Request<mesh_tower::server::InboundBody>| {
+            let (svc, saw) = (svc.clone(), saw.clone());
+            async move {
+                saw.lock().unwrap().push((
+                    req.headers().get("traceparent").cloned(),
+                    trace::current().map(|c| c.span_id),
+                ));
+                let resp = svc
+                    .oneshot(
+                        Request::get(format!("http://{HOST}:9080/next"))
+                            .body(Full::new(Bytes::new()))
+                            .unwrap(),
+                    )
+                    .await
+                    .unwrap();
+                resp.into_body().collect().await.unwrap();
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"done"))))
+            }
+        }),
+    ));
+    let (client, _xds, _dir) = client_with(
+        &w,
+        CLIENT,
+        MeshConfig::default().observer(tracer.client_observer()),
+    )
+    .await;
+    let caller = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let resp = client
+        .oneshot(
+            Request::get(format!("http://{HOST}:9080/orders"))
+                .header("traceparent", caller)
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    resp.into_body().collect().await.unwrap();
+    let (app_header, current) = app_saw.lock().unwrap().pop().unwrap();
+    let app_header = app_header.unwrap().to_str().unwrap().to_string();
+    let onward = onward.lock().unwrap().pop().unwrap();
+    let onward = onward.get("traceparent").unwrap().to_str().unwrap();
+    let trace_of = |tp: &str| tp[3..35].to_string();
+    let span_of = |tp: &str| u64::from_str_radix(&tp[36..52], 16).unwrap();
+    // One trace end to end, the caller's sampling decision kept.
+    assert_eq!(trace_of(&app_header), "0af7651916cd43dd8448eb211c80319c");
+    assert_eq!(trace_of(onward), "0af7651916cd43dd8448eb211c80319c");
+    assert!(app_header.ends_with("-01") && onward.ends_with("-01"));
+    // The application sees the server's span, in its headers and as the task's context; the
+    // onward call is a span of its own.
+    assert_eq!(Some(span_of(&app_header)), current);
+    let spans = [0xb7ad6b7169203331, span_of(&app_header), span_of(onward)];
+    assert!(spans[0] != spans[1] && spans[1] != spans[2] && spans[0] != spans[2]);
+}

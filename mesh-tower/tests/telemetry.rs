@@ -356,3 +356,129 @@ async fn grpc_messages_are_counted_each_way_however_the_frames_split_them() {
         ]
     );
 }
+
+/// A header's value as text.
+fn header<'a>(h: &'a http::HeaderMap, name: &str) -> &'a str {
+    h.get(name).map_or("", |v| v.to_str().unwrap())
+}
+
+#[tokio::test]
+async fn each_attempt_continues_the_callers_trace_with_a_span_of_its_own() {
+    use mesh_tower::telemetry::Tracer;
+    // The first attempt of each request gets 503, the retry 200.
+    let (addr, seen) = header_backend(1).await;
+    let retry = "  - name: r\n    route:\n    - destination: {host: ui.default.svc.cluster.local, subset: version-1}\n    retries: {attempts: 2, retryOn: 5xx}\n";
+    let t = Telemetry::new(local());
+    let config =
+        MeshConfig::default().observer(t.client_observer_traced(Tracer::with_sampling(0.0)));
+    let m = mesh_with(&yaml(&[addr], &[], ROUND_ROBIN, retry), config).await;
+    let caller = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let resp = m
+        .svc
+        .clone()
+        .oneshot(
+            Request::get(format!("http://{HOST}:9080/a"))
+                .header("traceparent", caller)
+                .header("tracestate", "congo=t61rcWkgMzE")
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    resp.into_body().collect().await.unwrap();
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2, "one request, two attempts");
+    let spans: Vec<&str> = seen
+        .iter()
+        .map(|h| {
+            let tp = header(h, "traceparent");
+            // The caller's trace and sampling decision, its vendor state unchanged.
+            assert!(
+                tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+                "{tp}"
+            );
+            assert!(tp.ends_with("-01"), "{tp}");
+            assert_eq!(header(h, "tracestate"), "congo=t61rcWkgMzE");
+            // A W3C caller gets W3C only.
+            assert!(h.get("x-b3-traceid").is_none() && h.get("b3").is_none());
+            &tp[36..52]
+        })
+        .collect();
+    assert_ne!(spans[0], spans[1], "each attempt has its own span");
+    assert!(spans.iter().all(|s| *s != "00f067aa0ba902b7"));
+    // Retries are attempts: still one request in the metrics.
+    assert_eq!(
+        requests(&t),
+        [
+            "istio_requests_total{…,request_protocol=\"http\",response_code=\"200\",grpc_response_status=\"\",response_flags=\"-\",connection_security_policy=\"unknown\"} 1"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn b3_callers_get_b3_back_and_traces_start_when_none_came() {
+    use mesh_tower::telemetry::Tracer;
+    let (addr, seen) = header_backend(0).await;
+    let config = MeshConfig::default().observer(Tracer::with_sampling(100.0).client_observer());
+    let m = mesh_with(&yaml(&[addr], &[], ROUND_ROBIN, ROUTE_V1), config).await;
+    let send = |headers: &'static [(&'static str, &'static str)]| {
+        let svc = m.svc.clone();
+        async move {
+            let mut req = Request::get(format!("http://{HOST}:9080/a"));
+            for (k, v) in headers {
+                req = req.header(*k, *v);
+            }
+            let resp = svc
+                .oneshot(req.body(Full::new(Bytes::new())).unwrap())
+                .await
+                .unwrap();
+            resp.into_body().collect().await.unwrap();
+        }
+    };
+    send(&[("b3", "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-0")]).await;
+    send(&[
+        ("x-b3-traceid", "463ac35c9f6413ad"),
+        ("x-b3-spanid", "a2fb4a1d1a96d312"),
+        ("x-b3-flags", "1"),
+    ])
+    .await;
+    send(&[]).await;
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 3);
+    // B3 single: the same trace, not sampled, a new span, the client's span as its parent.
+    let b3: Vec<&str> = header(&seen[0], "b3").split('-').collect();
+    assert_eq!(b3[0], "80f198ee56343ba864fe8b2a57d3eff7");
+    assert_eq!(b3[2], "0");
+    assert_ne!(b3[1], "e457b5a2e4d86bd1");
+    assert_ne!(
+        b3[3], "e457b5a2e4d86bd1",
+        "the client's own span sits between"
+    );
+    assert_eq!(
+        header(&seen[0], "traceparent"),
+        format!("00-{}-{}-00", b3[0], b3[1])
+    );
+    // B3 multi: the 64-bit trace id widened, debug read as sampled.
+    let h = &seen[1];
+    assert_eq!(
+        header(h, "x-b3-traceid"),
+        "0000000000000000463ac35c9f6413ad"
+    );
+    assert_eq!(header(h, "x-b3-sampled"), "1");
+    assert!(h.get("x-b3-flags").is_none());
+    assert_eq!(header(h, "x-b3-parentspanid").len(), 16);
+    assert_eq!(
+        header(h, "traceparent"),
+        format!(
+            "00-0000000000000000463ac35c9f6413ad-{}-01",
+            header(h, "x-b3-spanid")
+        )
+    );
+    // No context: a new trace, sampled at 100%, in both forms (Istio's tracer reads B3).
+    let h = &seen[2];
+    let tp = header(h, "traceparent");
+    assert_eq!(tp.len(), 55);
+    assert_eq!(&tp[3..35], header(h, "x-b3-traceid"));
+    assert!(tp.ends_with("-01"));
+}

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 mod grpc_messages;
 pub mod peer_metadata;
+pub mod trace_context;
 
 pub use grpc_messages::GrpcMessages;
 

@@ -28,7 +28,7 @@ use mesh_core::{Certificates, ConnectionFacts, LeafInfo, MeshSnapshot, ServerLis
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use crate::telemetry::{ServerMetrics, Telemetry};
+use crate::telemetry::{ServerMetrics, Telemetry, Tracer};
 
 pub use authz::{AuthzService, PeerInfo};
 pub use jwks::JwksStore;
@@ -100,6 +100,7 @@ pub struct MeshServer {
     handshake_timeout: Duration,
     jwks: JwksStore,
     telemetry: Option<Arc<Telemetry>>,
+    tracer: Option<Arc<Tracer>>,
 }
 
 impl std::fmt::Debug for MeshServer {
@@ -129,6 +130,7 @@ impl MeshServer {
             handshake_timeout: FIRST_BYTES_TIMEOUT,
             jwks: JwksStore::default(),
             telemetry: None,
+            tracer: None,
         }
     }
 
@@ -136,6 +138,13 @@ impl MeshServer {
     /// denied ones included.
     pub fn telemetry(mut self, telemetry: Arc<Telemetry>) -> Self {
         self.telemetry = Some(telemetry);
+        self
+    }
+
+    /// Continues each caller's trace with a server span, and makes it the trace of the
+    /// application's outbound calls while it serves the request ([`crate::telemetry::trace`]).
+    pub fn tracing(mut self, tracer: Arc<Tracer>) -> Self {
+        self.tracer = Some(tracer);
         self
     }
 
@@ -365,6 +374,7 @@ impl MeshServer {
             snapshots: self.snapshots.clone(),
             jwks: self.jwks.clone(),
             telemetry: self.telemetry.clone(),
+            tracer: self.tracer.clone(),
         }
     }
 
@@ -387,7 +397,7 @@ impl MeshServer {
             self.snapshots.clone(),
             self.jwks.clone(),
         );
-        let svc = ServerMetrics::new(svc, self.telemetry.clone(), Some(peer));
+        let svc = ServerMetrics::new(svc, self.telemetry.clone(), self.tracer.clone(), Some(peer));
         let svc = hyper_util::service::TowerToHyperService::new(svc);
         let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
         let conn = builder.serve_connection_with_upgrades(io, svc);
@@ -411,6 +421,7 @@ pub struct MeshServerLayer {
     snapshots: watch::Receiver<Arc<MeshSnapshot>>,
     jwks: JwksStore,
     telemetry: Option<Arc<Telemetry>>,
+    tracer: Option<Arc<Tracer>>,
 }
 
 impl<S> tower::Layer<S> for MeshServerLayer {
@@ -419,7 +430,7 @@ impl<S> tower::Layer<S> for MeshServerLayer {
     fn layer(&self, inner: S) -> Self::Service {
         let stage =
             AuthzService::per_request_peer(inner, self.snapshots.clone(), self.jwks.clone());
-        ServerMetrics::new(stage, self.telemetry.clone(), None)
+        ServerMetrics::new(stage, self.telemetry.clone(), self.tracer.clone(), None)
     }
 }
 

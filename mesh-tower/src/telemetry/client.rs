@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use http::HeaderValue;
 
+use super::trace::{TraceCall, Tracer};
 use super::{METADATA, Series, Telemetry, grpc_status};
 use crate::observe::{
     AttemptEnd, AttemptStart, Observer, RequestObserver, RequestStart, ResponseEnd, StreamEnd,
@@ -12,7 +13,7 @@ use crate::observe::{
 use crate::reply::ResponseFlags;
 
 /// The client stack's observer.
-pub(super) struct ClientObserver(pub(super) Arc<Telemetry>);
+pub(super) struct ClientObserver(pub(super) Arc<Telemetry>, pub(super) Option<Arc<Tracer>>);
 
 impl Observer for ClientObserver {
     fn on_request(&self, request: &RequestStart<'_>) -> Option<Box<dyn RequestObserver>> {
@@ -25,6 +26,7 @@ impl Observer for ClientObserver {
             grpc_status: None,
             flags: ResponseFlags::default(),
             exchanged: None,
+            trace: self.1.as_ref().map(|t| t.client_call(request)),
         }))
     }
 }
@@ -41,14 +43,21 @@ struct ClientCall {
     flags: ResponseFlags,
     /// The server's `x-envoy-peer-metadata`, if it answered with one.
     exchanged: Option<HeaderValue>,
+    trace: Option<TraceCall>,
 }
 
 impl RequestObserver for ClientCall {
     fn on_attempt(&mut self, attempt: &mut AttemptStart<'_>) {
         self.telemetry.announce(attempt.headers);
+        if let Some(t) = &mut self.trace {
+            t.on_attempt(attempt);
+        }
     }
 
     fn on_attempt_end(&mut self, end: &AttemptEnd<'_>) {
+        if let Some(t) = &mut self.trace {
+            t.on_attempt_end(end);
+        }
         if self
             .labels
             .as_ref()
@@ -59,6 +68,9 @@ impl RequestObserver for ClientCall {
     }
 
     fn on_response(&mut self, response: &ResponseEnd<'_>) {
+        if let Some(t) = &mut self.trace {
+            t.on_response(response);
+        }
         self.cluster = response.info.cluster.clone();
         self.code = response.status.as_u16();
         self.flags = response.info.flags;

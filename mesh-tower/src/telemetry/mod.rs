@@ -315,7 +315,13 @@ impl Telemetry {
 
     /// The client stack's observer: records each request with reporter `source`.
     pub fn client_observer(self: &Arc<Self>) -> Arc<dyn Observer> {
-        Arc::new(ClientObserver(self.clone()))
+        Arc::new(ClientObserver(self.clone(), None))
+    }
+
+    /// The client stack's observer recording metrics and propagating traces with `tracer`
+    /// (one observer, so a request still costs one allocation).
+    pub fn client_observer_traced(self: &Arc<Self>, tracer: Arc<Tracer>) -> Arc<dyn Observer> {
+        Arc::new(ClientObserver(self.clone(), Some(tracer)))
     }
 
     /// The metrics as OpenMetrics text (what Prometheus and istio-agent's merge read).
@@ -415,5 +421,7 @@ fn grpc_status(headers: &http::HeaderMap) -> Option<u32> {
 
 mod client;
 mod server;
+pub mod trace;
 
 pub use server::{CountableBody, ServerMetrics};
+pub use trace::Tracer;

@@ -11,12 +11,14 @@ use http::{Request, Response};
 use http_body::Body;
 use http_body_util::BodyExt;
 
+use super::trace::{Tracer, in_trace, in_trace_sync};
 use super::{Interned, METADATA, METADATA_ID, Series, Telemetry, grpc_status};
 use crate::body::{BodyCount, BoxError, CountedBody, MeshBody};
 use crate::observe::{ObservedBody, RequestObserver, StreamEnd};
 use crate::protocol::is_grpc;
 use crate::reply::ResponseFlags;
 use crate::server::PeerInfo;
+use tracing::Instrument;
 
 /// A server's metrics (reporter `destination`) around its per-request stage, so that denied
 /// requests are counted too. Without telemetry it passes responses through untouched.
@@ -24,21 +26,24 @@ use crate::server::PeerInfo;
 pub struct ServerMetrics<S> {
     inner: S,
     telemetry: Option<Arc<Telemetry>>,
+    tracer: Option<Arc<Tracer>>,
     /// The connection's caller; `None`: read per request from the extensions.
     peer: Option<Arc<PeerInfo>>,
 }
 
 impl<S> ServerMetrics<S> {
-    /// `inner`, recorded into `telemetry` (if any) as served to `peer` (`None`: the
-    /// `Arc<PeerInfo>` in each request's extensions).
+    /// `inner`, recorded into `telemetry` (if any) and traced by `tracer` (if any) as served
+    /// to `peer` (`None`: the `Arc<PeerInfo>` in each request's extensions).
     pub(crate) fn new(
         inner: S,
         telemetry: Option<Arc<Telemetry>>,
+        tracer: Option<Arc<Tracer>>,
         peer: Option<Arc<PeerInfo>>,
     ) -> Self {
         Self {
             inner,
             telemetry,
+            tracer,
             peer,
         }
     }
@@ -147,14 +152,33 @@ where
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         use futures_util::TryFutureExt;
         use futures_util::future::Either as E;
+        let traced = self
+            .tracer
+            .as_ref()
+            .map(|t| t.server_span(req.headers_mut()));
         let Some(telemetry) = self.telemetry.clone() else {
-            let plain: fn(Response<RB>) -> Self::Response =
-                |r| r.map(http_body_util::Either::Right);
-            return E::Left(
-                self.inner
-                    .call(req.map(|b| b.counted(None, false)))
-                    .map_ok(plain),
-            );
+            let Some((ctx, span)) = traced else {
+                let plain: fn(Response<RB>) -> Self::Response =
+                    |r| r.map(http_body_util::Either::Right);
+                return E::Left(
+                    self.inner
+                        .call(req.map(|b| b.counted(None, false)))
+                        .map_ok(plain),
+                );
+            };
+            let req = req.map(|b| b.counted(None, false));
+            let fut = in_trace_sync(&ctx, || self.inner.call(req));
+            let traced: ServerFuture<S::Error> = Box::pin(in_trace(
+                ctx,
+                async move {
+                    let resp = fut.await?;
+                    Ok(resp.map(|b| b.map_err(Into::into).boxed_unsync()))
+                }
+                .instrument(span),
+            ));
+            let wrap: fn(Response<MeshBody>) -> Self::Response =
+                |r| r.map(http_body_util::Either::Left);
+            return E::Right(traced.map_ok(wrap));
         };
         let started = Instant::now();
         let grpc = is_grpc(req.headers());
@@ -183,10 +207,12 @@ where
                 .unwrap_or_default(),
         );
         let answer_exchange = exchanged.is_some();
-        let fut = self
-            .inner
-            .call(req.map(|b| b.counted(Some(request.clone()), grpc)));
-        let observed: ServerFuture<S::Error> = Box::pin(async move {
+        let req = req.map(|b| b.counted(Some(request.clone()), grpc));
+        let fut = match &traced {
+            Some((ctx, _)) => in_trace_sync(ctx, || self.inner.call(req)),
+            None => self.inner.call(req),
+        };
+        let observed = async move {
             let mut resp = fut.await?;
             if answer_exchange {
                 telemetry.announce(resp.headers_mut());
@@ -215,7 +241,11 @@ where
                     observed.boxed_unsync()
                 }
             }))
-        });
+        };
+        let observed: ServerFuture<S::Error> = match traced {
+            Some((ctx, span)) => Box::pin(in_trace(ctx, observed.instrument(span))),
+            None => Box::pin(observed),
+        };
         let wrap: fn(Response<MeshBody>) -> Self::Response =
             |r| r.map(http_body_util::Either::Left);
         E::Right(observed.map_ok(wrap))

@@ -297,3 +297,39 @@ pub async fn one_recorded_endpoint(keep_alive: bool, config: MeshConfig) -> (Mes
         seen,
     )
 }
+
+/// The request headers a backend saw, in arrival order.
+pub type SeenHeaders = Arc<std::sync::Mutex<Vec<http::HeaderMap>>>;
+
+/// A backend recording each request's headers; the first `fail_first` requests get 503.
+pub async fn header_backend(fail_first: u64) -> (SocketAddr, SeenHeaders) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = SeenHeaders::default();
+    let s = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let s = s.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let n = {
+                        let mut all = s.lock().unwrap();
+                        all.push(req.headers().clone());
+                        all.len() as u64
+                    };
+                    async move {
+                        let mut r = Response::new(Full::new(Bytes::from_static(b"ok")));
+                        if n <= fail_first {
+                            *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                        }
+                        Ok::<_, Infallible>(r)
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, seen)
+}

@@ -1,0 +1,287 @@
+//! Trace propagation, as an Envoy sidecar does it: a server continues the caller's trace
+//! (W3C `traceparent`/`tracestate`, B3 single or multi) with a span of its own, the
+//! application's outbound calls made while it serves continue that span, and each upstream
+//! attempt gets a span id of its own in the headers it sends. Spans are `tracing` spans
+//! (`mesh.server`, `mesh.client`, `mesh.attempt`) carrying the ids, so that any subscriber,
+//! an OpenTelemetry one included, sees them; with no subscriber they cost next to nothing.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+use mesh_core::telemetry::trace_context::{self as tc, Propagation, TraceContext};
+use rand::Rng;
+
+use crate::observe::{
+    AttemptEnd, AttemptStart, Observer, RequestObserver, RequestStart, ResponseEnd, StreamEnd,
+};
+
+const TRACEPARENT: HeaderName = HeaderName::from_static(tc::TRACEPARENT);
+const TRACESTATE: HeaderName = HeaderName::from_static(tc::TRACESTATE);
+const B3: HeaderName = HeaderName::from_static(tc::B3);
+const B3_TRACE_ID: HeaderName = HeaderName::from_static(tc::B3_TRACE_ID);
+const B3_SPAN_ID: HeaderName = HeaderName::from_static(tc::B3_SPAN_ID);
+const B3_PARENT_SPAN_ID: HeaderName = HeaderName::from_static(tc::B3_PARENT_SPAN_ID);
+const B3_SAMPLED: HeaderName = HeaderName::from_static(tc::B3_SAMPLED);
+const B3_FLAGS: HeaderName = HeaderName::from_static(tc::B3_FLAGS);
+
+tokio::task_local! {
+    /// The span of the request this task is serving: what outbound calls continue.
+    static CURRENT: TraceContext;
+}
+
+/// The trace context of the request the current task is serving (its server span), if a
+/// traced server is serving one.
+pub fn current() -> Option<TraceContext> {
+    CURRENT.try_with(Clone::clone).ok()
+}
+
+/// Runs `fut` as part of `ctx`: outbound calls it makes through a traced client continue
+/// it. The server does this for its application; a task the application spawns takes the
+/// context along with this.
+pub fn in_trace<F: Future>(ctx: TraceContext, fut: F) -> impl Future<Output = F::Output> {
+    CURRENT.scope(ctx, fut)
+}
+
+/// Runs `f` (a service's synchronous `call`) as part of `ctx`.
+pub(crate) fn in_trace_sync<R>(ctx: &TraceContext, f: impl FnOnce() -> R) -> R {
+    CURRENT.sync_scope(ctx.clone(), f)
+}
+
+/// Where traces start and how they are sampled.
+#[derive(Debug, Clone)]
+pub struct Tracer {
+    /// The chance that a trace this process starts is sampled, in [0, 1].
+    sampling: f64,
+}
+
+impl Default for Tracer {
+    /// Istio's default: 1% of the traces a workload starts are sampled.
+    fn default() -> Self {
+        Self { sampling: 0.01 }
+    }
+}
+
+impl Tracer {
+    /// A tracer sampling Istio's default 1% of the traces it starts.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// A tracer sampling `percent` (0 to 100, clamped; what Istio's `sampling` means) of
+    /// the traces it starts. Continued traces keep their caller's decision.
+    pub fn with_sampling(percent: f64) -> Arc<Self> {
+        let sampling = if percent.is_nan() {
+            0.0
+        } else {
+            (percent / 100.0).clamp(0.0, 1.0)
+        };
+        Arc::new(Self { sampling })
+    }
+
+    /// The client stack's observer for tracing alone (with metrics:
+    /// [`super::Telemetry::client_observer_traced`]).
+    pub fn client_observer(self: &Arc<Self>) -> Arc<dyn Observer> {
+        Arc::new(TracingObserver(self.clone()))
+    }
+
+    /// A new trace's context (a root span this process starts).
+    fn root(&self, propagation: Propagation) -> TraceContext {
+        let mut rng = rand::rng();
+        TraceContext {
+            trace_id: rng.random::<u128>().max(1),
+            span_id: rng.random::<u64>().max(1),
+            sampled: Some(self.sampling > 0.0 && rng.random::<f64>() < self.sampling),
+            tracestate: None,
+            propagation,
+        }
+    }
+
+    /// The context a request continues: what its headers carry, else what the serving
+    /// task is in, else none. A malformed header starts a new trace.
+    fn parent(&self, headers: &HeaderMap) -> Option<TraceContext> {
+        match TraceContext::extract(|name| headers.get(name).and_then(|v| v.to_str().ok())) {
+            Ok(Some(ctx)) => Some(ctx),
+            Ok(None) => current(),
+            Err(e) => {
+                tracing::debug!(error = %e, "ignoring the request's trace context");
+                None
+            }
+        }
+    }
+
+    /// A server's span for a request with `headers`: the caller's trace continued (or a new
+    /// one), the headers rewritten to name the server's span so that an application
+    /// propagating by itself continues it too.
+    pub(crate) fn server_span(&self, headers: &mut HeaderMap) -> (TraceContext, tracing::Span) {
+        let parent = match TraceContext::extract(|n| headers.get(n).and_then(|v| v.to_str().ok())) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::debug!(error = %e, "ignoring the caller's trace context");
+                None
+            }
+        };
+        let (ctx, parent_id) = match &parent {
+            Some(p) => (p.child(new_span_id()), Some(p.span_id)),
+            None => (self.root(Propagation::B3Multi), None),
+        };
+        let span = tracing::info_span!(
+            "mesh.server",
+            otel.kind = "server",
+            trace_id = ascii(&ctx.trace_id_hex()),
+            span_id = ascii(&ctx.span_id_hex()),
+            parent_span_id = parent_id.map(hex16).as_deref(),
+            sampled = ctx.sampled == Some(true),
+        );
+        inject(headers, &ctx, parent_id);
+        (ctx, span)
+    }
+
+    /// A client request's span: a child of its parent (or a new trace).
+    pub(crate) fn client_call(&self, request: &RequestStart<'_>) -> TraceCall {
+        let (ctx, parent_id) = match self.parent(request.headers) {
+            Some(p) => (p.child(new_span_id()), Some(p.span_id)),
+            None => (self.root(Propagation::B3Multi), None),
+        };
+        let span = tracing::info_span!(
+            "mesh.client",
+            otel.kind = "client",
+            http.method = %request.method,
+            http.uri = %request.uri,
+            trace_id = ascii(&ctx.trace_id_hex()),
+            span_id = ascii(&ctx.span_id_hex()),
+            parent_span_id = parent_id.map(hex16).as_deref(),
+            sampled = ctx.sampled == Some(true),
+            http.status_code = tracing::field::Empty,
+            attempts = tracing::field::Empty,
+        );
+        TraceCall {
+            ctx,
+            span,
+            attempt: None,
+        }
+    }
+}
+
+fn new_span_id() -> u64 {
+    rand::rng().random::<u64>().max(1)
+}
+
+fn hex16(id: u64) -> String {
+    format!("{id:016x}")
+}
+
+/// Hex digits are ASCII.
+fn ascii(bytes: &[u8]) -> &str {
+    std::str::from_utf8(bytes).unwrap_or_default()
+}
+
+/// Writes `ctx` into `headers` as its own form says: `traceparent` always (and the caller's
+/// `tracestate`), B3 besides when the trace came in B3.
+fn inject(headers: &mut HeaderMap, ctx: &TraceContext, parent: Option<u64>) {
+    let value = |bytes: &[u8]| HeaderValue::from_bytes(bytes).ok();
+    if let Some(v) = value(&ctx.traceparent()) {
+        headers.insert(TRACEPARENT, v);
+    }
+    match ctx
+        .tracestate
+        .as_deref()
+        .and_then(|s| HeaderValue::from_str(s).ok())
+    {
+        Some(v) => headers.insert(TRACESTATE, v),
+        None => headers.remove(TRACESTATE),
+    };
+    match ctx.propagation {
+        Propagation::W3c => {}
+        Propagation::B3Single => {
+            if let Some(v) = value(ctx.b3(parent).as_bytes()) {
+                headers.insert(B3, v);
+            }
+        }
+        Propagation::B3Multi => {
+            if let Some(v) = value(&ctx.trace_id_hex()) {
+                headers.insert(B3_TRACE_ID, v);
+            }
+            if let Some(v) = value(&ctx.span_id_hex()) {
+                headers.insert(B3_SPAN_ID, v);
+            }
+            match parent.and_then(|p| value(hex16(p).as_bytes())) {
+                Some(v) => headers.insert(B3_PARENT_SPAN_ID, v),
+                None => headers.remove(B3_PARENT_SPAN_ID),
+            };
+            match ctx.sampled {
+                Some(s) => headers.insert(
+                    B3_SAMPLED,
+                    HeaderValue::from_static(if s { "1" } else { "0" }),
+                ),
+                None => headers.remove(B3_SAMPLED),
+            };
+            // Debug was folded into sampled when read.
+            headers.remove(B3_FLAGS);
+        }
+    }
+}
+
+/// One client request's trace: its span, and its current attempt's.
+pub(crate) struct TraceCall {
+    ctx: TraceContext,
+    span: tracing::Span,
+    attempt: Option<tracing::Span>,
+}
+
+impl TraceCall {
+    /// An attempt is going out: a new span, named in its headers.
+    pub(crate) fn on_attempt(&mut self, attempt: &mut AttemptStart<'_>) {
+        let ctx = self.ctx.child(new_span_id());
+        let span = tracing::info_span!(
+            parent: &self.span,
+            "mesh.attempt",
+            attempt = attempt.attempt,
+            cluster = &**attempt.cluster,
+            endpoint = %attempt.endpoint,
+            span_id = ascii(&ctx.span_id_hex()),
+            http.status_code = tracing::field::Empty,
+        );
+        inject(attempt.headers, &ctx, Some(self.ctx.span_id));
+        self.attempt = Some(span);
+    }
+
+    /// The attempt ended.
+    pub(crate) fn on_attempt_end(&mut self, end: &AttemptEnd<'_>) {
+        if let (Some(span), Some(status)) = (self.attempt.take(), end.status) {
+            span.record("http.status_code", status.as_u16());
+        }
+    }
+
+    /// The response head went back.
+    pub(crate) fn on_response(&mut self, response: &ResponseEnd<'_>) {
+        self.span
+            .record("http.status_code", response.status.as_u16())
+            .record("attempts", response.info.attempts);
+    }
+}
+
+/// The client observer for tracing without metrics.
+struct TracingObserver(Arc<Tracer>);
+
+impl Observer for TracingObserver {
+    fn on_request(&self, request: &RequestStart<'_>) -> Option<Box<dyn RequestObserver>> {
+        Some(Box::new(self.0.client_call(request)))
+    }
+}
+
+impl RequestObserver for TraceCall {
+    fn on_attempt(&mut self, attempt: &mut AttemptStart<'_>) {
+        TraceCall::on_attempt(self, attempt);
+    }
+
+    fn on_attempt_end(&mut self, end: &AttemptEnd<'_>) {
+        TraceCall::on_attempt_end(self, end);
+    }
+
+    fn on_response(&mut self, response: &ResponseEnd<'_>) {
+        TraceCall::on_response(self, response);
+    }
+
+    fn on_end(self: Box<Self>, _end: &StreamEnd<'_>) {}
+}
