@@ -140,7 +140,7 @@ impl ClientBuilder {
         let svc = MeshService::with_certificates(xds.snapshots(), xds.certificates(), config);
         Ok(Client {
             inner: Arc::new(Inner {
-                xds,
+                xds: Arc::new(xds),
                 subscribed: Mutex::new(target.iter().cloned().collect()),
                 config_timeout: self.config_timeout,
                 target,
@@ -152,7 +152,7 @@ impl ClientBuilder {
 }
 
 struct Inner {
-    xds: XdsClient,
+    xds: Arc<XdsClient>,
     /// Listeners (`host:port`) subscribed to.
     subscribed: Mutex<Vec<String>>,
     config_timeout: Duration,
@@ -189,6 +189,25 @@ impl Client {
     /// The stack it sends through.
     pub fn stack(&self) -> &MeshService {
         &self.svc
+    }
+
+    /// An admin endpoint for this client: `/live`, `/ready` (200 once a complete
+    /// configuration is in), its metrics, `/config_dump` (with endpoint ejections) and CSDS.
+    /// Serve it with `Admin::serve` or mount it as a tower service.
+    pub fn admin(&self) -> mesh_tower::admin::Admin {
+        let health = self.inner.xds.health();
+        let svc = self.svc.clone();
+        let admin = mesh_tower::admin::Admin::new(self.inner.telemetry.clone())
+            .ready_when(move || {
+                let h = health.borrow();
+                match (h.ready, &h.last_error) {
+                    (true, _) => Ok(()),
+                    (false, Some(e)) => Err(format!("no complete configuration yet ({e})")),
+                    (false, None) => Err("no complete configuration yet".into()),
+                }
+            })
+            .runtime(move || svc.runtime());
+        crate::admin::with_xds(admin, &self.inner.xds)
     }
 
     /// Istio's metrics of this client's requests, when built with

@@ -12,6 +12,7 @@ pub use mesh_core as core;
 pub use mesh_tower as tower;
 pub use mesh_xds_client as xds;
 
+pub mod admin;
 pub mod client;
 pub mod server;
 

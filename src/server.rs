@@ -18,7 +18,7 @@ use crate::client::Error;
 
 /// A mesh server on one address.
 pub struct Server {
-    xds: XdsClient,
+    xds: Arc<XdsClient>,
     inner: MeshServer,
     address: SocketAddr,
     /// This workload, from the bootstrap's node metadata, for its metrics.
@@ -52,7 +52,7 @@ impl Server {
         let name = xds.subscribe_server(address)?;
         let inner = MeshServer::new(name, address, xds.snapshots(), xds.certificates());
         Ok(Self {
-            xds,
+            xds: Arc::new(xds),
             inner,
             address,
             workload,
@@ -81,6 +81,20 @@ impl Server {
     pub fn tracing(mut self, tracer: Arc<Tracer>) -> Self {
         self.inner = self.inner.tracing(tracer);
         self
+    }
+
+    /// An admin endpoint for this server: `/live`, `/ready` (200 only while serving), its
+    /// metrics, `/config_dump` and CSDS. Take it before `serve`, which consumes the server.
+    pub fn admin(&self) -> mesh_tower::admin::Admin {
+        let serving = self.inner.serving();
+        let admin =
+            mesh_tower::admin::Admin::new(self.telemetry.clone()).ready_when(
+                move || match &*serving.borrow() {
+                    ServingState::Serving => Ok(()),
+                    ServingState::NotServing(why) => Err(why.clone()),
+                },
+            );
+        crate::admin::with_xds(admin, &self.xds)
     }
 
     /// The metrics it records into, if any (taken before `serve`, which consumes it).

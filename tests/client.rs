@@ -174,3 +174,176 @@ async fn a_client_with_telemetry_counts_its_requests_under_its_node_metadata() {
     let plain = Client::builder().bootstrap(bootstrap(cp)).build().unwrap();
     assert!(plain.telemetry().is_none());
 }
+
+/// A backend that answers 503 to everything.
+async fn failing_backend() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let svc = hyper::service::service_fn(|_req: Request<hyper::body::Incoming>| async {
+                let mut r = Response::new(Full::new(Bytes::from_static(b"down")));
+                *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                Ok::<_, Infallible>(r)
+            });
+            tokio::spawn(
+                hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .into_owned(),
+            );
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_clients_admin_endpoint_dumps_its_live_config_and_answers_csds() {
+    use envoy_types::pb::envoy::admin::v3::ClientResourceStatus;
+    use envoy_types::pb::envoy::service::status::v3::ClientStatusRequest;
+    use envoy_types::pb::envoy::service::status::v3::client_status_discovery_service_client::ClientStatusDiscoveryServiceClient;
+    let (good, bad) = (backend().await, failing_backend().await);
+    // Two endpoints; two 5xx in a row eject one for a minute.
+    let yaml = format!(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: ui}}\nspec:\n  hosts: [{HOST}]\n  ports: [{{number: 9080, name: http}}]\n  endpoints:\n  - address: 127.0.0.1\n    ports: {{http: {}}}\n  - address: 127.0.0.1\n    ports: {{http: {}}}\n---\n\
+apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: ui}}\nspec:\n  host: {HOST}\n  trafficPolicy:\n    loadBalancer: {{simple: ROUND_ROBIN}}\n    outlierDetection: {{consecutive5xxErrors: 2, interval: 60s, baseEjectionTime: 60s, maxEjectionPercent: 50}}\n",
+        good.port(),
+        bad.port()
+    );
+    let mut cfg = IstioConfig::default();
+    cfg.add_text("ui.yaml", &yaml).unwrap();
+    let cp = ControlPlane::new(translate(&cfg).unwrap())
+        .spawn("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let client = Client::builder()
+        .bootstrap(bootstrap(cp))
+        .telemetry()
+        .build()
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin_addr = listener.local_addr().unwrap();
+    tokio::spawn(client.admin().serve(listener));
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        statuses.push(get(client.clone(), &format!("http://{HOST}:9080/")).await.0);
+    }
+    // Round robin alternates until the failing endpoint's second 503 ejects it; then the
+    // good endpoint answers alone.
+    let fails = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::SERVICE_UNAVAILABLE)
+        .count();
+    assert_eq!(fails, 2, "{statuses:?}");
+    let http = |path: &'static str| async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tcp = tokio::net::TcpStream::connect(admin_addr).await.unwrap();
+        tcp.write_all(format!("GET {path} HTTP/1.0\r\nhost: admin\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut out = String::new();
+        tcp.read_to_string(&mut out).await.unwrap();
+        let (head, body) = out.split_once("\r\n\r\n").unwrap();
+        (head.to_string(), body.to_string())
+    };
+    assert!(http("/ready").await.0.starts_with("HTTP/1.0 200"));
+    let (head, body) = http("/config_dump").await;
+    assert!(head.contains("content-type: application/json"), "{head}");
+    let dump: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let cluster = format!("outbound|9080||{HOST}");
+    let c = dump["clusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == cluster.as_str())
+        .unwrap_or_else(|| panic!("{cluster} in {dump}"));
+    assert_eq!(c["active"], true);
+    let ejected: Vec<(String, bool)> = c["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["address"].as_str().unwrap().to_string(),
+                e["ejected"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        ejected,
+        [(good.to_string(), false), (bad.to_string(), true)],
+        "{c}"
+    );
+    let listener_status = dump["xds"]["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["type"] == "LDS")
+        .unwrap()
+        .clone();
+    assert_eq!(listener_status["name"], format!("{HOST}:9080"));
+    assert_eq!(listener_status["state"], "ACKED");
+    // CSDS on the same port: every resource, raw, with its status.
+    let mut csds = ClientStatusDiscoveryServiceClient::connect(format!("http://{admin_addr}"))
+        .await
+        .unwrap();
+    let full = csds
+        .fetch_client_status(ClientStatusRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(full.config.len(), 1);
+    let config = &full.config[0];
+    assert_eq!(
+        config.node.as_ref().unwrap().id,
+        "sidecar~127.0.0.1~t.default~default.svc.cluster.local"
+    );
+    let types: std::collections::BTreeSet<&str> = config
+        .generic_xds_configs
+        .iter()
+        .map(|g| g.type_url.rsplit('.').next().unwrap())
+        .collect();
+    assert_eq!(
+        types.into_iter().collect::<Vec<_>>(),
+        [
+            "Cluster",
+            "ClusterLoadAssignment",
+            "Listener",
+            "RouteConfiguration"
+        ]
+    );
+    for g in &config.generic_xds_configs {
+        assert_eq!(
+            g.client_status,
+            ClientResourceStatus::Acked as i32,
+            "{}",
+            g.name
+        );
+        assert_eq!(
+            g.xds_config.as_ref().map(|a| a.type_url.as_str()),
+            Some(g.type_url.as_str())
+        );
+        assert!(g.last_updated.is_some());
+    }
+    let bare = csds
+        .fetch_client_status(ClientStatusRequest {
+            exclude_resource_contents: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        bare.config[0]
+            .generic_xds_configs
+            .iter()
+            .all(|g| g.xds_config.is_none())
+    );
+    let refused = csds
+        .fetch_client_status(ClientStatusRequest {
+            node_matchers: vec![Default::default()],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+}

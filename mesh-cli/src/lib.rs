@@ -1,12 +1,14 @@
 //! The `mesh` CLI's commands, as functions that return their output (so tests can run them).
 
+pub mod proxy_config;
+
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use mesh_core::route::Destination;
-use mesh_core::{LbConfig, MeshSnapshot, RouteAction, RouteSource};
+use mesh_core::MeshSnapshot;
 use mesh_tower::MeshBody;
+use mesh_xds_client::dump::{certificates_json, snapshot_json, status_json};
 use mesh_xds_client::{Bootstrap, Protocol, ResourceState, XdsClientBuilder, XdsStatus};
 use serde_json::{Value, json};
 
@@ -31,11 +33,24 @@ async fn connect(
     opts: &XdsOptions,
     targets: &[String],
 ) -> Result<(mesh_xds_client::XdsClient, std::sync::Arc<MeshSnapshot>), String> {
-    let bootstrap = match &opts.bootstrap {
+    connect_with(opts, load_bootstrap(opts)?, targets).await
+}
+
+/// The bootstrap `opts` names (else the gRPC environment variables').
+fn load_bootstrap(opts: &XdsOptions) -> Result<Bootstrap, String> {
+    match &opts.bootstrap {
         Some(path) => Bootstrap::from_file(path),
         None => Bootstrap::from_env(),
     }
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| e.to_string())
+}
+
+/// [`connect`] with this bootstrap.
+async fn connect_with(
+    opts: &XdsOptions,
+    bootstrap: Bootstrap,
+    targets: &[String],
+) -> Result<(mesh_xds_client::XdsClient, std::sync::Arc<MeshSnapshot>), String> {
     let mut builder = XdsClientBuilder::new(bootstrap);
     if let Some(p) = &opts.protocol {
         builder = builder.protocol(
@@ -111,156 +126,6 @@ fn missing(status: &XdsStatus, timeout: Duration) -> String {
         let _ = write!(msg, "; still waiting for: {}", waiting.join(", "));
     }
     msg
-}
-
-fn lb_name(lb: &LbConfig) -> String {
-    match lb {
-        LbConfig::RoundRobin => "ROUND_ROBIN".into(),
-        LbConfig::Random => "RANDOM".into(),
-        LbConfig::LeastRequest { choice_count } => {
-            format!("LEAST_REQUEST(choice_count={choice_count})")
-        }
-        LbConfig::PeakEwma { decay, .. } => format!("PEAK_EWMA(decay={decay:?})"),
-        LbConfig::RingHash {
-            min_ring_size,
-            max_ring_size,
-        } => format!("RING_HASH(min={min_ring_size}, max={max_ring_size})"),
-        LbConfig::Maglev { table_size } => format!("MAGLEV(table_size={table_size})"),
-    }
-}
-
-/// The snapshot as JSON: listeners with their routes, clusters with policies, endpoints.
-pub fn snapshot_json(s: &MeshSnapshot) -> Value {
-    let mut listeners: Vec<Value> = s
-        .listeners()
-        .map(|l| {
-            let routes = s.listener_routes(l).map(|rc| {
-                json!({
-                    "name": &**rc.name(),
-                    "virtual_hosts": rc.virtual_hosts().iter().map(|vh| json!({
-                        "name": vh.name(),
-                        "domains": vh.domains().iter().map(|d| &**d).collect::<Vec<_>>(),
-                        "routes": vh.routes().iter().map(|r| match r.action() {
-                            RouteAction::Forward(f) => json!({
-                                "name": r.name(),
-                                "clusters": match &f.destination {
-                                    Destination::Cluster(c) => json!({&**c: 1}),
-                                    Destination::Weighted(w) => Value::Object(w.entries().iter().map(|(c, w)| (c.to_string(), json!(w))).collect()),
-                                },
-                                "timeout_ms": f.timeouts.route_timeout().map(|d| d.as_millis() as u64),
-                                "retry": f.retry_policy.as_ref().map(|p| json!({
-                                    "retry_on": p.retry_on().names().collect::<Vec<_>>(),
-                                    "num_retries": p.num_retries(),
-                                    "per_try_timeout_ms": p.per_try_timeout().map(|d| d.as_millis() as u64),
-                                })),
-                                "mirrors": f.mirrors.iter().map(|m| json!({"cluster": &*m.cluster, "per_million": m.fraction.as_per_million()})).collect::<Vec<_>>(),
-                                "fault": r.fault().is_some(),
-                            }),
-                            RouteAction::NonForwarding => json!({"name": r.name(), "non_forwarding": true}),
-                        }).collect::<Vec<_>>(),
-                    })).collect::<Vec<_>>(),
-                })
-            });
-            json!({
-                "name": &**l.name(),
-                "rds": match l.routes() { RouteSource::Rds(n) => Some(n.to_string()), RouteSource::Inline(_) => None },
-                "route_config": routes,
-            })
-        })
-        .collect();
-    listeners.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
-    let mut clusters: Vec<Value> = s
-        .clusters()
-        .map(|c| {
-            let t = c.thresholds();
-            let eps = s.cluster_endpoints(c);
-            json!({
-                "name": &**c.name(),
-                "lb_policy": lb_name(c.lb()),
-                "circuit_breakers": {"max_connections": t.max_connections, "max_pending_requests": t.max_pending_requests, "max_requests": t.max_requests, "max_retries": t.max_retries},
-                "outlier_detection": c.outlier_detection().map(|o| json!({
-                    "consecutive_5xx": o.consecutive_5xx, "interval_ms": o.interval.as_millis() as u64,
-                    "base_ejection_time_ms": o.base_ejection_time.as_millis() as u64, "max_ejection_percent": o.max_ejection_percent,
-                })),
-                "tls": c.tls().map(|t| json!({
-                    "sni": t.sni.as_deref(),
-                    "identity_provider": t.identity_provider.as_deref(),
-                    "root_provider": t.root_provider.as_deref(),
-                    "match_subject_alt_names": t.san_matchers.len(),
-                })),
-                "endpoints": eps.map(|e| e.endpoints().iter().map(|ep| json!({
-                    "address": ep.address.to_string(),
-                    "weight": ep.weight,
-                    "health": format!("{:?}", ep.health).to_uppercase(),
-                    "locality": e.localities()[ep.locality as usize].locality.to_string(),
-                    "priority": ep.priority,
-                    "labels": &*ep.labels,
-                })).collect::<Vec<_>>()),
-            })
-        })
-        .collect();
-    clusters.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
-    json!({"stale": s.is_stale(), "listeners": listeners, "clusters": clusters})
-}
-
-/// RFC 3339, UTC, to the second.
-fn rfc3339(t: std::time::SystemTime) -> String {
-    let format =
-        time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
-    time::OffsetDateTime::from(t)
-        .format(&format)
-        .unwrap_or_default()
-}
-
-/// The workload certificates in use, per certificate-provider instance (never the key).
-pub fn certificates_json(c: &mesh_core::Certificates) -> Value {
-    Value::Object(
-        c.providers()
-            .map(|(name, p)| {
-                let id = p.identity.as_ref().map(|i| {
-                    json!({
-                        "spiffe_id": i.spiffe_id(),
-                        "serial": i.serial(),
-                        "not_before": rfc3339(i.not_before()),
-                        "not_after": rfc3339(i.not_after()),
-                        "chain_length": i.chain().len(),
-                    })
-                });
-                (
-                    name.to_string(),
-                    json!({
-                        "identity": id,
-                        "roots": p.roots.as_ref().map(|r| r.certs().len()),
-                        "last_error": p.last_error,
-                    }),
-                )
-            })
-            .collect(),
-    )
-}
-
-/// The xDS status as JSON.
-pub fn status_json(st: &XdsStatus) -> Value {
-    json!({
-        "connected": st.health.connected,
-        "stale": st.health.stale,
-        "protocol": format!("{:?}", st.protocol).to_lowercase(),
-        "last_error": st.health.last_error,
-        "types": st.types.iter().map(|(t, v, n)| json!({"type": t.short_name(), "version": v, "nonce": n})).collect::<Vec<_>>(),
-        "resources": st.resources.iter().map(|r| json!({
-            "type": r.resource_type.short_name(),
-            "name": r.name,
-            "version": r.version,
-            "state": match &r.state {
-                ResourceState::Requested => "REQUESTED".to_string(),
-                ResourceState::Cached => "CACHED".to_string(),
-                ResourceState::Acked => "ACKED".to_string(),
-                ResourceState::Nacked { .. } => "NACKED".to_string(),
-                ResourceState::DoesNotExist => "DOES_NOT_EXIST".to_string(),
-            },
-            "error": match &r.state { ResourceState::Nacked { error, version } => Some(format!("version {version}: {error}")), _ => None },
-        })).collect::<Vec<_>>(),
-    })
 }
 
 fn render_text(s: &MeshSnapshot, st: &XdsStatus, certificates: &Value) -> String {
@@ -483,6 +348,10 @@ pub struct RequestArgs {
     pub headers: Vec<String>,
     /// What each request carries.
     pub body: RequestBody,
+    /// Serve an admin endpoint here while the requests run.
+    pub admin: Option<std::net::SocketAddr>,
+    /// Write the client's metrics (Prometheus text) here at the end.
+    pub metrics_file: Option<PathBuf>,
     /// Connection options.
     pub xds: XdsOptions,
 }
@@ -550,12 +419,34 @@ pub async fn request(args: RequestArgs) -> Result<String, String> {
             .map_err(|_| format!("invalid header value in {h:?}"))?;
         headers.append(k, v);
     }
-    let (client, _) = connect(&args.xds, std::slice::from_ref(&target)).await?;
+    let bootstrap = load_bootstrap(&args.xds)?;
+    // Metrics only when someone will read them.
+    let telemetry = (args.admin.is_some() || args.metrics_file.is_some()).then(|| {
+        mesh_tower::telemetry::Telemetry::for_node(bootstrap.workload(), &bootstrap.node.id)
+    });
+    let (client, _) = connect_with(&args.xds, bootstrap, std::slice::from_ref(&target)).await?;
+    let client = std::sync::Arc::new(client);
+    let mut config = mesh_tower::MeshConfig::default();
+    if let Some(t) = &telemetry {
+        config = config.observer(t.client_observer());
+    }
     let svc = mesh_tower::MeshService::with_certificates(
         client.snapshots(),
         client.certificates(),
-        mesh_tower::MeshConfig::default(),
+        config,
     );
+    if let Some(addr) = args.admin {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("cannot listen on {addr} (admin): {e}"))?;
+        let stack = svc.clone();
+        let admin = mesh::admin::with_xds(
+            mesh_tower::admin::Admin::new(telemetry.clone()).runtime(move || stack.runtime()),
+            &client,
+        );
+        eprintln!("admin on {addr}");
+        tokio::spawn(admin.serve(listener));
+    }
     let uri = std::sync::Arc::new(uri);
     let headers = std::sync::Arc::new(headers);
     let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -661,6 +552,10 @@ pub async fn request(args: RequestArgs) -> Result<String, String> {
             .copied()
             .unwrap_or(0)
     };
+    if let (Some(path), Some(t)) = (&args.metrics_file, &telemetry) {
+        std::fs::write(path, t.encode())
+            .map_err(|e| format!("cannot write the metrics to {}: {e}", path.display()))?;
+    }
     let summary = json!({
         "requests": latencies.len(),
         "status": status,
@@ -792,9 +687,11 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
         .unwrap_or_else(|| bootstrap.node.id.clone());
     let telemetry =
         mesh_tower::telemetry::Telemetry::for_node(bootstrap.workload(), &bootstrap.node.id);
-    let client = XdsClientBuilder::new(bootstrap)
-        .start()
-        .map_err(|e| e.to_string())?;
+    let client = std::sync::Arc::new(
+        XdsClientBuilder::new(bootstrap)
+            .start()
+            .map_err(|e| e.to_string())?,
+    );
     let name = client
         .subscribe_server(args.listen)
         .map_err(|e| e.to_string())?;
@@ -820,6 +717,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
                     mesh_tower::ServingState::NotServing(why) => Err(why.clone()),
                 }
             });
+        let admin = mesh::admin::with_xds(admin, &client);
         println!("admin on {addr}");
         tokio::spawn(admin.serve(admin_listener));
     }

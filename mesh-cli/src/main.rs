@@ -82,6 +82,13 @@ enum Command {
         /// URL's path is the method, e.g. `/demo.Echo/Who`.
         #[arg(long)]
         grpc: bool,
+        /// An admin endpoint on ADDR while the requests run: /ready, /stats/prometheus,
+        /// /config_dump (with endpoint ejections), CSDS.
+        #[arg(long)]
+        admin: Option<std::net::SocketAddr>,
+        /// Write the client's Istio metrics (Prometheus text) to FILE at the end.
+        #[arg(long = "metrics-file")]
+        metrics_file: Option<PathBuf>,
         #[command(flatten)]
         xds: XdsArgs,
     },
@@ -100,11 +107,20 @@ enum Command {
         #[arg(long)]
         admin: Option<std::net::SocketAddr>,
     },
-    /// Connects to the control plane, waits for the targets' configuration and prints it as
-    /// this client resolves it, with the xDS status of every resource.
+    /// Prints a configuration: a running process's, read from its admin endpoint (`--admin`,
+    /// like `istioctl proxy-config`), or the targets' as a new client resolves them.
     ConfigDump {
+        /// What to show with --admin: all, listeners, routes, clusters, endpoints, secrets, xds.
+        #[arg(default_value = "all", requires = "admin")]
+        view: String,
+        /// Read the live configuration of the process serving an admin endpoint on ADDR.
+        #[arg(long, conflicts_with_all = ["targets", "raw"])]
+        admin: Option<std::net::SocketAddr>,
+        /// With --admin: json, yaml or short (a table).
+        #[arg(short = 'o', long = "output", default_value = "short")]
+        output: String,
         /// A target `host:port` (or `xds:///host:port`); repeatable.
-        #[arg(long = "target", required = true)]
+        #[arg(long = "target", required_unless_present = "admin")]
         targets: Vec<String>,
         /// Print the resources as received, decoded whole, instead of mesh's view.
         #[arg(long)]
@@ -141,6 +157,8 @@ async fn main() -> ExitCode {
             headers,
             data,
             grpc,
+            admin,
+            metrics_file,
             xds,
         } => {
             let args = cli::RequestArgs {
@@ -150,6 +168,8 @@ async fn main() -> ExitCode {
                 method,
                 headers,
                 body: cli::RequestBody::from_flags(data, grpc),
+                admin,
+                metrics_file,
                 xds: xds.into(),
             };
             cli::request(args).await
@@ -165,7 +185,23 @@ async fn main() -> ExitCode {
         })
         .await
         .map(|()| String::new()),
-        Command::ConfigDump { targets, raw, xds } => {
+        Command::ConfigDump {
+            view,
+            admin: Some(addr),
+            output,
+            ..
+        } => {
+            async {
+                let view: cli::proxy_config::View = view.parse()?;
+                let output: cli::proxy_config::Output = output.parse()?;
+                let dump = cli::proxy_config::fetch(addr).await?;
+                cli::proxy_config::render(&dump, view, output)
+            }
+            .await
+        }
+        Command::ConfigDump {
+            targets, raw, xds, ..
+        } => {
             cli::config_dump(cli::ConfigDumpArgs {
                 targets,
                 raw,

@@ -149,6 +149,8 @@ async fn request_reports_statuses_clusters_endpoints_attempts_and_latency() {
         method: "GET".into(),
         headers: vec![],
         body: mesh_cli::RequestBody::Empty,
+        admin: None,
+        metrics_file: Some(dir.path().join("metrics.txt")),
         xds: xds(
             bootstrap(dir.path(), &addr.to_string()),
             Duration::from_secs(10),
@@ -172,6 +174,20 @@ async fn request_reports_statuses_clusters_endpoints_attempts_and_latency() {
     for k in ["p50", "p90", "p99", "max"] {
         assert!(v["latency_us"][k].is_u64(), "{k}");
     }
+    // The metrics written at exit: every request, under its destination.
+    let text = std::fs::read_to_string(dir.path().join("metrics.txt")).unwrap();
+    let count = |service: &str| -> u64 {
+        text.lines()
+            .filter(|l| {
+                l.starts_with("istio_requests_total{")
+                    && l.contains("reporter=\"source\"")
+                    && l.contains("response_code=\"200\"")
+                    && l.contains(&format!("destination_service=\"{service}\""))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    assert_eq!(count("ui.default.svc.cluster.local"), 2000, "{text}");
 }
 
 #[tokio::test]
@@ -305,6 +321,8 @@ apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: n
                 method: "GET".into(),
                 headers: vec![],
                 body,
+                admin: None,
+                metrics_file: None,
                 xds: xds(client, Duration::from_secs(10), None),
             })
             .await
@@ -375,6 +393,26 @@ apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: n
     assert_eq!(count(&text, "grpc", "200"), 10, "{text}");
     assert!(count(&text, "http", "200") >= 10, "{text}");
     assert!(text.contains("grpc_response_status=\"0\""), "{text}");
+    // `mesh config-dump --admin`: the server's live configuration, a view at a time.
+    use mesh_cli::proxy_config::{Output, View, render};
+    let dump = mesh_cli::proxy_config::fetch(admin).await.unwrap();
+    let listeners = render(&dump, View::Listeners, Output::Short).unwrap();
+    assert!(
+        listeners.starts_with("LISTENER")
+            && listeners.contains(&format!("xds.istio.io/grpc/lds/inbound/127.0.0.1:{port}")),
+        "{listeners}"
+    );
+    let secrets = render(&dump, View::Secrets, Output::Short).unwrap();
+    assert!(
+        secrets.contains("spiffe://cluster.local/ns/default/sa/echo"),
+        "{secrets}"
+    );
+    let xds_rows = render(&dump, View::Xds, Output::Short).unwrap();
+    assert!(xds_rows.starts_with("connected=true"), "{xds_rows}");
+    assert!(
+        xds_rows.lines().skip(2).all(|l| l.contains("ACKED")),
+        "{xds_rows}"
+    );
 }
 
 #[tokio::test]

@@ -6,18 +6,41 @@
 //!   server, it is serving), else 503 with the reason.
 //! - `/stats/prometheus` and `/metrics`: the metrics as OpenMetrics text (what Prometheus and
 //!   istio-agent's metrics merge read).
+//! - `/config_dump`: the live configuration as JSON (listeners, routes, clusters, endpoints
+//!   with their ejections, certificates, xDS status), from the sources attached.
+//! - gRPC requests go to the attached gRPC service (CSDS, gRFC A40).
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::{Request, Response, StatusCode, header};
+use http_body::Body;
+use http_body_util::BodyExt;
+use serde_json::Value;
 
-use crate::body::{MeshBody, full};
+use crate::body::{BoxError, MeshBody, full};
+use crate::client::ClusterRuntime;
 use crate::telemetry::Telemetry;
 
 /// Why the workload is not ready, or `Ok` when it is.
 pub type ReadinessCheck = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
+/// A future the admin endpoint awaits.
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// The live configuration as JSON (`None`: no longer available, the xDS client stopped).
+pub type ConfigSource = Arc<dyn Fn() -> BoxFuture<Option<Value>> + Send + Sync>;
+
+/// The stacks' runtime state (cluster by cluster) that `/config_dump` adds to the
+/// configuration: which endpoints are ejected now.
+pub type RuntimeSource = Arc<dyn Fn() -> Vec<ClusterRuntime> + Send + Sync>;
+
+/// A gRPC service the endpoint also answers (CSDS, gRFC A40).
+pub type GrpcService =
+    tower::util::BoxCloneSyncService<Request<MeshBody>, Response<MeshBody>, Infallible>;
 
 /// The OpenMetrics content type the metrics are served with.
 pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -27,13 +50,53 @@ pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; char
 pub struct Admin {
     telemetry: Option<Arc<Telemetry>>,
     ready: Option<ReadinessCheck>,
+    config: Option<ConfigSource>,
+    runtime: Vec<RuntimeSource>,
+    grpc: Option<GrpcService>,
 }
 
 impl std::fmt::Debug for Admin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Admin")
             .field("telemetry", &self.telemetry.is_some())
+            .field("config", &self.config.is_some())
+            .field("grpc", &self.grpc.is_some())
             .finish_non_exhaustive()
+    }
+}
+
+fn text(status: StatusCode, body: String) -> Response<MeshBody> {
+    let mut r = Response::new(full(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+/// Marks each endpoint of `dump`'s clusters with what `runtime` knows: `ejected` (by
+/// outlier detection, now) and `active` (its cluster has had traffic).
+pub fn annotate_runtime(dump: &mut Value, runtime: &[ClusterRuntime]) {
+    let Some(clusters) = dump.get_mut("clusters").and_then(Value::as_array_mut) else {
+        return;
+    };
+    for c in clusters {
+        let name = c["name"].as_str().unwrap_or_default().to_string();
+        let state = runtime.iter().find(|r| *r.name == *name);
+        c["active"] = Value::Bool(state.is_some());
+        let Some(eps) = c.get_mut("endpoints").and_then(Value::as_array_mut) else {
+            continue;
+        };
+        for e in eps {
+            let address = e["address"].as_str().unwrap_or_default().to_string();
+            let ejected = state.is_some_and(|s| {
+                s.endpoints
+                    .iter()
+                    .any(|(a, ej)| *ej && a.to_string() == address)
+            });
+            e["ejected"] = Value::Bool(ejected);
+        }
     }
 }
 
@@ -42,7 +105,7 @@ impl Admin {
     pub fn new(telemetry: Option<Arc<Telemetry>>) -> Self {
         Self {
             telemetry,
-            ready: None,
+            ..Self::default()
         }
     }
 
@@ -55,18 +118,96 @@ impl Admin {
         self
     }
 
-    /// The answer to one request.
-    pub fn answer<B>(&self, req: &Request<B>) -> Response<MeshBody> {
-        let text = |status: StatusCode, body: String| {
-            let mut r = Response::new(full(body));
-            *r.status_mut() = status;
-            r.headers_mut().insert(
-                header::CONTENT_TYPE,
-                header::HeaderValue::from_static("text/plain; charset=utf-8"),
-            );
-            r
+    /// `/config_dump` serves what `source` gives (the xDS client's configuration, status and
+    /// certificates: `mesh_xds_client::dump::config_dump`).
+    pub fn config_dump<F>(mut self, source: impl Fn() -> F + Send + Sync + 'static) -> Self
+    where
+        F: Future<Output = Option<Value>> + Send + 'static,
+    {
+        self.config = Some(Arc::new(move || Box::pin(source())));
+        self
+    }
+
+    /// Adds a stack's runtime state (a [`crate::MeshService`]'s `runtime`) to `/config_dump`.
+    pub fn runtime(
+        mut self,
+        source: impl Fn() -> Vec<ClusterRuntime> + Send + Sync + 'static,
+    ) -> Self {
+        self.runtime.push(Arc::new(source));
+        self
+    }
+
+    /// Answers gRPC requests (`content-type: application/grpc`) with `service`: CSDS.
+    pub fn grpc(mut self, service: GrpcService) -> Self {
+        self.grpc = Some(service);
+        self
+    }
+
+    fn metrics(&self) -> Response<MeshBody> {
+        let body = self
+            .telemetry
+            .as_ref()
+            .map(|t| t.encode())
+            .unwrap_or_else(|| "# EOF\n".into());
+        let mut r = Response::new(full(body));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static(OPENMETRICS),
+        );
+        r
+    }
+
+    fn dump(&self) -> BoxFuture<Response<MeshBody>> {
+        let Some(source) = &self.config else {
+            return Box::pin(std::future::ready(text(
+                StatusCode::NOT_FOUND,
+                "no configuration source is attached to this admin endpoint\n".into(),
+            )));
         };
-        match req.uri().path() {
+        let config = source();
+        let runtime = self.runtime.clone();
+        Box::pin(async move { Self::render_dump(config.await, &runtime) })
+    }
+
+    fn render_dump(dump: Option<Value>, runtime: &[RuntimeSource]) -> Response<MeshBody> {
+        let Some(mut dump) = dump else {
+            return text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the xDS client has stopped\n".into(),
+            );
+        };
+        let runtime: Vec<ClusterRuntime> = runtime.iter().flat_map(|r| r()).collect();
+        annotate_runtime(&mut dump, &runtime);
+        let mut body = serde_json::to_string_pretty(&dump).unwrap_or_default();
+        body.push('\n');
+        let mut r = Response::new(full(body));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("application/json"),
+        );
+        r
+    }
+
+    /// The answer to one request.
+    pub fn answer<B>(&self, req: Request<B>) -> BoxFuture<Response<MeshBody>>
+    where
+        B: Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        if let Some(grpc) = &self.grpc
+            && crate::protocol::is_grpc(req.headers())
+        {
+            let req: Request<MeshBody> = req.map(|b| b.map_err(Into::into).boxed_unsync());
+            let call: tower::util::Oneshot<GrpcService, Request<MeshBody>> =
+                tower::ServiceExt::oneshot(grpc.clone(), req);
+            let unwrap: fn(Result<Response<MeshBody>, Infallible>) -> Response<MeshBody> =
+                |r| match r {
+                    Ok(r) => r,
+                    Err(never) => match never {},
+                };
+            return Box::pin(futures_util::FutureExt::map(call, unwrap));
+        }
+        let now = match req.uri().path() {
             "/live" => text(StatusCode::OK, "live\n".into()),
             "/ready" => match self.ready.as_ref().map_or(Ok(()), |check| check()) {
                 Ok(()) => text(StatusCode::OK, "ready\n".into()),
@@ -75,21 +216,11 @@ impl Admin {
                     format!("not ready: {why}\n"),
                 ),
             },
-            "/stats/prometheus" | "/metrics" => {
-                let body = self
-                    .telemetry
-                    .as_ref()
-                    .map(|t| t.encode())
-                    .unwrap_or_else(|| "# EOF\n".into());
-                let mut r = Response::new(full(body));
-                r.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    header::HeaderValue::from_static(OPENMETRICS),
-                );
-                r
-            }
+            "/stats/prometheus" | "/metrics" => self.metrics(),
+            "/config_dump" => return self.dump(),
             path => text(StatusCode::NOT_FOUND, format!("no admin page at {path}\n")),
-        }
+        };
+        Box::pin(std::future::ready(now))
     }
 
     /// Serves the endpoint on `listener` (HTTP/1.1 and h2) until the future is dropped.
@@ -99,8 +230,8 @@ impl Admin {
             let admin = self.clone();
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                    let resp = admin.answer(&req);
-                    async move { Ok::<_, Infallible>(resp) }
+                    let answer = admin.answer(req);
+                    async move { Ok::<_, Infallible>(answer.await) }
                 });
                 let _ = hyper_util::server::conn::auto::Builder::new(
                     hyper_util::rt::TokioExecutor::new(),
@@ -112,17 +243,22 @@ impl Admin {
     }
 }
 
-impl<B> tower::Service<Request<B>> for Admin {
+impl<B> tower::Service<Request<B>> for Admin
+where
+    B: Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
     type Response = Response<MeshBody>;
     type Error = Infallible;
-    type Future = std::future::Ready<Result<Response<MeshBody>, Infallible>>;
+    type Future = BoxFuture<Result<Response<MeshBody>, Infallible>>;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        std::future::ready(Ok(self.answer(&req)))
+        let answer = self.answer(req);
+        Box::pin(async move { Ok(answer.await) })
     }
 }
 
@@ -188,6 +324,14 @@ mod tests {
             // Nothing recorded yet: families without series print nothing.
             assert_eq!(body, "# EOF\n");
         }
+        let (status, _, body) = get(addr, "/config_dump").await;
+        assert_eq!(
+            (status, body.as_str()),
+            (
+                StatusCode::NOT_FOUND,
+                "no configuration source is attached to this admin endpoint\n"
+            )
+        );
         let (status, _, body) = get(addr, "/config").await;
         assert_eq!(
             (status, body.as_str()),

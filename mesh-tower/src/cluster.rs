@@ -158,6 +158,24 @@ impl ClusterState {
         pick
     }
 
+    /// Each endpoint's address and whether outlier detection has ejected it now.
+    pub fn ejections(&self) -> Vec<(SocketAddr, bool)> {
+        let o = self
+            .outlier
+            .as_ref()
+            .map(|o| o.inner.lock().unwrap_or_else(|e| e.into_inner()));
+        self.endpoints
+            .endpoints()
+            .iter()
+            .map(|e| {
+                let ejected = o
+                    .as_ref()
+                    .is_some_and(|o| o.detector.is_ejected(&e.address));
+                (e.address, ejected)
+            })
+            .collect()
+    }
+
     fn rebuild_picker(&self) {
         let ejected: Vec<bool> = match &self.outlier {
             Some(o) => {

@@ -24,7 +24,7 @@ pub mod telemetry;
 pub mod tls;
 
 pub use body::MeshBody;
-pub use client::{MeshConfig, MeshService, ResponseFuture};
+pub use client::{ClusterRuntime, MeshConfig, MeshService, ResponseFuture};
 pub use connector::{ConnectTarget, MeshConnection, MeshConnector, Negotiated, TcpConnector};
 pub use observe::{MeshInfo, Observer, RequestObserver};
 pub use protocol::{ERROR_HEADER, FLAGS_HEADER, OVERFLOW_HEADER};

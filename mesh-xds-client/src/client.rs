@@ -521,6 +521,11 @@ impl XdsClient {
         rx.await.ok()
     }
 
+    /// The node this client presents to the control plane.
+    pub fn node_proto(&self) -> PbNode {
+        node(&self.bootstrap)
+    }
+
     /// Every resource's status and each type's version and nonce.
     pub async fn status(&self) -> Option<XdsStatus> {
         let (tx, rx) = oneshot::channel();

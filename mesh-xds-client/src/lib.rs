@@ -12,7 +12,9 @@ pub mod cache;
 pub mod certs;
 mod channel;
 pub mod client;
+pub mod csds;
 pub mod decode;
+pub mod dump;
 pub mod state;
 #[doc(hidden)]
 pub mod testing;

@@ -39,6 +39,16 @@ impl<C> std::ops::Deref for ClusterEntry<C> {
     }
 }
 
+/// A cluster's runtime state as an admin page shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ClusterRuntime {
+    /// The cluster.
+    pub name: Arc<str>,
+    /// Its endpoints, each with whether outlier detection has ejected it.
+    pub endpoints: Vec<(std::net::SocketAddr, bool)>,
+}
+
 /// What building an entry needs from the stack's settings.
 pub(crate) struct BuildSettings {
     pub retry_budget: Option<RetryBudgetConfig>,
@@ -184,6 +194,26 @@ impl<C: MeshConnector> Clusters<C> {
         };
         // Dropped outside the lock: closing connections is not the map's business.
         drop(gone);
+    }
+
+    /// Each cluster with state: its name and its endpoints' ejections.
+    pub fn runtime(&self) -> Vec<ClusterRuntime> {
+        let entries: Vec<Arc<ClusterEntry<C>>> = self
+            .map
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        let mut all: Vec<ClusterRuntime> = entries
+            .iter()
+            .map(|e| ClusterRuntime {
+                name: e.cluster.name().clone(),
+                endpoints: e.state.ejections(),
+            })
+            .collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
     }
 
     /// How many clusters have state (for tests and `config-dump`).

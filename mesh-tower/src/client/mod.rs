@@ -40,6 +40,7 @@ use crate::protocol::{grpc_timeout, is_grpc, local_reply};
 use crate::reply::LocalReason;
 use crate::tls::TlsConnector;
 use attempts::{Attempts, Progress};
+pub use clusters::ClusterRuntime;
 use clusters::{BuildSettings, ClusterEntry, Clusters};
 use upstream::Head;
 
@@ -161,6 +162,12 @@ impl<C: MeshConnector> MeshService<C> {
                 config,
             }),
         }
+    }
+
+    /// The clusters with runtime state (those that got traffic and are still in the
+    /// snapshot), with their endpoints' ejections: what `/config_dump` adds to the snapshot.
+    pub fn runtime(&self) -> Vec<ClusterRuntime> {
+        self.shared.clusters.runtime()
     }
 
     /// How many clusters have runtime state (those that got traffic and are still in the
