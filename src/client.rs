@@ -207,7 +207,11 @@ impl Client {
                 }
             })
             .runtime(move || svc.runtime());
-        crate::admin::with_xds(admin, &self.inner.xds)
+        let target = match &self.inner.target {
+            Some(t) => format!("xds:///{t}"),
+            None => "#client".to_string(),
+        };
+        crate::admin::with_xds(admin, &self.inner.xds, &target)
     }
 
     /// Istio's metrics of this client's requests, when built with

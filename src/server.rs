@@ -94,7 +94,7 @@ impl Server {
                     ServingState::NotServing(why) => Err(why.clone()),
                 },
             );
-        crate::admin::with_xds(admin, &self.xds)
+        crate::admin::with_xds(admin, &self.xds, "#server")
     }
 
     /// The metrics it records into, if any (taken before `serve`, which consumes it).

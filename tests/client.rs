@@ -246,6 +246,31 @@ apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: ui}
         (head.to_string(), body.to_string())
     };
     assert!(http("/ready").await.0.starts_with("HTTP/1.0 200"));
+    // Istio's metrics and the xDS client's (gRFC A78) in one scrape, one `# EOF` at its end.
+    let (_, metrics) = http("/stats/prometheus").await;
+    assert_eq!(metrics.matches("# EOF").count(), 1, "{metrics}");
+    assert!(metrics.ends_with("# EOF\n"), "{metrics}");
+    let line = |prefix: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("{prefix} in {metrics}"))
+            .to_string()
+    };
+    assert_eq!(
+        line("grpc_xds_client_connected{"),
+        format!("grpc_xds_client_connected{{grpc_target=\"#client\",grpc_xds_server=\"{cp}\"}} 1")
+    );
+    assert!(
+        line("grpc_xds_client_resources{grpc_target=\"#client\",grpc_xds_authority=\"#old\",grpc_xds_cache_state=\"acked\",grpc_xds_resource_type=\"envoy.config.cluster.v3.Cluster\"}")
+            .ends_with(" 1")
+    );
+    let requests: u64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("istio_requests_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert_eq!(requests, 6, "{metrics}");
     let (head, body) = http("/config_dump").await;
     assert!(head.contains("content-type: application/json"), "{head}");
     let dump: serde_json::Value = serde_json::from_str(&body).unwrap();

@@ -443,6 +443,7 @@ pub async fn request(args: RequestArgs) -> Result<String, String> {
         let admin = mesh::admin::with_xds(
             mesh_tower::admin::Admin::new(telemetry.clone()).runtime(move || stack.runtime()),
             &client,
+            &format!("xds:///{target}"),
         );
         eprintln!("admin on {addr}");
         tokio::spawn(admin.serve(listener));
@@ -717,7 +718,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
                     mesh_tower::ServingState::NotServing(why) => Err(why.clone()),
                 }
             });
-        let admin = mesh::admin::with_xds(admin, &client);
+        let admin = mesh::admin::with_xds(admin, &client, "#server");
         println!("admin on {addr}");
         tokio::spawn(admin.serve(admin_listener));
     }

@@ -38,6 +38,9 @@ pub type ConfigSource = Arc<dyn Fn() -> BoxFuture<Option<Value>> + Send + Sync>;
 /// configuration: which endpoints are ejected now.
 pub type RuntimeSource = Arc<dyn Fn() -> Vec<ClusterRuntime> + Send + Sync>;
 
+/// More metric families for `/stats/prometheus` (OpenMetrics text without `# EOF`).
+pub type MetricsSource = Arc<dyn Fn() -> BoxFuture<String> + Send + Sync>;
+
 /// A gRPC service the endpoint also answers (CSDS, gRFC A40).
 pub type GrpcService =
     tower::util::BoxCloneSyncService<Request<MeshBody>, Response<MeshBody>, Infallible>;
@@ -52,6 +55,7 @@ pub struct Admin {
     ready: Option<ReadinessCheck>,
     config: Option<ConfigSource>,
     runtime: Vec<RuntimeSource>,
+    metrics: Vec<MetricsSource>,
     grpc: Option<GrpcService>,
 }
 
@@ -137,24 +141,45 @@ impl Admin {
         self
     }
 
+    /// Adds the metric families `source` writes (OpenMetrics text without `# EOF`: the xDS
+    /// client's, say) to `/stats/prometheus`.
+    pub fn metrics_from<F>(mut self, source: impl Fn() -> F + Send + Sync + 'static) -> Self
+    where
+        F: Future<Output = String> + Send + 'static,
+    {
+        self.metrics.push(Arc::new(move || Box::pin(source())));
+        self
+    }
+
     /// Answers gRPC requests (`content-type: application/grpc`) with `service`: CSDS.
     pub fn grpc(mut self, service: GrpcService) -> Self {
         self.grpc = Some(service);
         self
     }
 
-    fn metrics(&self) -> Response<MeshBody> {
-        let body = self
+    fn metrics(&self) -> BoxFuture<Response<MeshBody>> {
+        let mut body = self
             .telemetry
             .as_ref()
             .map(|t| t.encode())
-            .unwrap_or_else(|| "# EOF\n".into());
-        let mut r = Response::new(full(body));
-        r.headers_mut().insert(
-            header::CONTENT_TYPE,
-            header::HeaderValue::from_static(OPENMETRICS),
-        );
-        r
+            .unwrap_or_default();
+        // One `# EOF`, after every family.
+        if body.ends_with("# EOF\n") {
+            body.truncate(body.len() - "# EOF\n".len());
+        }
+        let more: Vec<BoxFuture<String>> = self.metrics.iter().map(|m| m()).collect();
+        Box::pin(async move {
+            for m in more {
+                body.push_str(&m.await);
+            }
+            body.push_str("# EOF\n");
+            let mut r = Response::new(full(body));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static(OPENMETRICS),
+            );
+            r
+        })
     }
 
     fn dump(&self) -> BoxFuture<Response<MeshBody>> {
@@ -216,7 +241,7 @@ impl Admin {
                     format!("not ready: {why}\n"),
                 ),
             },
-            "/stats/prometheus" | "/metrics" => self.metrics(),
+            "/stats/prometheus" | "/metrics" => return self.metrics(),
             "/config_dump" => return self.dump(),
             path => text(StatusCode::NOT_FOUND, format!("no admin page at {path}\n")),
         };

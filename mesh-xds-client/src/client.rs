@@ -84,6 +84,13 @@ pub struct XdsStatus {
     pub resources: Vec<ResourceStatus>,
     /// Per type: last accepted version and last nonce on this stream.
     pub types: Vec<(ResourceType, String, String)>,
+    /// Per type: resources received valid and invalid (gRFC A78).
+    pub updates: Vec<(ResourceType, u64, u64)>,
+    /// Times the xDS server went from healthy to unhealthy: a connection that failed, or a
+    /// stream that ended before any response (gRFC A78's `server_failure`).
+    pub server_failures: u64,
+    /// The xDS server's address.
+    pub server: String,
 }
 
 /// The default largest xDS response.
@@ -246,6 +253,8 @@ impl XdsClientBuilder {
             max_message_size: self.max_message_size,
             open_timeout: self.open_timeout,
             certificates: certificates.subscribe(),
+            server_healthy: true,
+            server_failures: 0,
         };
         if let Some(cache) = worker.cache.clone() {
             match cache.load() {
@@ -554,6 +563,10 @@ struct Worker {
     cache_write: Option<tokio::task::JoinHandle<()>>,
     /// The workload certificates, for mTLS to the server once there is one.
     certificates: watch::Receiver<Arc<Certificates>>,
+    /// Whether the server was healthy at the last stream's end (it starts so).
+    server_healthy: bool,
+    /// Healthy-to-unhealthy transitions of the server.
+    server_failures: u64,
 }
 
 enum Sink {
@@ -598,6 +611,7 @@ impl Worker {
             match self.stream_once().await {
                 StreamEnd::Shutdown => return,
                 StreamEnd::AfterResponse(lived) => {
+                    self.server_healthy = true;
                     self.state.on_disconnected();
                     self.health_tx.send_modify(|h| h.connected = false);
                     // A stream that lived (istiod closes them at their maximum age) starts
@@ -609,6 +623,9 @@ impl Worker {
                     tracing::info!(server = %self.server.address, ?lived, "ADS stream closed after responses; reconnecting in about {delay:?}");
                 }
                 StreamEnd::Failed(e) => {
+                    if std::mem::take(&mut self.server_healthy) {
+                        self.server_failures = self.server_failures.saturating_add(1);
+                    }
                     self.state.on_disconnected();
                     tracing::warn!(server = %self.server.address, "ADS stream failed: {e}; retrying in about {delay:?}");
                     self.health_tx.send_modify(|h| {
@@ -683,6 +700,9 @@ impl Worker {
                             )
                         })
                         .collect(),
+                    updates: self.state.update_counts(),
+                    server_failures: self.server_failures,
+                    server: self.server.address.to_string(),
                 });
                 Vec::new()
             }

@@ -194,3 +194,96 @@ pub fn status_json(st: &XdsStatus) -> Value {
         })).collect::<Vec<_>>(),
     })
 }
+
+/// A label value as the Prometheus text formats write it.
+fn label(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// gRFC A78's xDS client metrics as OpenMetrics text families (no `# EOF`, for appending to a
+/// registry's), under gRPC's names with the dots written as underscores, as an OpenTelemetry
+/// Prometheus exporter writes them: `grpc_xds_client_connected`,
+/// `grpc_xds_client_server_failure_total`, `grpc_xds_client_resource_updates_valid_total`,
+/// `grpc_xds_client_resource_updates_invalid_total` and `grpc_xds_client_resources` (by cache
+/// state). `target` is the `grpc.target` label: the channel's target, `#server` for a server.
+pub fn openmetrics(status: &XdsStatus, target: &str) -> String {
+    use std::fmt::Write as _;
+    let base = format!(
+        "grpc_target=\"{}\",grpc_xds_server=\"{}\"",
+        label(target),
+        label(&status.server)
+    );
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# HELP grpc_xds_client_connected Whether the xDS client has a working ADS stream to the xDS server.\n# TYPE grpc_xds_client_connected gauge\ngrpc_xds_client_connected{{{base}}} {}",
+        u8::from(status.health.connected)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP grpc_xds_client_server_failure Times the xDS server went from healthy to unhealthy.\n# TYPE grpc_xds_client_server_failure counter\ngrpc_xds_client_server_failure_total{{{base}}} {}",
+        status.server_failures
+    );
+    for (name, help, pick) in [
+        (
+            "resource_updates_valid",
+            "Resources received that were valid.",
+            0usize,
+        ),
+        (
+            "resource_updates_invalid",
+            "Resources received that were invalid (NACKed).",
+            1,
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "# HELP grpc_xds_client_{name} {help}\n# TYPE grpc_xds_client_{name} counter"
+        );
+        for (t, valid, invalid) in &status.updates {
+            let n = if pick == 0 { valid } else { invalid };
+            let _ = writeln!(
+                out,
+                "grpc_xds_client_{name}_total{{{base},grpc_xds_resource_type=\"{}\"}} {n}",
+                t.type_url().trim_start_matches("type.googleapis.com/")
+            );
+        }
+    }
+    let mut counts: std::collections::BTreeMap<(&str, &str), u64> = Default::default();
+    for r in &status.resources {
+        let state = match &r.state {
+            // Loaded from the disk cache, not yet confirmed by the server.
+            ResourceState::Requested | ResourceState::Cached => "requested",
+            ResourceState::Acked => "acked",
+            ResourceState::Nacked { .. } if r.has_value => "nacked_but_cached",
+            ResourceState::Nacked { .. } => "nacked",
+            ResourceState::DoesNotExist => "does_not_exist",
+        };
+        let ty = r
+            .resource_type
+            .type_url()
+            .trim_start_matches("type.googleapis.com/");
+        *counts.entry((ty, state)).or_default() += 1;
+    }
+    let _ = writeln!(
+        out,
+        "# HELP grpc_xds_client_resources Resources held, by cache state.\n# TYPE grpc_xds_client_resources gauge"
+    );
+    for ((ty, state), n) in counts {
+        let _ = writeln!(
+            out,
+            "grpc_xds_client_resources{{grpc_target=\"{}\",grpc_xds_authority=\"#old\",grpc_xds_cache_state=\"{state}\",grpc_xds_resource_type=\"{ty}\"}} {n}",
+            label(target)
+        );
+    }
+    out
+}

@@ -122,6 +122,8 @@ pub struct ResourceStatus {
     pub state: ResourceState,
     /// When its value or state last changed.
     pub last_updated: Option<Instant>,
+    /// Whether a value is in use (a NACKed resource may keep its last good one).
+    pub has_value: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -198,6 +200,9 @@ pub struct AdsState {
     /// The certificate-provider instances the bootstrap defines (and this client serves); a
     /// TLS context naming another is NACKed (gRFC A29).
     cert_instances: BTreeSet<String>,
+    /// Resources received from the server per type: (valid, invalid), for gRFC A78's
+    /// `resource_updates_valid` / `_invalid` (unchanged resources count as valid).
+    updates: [(u64, u64); 4],
 }
 
 fn index(t: ResourceType) -> usize {
@@ -261,6 +266,27 @@ impl AdsState {
             working: MeshSnapshot::new(),
             published: None,
             cert_instances: BTreeSet::new(),
+            updates: [(0, 0); 4],
+        }
+    }
+
+    /// Resources received per type, valid and invalid.
+    pub fn update_counts(&self) -> Vec<(ResourceType, u64, u64)> {
+        ResourceType::ALL
+            .iter()
+            .map(|&t| {
+                let (valid, invalid) = self.updates[index(t)];
+                (t, valid, invalid)
+            })
+            .collect()
+    }
+
+    fn count_update(&mut self, ty: ResourceType, valid: bool) {
+        let c = &mut self.updates[index(ty)];
+        if valid {
+            c.0 = c.0.saturating_add(1);
+        } else {
+            c.1 = c.1.saturating_add(1);
         }
     }
 
@@ -366,6 +392,7 @@ impl AdsState {
                         version: e.version.clone(),
                         state: e.state.clone(),
                         last_updated: e.last_updated,
+                        has_value: e.value.is_some(),
                     })
             })
             .collect()
@@ -465,7 +492,9 @@ impl AdsState {
         // Resources are moved into the state, not copied: at 100,000 resources the copies and
         // the frees of the originals are a large part of the load.
         for (i, any) in std::mem::take(&mut resp.resources).into_iter().enumerate() {
-            match self.apply(ty, any, &resp.version_info, now) {
+            let applied = self.apply(ty, any, &resp.version_info, now);
+            self.count_update(ty, applied.is_ok());
+            match applied {
                 Ok(Applied::Stored(name)) => {
                     if !seen.insert(name.clone()) {
                         errors.push(format!("resource {name:?} appears twice in the response"));
@@ -535,10 +564,12 @@ impl AdsState {
         let mut seen = BTreeSet::new();
         for (i, r) in std::mem::take(&mut resp.resources).into_iter().enumerate() {
             let Some(any) = r.resource else {
+                self.count_update(ty, false);
                 errors.push(format!("resources[{i}] ({:?}): no resource body", r.name));
                 continue;
             };
             if !r.name.is_empty() && !seen.insert(r.name.clone()) {
+                self.count_update(ty, false);
                 errors.push(format!(
                     "resource {:?} appears twice in the response",
                     r.name
@@ -546,7 +577,9 @@ impl AdsState {
                 continue;
             }
             let expect = (!r.name.is_empty()).then_some(r.name.as_str());
-            if let Err((name, msg)) = self.apply_named(ty, any, &r.version, expect, now) {
+            let applied = self.apply_named(ty, any, &r.version, expect, now);
+            self.count_update(ty, applied.is_ok());
+            if let Err((name, msg)) = applied {
                 errors.push(match name {
                     Some(_) => msg,
                     None => format!("resources[{i}] ({:?}): {msg}", r.name),

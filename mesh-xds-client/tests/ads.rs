@@ -252,6 +252,7 @@ async fn reconnects_keep_serving_and_resubscribe() {
         let port = server.addr.unwrap().port();
         let c = client(&format!("127.0.0.1:{port}"), protocol);
         let before = within("ready", c.ready()).await.expect("ready");
+        assert_eq!(c.status().await.unwrap().server_failures, 0);
         server.stop().await;
         let mut health = c.health();
         within("disconnect", health.wait_for(|h| !h.connected))
@@ -261,6 +262,8 @@ async fn reconnects_keep_serving_and_resubscribe() {
         assert!(Arc::ptr_eq(&c.snapshot(), &before));
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(c.health().borrow().last_error.is_some());
+        // Several failed reconnects, one healthy-to-unhealthy transition (gRFC A78).
+        assert_eq!(c.status().await.unwrap().server_failures, 1);
         ads.clear_seen();
         let _server = ads.serve_tcp(port).await;
         within("reconnect", c.health().wait_for(|h| h.connected))

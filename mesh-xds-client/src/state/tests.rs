@@ -333,6 +333,33 @@ fn a_nacked_update_keeps_the_last_good_value() {
         "nothing new published"
     );
     assert_eq!(s.version(ResourceType::RouteConfiguration), "v1");
+    // gRFC A78's counts: one valid route configuration, then one invalid; the resource is
+    // NACKed but keeps its last good value.
+    let counts = s.update_counts();
+    assert_eq!(counts[1], (ResourceType::RouteConfiguration, 1, 1));
+    let status = crate::XdsStatus {
+        health: crate::Health {
+            connected: true,
+            ..Default::default()
+        },
+        protocol: Protocol::Sotw,
+        resources: s.statuses(),
+        types: Vec::new(),
+        updates: counts,
+        server_failures: 2,
+        server: "127.0.0.1:15010".into(),
+    };
+    let text = crate::dump::openmetrics(&status, "xds:///ui:9080");
+    for line in [
+        "grpc_xds_client_connected{grpc_target=\"xds:///ui:9080\",grpc_xds_server=\"127.0.0.1:15010\"} 1",
+        "grpc_xds_client_server_failure_total{grpc_target=\"xds:///ui:9080\",grpc_xds_server=\"127.0.0.1:15010\"} 2",
+        "grpc_xds_client_resource_updates_valid_total{grpc_target=\"xds:///ui:9080\",grpc_xds_server=\"127.0.0.1:15010\",grpc_xds_resource_type=\"envoy.config.route.v3.RouteConfiguration\"} 1",
+        "grpc_xds_client_resource_updates_invalid_total{grpc_target=\"xds:///ui:9080\",grpc_xds_server=\"127.0.0.1:15010\",grpc_xds_resource_type=\"envoy.config.route.v3.RouteConfiguration\"} 1",
+        "grpc_xds_client_resources{grpc_target=\"xds:///ui:9080\",grpc_xds_authority=\"#old\",grpc_xds_cache_state=\"nacked_but_cached\",grpc_xds_resource_type=\"envoy.config.route.v3.RouteConfiguration\"} 1",
+        "grpc_xds_client_resources{grpc_target=\"xds:///ui:9080\",grpc_xds_authority=\"#old\",grpc_xds_cache_state=\"acked\",grpc_xds_resource_type=\"envoy.config.cluster.v3.Cluster\"} 2",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line}\nin\n{text}");
+    }
 }
 
 #[test]
