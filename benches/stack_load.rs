@@ -161,7 +161,14 @@ apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: ui}}
             workload,
             "sidecar~127.0.0.1~bench-1.default~default.svc.cluster.local",
         );
-        let config = if telemetry {
+        // `STACK_LOAD_TELEMETRY=trace`: trace propagation too (Istio's 1% sampling, no
+        // subscriber or exporter attached).
+        let traced = std::env::var("STACK_LOAD_TELEMETRY").is_ok_and(|v| v == "trace");
+        let config = if traced {
+            MeshConfig::default().observer(
+                metrics.client_observer_traced(mesh::tower::telemetry::Tracer::new()),
+            )
+        } else if telemetry {
             MeshConfig::default().observer(metrics.client_observer())
         } else {
             MeshConfig::default()

@@ -14,6 +14,8 @@ pub use mesh_xds_client as xds;
 
 pub mod admin;
 pub mod client;
+#[cfg(feature = "otlp")]
+pub mod otlp;
 pub mod server;
 
 pub use client::{Channel, Client, ClientBuilder, Error};

@@ -352,6 +352,8 @@ pub struct RequestArgs {
     pub admin: Option<std::net::SocketAddr>,
     /// Write the client's metrics (Prometheus text) here at the end.
     pub metrics_file: Option<PathBuf>,
+    /// Propagate traces, sampling this percentage of the traces it starts.
+    pub trace_sampling: Option<f64>,
     /// Connection options.
     pub xds: XdsOptions,
 }
@@ -427,8 +429,14 @@ pub async fn request(args: RequestArgs) -> Result<String, String> {
     let (client, _) = connect_with(&args.xds, bootstrap, std::slice::from_ref(&target)).await?;
     let client = std::sync::Arc::new(client);
     let mut config = mesh_tower::MeshConfig::default();
-    if let Some(t) = &telemetry {
-        config = config.observer(t.client_observer());
+    let tracer = args
+        .trace_sampling
+        .map(mesh_tower::telemetry::Tracer::with_sampling);
+    match (&telemetry, tracer) {
+        (Some(t), Some(tracer)) => config = config.observer(t.client_observer_traced(tracer)),
+        (Some(t), None) => config = config.observer(t.client_observer()),
+        (None, Some(tracer)) => config = config.observer(tracer.client_observer()),
+        (None, None) => {}
     }
     let svc = mesh_tower::MeshService::with_certificates(
         client.snapshots(),
@@ -610,6 +618,8 @@ pub struct ServeArgs {
     pub listen: std::net::SocketAddr,
     /// Where to serve the admin endpoint (liveness, readiness, metrics), if anywhere.
     pub admin: Option<std::net::SocketAddr>,
+    /// Continue callers' traces, sampling this percentage of the traces it starts.
+    pub trace_sampling: Option<f64>,
 }
 
 /// The body `mesh serve` answers with: who answered, what, for whom.
@@ -706,6 +716,10 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
         client.certificates(),
     )
     .telemetry(telemetry.clone());
+    let server = match args.trace_sampling {
+        Some(p) => server.tracing(mesh_tower::telemetry::Tracer::with_sampling(p)),
+        None => server,
+    };
     if let Some(addr) = args.admin {
         let admin_listener = tokio::net::TcpListener::bind(addr)
             .await

@@ -6,10 +6,14 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use mesh_cli as cli;
+use tracing_subscriber::Layer as _;
 
 #[derive(Parser)]
 #[command(name = "mesh", version, about = "A proxyless service mesh for Rust")]
 struct Cli {
+    /// Export trace spans to the OTLP/gRPC collector at URL (e.g. http://127.0.0.1:4317).
+    #[arg(long, global = true, value_name = "URL")]
+    otlp: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -89,6 +93,9 @@ enum Command {
         /// Write the client's Istio metrics (Prometheus text) to FILE at the end.
         #[arg(long = "metrics-file")]
         metrics_file: Option<PathBuf>,
+        /// Propagate traces (W3C and B3), sampling PERCENT of the traces it starts.
+        #[arg(long = "trace-sampling", value_name = "PERCENT")]
+        trace_sampling: Option<f64>,
         #[command(flatten)]
         xds: XdsArgs,
     },
@@ -106,6 +113,9 @@ enum Command {
         /// /metrics (Istio's metrics of the requests served).
         #[arg(long)]
         admin: Option<std::net::SocketAddr>,
+        /// Continue callers' traces (W3C and B3), sampling PERCENT of the traces it starts.
+        #[arg(long = "trace-sampling", value_name = "PERCENT")]
+        trace_sampling: Option<f64>,
     },
     /// Prints a configuration: a running process's, read from its admin endpoint (`--admin`,
     /// like `istioctl proxy-config`), or the targets' as a new client resolves them.
@@ -132,19 +142,41 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let args = Cli::parse();
+    let logs = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        // Colours only for a terminal: logs piped to files and scripts stay plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_filter(
             // `mesh serve` logs each decision (allowed, denied by which policy) unless told
             // otherwise.
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
                 "warn,mesh::server::decision=debug,mesh::rbac::audit=info".into()
             }),
-        )
-        .with_writer(std::io::stderr)
-        // Colours only for a terminal: logs piped to files and scripts stay plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    let result = match Cli::parse().command {
+        );
+    let (otlp, provider) = match &args.otlp {
+        Some(url) => {
+            // Every span to the collector, whatever the log filter; sampling decides.
+            let sampling = match &args.command {
+                Command::Request { trace_sampling, .. } | Command::Serve { trace_sampling, .. } => {
+                    trace_sampling.unwrap_or(1.0)
+                }
+                _ => 1.0,
+            };
+            match mesh::otlp::layer(url, "mesh", sampling) {
+                Ok((layer, provider)) => (Some(layer), Some(provider)),
+                Err(e) => {
+                    eprintln!("mesh: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        None => (None, None),
+    };
+    tracing_subscriber::registry().with(logs).with(otlp).init();
+    let result = match args.command {
         #[cfg(feature = "control-plane")]
         Command::ControlPlane { config, listen } => cli::control_plane(config, listen)
             .await
@@ -159,6 +191,7 @@ async fn main() -> ExitCode {
             grpc,
             admin,
             metrics_file,
+            trace_sampling,
             xds,
         } => {
             let args = cli::RequestArgs {
@@ -170,6 +203,7 @@ async fn main() -> ExitCode {
                 body: cli::RequestBody::from_flags(data, grpc),
                 admin,
                 metrics_file,
+                trace_sampling,
                 xds: xds.into(),
             };
             cli::request(args).await
@@ -178,10 +212,12 @@ async fn main() -> ExitCode {
             bootstrap,
             listen,
             admin,
+            trace_sampling,
         } => cli::serve(cli::ServeArgs {
             bootstrap,
             listen,
             admin,
+            trace_sampling,
         })
         .await
         .map(|()| String::new()),
@@ -210,6 +246,10 @@ async fn main() -> ExitCode {
             .await
         }
     };
+    if let Some(p) = provider {
+        // Flushes the spans still batched.
+        let _ = tokio::task::spawn_blocking(move || p.shutdown()).await;
+    }
     match result {
         Ok(out) => {
             print!("{out}");

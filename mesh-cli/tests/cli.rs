@@ -151,6 +151,7 @@ async fn request_reports_statuses_clusters_endpoints_attempts_and_latency() {
         body: mesh_cli::RequestBody::Empty,
         admin: None,
         metrics_file: Some(dir.path().join("metrics.txt")),
+        trace_sampling: None,
         xds: xds(
             bootstrap(dir.path(), &addr.to_string()),
             Duration::from_secs(10),
@@ -309,6 +310,7 @@ apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: n
         bootstrap: Some(server),
         listen: format!("127.0.0.1:{port}").parse().unwrap(),
         admin: Some(admin),
+        trace_sampling: None,
     }));
     let send = |path: &str, body: mesh_cli::RequestBody| {
         let client = client.clone();
@@ -323,6 +325,7 @@ apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: n
                 body,
                 admin: None,
                 metrics_file: None,
+                trace_sampling: None,
                 xds: xds(client, Duration::from_secs(10), None),
             })
             .await

@@ -88,10 +88,11 @@ impl Tracer {
     /// A new trace's context (a root span this process starts).
     fn root(&self, propagation: Propagation) -> TraceContext {
         let mut rng = rand::rng();
+        let trace_id = rng.random::<u128>().max(1);
         TraceContext {
-            trace_id: rng.random::<u128>().max(1),
+            trace_id,
             span_id: rng.random::<u64>().max(1),
-            sampled: Some(self.sampling > 0.0 && rng.random::<f64>() < self.sampling),
+            sampled: Some(sampled_by_ratio(self.sampling, trace_id)),
             tracestate: None,
             propagation,
         }
@@ -133,6 +134,7 @@ impl Tracer {
             parent_span_id = parent_id.map(hex16).as_deref(),
             sampled = ctx.sampled == Some(true),
         );
+        otel::link(&span, &ctx, parent_id);
         inject(headers, &ctx, parent_id);
         (ctx, span)
     }
@@ -155,12 +157,25 @@ impl Tracer {
             http.status_code = tracing::field::Empty,
             attempts = tracing::field::Empty,
         );
+        otel::link(&span, &ctx, parent_id);
         TraceCall {
             ctx,
             span,
             attempt: None,
         }
     }
+}
+
+/// Whether a trace this process starts is sampled at `ratio`, decided from its id the way
+/// OpenTelemetry's `TraceIdRatioBased` sampler decides (the low 64 bits, halved, against the
+/// ratio of 2^63), so that an exporter's sampler and the propagated flag agree.
+fn sampled_by_ratio(ratio: f64, trace_id: u128) -> bool {
+    if ratio >= 1.0 {
+        return true;
+    }
+    let bound = (ratio.max(0.0) * (1u64 << 63) as f64) as u64;
+    // The low 64 bits are the point: truncation intended.
+    ((trace_id as u64) >> 1) < bound
 }
 
 fn new_span_id() -> u64 {
@@ -242,6 +257,7 @@ impl TraceCall {
             span_id = ascii(&ctx.span_id_hex()),
             http.status_code = tracing::field::Empty,
         );
+        otel::link(&span, &ctx, Some(self.ctx.span_id));
         inject(attempt.headers, &ctx, Some(self.ctx.span_id));
         self.attempt = Some(span);
     }
@@ -284,4 +300,91 @@ impl RequestObserver for TraceCall {
     }
 
     fn on_end(self: Box<Self>, _end: &StreamEnd<'_>) {}
+}
+
+/// With the `otel` feature, each span's OpenTelemetry twin (tracing-opentelemetry's) gets the
+/// trace id, span id and parent the headers carry, so that what an exporter sends and what the
+/// next hop continues are one trace.
+#[cfg(feature = "otel")]
+pub mod otel {
+    use std::cell::Cell;
+
+    use mesh_core::telemetry::trace_context::TraceContext;
+    use opentelemetry::trace::{
+        SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
+    };
+    use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator};
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+    thread_local! {
+        /// The ids of the span being started on this thread.
+        static NEXT: Cell<Option<(u128, u64)>> = const { Cell::new(None) };
+    }
+
+    /// The id generator to give the OpenTelemetry SDK's tracer provider: mesh's spans get the
+    /// ids mesh propagates, every other span random ones.
+    #[derive(Debug, Default)]
+    pub struct MeshIdGenerator(RandomIdGenerator);
+
+    impl IdGenerator for MeshIdGenerator {
+        fn new_trace_id(&self) -> TraceId {
+            match NEXT.with(Cell::get) {
+                Some((trace, _)) => TraceId::from(trace),
+                None => self.0.new_trace_id(),
+            }
+        }
+
+        fn new_span_id(&self) -> SpanId {
+            match NEXT.with(Cell::get) {
+                Some((_, span)) => SpanId::from(span),
+                None => self.0.new_span_id(),
+            }
+        }
+    }
+
+    /// Starts `span`'s OpenTelemetry twin now, as `ctx`'s span, child of `parent` (a span of
+    /// `ctx`'s trace in another process or task; `None`: a root).
+    pub(super) fn link(span: &tracing::Span, ctx: &TraceContext, parent: Option<u64>) {
+        if span.is_disabled() {
+            return;
+        }
+        let parent_cx = match parent {
+            Some(p) => {
+                let flags = if ctx.sampled == Some(true) {
+                    TraceFlags::SAMPLED
+                } else {
+                    TraceFlags::default()
+                };
+                let state = ctx
+                    .tracestate
+                    .as_deref()
+                    .and_then(|s| s.parse::<TraceState>().ok())
+                    .unwrap_or_default();
+                opentelemetry::Context::new().with_remote_span_context(SpanContext::new(
+                    TraceId::from(ctx.trace_id),
+                    SpanId::from(p),
+                    flags,
+                    true,
+                    state,
+                ))
+            }
+            None => opentelemetry::Context::new(),
+        };
+        // Without tracing-opentelemetry's layer there is no twin to start.
+        if span.set_parent(parent_cx).is_err() {
+            return;
+        }
+        NEXT.with(|n| n.set(Some((ctx.trace_id, ctx.span_id))));
+        // Reading the context starts the twin here, on this thread, with the ids just set.
+        drop(span.context());
+        NEXT.with(|n| n.set(None));
+    }
+}
+
+/// Without the `otel` feature there is nothing to link.
+#[cfg(not(feature = "otel"))]
+mod otel {
+    use mesh_core::telemetry::trace_context::TraceContext;
+
+    pub(super) fn link(_: &tracing::Span, _: &TraceContext, _: Option<u64>) {}
 }
