@@ -475,10 +475,14 @@ async fn b3_callers_get_b3_back_and_traces_start_when_none_came() {
             header(h, "x-b3-spanid")
         )
     );
-    // No context: a new trace, sampled at 100%, in both forms (Istio's tracer reads B3).
+    // No context: a new trace, sampled at 100%, as W3C and single-header B3 (which Envoy's
+    // Zipkin tracer, Istio's default, reads); no multi-header B3.
     let h = &seen[2];
     let tp = header(h, "traceparent");
     assert_eq!(tp.len(), 55);
-    assert_eq!(&tp[3..35], header(h, "x-b3-traceid"));
+    let b3: Vec<&str> = header(h, "b3").split('-').collect();
+    assert_eq!((b3[0], b3[1], b3[2]), (&tp[3..35], &tp[36..52], "1"));
+    assert_eq!(b3[3].len(), 16, "the client's span is the attempt's parent");
     assert!(tp.ends_with("-01"));
+    assert!(h.get("x-b3-traceid").is_none());
 }

@@ -81,7 +81,7 @@ fn hex(s: &str, len: usize) -> Option<u128> {
     })
 }
 
-fn span_hex(s: &str, header: &'static str) -> Result<u64, TraceHeaderError> {
+fn parse_span_id(s: &str, header: &'static str) -> Result<u64, TraceHeaderError> {
     match hex(s, 16) {
         Some(0) => Err(malformed(header, "the span id is zero")),
         // 16 hex digits always fit in 64 bits.
@@ -128,7 +128,7 @@ impl TraceContext {
             Some(id) => id,
             None => return Err(malformed(h, "the trace id is not 32 lower-case hex digits")),
         };
-        let span_id = span_hex(span, h)?;
+        let span_id = parse_span_id(span, h)?;
         let flags = hex(flags, 2).ok_or(malformed(h, "the flags are not 2 hex digits"))?;
         Ok(Self {
             trace_id,
@@ -155,13 +155,13 @@ impl TraceContext {
             return Ok(None);
         };
         let trace_id = b3_trace_id(first, h)?;
-        let span_id = span_hex(span, h)?;
+        let span_id = parse_span_id(span, h)?;
         let sampled = match parts.next() {
             Some(s) => sampled(s)?,
             None => None,
         };
         if let Some(parent) = parts.next() {
-            span_hex(parent, h)?;
+            parse_span_id(parent, h)?;
         }
         if parts.next().is_some() {
             return Err(malformed(h, "more than four fields"));
@@ -187,7 +187,7 @@ impl TraceContext {
             return Ok(None);
         };
         let trace_id = b3_trace_id(trace_id, B3_TRACE_ID)?;
-        let span_id = span_hex(
+        let span_id = parse_span_id(
             span_id.ok_or(malformed(B3_SPAN_ID, "missing beside x-b3-traceid"))?,
             B3_SPAN_ID,
         )?;
@@ -269,30 +269,76 @@ impl TraceContext {
 
     /// The span id as 16 hex digits.
     pub fn span_id_hex(&self) -> [u8; 16] {
-        let mut out = [b'0'; 16];
-        write_hex(&mut out, u128::from(self.span_id));
-        out
+        span_hex(self.span_id)
     }
 
-    /// The single `b3` value naming this context's span, with `parent` as its parent span.
-    pub fn b3(&self, parent: Option<u64>) -> String {
-        let mut out = String::with_capacity(70);
-        out.push_str(ascii(&self.trace_id_hex()));
-        out.push('-');
-        out.push_str(ascii(&self.span_id_hex()));
+    /// The single `b3` value naming this context's span, with `parent` as its parent span
+    /// (written only with a sampling state, as B3 requires).
+    pub fn b3(&self, parent: Option<u64>) -> B3Value {
+        self.b3_from(&self.traceparent(), parent)
+    }
+
+    /// [`Self::b3`], taking the ids' digits from this context's `traceparent` (so that a hop
+    /// writing both encodes them once).
+    pub fn b3_from(&self, traceparent: &[u8; 55], parent: Option<u64>) -> B3Value {
+        let mut v = B3Value {
+            buf: [0; 68],
+            len: 0,
+        };
+        v.push(&traceparent[3..35]);
+        v.push(b"-");
+        v.push(&traceparent[36..52]);
         match self.sampled {
-            Some(true) => out.push_str("-1"),
-            Some(false) => out.push_str("-0"),
+            Some(true) => v.push(b"-1"),
+            Some(false) => v.push(b"-0"),
             None => {}
         }
         if let (Some(parent), Some(_)) = (parent, self.sampled) {
-            let mut p = [b'0'; 16];
-            write_hex(&mut p, u128::from(parent));
-            out.push('-');
-            out.push_str(ascii(&p));
+            v.push(b"-");
+            v.push(&span_hex(parent));
         }
-        out
+        v
     }
+}
+
+/// A single-header B3 value, built without allocating: `{32 hex}-{16 hex}[-{0|1}[-{16 hex}]]`.
+#[derive(Clone, Copy)]
+pub struct B3Value {
+    buf: [u8; 68],
+    len: usize,
+}
+
+impl B3Value {
+    fn push(&mut self, bytes: &[u8]) {
+        let end = self.len + bytes.len();
+        if let Some(dst) = self.buf.get_mut(self.len..end) {
+            dst.copy_from_slice(bytes);
+            self.len = end;
+        }
+    }
+
+    /// The value's bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+
+    /// The value as text.
+    pub fn as_str(&self) -> &str {
+        ascii(self.as_bytes())
+    }
+}
+
+impl std::fmt::Debug for B3Value {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A span id as B3 and W3C write it: 16 lower-case hex digits.
+pub fn span_hex(id: u64) -> [u8; 16] {
+    let mut out = [b'0'; 16];
+    write_hex(&mut out, u128::from(id));
+    out
 }
 
 /// Hex digits are ASCII.
@@ -301,11 +347,20 @@ fn ascii(bytes: &[u8]) -> &str {
 }
 
 /// Writes `value`'s low `out.len()` hex digits into `out`, most significant first.
-fn write_hex(out: &mut [u8], mut value: u128) {
+fn write_hex(out: &mut [u8], value: u128) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for b in out.iter_mut().rev() {
-        *b = DIGITS[(value & 0xf) as usize];
-        value >>= 4;
+    // A byte (two digits) at a time, from the least significant end; `out` has an even
+    // length here (32 or 16), and an odd one would just take its first digit from a nibble.
+    let mut v = value;
+    let mut chunks = out.rchunks_exact_mut(2);
+    for pair in &mut chunks {
+        let b = (v & 0xff) as usize;
+        pair[0] = DIGITS[b >> 4];
+        pair[1] = DIGITS[b & 0xf];
+        v >>= 8;
+    }
+    if let [first] = chunks.into_remainder() {
+        *first = DIGITS[(v & 0xf) as usize];
     }
 }
 
@@ -414,11 +469,11 @@ mod tests {
         );
         // Written back with a parent span.
         assert_eq!(
-            ctx.child(0xa).b3(Some(ctx.span_id)),
+            ctx.child(0xa).b3(Some(ctx.span_id)).as_str(),
             "80f198ee56343ba864fe8b2a57d3eff7-000000000000000a-1-e457b5a2e4d86bd1"
         );
         assert_eq!(
-            short.b3(Some(1)),
+            short.b3(Some(1)).as_str(),
             "000000000000000064fe8b2a57d3eff7-e457b5a2e4d86bd1"
         );
     }

@@ -25,6 +25,11 @@ const B3_PARENT_SPAN_ID: HeaderName = HeaderName::from_static(tc::B3_PARENT_SPAN
 const B3_SAMPLED: HeaderName = HeaderName::from_static(tc::B3_SAMPLED);
 const B3_FLAGS: HeaderName = HeaderName::from_static(tc::B3_FLAGS);
 
+/// How the traces this process starts are written: `traceparent` for W3C readers and the
+/// single `b3` header for Envoy's Zipkin tracer (Istio's default), which reads it as it reads
+/// the multi-header form; two headers instead of five, which every receiver parses.
+const ROOT_PROPAGATION: Propagation = Propagation::B3Single;
+
 tokio::task_local! {
     /// The span of the request this task is serving: what outbound calls continue.
     static CURRENT: TraceContext;
@@ -100,13 +105,15 @@ impl Tracer {
 
     /// The context a request continues: what its headers carry, else what the serving
     /// task is in, else none. A malformed header starts a new trace.
-    fn parent(&self, headers: &HeaderMap) -> Option<TraceContext> {
-        match TraceContext::extract(|name| headers.get(name).and_then(|v| v.to_str().ok())) {
-            Ok(Some(ctx)) => Some(ctx),
-            Ok(None) => current(),
+    /// The context a request continues, and whether its headers carry no trace header
+    /// (so that nothing stale needs removing when the new ones go in).
+    fn parent(&self, headers: &HeaderMap) -> (Option<TraceContext>, bool) {
+        match extract(headers) {
+            Ok(Some(ctx)) => (Some(ctx), false),
+            Ok(None) => (current(), true),
             Err(e) => {
                 tracing::debug!(error = %e, "ignoring the request's trace context");
-                None
+                (None, false)
             }
         }
     }
@@ -115,16 +122,19 @@ impl Tracer {
     /// one), the headers rewritten to name the server's span so that an application
     /// propagating by itself continues it too.
     pub(crate) fn server_span(&self, headers: &mut HeaderMap) -> (TraceContext, tracing::Span) {
-        let parent = match TraceContext::extract(|n| headers.get(n).and_then(|v| v.to_str().ok())) {
-            Ok(p) => p,
+        let (parent, fresh) = match extract(headers) {
+            Ok(p) => {
+                let fresh = p.is_none();
+                (p, fresh)
+            }
             Err(e) => {
                 tracing::debug!(error = %e, "ignoring the caller's trace context");
-                None
+                (None, false)
             }
         };
         let (ctx, parent_id) = match &parent {
             Some(p) => (p.child(new_span_id()), Some(p.span_id)),
-            None => (self.root(Propagation::B3Multi), None),
+            None => (self.root(ROOT_PROPAGATION), None),
         };
         let span = tracing::info_span!(
             "mesh.server",
@@ -135,15 +145,16 @@ impl Tracer {
             sampled = ctx.sampled == Some(true),
         );
         otel::link(&span, &ctx, parent_id);
-        inject(headers, &ctx, parent_id);
+        inject(headers, &ctx, parent_id, fresh);
         (ctx, span)
     }
 
     /// A client request's span: a child of its parent (or a new trace).
     pub(crate) fn client_call(&self, request: &RequestStart<'_>) -> TraceCall {
-        let (ctx, parent_id) = match self.parent(request.headers) {
+        let (parent, fresh) = self.parent(request.headers);
+        let (ctx, parent_id) = match parent {
             Some(p) => (p.child(new_span_id()), Some(p.span_id)),
-            None => (self.root(Propagation::B3Multi), None),
+            None => (self.root(ROOT_PROPAGATION), None),
         };
         let span = tracing::info_span!(
             "mesh.client",
@@ -162,6 +173,7 @@ impl Tracer {
             ctx,
             span,
             attempt: None,
+            fresh,
         }
     }
 }
@@ -183,7 +195,28 @@ fn new_span_id() -> u64 {
 }
 
 fn hex16(id: u64) -> String {
-    format!("{id:016x}")
+    ascii(&tc::span_hex(id)).to_string()
+}
+
+/// The trace context `headers` carry, looked up by pre-parsed names (parsing a name from a
+/// string costs more than the lookup).
+fn extract(headers: &HeaderMap) -> Result<Option<TraceContext>, tc::TraceHeaderError> {
+    if headers.is_empty() {
+        return Ok(None);
+    }
+    TraceContext::extract(|name| {
+        let name = match name {
+            tc::TRACEPARENT => &TRACEPARENT,
+            tc::TRACESTATE => &TRACESTATE,
+            tc::B3 => &B3,
+            tc::B3_TRACE_ID => &B3_TRACE_ID,
+            tc::B3_SPAN_ID => &B3_SPAN_ID,
+            tc::B3_SAMPLED => &B3_SAMPLED,
+            tc::B3_FLAGS => &B3_FLAGS,
+            other => return headers.get(other).and_then(|v| v.to_str().ok()),
+        };
+        headers.get(name).and_then(|v| v.to_str().ok())
+    })
 }
 
 /// Hex digits are ASCII.
@@ -192,10 +225,12 @@ fn ascii(bytes: &[u8]) -> &str {
 }
 
 /// Writes `ctx` into `headers` as its own form says: `traceparent` always (and the caller's
-/// `tracestate`), B3 besides when the trace came in B3.
-fn inject(headers: &mut HeaderMap, ctx: &TraceContext, parent: Option<u64>) {
+/// `tracestate`), B3 besides when the trace came in B3. `fresh`: the headers carry no trace
+/// header to replace (a trace this process started for a request without one).
+fn inject(headers: &mut HeaderMap, ctx: &TraceContext, parent: Option<u64>, fresh: bool) {
     let value = |bytes: &[u8]| HeaderValue::from_bytes(bytes).ok();
-    if let Some(v) = value(&ctx.traceparent()) {
+    let traceparent = ctx.traceparent();
+    if let Some(v) = value(&traceparent) {
         headers.insert(TRACEPARENT, v);
     }
     match ctx
@@ -203,13 +238,14 @@ fn inject(headers: &mut HeaderMap, ctx: &TraceContext, parent: Option<u64>) {
         .as_deref()
         .and_then(|s| HeaderValue::from_str(s).ok())
     {
-        Some(v) => headers.insert(TRACESTATE, v),
-        None => headers.remove(TRACESTATE),
-    };
+        Some(v) => drop(headers.insert(TRACESTATE, v)),
+        None if !fresh => drop(headers.remove(TRACESTATE)),
+        None => {}
+    }
     match ctx.propagation {
         Propagation::W3c => {}
         Propagation::B3Single => {
-            if let Some(v) = value(ctx.b3(parent).as_bytes()) {
+            if let Some(v) = value(ctx.b3_from(&traceparent, parent).as_bytes()) {
                 headers.insert(B3, v);
             }
         }
@@ -220,19 +256,23 @@ fn inject(headers: &mut HeaderMap, ctx: &TraceContext, parent: Option<u64>) {
             if let Some(v) = value(&ctx.span_id_hex()) {
                 headers.insert(B3_SPAN_ID, v);
             }
-            match parent.and_then(|p| value(hex16(p).as_bytes())) {
-                Some(v) => headers.insert(B3_PARENT_SPAN_ID, v),
-                None => headers.remove(B3_PARENT_SPAN_ID),
-            };
+            match parent.and_then(|p| value(&tc::span_hex(p))) {
+                Some(v) => drop(headers.insert(B3_PARENT_SPAN_ID, v)),
+                None if !fresh => drop(headers.remove(B3_PARENT_SPAN_ID)),
+                None => {}
+            }
             match ctx.sampled {
-                Some(s) => headers.insert(
+                Some(s) => drop(headers.insert(
                     B3_SAMPLED,
                     HeaderValue::from_static(if s { "1" } else { "0" }),
-                ),
-                None => headers.remove(B3_SAMPLED),
-            };
+                )),
+                None if !fresh => drop(headers.remove(B3_SAMPLED)),
+                None => {}
+            }
             // Debug was folded into sampled when read.
-            headers.remove(B3_FLAGS);
+            if !fresh {
+                headers.remove(B3_FLAGS);
+            }
         }
     }
 }
@@ -242,6 +282,8 @@ pub(crate) struct TraceCall {
     ctx: TraceContext,
     span: tracing::Span,
     attempt: Option<tracing::Span>,
+    /// The request came without trace headers: none to replace on its attempts.
+    fresh: bool,
 }
 
 impl TraceCall {
@@ -258,7 +300,7 @@ impl TraceCall {
             http.status_code = tracing::field::Empty,
         );
         otel::link(&span, &ctx, Some(self.ctx.span_id));
-        inject(attempt.headers, &ctx, Some(self.ctx.span_id));
+        inject(attempt.headers, &ctx, Some(self.ctx.span_id), self.fresh);
         self.attempt = Some(span);
     }
 
