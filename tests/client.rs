@@ -17,13 +17,22 @@ use tower::ServiceExt;
 const HOST: &str = "ui.default.svc.cluster.local";
 
 async fn backend() -> SocketAddr {
+    backend_answering(StatusCode::OK, "ui").await
+}
+
+/// A backend answering every request with `status` and `body`.
+async fn backend_answering(status: StatusCode, body: &'static str) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
-            let svc = hyper::service::service_fn(|_req: Request<hyper::body::Incoming>| async {
-                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ui"))))
-            });
+            let svc = hyper::service::service_fn(
+                move |_req: Request<hyper::body::Incoming>| async move {
+                    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+                    *r.status_mut() = status;
+                    Ok::<_, Infallible>(r)
+                },
+            );
             tokio::spawn(
                 hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), svc)
@@ -175,33 +184,15 @@ async fn a_client_with_telemetry_counts_its_requests_under_its_node_metadata() {
     assert!(plain.telemetry().is_none());
 }
 
-/// A backend that answers 503 to everything.
-async fn failing_backend() -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let svc = hyper::service::service_fn(|_req: Request<hyper::body::Incoming>| async {
-                let mut r = Response::new(Full::new(Bytes::from_static(b"down")));
-                *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-                Ok::<_, Infallible>(r)
-            });
-            tokio::spawn(
-                hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .into_owned(),
-            );
-        }
-    });
-    addr
-}
-
 #[tokio::test]
 async fn a_clients_admin_endpoint_dumps_its_live_config_and_answers_csds() {
     use envoy_types::pb::envoy::admin::v3::ClientResourceStatus;
     use envoy_types::pb::envoy::service::status::v3::ClientStatusRequest;
     use envoy_types::pb::envoy::service::status::v3::client_status_discovery_service_client::ClientStatusDiscoveryServiceClient;
-    let (good, bad) = (backend().await, failing_backend().await);
+    let (good, bad) = (
+        backend().await,
+        backend_answering(StatusCode::SERVICE_UNAVAILABLE, "down").await,
+    );
     // Two endpoints; two 5xx in a row eject one for a minute.
     let yaml = format!(
         "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: ui}}\nspec:\n  hosts: [{HOST}]\n  ports: [{{number: 9080, name: http}}]\n  endpoints:\n  - address: 127.0.0.1\n    ports: {{http: {}}}\n  - address: 127.0.0.1\n    ports: {{http: {}}}\n---\n\

@@ -45,19 +45,7 @@ fn requests(t: &Telemetry) -> Vec<String> {
 }
 
 async fn get(m: &Mesh, path: &str) -> StatusCode {
-    let resp = m
-        .svc
-        .clone()
-        .oneshot(
-            Request::get(format!("http://{HOST}:9080{path}"))
-                .body(Full::new(Bytes::new()))
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    let status = resp.status();
-    resp.into_body().collect().await.unwrap();
-    status
+    get_path(&m.svc, path).await
 }
 
 #[tokio::test]

@@ -333,3 +333,19 @@ pub async fn header_backend(fail_first: u64) -> (SocketAddr, SeenHeaders) {
     });
     (addr, seen)
 }
+
+/// A GET of `path` on `ui` through `svc`, its body read; its status.
+pub async fn get_path(svc: &MeshService, path: &str) -> StatusCode {
+    let resp = svc
+        .clone()
+        .oneshot(
+            Request::get(format!("http://{HOST}:9080{path}"))
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let status = resp.status();
+    resp.into_body().collect().await.unwrap();
+    status
+}
