@@ -137,6 +137,9 @@ impl ClientBuilder {
             xds = xds.cache_dir(dir);
         }
         let xds = xds.start()?;
+        if let Some(t) = &telemetry {
+            t.follow_identity(xds.certificates(), mesh_xds_client::certs::DEFAULT_INSTANCE);
+        }
         let svc = MeshService::with_certificates(xds.snapshots(), xds.certificates(), config);
         Ok(Client {
             inner: Arc::new(Inner {

@@ -71,6 +71,10 @@ impl Server {
 
     /// The same, into metrics shared with others (a client's, so that one scrape has both).
     pub fn telemetry_into(mut self, telemetry: Arc<Telemetry>) -> Self {
+        telemetry.follow_identity(
+            self.xds.certificates(),
+            mesh_xds_client::certs::DEFAULT_INSTANCE,
+        );
         self.inner = self.inner.telemetry(telemetry.clone());
         self.telemetry = Some(telemetry);
         self

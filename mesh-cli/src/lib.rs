@@ -428,6 +428,12 @@ pub async fn request(args: RequestArgs) -> Result<String, String> {
     });
     let (client, _) = connect_with(&args.xds, bootstrap, std::slice::from_ref(&target)).await?;
     let client = std::sync::Arc::new(client);
+    if let Some(t) = &telemetry {
+        t.follow_identity(
+            client.certificates(),
+            mesh_xds_client::certs::DEFAULT_INSTANCE,
+        );
+    }
     let mut config = mesh_tower::MeshConfig::default();
     let tracer = args
         .trace_sampling
@@ -702,6 +708,10 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
         XdsClientBuilder::new(bootstrap)
             .start()
             .map_err(|e| e.to_string())?,
+    );
+    telemetry.follow_identity(
+        client.certificates(),
+        mesh_xds_client::certs::DEFAULT_INSTANCE,
     );
     let name = client
         .subscribe_server(args.listen)

@@ -377,6 +377,9 @@ apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: n
                         "source_principal=\"spiffe://cluster.local/ns/default/sa/client\"",
                     )
                     && l.contains("destination_workload=\"echo\"")
+                    && l.contains(
+                        "destination_principal=\"spiffe://cluster.local/ns/default/sa/echo\"",
+                    )
                     && l.contains("connection_security_policy=\"mutual_tls\"")
                     && l.contains(&format!("request_protocol=\"{protocol}\""))
                     && l.contains(&format!("response_code=\"{code}\""))

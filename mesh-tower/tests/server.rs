@@ -566,6 +566,8 @@ async fn mesh_client_and_server_name_each_other_through_the_peer_metadata_header
     );
     let sm = server_metrics.clone();
     let (w, server, listener) = setup("STRICT", move |s| s.telemetry(sm)).await;
+    // Each side names itself by its certificate, as a sidecar does.
+    server_metrics.follow_identity(w.server_xds.certificates(), "default");
     // The application says whether the exchange headers reached it (they must not).
     tokio::spawn(server.serve(
         listener,
@@ -581,12 +583,13 @@ async fn mesh_client_and_server_name_each_other_through_the_peer_metadata_header
         workload("web-deploy", "web"),
         "sidecar~127.0.0.1~web-deploy-2.default~default.svc.cluster.local",
     );
-    let (svc, _xds, _dir) = client_with(
+    let (svc, client_xds, _dir) = client_with(
         &w,
         CLIENT,
         MeshConfig::default().observer(client_metrics.client_observer()),
     )
     .await;
+    client_metrics.follow_identity(client_xds.certificates(), "default");
     assert_eq!(get(&svc).await, (StatusCode::OK, "leaked=false".into()));
     let row = |t: &Telemetry| -> String {
         let text = t.encode();
@@ -600,6 +603,7 @@ async fn mesh_client_and_server_name_each_other_through_the_peer_metadata_header
     for label in [
         "reporter=\"source\"",
         "source_workload=\"web-deploy\"",
+        "source_principal=\"spiffe://cluster.local/ns/default/sa/client\"",
         "destination_workload=\"ui-deploy\"",
         "destination_app=\"ui\"",
         "destination_version=\"v7\"",
@@ -622,6 +626,7 @@ async fn mesh_client_and_server_name_each_other_through_the_peer_metadata_header
         "source_version=\"v7\"",
         "source_principal=\"spiffe://cluster.local/ns/default/sa/client\"",
         "destination_workload=\"ui-deploy\"",
+        "destination_principal=\"spiffe://cluster.local/ns/default/sa/ui\"",
         "connection_security_policy=\"mutual_tls\"",
     ] {
         assert!(s.contains(label), "{label} in {s}");

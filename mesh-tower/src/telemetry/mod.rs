@@ -214,7 +214,8 @@ pub struct Telemetry {
     response_bytes: HistogramFamily,
     request_messages: Family<Series, Counter>,
     response_messages: Family<Series, Counter>,
-    local: Workload,
+    /// This workload; its principal is set once its certificate is known.
+    local: RwLock<Workload>,
     /// This workload's `x-envoy-peer-metadata` and `x-envoy-peer-metadata-id` values.
     exchange: (Option<HeaderValue>, Option<HeaderValue>),
     peers: RwLock<PeersMap>,
@@ -225,7 +226,7 @@ pub struct Telemetry {
 impl std::fmt::Debug for Telemetry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Telemetry")
-            .field("local", &self.local)
+            .field("local", &self.local())
             .finish_non_exhaustive()
     }
 }
@@ -295,12 +296,69 @@ impl Telemetry {
             response_bytes,
             request_messages,
             response_messages,
-            local,
+            local: RwLock::new(local),
             exchange,
             peers: RwLock::default(),
             server_peers: RwLock::default(),
             series: RwLock::default(),
         })
+    }
+
+    /// This workload as its labels name it.
+    fn local(&self) -> Workload {
+        self.local.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Names this workload by its certificate's SPIFFE ID (`source_principal` of what it
+    /// sends, `destination_principal` of what it serves), as a sidecar does once it has its
+    /// certificate. Requests recorded before keep the labels they had.
+    pub fn set_principal(&self, spiffe_id: &str) {
+        {
+            let mut local = self.local.write().unwrap_or_else(|p| p.into_inner());
+            if *local.principal == *spiffe_id {
+                return;
+            }
+            *local = local.clone().with_spiffe_id(spiffe_id);
+        }
+        // The interned label sets hold the old principal: built anew from here on.
+        self.peers
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        self.server_peers
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
+    /// Keeps [`Self::set_principal`] up to date from the workload certificate that
+    /// `certificates` holds under `instance` (`default`: istio-agent's), until the sender
+    /// goes away. Must run inside a tokio runtime.
+    pub fn follow_identity(
+        self: &Arc<Self>,
+        mut certificates: tokio::sync::watch::Receiver<Arc<mesh_core::Certificates>>,
+        instance: &str,
+    ) {
+        let identity = move |c: &mut tokio::sync::watch::Receiver<Arc<mesh_core::Certificates>>,
+                             instance: &str| {
+            c.borrow_and_update()
+                .provider(instance)
+                .and_then(|p| p.identity.as_ref())
+                .and_then(|i| i.spiffe_id().map(str::to_owned))
+        };
+        // The certificate already in hand labels the very next request.
+        if let Some(id) = identity(&mut certificates, instance) {
+            self.set_principal(&id);
+        }
+        let (me, instance) = (Arc::downgrade(self), instance.to_string());
+        tokio::spawn(async move {
+            while certificates.changed().await.is_ok() {
+                let Some(me) = me.upgrade() else { return };
+                if let Some(id) = identity(&mut certificates, &instance) {
+                    me.set_principal(&id);
+                }
+            }
+        });
     }
 
     /// Adds this workload's peer-metadata headers to `headers`.
@@ -347,8 +405,8 @@ impl Telemetry {
             Peers {
                 reporter: "destination",
                 source,
-                service_namespace: Arc::from(namespace.unwrap_or(&self.local.namespace)),
-                destination: self.local.clone(),
+                service_namespace: Arc::from(namespace.unwrap_or(&self.local().namespace)),
+                destination: self.local(),
                 service: Arc::from(host),
                 service_name: Arc::from(name),
                 // Istio's rule: mutual TLS when the caller presented a certificate.
@@ -402,7 +460,7 @@ impl Telemetry {
             let (name, namespace) = service_parts(service);
             Peers {
                 reporter: "source",
-                source: self.local.clone(),
+                source: self.local(),
                 service_namespace: Arc::from(namespace.unwrap_or(&destination.namespace)),
                 destination,
                 service: Arc::from(service),
