@@ -1,5 +1,7 @@
 //! `mesh config-dump` against the local control plane serving the bundled examples.
 
+mod common;
+
 use std::path::Path;
 use std::time::Duration;
 
@@ -255,53 +257,11 @@ async fn config_dump_shows_the_workload_identity_in_use() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_answers_with_who_called_and_enforces_its_policies() {
-    use mesh_xds_client::testing::ca::TestCa;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let yaml = format!(
-        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: echo, namespace: default}}\nspec:\n  hosts: [echo.default.svc.cluster.local]\n  ports: [{{number: 9080, name: http}}]\n  endpoints:\n  - {{address: 127.0.0.1, ports: {{http: {port}}}, serviceAccount: echo, labels: {{app: echo}}}}\n---\n\
-apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: echo, namespace: default}}\nspec:\n  host: echo.default.svc.cluster.local\n  trafficPolicy: {{tls: {{mode: ISTIO_MUTUAL}}}}\n---\n\
-apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: strict, namespace: default}}\nspec: {{mtls: {{mode: STRICT}}}}\n---\n\
-apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: no-admin, namespace: default}}\nspec:\n  selector: {{matchLabels: {{app: echo}}}}\n  action: DENY\n  rules:\n  - to:\n    - operation: {{paths: [/admin*]}}\n"
-    );
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("echo.yaml"), yaml).unwrap();
-    let cp = ControlPlane::new(load(dir.path()).unwrap());
-    let addr = cp.spawn("127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let ca = TestCa::new("mesh-test-ca");
-    let bootstrap_for = |name: &str, id: &str| {
-        let certs = dir.path().join(name);
-        std::fs::create_dir_all(&certs).unwrap();
-        let leaf = ca.workload(id);
-        for (f, body) in [
-            ("cert-chain.pem", &leaf.chain_pem),
-            ("key.pem", &leaf.key_pem),
-            ("root-cert.pem", &ca.root_pem()),
-        ] {
-            std::fs::write(certs.join(f), body).unwrap();
-        }
-        let f = |n: &str| certs.join(n).display().to_string();
-        let path = dir.path().join(format!("{name}.json"));
-        std::fs::write(
-            &path,
-            format!(
-                r#"{{"xds_servers": [{{"server_uri": "{addr}", "channel_creds": [{{"type": "insecure"}}]}}],
-                "node": {{"id": "sidecar~127.0.0.1~{name}.default~default.svc.cluster.local", "metadata": {{"NAMESPACE": "default", "WORKLOAD_NAME": "{name}"}}}},
-                "server_listener_resource_name_template": "xds.istio.io/grpc/lds/inbound/%s",
-                "certificate_providers": {{"default": {{"plugin_name": "file_watcher", "config": {{"certificate_file": "{}", "private_key_file": "{}", "ca_certificate_file": "{}", "refresh_interval": "900s"}}}}}}}}"#,
-                f("cert-chain.pem"),
-                f("key.pem"),
-                f("root-cert.pem")
-            ),
-        )
-        .unwrap();
-        path
-    };
-    let server = bootstrap_for("echo", "spiffe://cluster.local/ns/default/sa/echo");
-    let client = bootstrap_for("client", "spiffe://cluster.local/ns/default/sa/client");
+    let echo = common::echo_world(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: no-admin, namespace: default}\nspec:\n  selector: {matchLabels: {app: echo}}\n  action: DENY\n  rules:\n  - to:\n    - operation: {paths: [/admin*]}\n",
+    )
+    .await;
+    let (port, server, client) = (echo.port, echo.server.clone(), echo.client.clone());
     let admin: std::net::SocketAddr = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

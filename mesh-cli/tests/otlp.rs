@@ -1,11 +1,12 @@
-//! OTLP export end to end: `mesh request` with traces on, its spans exported through the
-//! tracing-opentelemetry layer of `mesh::otlp` to a collector on 127.0.0.1, with the ids the
-//! upstream saw in its `traceparent`. Its own process: it installs the global subscriber.
+//! OTLP export end to end: `mesh request` and `mesh serve` with traces on, over STRICT mTLS,
+//! their spans exported through the tracing-opentelemetry layer of `mesh::otlp` to a collector
+//! on 127.0.0.1 as one trace. Its own process: it installs the global subscriber.
+
+mod common;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use mesh_control_plane::{ControlPlane, IstioConfig, translate};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -35,46 +36,12 @@ impl TraceService for Collector {
     }
 }
 
-/// A backend recording each request's `traceparent`.
-async fn backend() -> (std::net::SocketAddr, Arc<Mutex<Vec<String>>>) {
-    use hyper_util::rt::{TokioExecutor, TokioIo};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let s = seen.clone();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let s = s.clone();
-            tokio::spawn(async move {
-                let svc =
-                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                        let tp = req
-                            .headers()
-                            .get("traceparent")
-                            .map(|v| v.to_str().unwrap().to_string())
-                            .unwrap_or_default();
-                        s.lock().unwrap().push(tp);
-                        async {
-                            Ok::<_, std::convert::Infallible>(http::Response::new(
-                                http_body_util::Full::new(bytes::Bytes::from_static(b"ok")),
-                            ))
-                        }
-                    });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    (addr, seen)
-}
-
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn spans_reach_the_collector_with_the_ids_the_upstream_saw() {
+async fn client_and_server_spans_reach_the_collector_as_one_trace() {
     let collector = Collector::default();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let collector_addr = listener.local_addr().unwrap();
@@ -87,81 +54,77 @@ async fn spans_reach_the_collector_with_the_ids_the_upstream_saw() {
         mesh::otlp::layer(&format!("http://{collector_addr}"), "otlp-test", 100.0).unwrap();
     tracing::subscriber::set_global_default(tracing_subscriber::registry().with(layer)).unwrap();
 
-    let (addr, seen) = backend().await;
-    let mut cfg = IstioConfig::default();
-    cfg.add_text(
-        "ui.yaml",
-        &format!(
-            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: ui}}\nspec:\n  hosts: [ui.default.svc.cluster.local]\n  ports: [{{number: 9080, name: http}}]\n  endpoints:\n  - address: 127.0.0.1\n    ports: {{http: {}}}\n",
-            addr.port()
-        ),
-    )
-    .unwrap();
-    let cp = ControlPlane::new(translate(&cfg).unwrap())
-        .spawn("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let bootstrap = dir.path().join("bootstrap.json");
-    std::fs::write(
-        &bootstrap,
-        format!(
-            r#"{{"xds_servers": [{{"server_uri": "{cp}", "channel_creds": [{{"type": "insecure"}}]}}], "node": {{"id": "sidecar~127.0.0.1~cli.default~default.svc.cluster.local"}}}}"#
-        ),
-    )
-    .unwrap();
+    let echo = common::echo_world("").await;
+    tokio::spawn(mesh_cli::serve(mesh_cli::ServeArgs {
+        bootstrap: Some(echo.server.clone()),
+        listen: format!("127.0.0.1:{}", echo.port).parse().unwrap(),
+        admin: None,
+        trace_sampling: Some(100.0),
+    }));
     let caller_trace = "0af7651916cd43dd8448eb211c80319c";
     let caller_span = "b7ad6b7169203331";
-    mesh_cli::request(mesh_cli::RequestArgs {
-        url: "http://ui.default.svc.cluster.local:9080/".into(),
-        requests: 1,
-        concurrency: 1,
-        method: "GET".into(),
-        headers: vec![format!("traceparent: 00-{caller_trace}-{caller_span}-01")],
-        body: mesh_cli::RequestBody::Empty,
-        admin: None,
-        metrics_file: None,
-        trace_sampling: Some(100.0),
-        xds: mesh_cli::XdsOptions {
-            bootstrap: Some(bootstrap),
-            protocol: None,
-            cache_dir: None,
-            timeout: Duration::from_secs(10),
-            json: true,
-        },
-    })
-    .await
-    .unwrap();
+    let send = || {
+        mesh_cli::request(mesh_cli::RequestArgs {
+            url: "http://echo.default.svc.cluster.local:9080/hello".into(),
+            requests: 1,
+            concurrency: 1,
+            method: "GET".into(),
+            headers: vec![format!("traceparent: 00-{caller_trace}-{caller_span}-01")],
+            body: mesh_cli::RequestBody::Empty,
+            admin: None,
+            metrics_file: None,
+            trace_sampling: Some(100.0),
+            xds: mesh_cli::XdsOptions {
+                bootstrap: Some(echo.client.clone()),
+                protocol: None,
+                cache_dir: None,
+                timeout: Duration::from_secs(10),
+                json: true,
+            },
+        })
+    };
+    // The server may take a moment to have its listener.
+    for _ in 0..50 {
+        let out: serde_json::Value = serde_json::from_str(&send().await.unwrap()).unwrap();
+        if out["status"]["200"] == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // Flushing blocks on the export, which needs this runtime.
     tokio::task::spawn_blocking(move || provider.force_flush())
         .await
         .unwrap()
         .unwrap();
     let spans = collector.0.lock().unwrap().clone();
-    let find = |name: &str| {
-        spans
-            .iter()
-            .find(|s| s.name == name)
-            .unwrap_or_else(|| {
-                panic!(
-                    "{name} in {:?}",
-                    spans.iter().map(|s| &s.name).collect::<Vec<_>>()
-                )
-            })
-            .clone()
-    };
-    let (client, attempt) = (find("mesh.client"), find("mesh.attempt"));
-    let upstream = seen.lock().unwrap().pop().unwrap();
-    // The caller's trace, the client span under the caller's span, the attempt under the
-    // client, and the upstream told the attempt's span.
-    assert_eq!(hex(&client.trace_id), caller_trace);
-    assert_eq!(hex(&attempt.trace_id), caller_trace);
+    // The last (answered) request's spans: the server span names its parent attempt.
+    let server = spans
+        .iter()
+        .rfind(|s| s.name == "mesh.server")
+        .unwrap_or_else(|| {
+            panic!(
+                "mesh.server in {:?}",
+                spans.iter().map(|s| &s.name).collect::<Vec<_>>()
+            )
+        })
+        .clone();
+    let attempt = spans
+        .iter()
+        .find(|s| s.name == "mesh.attempt" && s.span_id == server.parent_span_id)
+        .expect("the server's parent is an attempt")
+        .clone();
+    let client = spans
+        .iter()
+        .find(|s| s.name == "mesh.client" && s.span_id == attempt.parent_span_id)
+        .expect("the attempt's parent is a client span")
+        .clone();
+    // One trace, the caller's, from the client's span through the attempt to the server's.
+    for s in [&client, &attempt, &server] {
+        assert_eq!(hex(&s.trace_id), caller_trace, "{}", s.name);
+    }
     assert_eq!(hex(&client.parent_span_id), caller_span);
-    assert_eq!(attempt.parent_span_id, client.span_id);
-    assert_eq!(
-        upstream,
-        format!("00-{caller_trace}-{}-01", hex(&attempt.span_id))
-    );
+    assert_eq!(server.kind, 2, "SPAN_KIND_SERVER");
+    assert_eq!(client.kind, 3, "SPAN_KIND_CLIENT");
     // The request's fields as span attributes.
     let attr = |s: &Span, key: &str| {
         s.attributes

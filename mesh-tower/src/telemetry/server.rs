@@ -152,10 +152,7 @@ where
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         use futures_util::TryFutureExt;
         use futures_util::future::Either as E;
-        let traced = self
-            .tracer
-            .as_ref()
-            .map(|t| t.server_span(req.headers_mut()));
+        let traced = self.tracer.as_ref().map(|t| t.server_span(&mut req));
         let Some(telemetry) = self.telemetry.clone() else {
             let Some((ctx, span)) = traced else {
                 let plain: fn(Response<RB>) -> Self::Response =
@@ -168,10 +165,12 @@ where
             };
             let req = req.map(|b| b.counted(None, false));
             let fut = in_trace_sync(&ctx, || self.inner.call(req));
+            let record = span.clone();
             let traced: ServerFuture<S::Error> = Box::pin(in_trace(
                 ctx,
                 async move {
                     let resp = fut.await?;
+                    record.record("http.status_code", resp.status().as_u16());
                     Ok(resp.map(|b| b.map_err(Into::into).boxed_unsync()))
                 }
                 .instrument(span),
@@ -212,8 +211,12 @@ where
             Some((ctx, _)) => in_trace_sync(ctx, || self.inner.call(req)),
             None => self.inner.call(req),
         };
+        let record = traced.as_ref().map(|(_, span)| span.clone());
         let observed = async move {
             let mut resp = fut.await?;
+            if let Some(span) = record {
+                span.record("http.status_code", resp.status().as_u16());
+            }
             if answer_exchange {
                 telemetry.announce(resp.headers_mut());
             }

@@ -121,8 +121,11 @@ impl Tracer {
     /// A server's span for a request with `headers`: the caller's trace continued (or a new
     /// one), the headers rewritten to name the server's span so that an application
     /// propagating by itself continues it too.
-    pub(crate) fn server_span(&self, headers: &mut HeaderMap) -> (TraceContext, tracing::Span) {
-        let (parent, fresh) = match extract(headers) {
+    pub(crate) fn server_span<B>(
+        &self,
+        req: &mut http::Request<B>,
+    ) -> (TraceContext, tracing::Span) {
+        let (parent, fresh) = match extract(req.headers()) {
             Ok(p) => {
                 let fresh = p.is_none();
                 (p, fresh)
@@ -139,13 +142,16 @@ impl Tracer {
         let span = tracing::info_span!(
             "mesh.server",
             otel.kind = "server",
+            http.method = %req.method(),
+            http.path = req.uri().path(),
+            http.status_code = tracing::field::Empty,
             trace_id = ascii(&ctx.trace_id_hex()),
             span_id = ascii(&ctx.span_id_hex()),
             parent_span_id = parent_id.map(hex16).as_deref(),
             sampled = ctx.sampled == Some(true),
         );
         otel::link(&span, &ctx, parent_id);
-        inject(headers, &ctx, parent_id, fresh);
+        inject(req.headers_mut(), &ctx, parent_id, fresh);
         (ctx, span)
     }
 
