@@ -93,6 +93,11 @@ pub trait MeshConnection: Read + Write + Unpin + Send + 'static {
     fn negotiated(&self) -> Negotiated {
         Negotiated::Unknown
     }
+
+    /// The server's SPIFFE ID, verified in the handshake (mTLS only).
+    fn peer_identity(&self) -> Option<Arc<str>> {
+        None
+    }
 }
 
 impl<T> MeshConnection for TokioIo<T> where
@@ -244,6 +249,10 @@ impl<T> Limited<T> {
 impl<T: MeshConnection> MeshConnection for Limited<T> {
     fn negotiated(&self) -> Negotiated {
         self.io.negotiated()
+    }
+
+    fn peer_identity(&self) -> Option<Arc<str>> {
+        self.io.peer_identity()
     }
 }
 

@@ -117,6 +117,8 @@ pub struct AttemptEnd<'a> {
     pub reason: Option<LocalReason>,
     /// From sending to the end of the attempt.
     pub elapsed: Duration,
+    /// The endpoint's SPIFFE ID, as its mTLS handshake verified it.
+    pub peer_identity: Option<Arc<str>>,
 }
 
 /// The response going back.

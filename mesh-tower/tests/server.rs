@@ -605,6 +605,8 @@ async fn mesh_client_and_server_name_each_other_through_the_peer_metadata_header
         "source_workload=\"web-deploy\"",
         "source_principal=\"spiffe://cluster.local/ns/default/sa/client\"",
         "destination_workload=\"ui-deploy\"",
+        // From the server's certificate, verified in the handshake.
+        "destination_principal=\"spiffe://cluster.local/ns/default/sa/ui\"",
         "destination_app=\"ui\"",
         "destination_version=\"v7\"",
         "destination_canonical_service=\"ui\"",

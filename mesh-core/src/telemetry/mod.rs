@@ -73,12 +73,13 @@ impl Workload {
         })
     }
 
-    /// This workload with the principal taken from a SPIFFE ID (`spiffe://td/ns/N/sa/S`);
-    /// the namespace comes from the ID when the workload has none.
+    /// This workload with the principal taken from a SPIFFE ID (`spiffe://td/ns/N/sa/S`),
+    /// and its namespace from the ID when it has one: a verified identity outranks what the
+    /// peer's metadata says of itself (Istio's rule).
     pub fn with_spiffe_id(mut self, id: &str) -> Self {
         self.principal = Arc::from(id);
-        if self.namespace.is_empty()
-            && let Some(ns) = spiffe_namespace(id)
+        if let Some(ns) = spiffe_namespace(id)
+            && *self.namespace != *ns
         {
             self.namespace = Arc::from(ns);
         }
@@ -204,6 +205,13 @@ mod tests {
             (&*w.principal, &*w.namespace),
             ("spiffe://cluster.local/ns/shop/sa/cart", "shop")
         );
+        // The verified namespace wins over the one a peer's metadata claims.
+        let claimed = Workload {
+            namespace: Arc::from("billing"),
+            ..Workload::default()
+        };
+        let w = claimed.with_spiffe_id("spiffe://cluster.local/ns/shop/sa/cart");
+        assert_eq!(&*w.namespace, "shop");
         assert_eq!(
             cluster_service("outbound|9080|v1|reviews.shop.svc.cluster.local"),
             Some("reviews.shop.svc.cluster.local")

@@ -202,6 +202,7 @@ impl<C: MeshConnector> Attempts<'_, C> {
                     failure: t.failure,
                     reason: t.response.as_ref().err().map(|(r, _)| *r),
                     elapsed: sent.elapsed(),
+                    peer_identity: state.pools[i].peer_identity(),
                 });
             }
             let (response, reason) = match t.response {

@@ -104,6 +104,8 @@ pub(crate) struct EndpointPool<C> {
     h2_connecting: tokio::sync::Mutex<()>,
     /// The last I/O error of this endpoint's connections.
     last_io_error: crate::connector::LastIoError,
+    /// The identity the endpoint's newest connection verified (mTLS), for the metrics.
+    peer: Mutex<Option<Arc<str>>>,
 }
 
 impl<C: MeshConnector> EndpointPool<C> {
@@ -119,7 +121,13 @@ impl<C: MeshConnector> EndpointPool<C> {
             h2: Mutex::default(),
             h2_connecting: tokio::sync::Mutex::new(()),
             last_io_error: Default::default(),
+            peer: Mutex::default(),
         })
+    }
+
+    /// The SPIFFE ID the endpoint's newest connection verified, if it was mTLS.
+    pub fn peer_identity(&self) -> Option<Arc<str>> {
+        self.peer.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Sends `req` (origin-form URI and `Host` for HTTP/1.1; scheme and authority for HTTP/2);
@@ -179,6 +187,12 @@ impl<C: MeshConnector> EndpointPool<C> {
             .await
             .map_err(|_| SendError::Connect(format!("connect timeout after {limit:?}").into()))?
             .map_err(|e| SendError::Connect(e.into()))?;
+        let peer = crate::connector::MeshConnection::peer_identity(&io);
+        let mut held = self.peer.lock().unwrap_or_else(|e| e.into_inner());
+        if *held != peer {
+            *held = peer;
+        }
+        drop(held);
         // What an older connection met explains nothing about this one.
         self.last_io_error
             .lock()

@@ -26,6 +26,7 @@ impl Observer for ClientObserver {
             grpc_status: None,
             flags: ResponseFlags::default(),
             exchanged: None,
+            peer: None,
             trace: self.1.as_ref().map(|t| t.client_call(request)),
         }))
     }
@@ -43,6 +44,8 @@ struct ClientCall {
     flags: ResponseFlags,
     /// The server's `x-envoy-peer-metadata`, if it answered with one.
     exchanged: Option<HeaderValue>,
+    /// The last attempt's endpoint identity (mTLS).
+    peer: Option<Arc<str>>,
     trace: Option<TraceCall>,
 }
 
@@ -65,6 +68,7 @@ impl RequestObserver for ClientCall {
         {
             self.labels = Some(end.labels.clone());
         }
+        self.peer.clone_from(&end.peer_identity);
     }
 
     fn on_response(&mut self, response: &ResponseEnd<'_>) {
@@ -101,7 +105,12 @@ impl RequestObserver for ClientCall {
             _ => self.grpc_status,
         };
         let series = Series {
-            peers: t.client_peers(cluster, workload, exchanged),
+            peers: t.client_peers(
+                cluster,
+                workload,
+                exchanged,
+                self.peer.as_deref().unwrap_or_default(),
+            ),
             grpc: self.grpc,
             code: self.code,
             grpc_status,

@@ -133,19 +133,22 @@ impl EncodeLabelSet for Series {
 
 type HistogramFamily = Family<Series, Histogram, fn() -> Histogram>;
 
-/// Interned peers under a three-part key (client: cluster, endpoint `workload` metadata, the
-/// server's exchanged metadata; server: caller, service, the caller's exchanged metadata),
-/// nested so that a lookup borrows the parts and allocates nothing.
-type PeersMap = FxHashMap<Box<str>, FxHashMap<Box<str>, FxHashMap<Box<str>, Interned>>>;
+/// Interned peers under a four-part key (client: cluster, endpoint `workload` metadata, the
+/// server's exchanged metadata, the server's verified identity; server: caller, service, the
+/// caller's exchanged metadata, nothing), nested so that a lookup borrows the parts and
+/// allocates nothing.
+type PeersMap =
+    FxHashMap<Box<str>, FxHashMap<Box<str>, FxHashMap<Box<str>, FxHashMap<Box<str>, Interned>>>>;
 
 /// The interned peers under `key`, built by `build` the first time.
-fn intern(map: &RwLock<PeersMap>, key: [&str; 3], build: impl FnOnce() -> Peers) -> Interned {
+fn intern(map: &RwLock<PeersMap>, key: [&str; 4], build: impl FnOnce() -> Peers) -> Interned {
     if let Some(p) = map
         .read()
         .unwrap_or_else(|p| p.into_inner())
         .get(key[0])
         .and_then(|m| m.get(key[1]))
         .and_then(|m| m.get(key[2]))
+        .and_then(|m| m.get(key[3]))
     {
         return p.clone();
     }
@@ -157,6 +160,8 @@ fn intern(map: &RwLock<PeersMap>, key: [&str; 3], build: impl FnOnce() -> Peers)
         .entry(Box::from(key[1]))
         .or_default()
         .entry(Box::from(key[2]))
+        .or_default()
+        .entry(Box::from(key[3]))
         .or_insert(peers)
         .clone()
 }
@@ -394,7 +399,7 @@ impl Telemetry {
     /// a client certificate) to the service `host`, the caller described by its peer
     /// metadata (`exchanged`, empty when it sent none).
     fn server_peers(&self, caller: &str, host: &str, exchanged: &str) -> Interned {
-        intern(&self.server_peers, [caller, host, exchanged], || {
+        intern(&self.server_peers, [caller, host, exchanged, ""], || {
             let mut source = peer_metadata::decode(exchanged.as_bytes())
                 .filter(|_| !exchanged.is_empty())
                 .unwrap_or_default();
@@ -447,28 +452,42 @@ impl Telemetry {
 
     /// The interned peers for a request to `cluster` answered by an endpoint whose `workload`
     /// metadata is `workload`, or by a server that described itself with `exchanged` (what
-    /// it said wins, as in Envoy); either empty when unknown.
-    fn client_peers(&self, cluster: &str, workload: &str, exchanged: &str) -> Interned {
-        intern(&self.peers, [cluster, workload, exchanged], || {
-            let destination = if exchanged.is_empty() {
-                Workload::from_endpoint_metadata(workload)
-            } else {
-                peer_metadata::decode(exchanged.as_bytes())
-            }
-            .unwrap_or_default();
-            let service = cluster_service(cluster).unwrap_or_default();
-            let (name, namespace) = service_parts(service);
-            Peers {
-                reporter: "source",
-                source: self.local(),
-                service_namespace: Arc::from(namespace.unwrap_or(&destination.namespace)),
-                destination,
-                service: Arc::from(service),
-                service_name: Arc::from(name),
-                // A client does not know the server's policy.
-                security: UNKNOWN,
-            }
-        })
+    /// it said wins, as in Envoy), and whose certificate named it `principal` (mTLS); each
+    /// empty when unknown.
+    fn client_peers(
+        &self,
+        cluster: &str,
+        workload: &str,
+        exchanged: &str,
+        principal: &str,
+    ) -> Interned {
+        intern(
+            &self.peers,
+            [cluster, workload, exchanged, principal],
+            || {
+                let mut destination = if exchanged.is_empty() {
+                    Workload::from_endpoint_metadata(workload)
+                } else {
+                    peer_metadata::decode(exchanged.as_bytes())
+                }
+                .unwrap_or_default();
+                if !principal.is_empty() {
+                    destination = destination.with_spiffe_id(principal);
+                }
+                let service = cluster_service(cluster).unwrap_or_default();
+                let (name, namespace) = service_parts(service);
+                Peers {
+                    reporter: "source",
+                    source: self.local(),
+                    service_namespace: Arc::from(namespace.unwrap_or(&destination.namespace)),
+                    destination,
+                    service: Arc::from(service),
+                    service_name: Arc::from(name),
+                    // A client does not know the server's policy.
+                    security: UNKNOWN,
+                }
+            },
+        )
     }
 }
 

@@ -126,6 +126,10 @@ impl MeshConnection for MeshStream {
             Self::Tls(t) => t.negotiated,
         }
     }
+
+    fn peer_identity(&self) -> Option<Arc<str>> {
+        MeshStream::peer_identity(self).cloned()
+    }
 }
 
 macro_rules! both {
