@@ -349,18 +349,13 @@ fn ascii(bytes: &[u8]) -> &str {
 /// Writes `value`'s low `out.len()` hex digits into `out`, most significant first.
 fn write_hex(out: &mut [u8], value: u128) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    // A byte (two digits) at a time, from the least significant end; `out` has an even
-    // length here (32 or 16), and an odd one would just take its first digit from a nibble.
-    let mut v = value;
-    let mut chunks = out.rchunks_exact_mut(2);
-    for pair in &mut chunks {
-        let b = (v & 0xff) as usize;
-        pair[0] = DIGITS[b >> 4];
-        pair[1] = DIGITS[b & 0xf];
-        v >>= 8;
-    }
-    if let [first] = chunks.into_remainder() {
-        *first = DIGITS[(v & 0xf) as usize];
+    // Whole bytes, most significant first: `out` holds the low `out.len() / 2` of them (its
+    // length is even: 32 or 16 digits).
+    let bytes = value.to_be_bytes();
+    let skip = bytes.len().saturating_sub(out.len() / 2);
+    for (pair, b) in out.chunks_exact_mut(2).zip(&bytes[skip..]) {
+        pair[0] = DIGITS[usize::from(b >> 4)];
+        pair[1] = DIGITS[usize::from(b & 0xf)];
     }
 }
 
