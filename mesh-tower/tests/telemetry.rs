@@ -388,8 +388,13 @@ async fn each_attempt_continues_the_callers_trace_with_a_span_of_its_own() {
             );
             assert!(tp.ends_with("-01"), "{tp}");
             assert_eq!(header(h, "tracestate"), "congo=t61rcWkgMzE");
-            // A W3C caller gets W3C only.
-            assert!(h.get("x-b3-traceid").is_none() && h.get("b3").is_none());
+            // A W3C caller's trace goes on in single-header B3 too (Envoy's Zipkin tracer reads
+            // no traceparent), naming the same span.
+            assert_eq!(
+                &header(h, "b3")[..49],
+                format!("{}-{}", &tp[3..35], &tp[36..52])
+            );
+            assert!(h.get("x-b3-traceid").is_none());
             &tp[36..52]
         })
         .collect();

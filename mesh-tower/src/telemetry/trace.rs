@@ -30,6 +30,16 @@ const B3_FLAGS: HeaderName = HeaderName::from_static(tc::B3_FLAGS);
 /// the multi-header form; two headers instead of five, which every receiver parses.
 const ROOT_PROPAGATION: Propagation = Propagation::B3Single;
 
+/// How a continued trace is written on: in its caller's form, with single-header B3 added to
+/// a W3C-only trace, since Envoy's Zipkin tracer does not read `traceparent` (checked against
+/// Envoy 1.40: `scripts/real-clients/trace.sh`) and would start a trace of its own.
+fn onward(mut ctx: TraceContext) -> TraceContext {
+    if ctx.propagation == Propagation::W3c {
+        ctx.propagation = Propagation::B3Single;
+    }
+    ctx
+}
+
 tokio::task_local! {
     /// The span of the request this task is serving: what outbound calls continue.
     static CURRENT: TraceContext;
@@ -136,7 +146,7 @@ impl Tracer {
             }
         };
         let (ctx, parent_id) = match &parent {
-            Some(p) => (p.child(new_span_id()), Some(p.span_id)),
+            Some(p) => (onward(p.child(new_span_id())), Some(p.span_id)),
             None => (self.root(ROOT_PROPAGATION), None),
         };
         let span = tracing::info_span!(
@@ -159,7 +169,7 @@ impl Tracer {
     pub(crate) fn client_call(&self, request: &RequestStart<'_>) -> TraceCall {
         let (parent, fresh) = self.parent(request.headers);
         let (ctx, parent_id) = match parent {
-            Some(p) => (p.child(new_span_id()), Some(p.span_id)),
+            Some(p) => (onward(p.child(new_span_id())), Some(p.span_id)),
             None => (self.root(ROOT_PROPAGATION), None),
         };
         let span = tracing::info_span!(
