@@ -10,7 +10,7 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 secs="${1:-60}"; shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(xds_decode bootstrap istio_yaml cache_file request_headers)
+[ ${#targets[@]} -gt 0 ] || targets=(xds_decode bootstrap istio_yaml cache_file request_headers trace_headers)
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 cd "$root/fuzz"
 # The same dependency versions as the workspace (cargo adds what only the fuzz crate uses).

@@ -80,6 +80,21 @@ fn main() {
         }
     }
     for (i, h) in [
+        "traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\ntracestate: a=b",
+        "b3: 80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1-05e3ac9a4f6e3b90",
+        "x-b3-traceid: 463ac35c9f6413ad\nx-b3-spanid: a2fb4a1d1a96d312\nx-b3-flags: 1",
+        "b3: d",
+    ]
+    .iter()
+    .enumerate()
+    {
+        write(
+            &corpus.join("trace_headers"),
+            &format!("seed-{i}"),
+            h.as_bytes(),
+        );
+    }
+    for (i, h) in [
         "10S\n/api/v1?user=alice",
         "250m\n/x?user=bob&x=1",
         "99999999H\n/",
