@@ -29,6 +29,8 @@ pub struct ServiceEntry {
     pub workload_selector: Option<WorkloadSelector>,
     /// SANs expected from the workloads.
     pub subject_alt_names: Vec<String>,
+    /// `MESH_INTERNAL` (default) or `MESH_EXTERNAL`: whether the endpoints are mesh workloads.
+    pub location: Option<String>,
 }
 
 /// A ServiceEntry port.

@@ -147,6 +147,8 @@ struct Ep {
     locality: String,
     weight: u32,
     service_account: String,
+    /// Its workload's name; empty outside the mesh (a `MESH_EXTERNAL` ServiceEntry), which
+    /// then gets no `istio.workload` metadata.
     workload: String,
     /// The workload's namespace (a WorkloadEntry is selected only from its ServiceEntry's).
     namespace: String,
@@ -265,6 +267,17 @@ fn services(cfg: &IstioConfig) -> Result<Vec<Service>, ConfigError> {
                 "must declare at least one port",
             ));
         }
+        let external = match se.spec.location.as_deref() {
+            None | Some("MESH_INTERNAL") => false,
+            Some("MESH_EXTERNAL") => true,
+            Some(other) => {
+                return Err(se.error(
+                    "ServiceEntry",
+                    "spec.location",
+                    format!("{other:?} is not MESH_INTERNAL or MESH_EXTERNAL"),
+                ));
+            }
+        };
         let mut workloads: Vec<(String, &istio::WorkloadEntry)> = se
             .spec
             .endpoints
@@ -314,7 +327,11 @@ fn services(cfg: &IstioConfig) -> Result<Vec<Service>, ConfigError> {
                     locality: w.locality.clone(),
                     weight: w.weight.unwrap_or(1).max(1),
                     service_account: w.service_account.clone(),
-                    workload: workload.clone(),
+                    workload: if external {
+                        String::new()
+                    } else {
+                        workload.clone()
+                    },
                     namespace: se.namespace.clone(),
                 });
             }
@@ -1332,15 +1349,17 @@ fn load_assignment(name: &str, eps: &[&Ep]) -> epb::ClusterLoadAssignment {
                             .unwrap_or_else(|| e.workload.clone());
                         let revision = label(["service.istio.io/canonical-revision", "version"])
                             .unwrap_or_else(|| "latest".into());
-                        fields.insert(
-                            "workload".into(),
-                            Value {
-                                kind: Some(Kind::StringValue(format!(
-                                    "{};{};{canonical};{revision};Kubernetes",
-                                    e.workload, e.namespace
-                                ))),
-                            },
-                        );
+                        if !e.workload.is_empty() {
+                            fields.insert(
+                                "workload".into(),
+                                Value {
+                                    kind: Some(Kind::StringValue(format!(
+                                        "{};{};{canonical};{revision};Kubernetes",
+                                        e.workload, e.namespace
+                                    ))),
+                                },
+                            );
+                        }
                         // No health status, as istiod sends ServiceEntry endpoints (UNKNOWN,
                         // which gRPC and Envoy treat as healthy).
                         epb::LbEndpoint {

@@ -667,3 +667,25 @@ apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: bare, n
         ["bare-0;tools;bare-0;latest;Kubernetes"]
     );
 }
+
+#[test]
+fn mesh_external_endpoints_are_not_named_as_workloads() {
+    let yaml = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: payments, namespace: shop}\nspec:\n  hosts: [api.payments.example]\n  location: MESH_EXTERNAL\n  ports: [{number: 443, name: http}]\n  endpoints:\n  - address: 203.0.113.7\n    labels: {app: payments}\n";
+    let mut cfg = IstioConfig::default();
+    cfg.add_text("external.yaml", yaml).unwrap();
+    let r = translate(&cfg).unwrap();
+    let eps = endpoints(&r, "outbound|443||api.payments.example");
+    // Its labels stay; no `istio.workload`, so clients neither label it as a mesh workload
+    // nor send it their own metadata.
+    assert_eq!(
+        eps.endpoints()[0].labels.get("app").map(String::as_str),
+        Some("payments")
+    );
+    assert!(!eps.endpoints()[0].labels.contains_key("workload"));
+    assert_eq!(
+        error(
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: x}\nspec:\n  hosts: [x.example]\n  location: OUTSIDE\n  ports: [{number: 80, name: http}]\n"
+        ),
+        "bad.yaml:1: ServiceEntry default/x: spec.location: \"OUTSIDE\" is not MESH_INTERNAL or MESH_EXTERNAL"
+    );
+}

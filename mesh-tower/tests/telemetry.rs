@@ -479,3 +479,38 @@ async fn b3_callers_get_b3_back_and_traces_start_when_none_came() {
     assert!(tp.ends_with("-01"));
     assert!(h.get("x-b3-traceid").is_none());
 }
+
+#[tokio::test]
+async fn the_exchange_headers_go_to_mesh_workloads_only() {
+    let t = Telemetry::for_node(
+        local(),
+        "sidecar~127.0.0.1~web-1.front~front.svc.cluster.local",
+    );
+    let mut seen = Vec::new();
+    for location in ["MESH_INTERNAL", "MESH_EXTERNAL"] {
+        let (addr, headers) = header_backend(0).await;
+        let yaml = format!(
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: ui}}\nspec:\n  hosts: [{HOST}]\n  location: {location}\n  ports: [{{number: 9080, name: http}}]\n  endpoints:\n  - address: 127.0.0.1\n    ports: {{http: {}}}\n",
+            addr.port()
+        );
+        let m = mesh_with(&yaml, MeshConfig::default().observer(t.client_observer())).await;
+        assert_eq!(get(&m, "/").await, StatusCode::OK);
+        let h = headers.lock().unwrap().pop().unwrap();
+        seen.push((
+            h.contains_key("x-envoy-peer-metadata"),
+            h.get("x-envoy-peer-metadata-id").cloned(),
+        ));
+    }
+    assert_eq!(
+        seen,
+        [
+            (
+                true,
+                Some(http::HeaderValue::from_static(
+                    "sidecar~127.0.0.1~web-1.front~front.svc.cluster.local"
+                ))
+            ),
+            (false, None)
+        ]
+    );
+}

@@ -51,7 +51,12 @@ struct ClientCall {
 
 impl RequestObserver for ClientCall {
     fn on_attempt(&mut self, attempt: &mut AttemptStart<'_>) {
-        self.telemetry.announce(attempt.headers);
+        // This workload's metadata goes to mesh workloads only (endpoints istiod describes
+        // with `istio.workload`), not to services outside the mesh, which would learn the
+        // workload's names, labels and node id (what istio/proxy's opt-in stripping is for).
+        if attempt.labels.contains_key("workload") {
+            self.telemetry.announce(attempt.headers);
+        }
         if let Some(t) = &mut self.trace {
             t.on_attempt(attempt);
         }
