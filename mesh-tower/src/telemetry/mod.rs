@@ -17,13 +17,14 @@ use mesh_core::telemetry::{DURATION_BUCKETS_MS, SIZE_BUCKETS, Workload, cluster_
 use prometheus_client::encoding::{EncodeLabelSet, LabelSetEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use rustc_hash::FxHashMap;
 
 use crate::observe::{Observer, StreamEnd};
 use crate::reply::ResponseFlags;
 use client::ClientObserver;
+use histogram::FixedHistogram;
+pub use histogram::HistogramPoint;
 
 /// The exchange's header names, parsed once (parsing a name costs more than inserting it).
 const METADATA: HeaderName = HeaderName::from_static(METADATA_HEADER);
@@ -131,7 +132,7 @@ impl EncodeLabelSet for Series {
     }
 }
 
-type HistogramFamily = Family<Series, Histogram, fn() -> Histogram>;
+type HistogramFamily = Family<Series, FixedHistogram, fn() -> FixedHistogram>;
 
 /// Interned peers under a four-part key (client: cluster, endpoint `workload` metadata, the
 /// server's exchanged metadata, the server's verified identity; server: caller, service, the
@@ -170,9 +171,9 @@ fn intern(map: &RwLock<PeersMap>, key: [&str; 4], build: impl FnOnce() -> Peers)
 /// a pointer and a few integers instead of one per family (which hash with SipHash).
 struct Handles {
     requests: Counter,
-    duration: Histogram,
-    request_bytes: Histogram,
-    response_bytes: Histogram,
+    duration: FixedHistogram,
+    request_bytes: FixedHistogram,
+    response_bytes: FixedHistogram,
     /// gRPC's message counts (`None` for HTTP series, which Istio does not give them).
     messages: Option<(Counter, Counter)>,
 }
@@ -192,12 +193,12 @@ impl Handles {
     }
 }
 
-fn duration_histogram() -> Histogram {
-    Histogram::new(DURATION_BUCKETS_MS)
+fn duration_histogram() -> FixedHistogram {
+    FixedHistogram::new(&DURATION_BUCKETS_MS)
 }
 
-fn size_histogram() -> Histogram {
-    Histogram::new(SIZE_BUCKETS)
+fn size_histogram() -> FixedHistogram {
+    FixedHistogram::new(&SIZE_BUCKETS)
 }
 
 /// The destination a service host names: its first label, and its namespace when the host is
@@ -497,6 +498,7 @@ fn grpc_status(headers: &http::HeaderMap) -> Option<u32> {
 }
 
 mod client;
+mod histogram;
 mod server;
 pub mod trace;
 
