@@ -7,6 +7,12 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
+    MetricsService, MetricsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -16,9 +22,23 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use opentelemetry_proto::tonic::trace::v1::Span;
 use tracing_subscriber::layer::SubscriberExt;
 
-/// A collector keeping every span it is sent.
+/// A collector keeping every span and every metrics export it is sent.
 #[derive(Clone, Default)]
-struct Collector(Arc<Mutex<Vec<Span>>>);
+struct Collector(
+    Arc<Mutex<Vec<Span>>>,
+    Arc<Mutex<Vec<ExportMetricsServiceRequest>>>,
+);
+
+#[tonic::async_trait]
+impl MetricsService for Collector {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportMetricsServiceRequest>,
+    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        self.1.lock().unwrap().push(request.into_inner());
+        Ok(tonic::Response::new(ExportMetricsServiceResponse::default()))
+    }
+}
 
 #[tonic::async_trait]
 impl TraceService for Collector {
@@ -48,6 +68,7 @@ async fn client_and_server_spans_reach_the_collector_as_one_trace() {
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(TraceServiceServer::new(collector.clone()))
+            .add_service(MetricsServiceServer::new(collector.clone()))
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
     let (layer, provider) =
@@ -140,4 +161,83 @@ async fn client_and_server_spans_reach_the_collector_as_one_trace() {
         "{client:?}"
     );
     assert!(attr(&attempt, "attempt").contains('1'), "{attempt:?}");
+
+    // Istio's metrics over OTLP: a facade client with telemetry calls echo twice, then pushes.
+    use tower::ServiceExt;
+    let bootstrap = mesh::xds::Bootstrap::from_file(&echo.client).unwrap();
+    let client = mesh::Client::builder()
+        .bootstrap(bootstrap)
+        .telemetry()
+        .build()
+        .unwrap();
+    for _ in 0..2 {
+        let resp = client
+            .clone()
+            .oneshot(
+                http::Request::get("http://echo.default.svc.cluster.local:9080/hello")
+                    .body(http_body_util::Full::new(bytes::Bytes::new()))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .unwrap();
+    }
+    mesh::otlp::push_metrics_once(
+        client.telemetry().unwrap(),
+        &format!("http://{collector_addr}"),
+        "otlp-test",
+    )
+    .await
+    .unwrap();
+    let exports = collector.1.lock().unwrap().clone();
+    assert_eq!(exports.len(), 1);
+    let metrics = &exports[0].resource_metrics[0].scope_metrics[0].metrics;
+    let names: Vec<&str> = metrics.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "istio_requests_total",
+            "istio_request_duration_milliseconds",
+            "istio_request_bytes",
+            "istio_response_bytes"
+        ]
+    );
+    use opentelemetry_proto::tonic::metrics::v1::{metric::Data, number_data_point::Value};
+    let Some(Data::Sum(requests)) = &metrics[0].data else {
+        panic!("{:?}", metrics[0])
+    };
+    assert!(requests.is_monotonic);
+    let point = &requests.data_points[0];
+    assert_eq!(requests.data_points.len(), 1);
+    assert_eq!(point.value, Some(Value::AsInt(2)));
+    let attr = |key: &str| {
+        point
+            .attributes
+            .iter()
+            .find(|a| a.key == key)
+            .and_then(|a| a.value.clone())
+            .and_then(|v| v.value)
+            .map(|v| format!("{v:?}"))
+            .unwrap_or_default()
+    };
+    assert_eq!(point.attributes.len(), 25);
+    assert!(attr("reporter").contains("\"source\""), "{point:?}");
+    assert!(attr("response_code").contains("\"200\""), "{point:?}");
+    assert!(
+        attr("destination_principal").contains("spiffe://cluster.local/ns/default/sa/echo"),
+        "{point:?}"
+    );
+    let Some(Data::Histogram(duration)) = &metrics[1].data else {
+        panic!("{:?}", metrics[1])
+    };
+    let d = &duration.data_points[0];
+    assert_eq!(
+        (d.count, d.explicit_bounds.len(), d.bucket_counts.len()),
+        (2, 19, 20)
+    );
+    assert_eq!(d.bucket_counts.iter().sum::<u64>(), 2);
+    assert_eq!(metrics[1].unit, "ms");
 }

@@ -128,7 +128,10 @@ mod tests {
         // 0.5 and 1.0 (bounds are inclusive), 1.5 and 5.0, none, 11.0 and NaN.
         assert_eq!(p.counts, [2, 2, 0, 2]);
         assert_eq!(p.count, 6);
-        assert!(p.sum.is_nan(), "a NaN observation makes the sum NaN, as in Prometheus");
+        assert!(
+            p.sum.is_nan(),
+            "a NaN observation makes the sum NaN, as in Prometheus"
+        );
         let h = FixedHistogram::new(&BOUNDS);
         h.observe(2.0);
         h.observe(3.5);

@@ -80,8 +80,9 @@ fn or_unknown(value: &str) -> &str {
     if value.is_empty() { UNKNOWN } else { value }
 }
 
-impl EncodeLabelSet for Series {
-    fn encode(&self, encoder: &mut LabelSetEncoder<'_>) -> Result<(), std::fmt::Error> {
+impl Series {
+    /// Istio's labels of this series, in Istio's order.
+    fn label_pairs(&self) -> Vec<(&'static str, String)> {
         let p = &self.peers.0;
         let (s, d) = (&p.source, &p.destination);
         let code = self.code.to_string();
@@ -92,7 +93,7 @@ impl EncodeLabelSet for Series {
         } else {
             &d.canonical_revision
         };
-        [
+        let pairs: [(&'static str, &str); 25] = [
             ("reporter", p.reporter),
             ("source_workload", or_unknown(&s.name)),
             ("source_workload_namespace", or_unknown(&s.namespace)),
@@ -127,8 +128,16 @@ impl EncodeLabelSet for Series {
             ("grpc_response_status", &grpc_status),
             ("response_flags", &flags),
             ("connection_security_policy", p.security),
-        ]
-        .encode(encoder)
+        ];
+        pairs.into_iter().map(|(k, v)| (k, v.to_string())).collect()
+    }
+}
+
+impl EncodeLabelSet for Series {
+    fn encode(&self, encoder: &mut LabelSetEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let pairs = self.label_pairs();
+        let borrowed: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        borrowed.encode(encoder)
     }
 }
 
@@ -227,6 +236,28 @@ pub struct Telemetry {
     peers: RwLock<PeersMap>,
     server_peers: RwLock<PeersMap>,
     series: RwLock<FxHashMap<Series, Handles>>,
+    started: std::time::SystemTime,
+}
+
+/// One series' values: Istio's labels, `istio_requests_total`, the three histograms and, for
+/// gRPC, the message counts.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct SeriesPoint {
+    /// Istio's 25 labels, in Istio's order.
+    pub labels: Vec<(&'static str, String)>,
+    /// Whether the series is gRPC's (it then has message counts).
+    pub grpc: bool,
+    /// `istio_requests_total`.
+    pub requests: u64,
+    /// `istio_request_duration_milliseconds`.
+    pub duration_ms: HistogramPoint,
+    /// `istio_request_bytes`.
+    pub request_bytes: HistogramPoint,
+    /// `istio_response_bytes`.
+    pub response_bytes: HistogramPoint,
+    /// `istio_request_messages_total` and `istio_response_messages_total` (gRPC only).
+    pub messages: Option<(u64, u64)>,
 }
 
 impl std::fmt::Debug for Telemetry {
@@ -307,6 +338,7 @@ impl Telemetry {
             peers: RwLock::default(),
             server_peers: RwLock::default(),
             series: RwLock::default(),
+            started: std::time::SystemTime::now(),
         })
     }
 
@@ -386,6 +418,28 @@ impl Telemetry {
     /// (one observer, so a request still costs one allocation).
     pub fn client_observer_traced(self: &Arc<Self>, tracer: Arc<Tracer>) -> Arc<dyn Observer> {
         Arc::new(ClientObserver(self.clone(), Some(tracer)))
+    }
+
+    /// Every series' values now, for exporters other than the Prometheus text (OTLP).
+    pub fn points(&self) -> Vec<SeriesPoint> {
+        let series = self.series.read().unwrap_or_else(|p| p.into_inner());
+        series
+            .iter()
+            .map(|(s, h)| SeriesPoint {
+                labels: s.label_pairs(),
+                grpc: s.grpc,
+                requests: h.requests.get(),
+                duration_ms: h.duration.point(),
+                request_bytes: h.request_bytes.point(),
+                response_bytes: h.response_bytes.point(),
+                messages: h.messages.as_ref().map(|(q, r)| (q.get(), r.get())),
+            })
+            .collect()
+    }
+
+    /// When these metrics started counting (the start of their cumulative values).
+    pub fn started(&self) -> std::time::SystemTime {
+        self.started
     }
 
     /// The metrics as OpenMetrics text (what Prometheus and istio-agent's merge read).
