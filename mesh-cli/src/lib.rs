@@ -354,6 +354,8 @@ pub struct RequestArgs {
     pub metrics_file: Option<PathBuf>,
     /// Propagate traces, sampling this percentage of the traces it starts.
     pub trace_sampling: Option<f64>,
+    /// Push the client's metrics to this OTLP/gRPC collector at the end.
+    pub otlp: Option<String>,
     /// Connection options.
     pub xds: XdsOptions,
 }
@@ -423,9 +425,10 @@ pub async fn request(args: RequestArgs) -> Result<String, String> {
     }
     let bootstrap = load_bootstrap(&args.xds)?;
     // Metrics only when someone will read them.
-    let telemetry = (args.admin.is_some() || args.metrics_file.is_some()).then(|| {
-        mesh_tower::telemetry::Telemetry::for_node(bootstrap.workload(), &bootstrap.node.id)
-    });
+    let telemetry = (args.admin.is_some() || args.metrics_file.is_some() || args.otlp.is_some())
+        .then(|| {
+            mesh_tower::telemetry::Telemetry::for_node(bootstrap.workload(), &bootstrap.node.id)
+        });
     let (client, _) = connect_with(&args.xds, bootstrap, std::slice::from_ref(&target)).await?;
     let client = std::sync::Arc::new(client);
     if let Some(t) = &telemetry {
@@ -570,6 +573,11 @@ pub async fn request(args: RequestArgs) -> Result<String, String> {
     if let (Some(path), Some(t)) = (&args.metrics_file, &telemetry) {
         std::fs::write(path, t.encode())
             .map_err(|e| format!("cannot write the metrics to {}: {e}", path.display()))?;
+    }
+    if let (Some(url), Some(t)) = (&args.otlp, &telemetry) {
+        mesh::otlp::push_metrics_once(t, url, "mesh")
+            .await
+            .map_err(|e| e.to_string())?;
     }
     let summary = json!({
         "requests": latencies.len(),

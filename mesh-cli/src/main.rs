@@ -11,7 +11,8 @@ use tracing_subscriber::Layer as _;
 #[derive(Parser)]
 #[command(name = "mesh", version, about = "A proxyless service mesh for Rust")]
 struct Cli {
-    /// Export trace spans to the OTLP/gRPC collector at URL (e.g. http://127.0.0.1:4317).
+    /// Export trace spans to the OTLP/gRPC collector at URL (e.g. http://127.0.0.1:4317); `request`
+    /// also pushes its metrics there at the end.
     #[arg(long, global = true, value_name = "URL")]
     otlp: Option<String>,
     #[command(subcommand)]
@@ -204,6 +205,7 @@ async fn main() -> ExitCode {
                 admin,
                 metrics_file,
                 trace_sampling,
+                otlp: args.otlp.clone(),
                 xds: xds.into(),
             };
             cli::request(args).await

@@ -154,6 +154,7 @@ async fn request_reports_statuses_clusters_endpoints_attempts_and_latency() {
         admin: None,
         metrics_file: Some(dir.path().join("metrics.txt")),
         trace_sampling: None,
+        otlp: None,
         xds: xds(
             bootstrap(dir.path(), &addr.to_string()),
             Duration::from_secs(10),
@@ -286,6 +287,7 @@ async fn serve_answers_with_who_called_and_enforces_its_policies() {
                 admin: None,
                 metrics_file: None,
                 trace_sampling: None,
+                otlp: None,
                 xds: xds(client, Duration::from_secs(10), None),
             })
             .await

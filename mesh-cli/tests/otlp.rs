@@ -95,6 +95,7 @@ async fn client_and_server_spans_reach_the_collector_as_one_trace() {
             admin: None,
             metrics_file: None,
             trace_sampling: Some(100.0),
+            otlp: None,
             xds: mesh_cli::XdsOptions {
                 bootstrap: Some(echo.client.clone()),
                 protocol: None,
