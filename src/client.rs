@@ -117,11 +117,8 @@ impl ClientBuilder {
         let telemetry = self
             .telemetry
             .then(|| Telemetry::for_node(bootstrap.workload(), &bootstrap.node.id));
-        match (&telemetry, self.tracer) {
-            (Some(t), Some(tracer)) => config = config.observer(t.client_observer_traced(tracer)),
-            (Some(t), None) => config = config.observer(t.client_observer()),
-            (None, Some(tracer)) => config = config.observer(tracer.client_observer()),
-            (None, None) => {}
+        if let Some(o) = mesh_tower::telemetry::client_observer(telemetry.as_ref(), self.tracer) {
+            config = config.observer(o);
         }
         let mut xds = XdsClientBuilder::new(bootstrap);
         // `host:port`, without the `xds:///` a target may be written with.

@@ -92,12 +92,7 @@ impl Server {
     pub fn admin(&self) -> mesh_tower::admin::Admin {
         let serving = self.inner.serving();
         let admin =
-            mesh_tower::admin::Admin::new(self.telemetry.clone()).ready_when(
-                move || match &*serving.borrow() {
-                    ServingState::Serving => Ok(()),
-                    ServingState::NotServing(why) => Err(why.clone()),
-                },
-            );
+            mesh_tower::admin::Admin::new(self.telemetry.clone()).ready_while_serving(serving);
         crate::admin::with_xds(admin, &self.xds, "#server")
     }
 

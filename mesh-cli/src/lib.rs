@@ -441,11 +441,8 @@ pub async fn request(args: RequestArgs) -> Result<String, String> {
     let tracer = args
         .trace_sampling
         .map(mesh_tower::telemetry::Tracer::with_sampling);
-    match (&telemetry, tracer) {
-        (Some(t), Some(tracer)) => config = config.observer(t.client_observer_traced(tracer)),
-        (Some(t), None) => config = config.observer(t.client_observer()),
-        (None, Some(tracer)) => config = config.observer(tracer.client_observer()),
-        (None, None) => {}
+    if let Some(o) = mesh_tower::telemetry::client_observer(telemetry.as_ref(), tracer) {
+        config = config.observer(o);
     }
     let svc = mesh_tower::MeshService::with_certificates(
         client.snapshots(),
@@ -743,13 +740,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
             .await
             .map_err(|e| format!("cannot listen on {addr} (admin): {e}"))?;
         let state = server.serving();
-        let admin =
-            mesh_tower::admin::Admin::new(Some(telemetry)).ready_when(move || {
-                match &*state.borrow() {
-                    mesh_tower::ServingState::Serving => Ok(()),
-                    mesh_tower::ServingState::NotServing(why) => Err(why.clone()),
-                }
-            });
+        let admin = mesh_tower::admin::Admin::new(Some(telemetry)).ready_while_serving(state);
         let admin = mesh::admin::with_xds(admin, &client, "#server");
         println!("admin on {addr}");
         tokio::spawn(admin.serve(admin_listener));

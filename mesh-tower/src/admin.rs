@@ -85,21 +85,26 @@ pub fn annotate_runtime(dump: &mut Value, runtime: &[ClusterRuntime]) {
     let Some(clusters) = dump.get_mut("clusters").and_then(Value::as_array_mut) else {
         return;
     };
+    let by_name: std::collections::HashMap<&str, &ClusterRuntime> =
+        runtime.iter().map(|r| (&*r.name, r)).collect();
     for c in clusters {
-        let name = c["name"].as_str().unwrap_or_default().to_string();
-        let state = runtime.iter().find(|r| *r.name == *name);
+        let state = c["name"].as_str().and_then(|n| by_name.get(n).copied());
         c["active"] = Value::Bool(state.is_some());
+        let ejected: std::collections::HashSet<std::net::SocketAddr> = state
+            .map(|s| {
+                s.endpoints
+                    .iter()
+                    .filter(|(_, e)| *e)
+                    .map(|(a, _)| *a)
+                    .collect()
+            })
+            .unwrap_or_default();
         let Some(eps) = c.get_mut("endpoints").and_then(Value::as_array_mut) else {
             continue;
         };
         for e in eps {
-            let address = e["address"].as_str().unwrap_or_default().to_string();
-            let ejected = state.is_some_and(|s| {
-                s.endpoints
-                    .iter()
-                    .any(|(a, ej)| *ej && a.to_string() == address)
-            });
-            e["ejected"] = Value::Bool(ejected);
+            let address = e["address"].as_str().and_then(|a| a.parse().ok());
+            e["ejected"] = Value::Bool(address.is_some_and(|a| ejected.contains(&a)));
         }
     }
 }
@@ -120,6 +125,18 @@ impl Admin {
     ) -> Self {
         self.ready = Some(Arc::new(check));
         self
+    }
+
+    /// `/ready` answers 200 only while the server `serving` follows is serving; else 503 with
+    /// why not.
+    pub fn ready_while_serving(
+        self,
+        serving: tokio::sync::watch::Receiver<crate::ServingState>,
+    ) -> Self {
+        self.ready_when(move || match &*serving.borrow() {
+            crate::ServingState::Serving => Ok(()),
+            crate::ServingState::NotServing(why) => Err(why.clone()),
+        })
     }
 
     /// `/config_dump` serves what `source` gives (the xDS client's configuration, status and

