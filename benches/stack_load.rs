@@ -12,6 +12,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -104,7 +105,80 @@ fn envoy(bin: &str, port: u16, upstream: SocketAddr, dir: &std::path::Path) -> s
         .expect("start envoy")
 }
 
+/// An observer that adds `.0`'s values (if any) to each attempt as the four headers Istio's
+/// telemetry sends, and records nothing: what carrying them costs, whoever fills them in.
+struct FloorObserver(Option<Arc<[http::HeaderValue; 4]>>);
+
+struct FloorCall(Option<Arc<[http::HeaderValue; 4]>>);
+
+const FLOOR_NAMES: [http::HeaderName; 4] = [
+    http::HeaderName::from_static("x-envoy-peer-metadata"),
+    http::HeaderName::from_static("x-envoy-peer-metadata-id"),
+    http::HeaderName::from_static("traceparent"),
+    http::HeaderName::from_static("b3"),
+];
+
+impl mesh::tower::Observer for FloorObserver {
+    fn on_request(
+        &self,
+        _: &mesh::tower::observe::RequestStart<'_>,
+    ) -> Option<Box<dyn mesh::tower::RequestObserver>> {
+        Some(Box::new(FloorCall(self.0.clone())))
+    }
+}
+
+impl mesh::tower::RequestObserver for FloorCall {
+    fn on_attempt(&mut self, attempt: &mut mesh::tower::observe::AttemptStart<'_>) {
+        if let Some(values) = &self.0 {
+            for (name, value) in FLOOR_NAMES.into_iter().zip(values.iter()) {
+                attempt.headers.insert(name, value.clone());
+            }
+        }
+    }
+
+    fn on_end(self: Box<Self>, _: &mesh::tower::observe::StreamEnd<'_>) {}
+}
+
+/// `STACK_LOAD_BACKEND=process`: the backend in a child process (this binary again, with
+/// `STACK_LOAD_BACKEND_CHILD` set), so that this process's CPU time is the client's alone and
+/// the backend's is measured from its /proc. The child serves until its stdin closes.
+fn backend_process() -> (SocketAddr, std::process::Child) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .env("STACK_LOAD_BACKEND_CHILD", "1")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the backend process");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    (line.trim().parse().expect("the backend's address"), child)
+}
+
+/// The child side of [`backend_process`]: one thread serving, its address on stdout.
+fn serve_backend_child() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let addr = backend().await;
+        println!("{addr}");
+        tokio::task::spawn_blocking(|| {
+            let mut sink = String::new();
+            while std::io::stdin().read_line(&mut sink).is_ok_and(|n| n > 0) {}
+        })
+        .await
+        .unwrap();
+    });
+}
+
 fn main() {
+    if std::env::var_os("STACK_LOAD_BACKEND_CHILD").is_some() {
+        return serve_backend_child();
+    }
     let args: Vec<usize> = std::env::args()
         .skip(1)
         .filter_map(|a| a.parse().ok())
@@ -121,8 +195,14 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    let child =
+        (std::env::var("STACK_LOAD_BACKEND").is_ok_and(|b| b == "process")).then(backend_process);
+    let backend_pid: Vec<u32> = child.iter().map(|(_, c)| c.id()).collect();
     rt.block_on(async move {
-        let addr = backend().await;
+        let addr = match &child {
+            Some((addr, _)) => *addr,
+            None => backend().await,
+        };
         let yaml = format!(
             "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: ui}}\nspec:\n  hosts: [{HOST}]\n  ports: [{{number: 9080, name: http}}]\n  endpoints:\n  - address: 127.0.0.1\n    ports: {{http: {}}}\n    labels: {{version: v1}}\n---\n\
 apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: ui}}\nspec:\n  host: {HOST}\n  trafficPolicy:\n    outlierDetection: {{consecutive5xxErrors: 5, interval: 10s, baseEjectionTime: 30s}}\n  subsets:\n  - name: v1\n    labels: {{version: v1}}\n---\n\
@@ -164,7 +244,24 @@ apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: ui}}
         // `STACK_LOAD_TELEMETRY=trace`: trace propagation too (Istio's 1% sampling, no
         // subscriber or exporter attached).
         let traced = std::env::var("STACK_LOAD_TELEMETRY").is_ok_and(|v| v == "trace");
-        let config = if traced {
+        // `STACK_LOAD_TELEMETRY=headers` / `=observer`: the floor under any telemetry that is
+        // Istio's on the wire: an observer that only carries four headers the size of the
+        // exchange and trace headers on each attempt, or one that does nothing at all.
+        let floor = std::env::var("STACK_LOAD_TELEMETRY")
+            .ok()
+            .filter(|v| v == "headers" || v == "observer");
+        let config = if let Some(mode) = floor {
+            let carry = (mode == "headers").then(|| {
+                let exchange = http::HeaderValue::from_str(&"x".repeat(232)).unwrap();
+                let id = http::HeaderValue::from_static(
+                    "sidecar~127.0.0.1~bench-1.default~default.svc.cluster.local",
+                );
+                let traceparent = http::HeaderValue::from_str(&"0".repeat(55)).unwrap();
+                let b3 = http::HeaderValue::from_str(&"0".repeat(51)).unwrap();
+                Arc::new([exchange, id, traceparent, b3])
+            });
+            MeshConfig::default().observer(Arc::new(FloorObserver(carry)))
+        } else if traced {
             MeshConfig::default().observer(
                 metrics.client_observer_traced(mesh::tower::telemetry::Tracer::new()),
             )
@@ -217,8 +314,8 @@ apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: ui}}
         // callgrind, where CPU time means nothing; see benches/instructions.sh).
         if let Ok(only) = std::env::var("STACK_LOAD_ONLY") {
             let r = match only.as_str() {
-                "bare" => drive(requests, concurrency, &[], send_bare.clone()).await,
-                _ => drive(requests, concurrency, &[], send_mesh.clone()).await,
+                "bare" => drive(requests, concurrency, &backend_pid, send_bare.clone()).await,
+                _ => drive(requests, concurrency, &backend_pid, send_mesh.clone()).await,
             };
             println!("{only}: {requests} requests, {:.0} req/s", r.rps);
             return;
@@ -233,30 +330,40 @@ apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: ui}}
             .ok()
             .and_then(|r| r.parse().ok())
             .unwrap_or(7);
-        let (mut bare_runs, mut mesh_runs, mut added, mut ratios) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut bare_runs, mut mesh_runs, mut added, mut ratios, mut added_user) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for round in 0..rounds {
             let (b, m) = if round % 2 == 0 {
-                let b = drive(requests, concurrency, &[], send_bare.clone()).await;
-                (b, drive(requests, concurrency, &[], send_mesh.clone()).await)
+                let b = drive(requests, concurrency, &backend_pid, send_bare.clone()).await;
+                (b, drive(requests, concurrency, &backend_pid, send_mesh.clone()).await)
             } else {
-                let m = drive(requests, concurrency, &[], send_mesh.clone()).await;
-                (drive(requests, concurrency, &[], send_bare.clone()).await, m)
+                let m = drive(requests, concurrency, &backend_pid, send_mesh.clone()).await;
+                (drive(requests, concurrency, &backend_pid, send_bare.clone()).await, m)
             };
             added.push(m.cpu_us - b.cpu_us);
+            added_user.push(m.user_us - b.user_us);
             ratios.push(m.rps / b.rps);
             bare_runs.push(b);
             mesh_runs.push(m);
         }
         added.sort_by(f64::total_cmp);
+        added_user.sort_by(f64::total_cmp);
         ratios.sort_by(f64::total_cmp);
         let med = median;
         let (b, m) = (med(&mut bare_runs), med(&mut mesh_runs));
-        println!("stack load: {requests} requests × {rounds} paired rounds (median shown), concurrency {concurrency}, loopback, {threads} worker threads; client and backend in one process");
-        println!("| path | req/s | CPU µs/request (client + backend) | p50 µs | p99 µs |");
-        println!("| --- | ---: | ---: | ---: | ---: |");
-        println!("| {base_name} | {:.0} | {:.1} | {} | {} |", b.rps, b.cpu_us, b.p50_us, b.p99_us);
-        println!("| {test_name} | {:.0} | {:.1} | {} | {} |", m.rps, m.cpu_us, m.p50_us, m.p99_us);
+        if child.is_some() {
+            println!("stack load: {requests} requests × {rounds} paired rounds (median shown), concurrency {concurrency}, loopback, {threads} worker threads; the backend in its own process (one thread)");
+            println!("| path | req/s | CPU µs/request (client process) | backend CPU µs/request | p50 µs | p99 µs |");
+            println!("| --- | ---: | ---: | ---: | ---: | ---: |");
+            println!("| {base_name} | {:.0} | {:.2} | {:.2} | {} | {} |", b.rps, b.cpu_us, b.envoy_cpu_us, b.p50_us, b.p99_us);
+            println!("| {test_name} | {:.0} | {:.2} | {:.2} | {} | {} |", m.rps, m.cpu_us, m.envoy_cpu_us, m.p50_us, m.p99_us);
+        } else {
+            println!("stack load: {requests} requests × {rounds} paired rounds (median shown), concurrency {concurrency}, loopback, {threads} worker threads; client and backend in one process");
+            println!("| path | req/s | CPU µs/request (client + backend) | p50 µs | p99 µs |");
+            println!("| --- | ---: | ---: | ---: | ---: |");
+            println!("| {base_name} | {:.0} | {:.1} | {} | {} |", b.rps, b.cpu_us, b.p50_us, b.p99_us);
+            println!("| {test_name} | {:.0} | {:.1} | {} | {} |", m.rps, m.cpu_us, m.p50_us, m.p99_us);
+        }
         if telemetry {
             let series = metrics.encode().lines().filter(|l| l.starts_with("istio_requests_total{")).count();
             println!("telemetry: {series} istio_requests_total series recorded");
@@ -273,6 +380,12 @@ apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: ui}}
             added[0],
             added[added.len() / 2],
             added[added.len() - 1]
+        );
+        println!(
+            "added user CPU per request (the stack's own code, without the kernel's share) across the {rounds} pairs: min {:.2}, median {:.2}, max {:.2} µs",
+            added_user[0],
+            added_user[added_user.len() / 2],
+            added_user[added_user.len() - 1]
         );
         println!(
             "{test_name} throughput as a share of {base_name} across the {rounds} pairs: min {:.1}%, median {:.1}%, max {:.1}%",

@@ -13,6 +13,18 @@ pub fn cpu_time() -> Duration {
 
 /// CPU time (user + system) of a process, from /proc/PID/stat.
 pub fn cpu_time_of(pid: &str) -> Duration {
+    let (user, system) = cpu_times_of(pid);
+    user + system
+}
+
+/// User CPU time of this process: what the stack's own code costs, without the kernel's
+/// share (sockets, wakeups), which varies with how requests happen to batch.
+pub fn user_time() -> Duration {
+    cpu_times_of("self").0
+}
+
+/// User and system CPU time of a process, from /proc/PID/stat.
+pub fn cpu_times_of(pid: &str) -> (Duration, Duration) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let fields: Vec<&str> = stat
         .rsplit(')')
@@ -20,15 +32,19 @@ pub fn cpu_time_of(pid: &str) -> Duration {
         .unwrap_or("")
         .split_whitespace()
         .collect();
-    let ticks: u64 = fields.get(11).and_then(|u| u.parse().ok()).unwrap_or(0)
-        + fields.get(12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let ticks = |i: usize| -> u64 { fields.get(i).and_then(|u| u.parse().ok()).unwrap_or(0) };
     // USER_HZ is 100 on Linux.
-    Duration::from_millis(ticks * 10)
+    (
+        Duration::from_millis(ticks(11) * 10),
+        Duration::from_millis(ticks(12) * 10),
+    )
 }
 
 pub struct Run {
     pub rps: f64,
     pub cpu_us: f64,
+    /// This process's user CPU alone, per request.
+    pub user_us: f64,
     pub p50_us: u64,
     pub p99_us: u64,
     /// CPU of the Envoy processes in the path, per request.
@@ -67,6 +83,7 @@ where
     };
     let envoy0 = envoy_cpu();
     let cpu0 = cpu_time();
+    let user0 = user_time();
     let t0 = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..concurrency {
@@ -87,11 +104,13 @@ where
     }
     let wall = t0.elapsed();
     let cpu = cpu_time() - cpu0;
+    let user = user_time() - user0;
     let envoy = envoy_cpu() - envoy0;
     lat.sort_unstable();
     Run {
         rps: requests as f64 / wall.as_secs_f64(),
         cpu_us: cpu.as_secs_f64() * 1e6 / requests as f64,
+        user_us: user.as_secs_f64() * 1e6 / requests as f64,
         p50_us: lat[lat.len() / 2],
         p99_us: lat[lat.len() * 99 / 100],
         envoy_cpu_us: envoy.as_secs_f64() * 1e6 / requests as f64,
