@@ -131,8 +131,16 @@ pub struct ResponseEnd<'a> {
     pub status: StatusCode,
     /// The response headers the caller gets.
     pub headers: &'a HeaderMap,
-    /// From the request's arrival to its response head.
-    pub latency: Duration,
+    /// When the request arrived (tokio's clock, which tests can pause).
+    pub(crate) started: tokio::time::Instant,
+}
+
+impl ResponseEnd<'_> {
+    /// From the request's arrival to now, its response head (read when asked: a clock read
+    /// costs more than some observers' whole work).
+    pub fn latency(&self) -> Duration {
+        self.started.elapsed()
+    }
 }
 
 /// How the response body ended.
@@ -163,7 +171,17 @@ pub(crate) struct ObservedBody {
     bytes: u64,
     /// The response's gRPC framing, for a gRPC call.
     messages: Option<GrpcMessages>,
-    request: Option<Arc<BodyCount>>,
+    request: RequestCount,
+}
+
+/// What is known of the request body's size.
+enum RequestCount {
+    /// Not counted.
+    Unknown,
+    /// It was empty (nothing to count).
+    Empty,
+    /// What a counter read from it.
+    Counted(Arc<BodyCount>),
 }
 
 impl ObservedBody {
@@ -179,13 +197,17 @@ impl ObservedBody {
             started,
             bytes: 0,
             messages: None,
-            request: None,
+            request: RequestCount::Unknown,
         }
     }
 
-    /// Reports what `counter` counted of the request body when the body ends.
-    pub(crate) fn with_request_count(mut self, counter: Arc<BodyCount>) -> Self {
-        self.request = Some(counter);
+    /// Reports what `counter` counted of the request body when the body ends (`None`: the
+    /// request had no body to count).
+    pub(crate) fn with_request_count(mut self, counter: Option<Arc<BodyCount>>) -> Self {
+        self.request = match counter {
+            Some(c) => RequestCount::Counted(c),
+            None => RequestCount::Empty,
+        };
         self
     }
 
@@ -197,15 +219,16 @@ impl ObservedBody {
 
     fn finish(&mut self, trailers: Option<&HeaderMap>, completed: bool) {
         if let Some(o) = self.observer.take() {
+            let (request_bytes, request_messages) = match &self.request {
+                RequestCount::Unknown => (None, None),
+                RequestCount::Empty => (Some(0), Some(0)),
+                RequestCount::Counted(c) => (Some(c.bytes()), Some(c.messages())),
+            };
             o.on_end(&StreamEnd {
                 trailers,
                 body_bytes: self.bytes,
-                request_bytes: self.request.as_ref().map(|c| c.bytes()),
-                request_messages: self
-                    .request
-                    .as_ref()
-                    .filter(|_| self.messages.is_some())
-                    .map(|c| c.messages()),
+                request_bytes,
+                request_messages: request_messages.filter(|_| self.messages.is_some()),
                 response_messages: self.messages.map_or(0, |m| m.count()),
                 completed,
                 duration: self.started.elapsed(),

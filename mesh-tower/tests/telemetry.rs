@@ -514,3 +514,98 @@ async fn the_exchange_headers_go_to_mesh_workloads_only() {
         ]
     );
 }
+
+/// `(destination_canonical_revision, source_principal, count)` of each `istio_requests_total`
+/// series.
+fn revisions_and_principals(t: &Telemetry) -> Vec<(String, String, u64)> {
+    let label = |l: &str, name: &str| {
+        let start = l.find(&format!("{name}=\"")).unwrap() + name.len() + 2;
+        l[start..start + l[start..].find('"').unwrap()].to_string()
+    };
+    let mut rows: Vec<_> = t
+        .encode()
+        .lines()
+        .filter(|l| l.starts_with("istio_requests_total{"))
+        .map(|l| {
+            (
+                label(l, "destination_canonical_revision"),
+                label(l, "source_principal"),
+                l.rsplit(' ').next().unwrap().parse().unwrap(),
+            )
+        })
+        .collect();
+    rows.sort();
+    rows
+}
+
+#[tokio::test]
+async fn new_endpoint_metadata_and_a_new_principal_start_new_series() {
+    // Series are found by the identity of the endpoint's metadata: an EDS update that
+    // relabels the same address must start a series under the new labels, and a workload
+    // certificate arriving must start series under the new principal.
+    let ok = backend("v1", Behavior::Ok).await;
+    let t = Telemetry::new(local());
+    let config = MeshConfig::default().observer(t.client_observer());
+    let any_version =
+        "  - name: r\n    route:\n    - destination: {host: ui.default.svc.cluster.local}\n";
+    let relabelled = |version: &str| {
+        yaml(&[ok.addr], &[], ROUND_ROBIN, any_version).replace(
+            "labels: {version: v1}\n",
+            &format!("labels: {{version: {version}}}\n"),
+        )
+    };
+    let m = mesh_with(&relabelled("v1"), config).await;
+    for _ in 0..2 {
+        assert_eq!(get(&m, "/").await, StatusCode::OK);
+    }
+    let unknown = || "unknown".to_string();
+    assert_eq!(
+        revisions_and_principals(&t),
+        [("v1".to_string(), unknown(), 2)]
+    );
+
+    m.cp.update(resources(&relabelled("v3")));
+    let mut sent = 2;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !revisions_and_principals(&t).iter().any(|r| r.0 == "v3") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the update never arrived"
+        );
+        assert_eq!(get(&m, "/").await, StatusCode::OK);
+        sent += 1;
+    }
+    let rows = revisions_and_principals(&t);
+    let v1 = rows[0].2;
+    assert_eq!(
+        rows,
+        [
+            ("v1".into(), unknown(), v1),
+            ("v3".into(), unknown(), sent - v1)
+        ]
+    );
+    for _ in 0..5 {
+        assert_eq!(get(&m, "/").await, StatusCode::OK);
+    }
+    assert_eq!(
+        revisions_and_principals(&t),
+        [
+            ("v1".into(), unknown(), v1),
+            ("v3".into(), unknown(), sent - v1 + 5)
+        ]
+    );
+
+    let me = "spiffe://cluster.local/ns/front/sa/web";
+    t.set_principal(me);
+    for _ in 0..4 {
+        assert_eq!(get(&m, "/").await, StatusCode::OK);
+    }
+    assert_eq!(
+        revisions_and_principals(&t),
+        [
+            ("v1".into(), unknown(), v1),
+            ("v3".into(), me.to_string(), 4),
+            ("v3".into(), unknown(), sent - v1 + 5),
+        ]
+    );
+}

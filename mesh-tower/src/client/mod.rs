@@ -241,9 +241,9 @@ impl<C: MeshConnector> Shared<C> {
     {
         // Clock reads are not free on every machine: only with an observer to tell.
         let started = observer.is_some().then(Instant::now);
-        // Counted only for an observer (istio_request_bytes, istio_request_messages_total).
-        let request_count = observer
-            .is_some()
+        // Counted only for an observer (istio_request_bytes, istio_request_messages_total),
+        // and only when there is a body to count.
+        let request_count = (observer.is_some() && !req.body().is_end_stream())
             .then(|| Arc::new(crate::body::BodyCount::default()));
         let mut info = MeshInfo::default();
         let forwarded: Result<Response<MeshBody>, Local> = 'forward: {
@@ -371,13 +371,11 @@ impl<C: MeshConnector> Shared<C> {
                 info: &info,
                 status: resp.status(),
                 headers: resp.headers(),
-                latency: started.elapsed(),
+                started,
             });
             resp = resp.map(|b| {
-                let mut observed = ObservedBody::new(b, o, started.into_std());
-                if let Some(c) = request_count {
-                    observed = observed.with_request_count(c);
-                }
+                let mut observed =
+                    ObservedBody::new(b, o, started.into_std()).with_request_count(request_count);
                 if grpc {
                     observed = observed.with_grpc_messages();
                 }

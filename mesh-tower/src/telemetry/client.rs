@@ -93,34 +93,57 @@ impl RequestObserver for ClientCall {
     }
 
     fn on_end(self: Box<Self>, end: &StreamEnd<'_>) {
-        let t = &self.telemetry;
-        let workload = self
-            .labels
-            .as_ref()
-            .and_then(|l| l.get("workload"))
-            .map_or("", String::as_str);
-        let exchanged = self
-            .exchanged
-            .as_ref()
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default();
-        let cluster = self.cluster.as_deref().unwrap_or_default();
         let grpc_status = match end.trailers {
             Some(trailers) if self.grpc => grpc_status(trailers).or(self.grpc_status),
             _ => self.grpc_status,
         };
+        // Most requests go to a known endpoint of a known cluster: their series is found by
+        // pointers, without hashing names. A server's own metadata names the peer instead.
+        let ClientCall {
+            telemetry: t,
+            grpc,
+            cluster,
+            labels,
+            code,
+            flags,
+            exchanged,
+            peer,
+            ..
+        } = *self;
+        let named_by = (cluster, labels, peer);
+        let key = exchanged
+            .is_none()
+            .then(|| t.client_key(&named_by, grpc, code, grpc_status, flags));
+        if let Some(key) = &key
+            && Telemetry::record_client(key, end)
+        {
+            return;
+        }
+        let workload = named_by
+            .1
+            .as_ref()
+            .and_then(|l| l.get("workload"))
+            .map_or("", String::as_str);
+        let exchanged = exchanged
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
         let series = Series {
             peers: t.client_peers(
-                cluster,
+                named_by.0.as_deref().unwrap_or_default(),
                 workload,
                 exchanged,
-                self.peer.as_deref().unwrap_or_default(),
+                named_by.2.as_deref().unwrap_or_default(),
             ),
-            grpc: self.grpc,
-            code: self.code,
+            grpc,
+            code,
             grpc_status,
-            flags: self.flags,
+            flags,
         };
-        t.record(series, |h| h.add(end));
+        let handles = t.handles(series);
+        handles.add(end);
+        if let Some(key) = key {
+            Telemetry::remember_client(key, named_by, handles);
+        }
     }
 }

@@ -8,14 +8,15 @@
 //! A request is recorded once, when its response body ends (gRPC's status is in the
 //! trailers), whatever its retries; mirrored copies are not requests.
 
+use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 use mesh_core::telemetry::peer_metadata::{self, METADATA_HEADER, METADATA_ID_HEADER};
 use mesh_core::telemetry::{DURATION_BUCKETS_MS, SIZE_BUCKETS, Workload, cluster_service};
 use prometheus_client::encoding::{EncodeLabelSet, LabelSetEncoder};
-use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use rustc_hash::FxHashMap;
@@ -23,8 +24,8 @@ use rustc_hash::FxHashMap;
 use crate::observe::{Observer, StreamEnd};
 use crate::reply::ResponseFlags;
 use client::ClientObserver;
-use histogram::FixedHistogram;
 pub use histogram::HistogramPoint;
+use histogram::{FixedHistogram, ShardedCounter};
 
 /// The exchange's header names, parsed once (parsing a name costs more than inserting it).
 const METADATA: HeaderName = HeaderName::from_static(METADATA_HEADER);
@@ -179,25 +180,26 @@ fn intern(map: &RwLock<PeersMap>, key: [&str; 4], build: impl FnOnce() -> Peers)
 /// One series' metrics, taken from the families once: recording is then one lookup keyed by
 /// a pointer and a few integers instead of one per family (which hash with SipHash).
 struct Handles {
-    requests: Counter,
+    requests: ShardedCounter,
     duration: FixedHistogram,
     request_bytes: FixedHistogram,
     response_bytes: FixedHistogram,
     /// gRPC's message counts (`None` for HTTP series, which Istio does not give them).
-    messages: Option<(Counter, Counter)>,
+    messages: Option<(ShardedCounter, ShardedCounter)>,
 }
 
 impl Handles {
     /// Records one request that ended as `end` says.
     fn add(&self, end: &StreamEnd<'_>) {
-        self.requests.inc();
-        self.duration.observe(end.duration.as_secs_f64() * 1e3);
+        let s = histogram::shard();
+        self.requests.inc_by(s, 1);
+        self.duration.observe(s, end.duration.as_secs_f64() * 1e3);
         self.request_bytes
-            .observe(end.request_bytes.unwrap_or_default() as f64);
-        self.response_bytes.observe(end.body_bytes as f64);
+            .observe(s, end.request_bytes.unwrap_or_default() as f64);
+        self.response_bytes.observe(s, end.body_bytes as f64);
         if let Some((request, response)) = &self.messages {
-            request.inc_by(end.request_messages.unwrap_or_default());
-            response.inc_by(end.response_messages);
+            request.inc_by(s, end.request_messages.unwrap_or_default());
+            response.inc_by(s, end.response_messages);
         }
     }
 }
@@ -223,20 +225,73 @@ fn service_parts(host: &str) -> (&str, Option<&str>) {
 /// Istio's standard metrics of one workload.
 pub struct Telemetry {
     registry: Registry,
-    requests: Family<Series, Counter>,
+    requests: Family<Series, ShardedCounter>,
     duration: HistogramFamily,
     request_bytes: HistogramFamily,
     response_bytes: HistogramFamily,
-    request_messages: Family<Series, Counter>,
-    response_messages: Family<Series, Counter>,
+    request_messages: Family<Series, ShardedCounter>,
+    response_messages: Family<Series, ShardedCounter>,
     /// This workload; its principal is set once its certificate is known.
     local: RwLock<Workload>,
     /// This workload's `x-envoy-peer-metadata` and `x-envoy-peer-metadata-id` values.
     exchange: (Option<HeaderValue>, Option<HeaderValue>),
     peers: RwLock<PeersMap>,
     server_peers: RwLock<PeersMap>,
-    series: RwLock<FxHashMap<Series, Handles>>,
+    series: RwLock<FxHashMap<Series, Arc<Handles>>>,
+    /// Tells this `Telemetry` apart in the threads' caches of client series.
+    id: u64,
+    /// Bumped when the interned label sets are dropped (a new principal): cached client
+    /// series of an older generation are not used.
+    generation: AtomicU64,
     started: std::time::SystemTime,
+}
+
+/// A client series named by what the stack hands the observer, compared by pointer: the
+/// cluster's name, the endpoint's metadata and its verified identity (each an `Arc` the
+/// snapshot or the connection holds for as long as it lasts), and what varies per request.
+/// A request whose server sent its own metadata is keyed by that instead (the slow path).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(super) struct ClientKey {
+    telemetry: u64,
+    generation: u64,
+    cluster: usize,
+    labels: usize,
+    peer: usize,
+    grpc: bool,
+    code: u16,
+    grpc_status: Option<u32>,
+    flags: ResponseFlags,
+}
+
+/// What [`ClientKey`]'s pointers point at, held so that no other value can take their
+/// addresses while the entry lives; and the series' metrics.
+struct ClientEntry {
+    _named_by: NamedBy,
+    handles: Arc<Handles>,
+}
+
+/// A client series' cluster name, endpoint metadata and endpoint identity.
+pub(super) type NamedBy = (
+    Option<Arc<str>>,
+    Option<Arc<BTreeMap<String, String>>>,
+    Option<Arc<str>>,
+);
+
+thread_local! {
+    /// Each thread's client series by [`ClientKey`]: found without a lock or any write to
+    /// memory other threads read, so that recording a request touches no shared cache line
+    /// but its own shard of the series' metrics.
+    static CLIENT_SERIES: std::cell::RefCell<FxHashMap<ClientKey, ClientEntry>> =
+        std::cell::RefCell::default();
+}
+
+/// Entries a thread's [`CLIENT_SERIES`] holds before it starts over: endpoint metadata is
+/// new with every EDS update, so old keys are dropped rather than kept forever.
+const CLIENT_SERIES_CAP: usize = 4096;
+
+/// The address of what `arc` holds (0 for none), for [`ClientKey`].
+fn address<T: ?Sized>(arc: Option<&Arc<T>>) -> usize {
+    arc.map_or(0, |a| Arc::as_ptr(a).cast::<()>() as usize)
 }
 
 /// One series' values: Istio's labels, `istio_requests_total`, the three histograms and, for
@@ -292,7 +347,7 @@ impl Telemetry {
                 .filter(|v| !v.is_empty()),
         );
         let mut registry = Registry::default();
-        let requests = Family::<Series, Counter>::default();
+        let requests = Family::<Series, ShardedCounter>::default();
         let duration: HistogramFamily = Family::new_with_constructor(duration_histogram);
         let request_bytes: HistogramFamily = Family::new_with_constructor(size_histogram);
         let response_bytes: HistogramFamily = Family::new_with_constructor(size_histogram);
@@ -312,8 +367,8 @@ impl Telemetry {
             "Response body sizes in bytes",
             response_bytes.clone(),
         );
-        let request_messages = Family::<Series, Counter>::default();
-        let response_messages = Family::<Series, Counter>::default();
+        let request_messages = Family::<Series, ShardedCounter>::default();
+        let response_messages = Family::<Series, ShardedCounter>::default();
         // prometheus-client adds the counters' `_total`.
         registry.register(
             "istio_request_messages",
@@ -338,6 +393,11 @@ impl Telemetry {
             peers: RwLock::default(),
             server_peers: RwLock::default(),
             series: RwLock::default(),
+            id: {
+                static NEXT: AtomicU64 = AtomicU64::new(0);
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            },
+            generation: AtomicU64::new(0),
             started: std::time::SystemTime::now(),
         })
     }
@@ -367,6 +427,7 @@ impl Telemetry {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
+        self.generation.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Keeps [`Self::set_principal`] up to date from the workload certificate that
@@ -479,15 +540,15 @@ impl Telemetry {
         })
     }
 
-    /// Records one request of `series` (its metrics created on its first request).
-    fn record(&self, series: Series, record: impl FnOnce(&Handles)) {
+    /// The metrics of `series`, created on its first request.
+    fn handles(&self, series: Series) -> Arc<Handles> {
         if let Some(h) = self
             .series
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .get(&series)
         {
-            return record(h);
+            return h.clone();
         }
         let handles = Handles {
             requests: self.requests.get_or_create(&series).clone(),
@@ -502,7 +563,66 @@ impl Telemetry {
             }),
         };
         let mut all = self.series.write().unwrap_or_else(|p| p.into_inner());
-        record(all.entry(series).or_insert(handles));
+        all.entry(series)
+            .or_insert_with(|| Arc::new(handles))
+            .clone()
+    }
+
+    /// Records one request of `series` (its metrics created on its first request).
+    fn record(&self, series: Series, end: &StreamEnd<'_>) {
+        self.handles(series).add(end);
+    }
+
+    /// The key of a client series named by `named_by` and what varies per request.
+    pub(super) fn client_key(
+        &self,
+        named_by: &NamedBy,
+        grpc: bool,
+        code: u16,
+        grpc_status: Option<u32>,
+        flags: ResponseFlags,
+    ) -> ClientKey {
+        ClientKey {
+            telemetry: self.id,
+            generation: self.generation.load(Ordering::Relaxed),
+            cluster: address(named_by.0.as_ref()),
+            labels: address(named_by.1.as_ref()),
+            peer: address(named_by.2.as_ref()),
+            grpc,
+            code,
+            grpc_status,
+            flags,
+        }
+    }
+
+    /// Records one client request under `key` if this thread knows its series; false if not.
+    fn record_client(key: &ClientKey, end: &StreamEnd<'_>) -> bool {
+        CLIENT_SERIES
+            .try_with(|cached| match cached.borrow().get(key) {
+                Some(e) => {
+                    e.handles.add(end);
+                    true
+                }
+                None => false,
+            })
+            .unwrap_or(false)
+    }
+
+    /// Remembers on this thread that `key`, named by `named_by`, is `handles`' series.
+    fn remember_client(key: ClientKey, named_by: NamedBy, handles: Arc<Handles>) {
+        let _ = CLIENT_SERIES.try_with(|cached| {
+            let mut cached = cached.borrow_mut();
+            if cached.len() >= CLIENT_SERIES_CAP {
+                cached.clear();
+            }
+            cached.insert(
+                key,
+                ClientEntry {
+                    _named_by: named_by,
+                    handles,
+                },
+            );
+        });
     }
 
     /// The interned peers for a request to `cluster` answered by an endpoint whose `workload`

@@ -225,7 +225,7 @@ where
                     Box::new(call),
                     started,
                 )
-                .with_request_count(request);
+                .with_request_count(Some(request));
                 if grpc {
                     observed.with_grpc_messages().boxed_unsync()
                 } else {
@@ -284,6 +284,6 @@ impl RequestObserver for ServerCall {
             grpc_status,
             flags: ResponseFlags::default(),
         };
-        self.telemetry.record(series, |h| h.add(end));
+        self.telemetry.record(series, end);
     }
 }
