@@ -115,10 +115,17 @@ pub struct AttemptEnd<'a> {
     pub failure: Option<AttemptFailure>,
     /// Why no response arrived, if none did.
     pub reason: Option<LocalReason>,
-    /// From sending to the end of the attempt.
-    pub elapsed: Duration,
+    /// When the attempt was sent (tokio's clock).
+    pub(crate) sent: tokio::time::Instant,
     /// The endpoint's SPIFFE ID, as its mTLS handshake verified it.
     pub peer_identity: Option<Arc<str>>,
+}
+
+impl AttemptEnd<'_> {
+    /// From sending to now, the end of the attempt (read when asked).
+    pub fn elapsed(&self) -> Duration {
+        self.sent.elapsed()
+    }
 }
 
 /// The response going back.

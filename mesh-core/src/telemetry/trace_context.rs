@@ -348,16 +348,27 @@ fn ascii(bytes: &[u8]) -> &str {
 
 /// Writes `value`'s low `out.len()` hex digits into `out`, most significant first.
 fn write_hex(out: &mut [u8], value: u128) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     // Whole bytes, most significant first: `out` holds the low `out.len() / 2` of them (its
     // length is even: 32 or 16 digits).
     let bytes = value.to_be_bytes();
     let skip = bytes.len().saturating_sub(out.len() / 2);
     for (pair, b) in out.chunks_exact_mut(2).zip(&bytes[skip..]) {
-        pair[0] = DIGITS[usize::from(b >> 4)];
-        pair[1] = DIGITS[usize::from(b & 0xf)];
+        pair.copy_from_slice(&HEX_PAIRS[usize::from(*b)]);
     }
 }
+
+/// Each byte's two hex digits: one load per byte where digits one at a time take two and
+/// the shifts (ids are written on every request).
+static HEX_PAIRS: [[u8; 2]; 256] = {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut table = [[0u8; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        table[i] = [DIGITS[i >> 4], DIGITS[i & 0xf]];
+        i += 1;
+    }
+    table
+};
 
 #[cfg(test)]
 mod tests {

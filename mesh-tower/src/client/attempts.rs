@@ -201,7 +201,7 @@ impl<C: MeshConnector> Attempts<'_, C> {
                     status: t.response.as_ref().ok().map(|r| r.status()),
                     failure: t.failure,
                     reason: t.response.as_ref().err().map(|(r, _)| *r),
-                    elapsed: sent.elapsed(),
+                    sent,
                     peer_identity: state.pools[i].peer_identity(),
                 });
             }

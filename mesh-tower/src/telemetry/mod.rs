@@ -212,6 +212,35 @@ fn size_histogram() -> FixedHistogram {
     FixedHistogram::new(&SIZE_BUCKETS)
 }
 
+/// `value` as a header value whose clones share nothing: every request of every thread sends
+/// the exchange headers, and clones of an allocated value would all count references in one
+/// place, a cache line the cores pass around. Kept for the process's life, once per distinct
+/// value (a workload's metadata and node id: a handful per process), so it cannot grow with
+/// use. `None` when empty or not a valid header value.
+fn static_header_value(value: &str) -> Option<HeaderValue> {
+    static KEPT: std::sync::Mutex<Option<std::collections::HashSet<&'static str>>> =
+        std::sync::Mutex::new(None);
+    if value.is_empty() {
+        return None;
+    }
+    // What `from_static` accepts (it panics on the rest): visible ASCII and tabs. Anything
+    // else a header may carry takes the allocated path.
+    if !value.bytes().all(|b| b == b'\t' || (32..127).contains(&b)) {
+        return HeaderValue::from_str(value).ok();
+    }
+    let mut kept = KEPT.lock().unwrap_or_else(|p| p.into_inner());
+    let kept = kept.get_or_insert_with(Default::default);
+    let value: &'static str = match kept.get(value) {
+        Some(v) => v,
+        None => {
+            let v: &'static str = Box::leak(value.into());
+            kept.insert(v);
+            v
+        }
+    };
+    Some(HeaderValue::from_static(value))
+}
+
 /// The destination a service host names: its first label, and its namespace when the host is
 /// a Kubernetes service name (`name.namespace.svc...`).
 fn service_parts(host: &str) -> (&str, Option<&str>) {
@@ -339,12 +368,8 @@ impl Telemetry {
             .and_then(|p| p.split('.').next())
             .unwrap_or_default();
         let exchange = (
-            HeaderValue::from_str(&peer_metadata::encode(&local, pod))
-                .ok()
-                .filter(|v| !v.is_empty()),
-            HeaderValue::from_str(node_id)
-                .ok()
-                .filter(|v| !v.is_empty()),
+            static_header_value(&peer_metadata::encode(&local, pod)),
+            static_header_value(node_id),
         );
         let mut registry = Registry::default();
         let requests = Family::<Series, ShardedCounter>::default();
@@ -692,3 +717,23 @@ pub mod trace;
 
 pub use server::{CountableBody, ServerMetrics};
 pub use trace::Tracer;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exchange_values_are_kept_once_and_odd_bytes_do_not_panic() {
+        let a = static_header_value("sidecar~10.0.0.1~web-1.front~front.svc.cluster.local");
+        let b = static_header_value("sidecar~10.0.0.1~web-1.front~front.svc.cluster.local");
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert_eq!(a, b);
+        // One kept copy: both values point at the same bytes.
+        assert_eq!(a.as_bytes().as_ptr(), b.as_bytes().as_ptr());
+        // Not visible ASCII: still a header value (obs-text), not a panic.
+        let odd = static_header_value("pod-é").unwrap();
+        assert_eq!(odd.as_bytes(), "pod-é".as_bytes());
+        assert_eq!(static_header_value(""), None);
+        assert_eq!(static_header_value("line\nbreak"), None);
+    }
+}

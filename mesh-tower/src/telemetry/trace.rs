@@ -10,7 +10,8 @@ use std::sync::Arc;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 use mesh_core::telemetry::trace_context::{self as tc, Propagation, TraceContext};
-use rand::Rng;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
 
 use crate::observe::{
     AttemptEnd, AttemptStart, Observer, RequestObserver, RequestStart, ResponseEnd, StreamEnd,
@@ -102,11 +103,11 @@ impl Tracer {
 
     /// A new trace's context (a root span this process starts).
     fn root(&self) -> TraceContext {
-        let mut rng = rand::rng();
-        let trace_id = rng.random::<u128>().max(1);
+        let (trace_id, span_id) =
+            IDS.with_borrow_mut(|rng| (rng.random::<u128>().max(1), rng.random::<u64>().max(1)));
         TraceContext {
             trace_id,
-            span_id: rng.random::<u64>().max(1),
+            span_id,
             sampled: Some(sampled_by_ratio(self.sampling, trace_id)),
             tracestate: None,
             propagation: ROOT_PROPAGATION,
@@ -194,8 +195,16 @@ fn sampled_by_ratio(ratio: f64, trace_id: u128) -> bool {
     ((trace_id as u64) >> 1) < bound
 }
 
+thread_local! {
+    /// Where ids come from: a small generator per thread, seeded from the thread's secure
+    /// one (ids must be unpredictable enough not to collide, not secret; OpenTelemetry's
+    /// SDK draws them the same way), a few instructions per id instead of a ChaCha block.
+    static IDS: std::cell::RefCell<SmallRng> =
+        std::cell::RefCell::new(SmallRng::from_rng(&mut rand::rng()));
+}
+
 fn new_span_id() -> u64 {
-    rand::rng().random::<u64>().max(1)
+    IDS.with_borrow_mut(|rng| rng.random::<u64>().max(1))
 }
 
 fn hex16(id: u64) -> String {
