@@ -12,15 +12,16 @@ use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::exemplar::Exemplar;
 use prometheus_client::metrics::{MetricType, TypedMetric};
 
-/// How many copies of each value the metrics keep: one per core (up to 16), so that threads
-/// recording the same series do not pass its cache lines back and forth (a contended atomic
-/// costs tens of nanoseconds, several times what the recording does otherwise).
+/// How many copies of each value the metrics keep: one per core the process may use (its
+/// cgroup's quota counts), up to 8, so that threads recording the same series do not pass its
+/// cache lines back and forth (a contended atomic costs tens of nanoseconds, several times
+/// what the recording does otherwise). A series then takes about 1 KiB per shard.
 fn shards() -> usize {
     static SHARDS: OnceLock<usize> = OnceLock::new();
     *SHARDS.get_or_init(|| {
         std::thread::available_parallelism()
             .map_or(1, std::num::NonZeroUsize::get)
-            .clamp(1, 16)
+            .clamp(1, 8)
     })
 }
 
