@@ -303,7 +303,28 @@ fn main() {
         .unwrap();
         let server_xds = XdsClientBuilder::new(sb).start().unwrap();
         let name = server_xds.subscribe_server(served).unwrap();
-        let server = mesh::tower::MeshServer::new(name, served, server_xds.snapshots(), server_xds.certificates());
+        // `MTLS_LOAD_TELEMETRY=1`: Istio's metrics at both ends (the client's observer and the
+        // server's stage), with the peer-metadata exchange both ways, for what telemetry adds
+        // to a mesh-to-mesh request.
+        let telemetry = std::env::var_os("MTLS_LOAD_TELEMETRY").is_some();
+        let workload = |name: &'static str| {
+            let w = mesh::core::telemetry::Workload::from_node_metadata(
+                move |k| match k {
+                    "WORKLOAD_NAME" => Some(name),
+                    "NAMESPACE" => Some("default"),
+                    "CLUSTER_ID" => Some("Kubernetes"),
+                    _ => None,
+                },
+                move |k| (k == "app").then_some(name),
+            );
+            mesh::tower::telemetry::Telemetry::for_node(w, &format!("sidecar~127.0.0.1~{name}-1.default~default.svc.cluster.local"))
+        };
+        let mut server = mesh::tower::MeshServer::new(name, served, server_xds.snapshots(), server_xds.certificates());
+        if telemetry {
+            let t = workload("served");
+            t.follow_identity(server_xds.certificates(), "default");
+            server = server.telemetry(t);
+        }
         let mut serving = server.serving();
         serving
             .wait_for(|s| *s == mesh::tower::ServingState::Serving)
@@ -322,7 +343,14 @@ fn main() {
             .start()
             .unwrap();
         client.ready().await.expect("configuration");
-        let mesh = MeshService::with_certificates(client.snapshots(), client.certificates(), MeshConfig::default());
+        let config = if telemetry {
+            let t = workload("bench");
+            t.follow_identity(client.certificates(), "default");
+            MeshConfig::default().observer(t.client_observer())
+        } else {
+            MeshConfig::default()
+        };
+        let mesh = MeshService::with_certificates(client.snapshots(), client.certificates(), config);
         let to = |host: &str| {
             let mesh = mesh.clone();
             let uri: http::Uri = format!("http://{host}:9080/productpage").parse().unwrap();

@@ -609,3 +609,76 @@ async fn new_endpoint_metadata_and_a_new_principal_start_new_series() {
         ]
     );
 }
+
+/// A backend answering with `x-envoy-peer-metadata` naming the workload `names[n % 2]` on its
+/// n-th request, as two sidecars behind one address would (a rolled-over pod).
+async fn exchanging_backend(names: [&'static str; 2], switch_after: u64) -> std::net::SocketAddr {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let served = std::sync::Arc::new(AtomicU64::new(0));
+    let values = names.map(|name| {
+        let w = Workload::from_node_metadata(
+            |k| match k {
+                "WORKLOAD_NAME" => Some(name),
+                "NAMESPACE" => Some("back"),
+                _ => None,
+            },
+            |_| None,
+        );
+        http::HeaderValue::from_str(&mesh_core::telemetry::peer_metadata::encode(&w, "pod"))
+            .unwrap()
+    });
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (served, values) = (served.clone(), values.clone());
+            tokio::spawn(async move {
+                let svc =
+                    hyper::service::service_fn(move |_req: Request<hyper::body::Incoming>| {
+                        let n = served.fetch_add(1, Ordering::Relaxed);
+                        let value = values[usize::from(n >= switch_after)].clone();
+                        async move {
+                            let mut r = http::Response::new(Full::new(Bytes::from_static(b"ok")));
+                            r.headers_mut().insert("x-envoy-peer-metadata", value);
+                            Ok::<_, std::convert::Infallible>(r)
+                        }
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn what_the_server_says_it_is_names_the_destination_request_by_request() {
+    // The same endpoint answers as `old` for three requests, then as `new`: each request is
+    // counted under the workload its own answer named (series are cached by endpoint).
+    let addr = exchanging_backend(["old", "new"], 3).await;
+    let t = Telemetry::new(local());
+    let config = MeshConfig::default().observer(t.client_observer());
+    let m = mesh_with(&yaml(&[addr], &[], ROUND_ROBIN, ROUTE_V1), config).await;
+    for _ in 0..8 {
+        assert_eq!(get(&m, "/").await, StatusCode::OK);
+    }
+    let mut rows: Vec<(String, String)> = t
+        .encode()
+        .lines()
+        .filter(|l| l.starts_with("istio_requests_total{"))
+        .map(|l| {
+            let start = l.find("destination_workload=\"").unwrap() + 22;
+            let name = &l[start..start + l[start..].find('"').unwrap()];
+            (name.to_string(), l.rsplit(' ').next().unwrap().to_string())
+        })
+        .collect();
+    rows.sort();
+    assert_eq!(
+        rows,
+        [
+            ("new".to_string(), "5".to_string()),
+            ("old".to_string(), "3".to_string())
+        ]
+    );
+}

@@ -98,7 +98,7 @@ impl RequestObserver for ClientCall {
             _ => self.grpc_status,
         };
         // Most requests go to a known endpoint of a known cluster: their series is found by
-        // pointers, without hashing names. A server's own metadata names the peer instead.
+        // pointers and the id of the server's metadata, without hashing names.
         let ClientCall {
             telemetry: t,
             grpc,
@@ -111,12 +111,15 @@ impl RequestObserver for ClientCall {
             ..
         } = *self;
         let named_by = (cluster, labels, peer);
-        let key = exchanged
-            .is_none()
-            .then(|| t.client_key(&named_by, grpc, code, grpc_status, flags));
-        if let Some(key) = &key
-            && Telemetry::record_client(key, end)
-        {
+        let key = t.client_key(
+            &named_by,
+            exchanged.as_ref(),
+            grpc,
+            code,
+            grpc_status,
+            flags,
+        );
+        if Telemetry::record_client(&key, end) {
             return;
         }
         let workload = named_by
@@ -142,8 +145,6 @@ impl RequestObserver for ClientCall {
         };
         let handles = t.handles(series);
         handles.add(end);
-        if let Some(key) = key {
-            Telemetry::remember_client(key, named_by, handles);
-        }
+        Telemetry::remember_client(key, named_by, handles);
     }
 }

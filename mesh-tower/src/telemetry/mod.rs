@@ -277,8 +277,8 @@ pub struct Telemetry {
 
 /// A client series named by what the stack hands the observer, compared by pointer: the
 /// cluster's name, the endpoint's metadata and its verified identity (each an `Arc` the
-/// snapshot or the connection holds for as long as it lasts), and what varies per request.
-/// A request whose server sent its own metadata is keyed by that instead (the slow path).
+/// snapshot or the connection holds for as long as it lasts), the server's exchanged
+/// metadata by this thread's id for it, and what varies per request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(super) struct ClientKey {
     telemetry: u64,
@@ -286,6 +286,7 @@ pub(super) struct ClientKey {
     cluster: usize,
     labels: usize,
     peer: usize,
+    exchanged: u64,
     grpc: bool,
     code: u16,
     grpc_status: Option<u32>,
@@ -314,9 +315,95 @@ thread_local! {
         std::cell::RefCell::default();
 }
 
-/// Entries a thread's [`CLIENT_SERIES`] holds before it starts over: endpoint metadata is
-/// new with every EDS update, so old keys are dropped rather than kept forever.
-const CLIENT_SERIES_CAP: usize = 4096;
+thread_local! {
+    /// Each thread's ids for the label-bearing strings it has seen (a server's exchanged
+    /// metadata, a caller's SPIFFE ID, a requested host: the same bytes request after request,
+    /// in a new `HeaderValue` each time, so there is no pointer to go by), and the next id.
+    /// Ids are never reused, so that a cached entry never meets an id that once meant other
+    /// bytes: the map starts over at a cap, the counter does not.
+    static BYTE_IDS: std::cell::RefCell<ByteIds> = std::cell::RefCell::default();
+
+    /// Each thread's series by [`Series`] (an interned pointer and a few integers; the key
+    /// holds the interned peers, so no other set can take their address), in front of the
+    /// shared map and its lock.
+    static LOCAL_SERIES: std::cell::RefCell<FxHashMap<Series, Arc<Handles>>> =
+        std::cell::RefCell::default();
+
+    /// Each thread's interned server peers by the ids of (Telemetry, generation, caller,
+    /// host, exchanged metadata).
+    static SERVER_PEERS: std::cell::RefCell<FxHashMap<[u64; 5], Interned>> =
+        std::cell::RefCell::default();
+}
+
+/// Distinct strings a thread keeps ids for, and entries each of its caches holds, before
+/// starting over (bounded memory whatever the traffic; a full cache only costs lookups).
+const THREAD_CACHE_CAP: usize = 4096;
+
+/// A thread's ids for strings: the last few seen, compared whole (a request's strings are
+/// mostly the ones the last requests had, and comparing equal bytes is cheaper than hashing
+/// them), in front of a map of all of them.
+struct ByteIds {
+    recent: Vec<(Box<[u8]>, u64)>,
+    /// Which of `recent` goes next.
+    hand: usize,
+    all: FxHashMap<Box<[u8]>, u64>,
+    next: u64,
+}
+
+impl Default for ByteIds {
+    fn default() -> Self {
+        Self {
+            recent: Vec::new(),
+            hand: 0,
+            all: FxHashMap::default(),
+            next: 1,
+        }
+    }
+}
+
+/// How many of a thread's last strings are compared before the map is asked.
+const RECENT_IDS: usize = 8;
+
+impl ByteIds {
+    fn id(&mut self, bytes: &[u8]) -> u64 {
+        if let Some((_, id)) = self.recent.iter().find(|(b, _)| **b == *bytes) {
+            return *id;
+        }
+        let id = match self.all.get(bytes) {
+            Some(id) => *id,
+            None => {
+                if self.all.len() >= THREAD_CACHE_CAP {
+                    self.all.clear();
+                    // The recent ones stay: their ids still mean their bytes.
+                }
+                let id = self.next;
+                self.next = self.next.wrapping_add(1).max(1);
+                self.all.insert(bytes.into(), id);
+                id
+            }
+        };
+        if self.recent.len() < RECENT_IDS {
+            self.recent.push((bytes.into(), id));
+        } else if let Some(slot) = self.recent.get_mut(self.hand) {
+            *slot = (bytes.into(), id);
+            self.hand = (self.hand + 1) % RECENT_IDS;
+        }
+        id
+    }
+}
+
+/// This thread's id for `bytes`, assigned on first sight.
+fn byte_id(bytes: &[u8]) -> u64 {
+    BYTE_IDS
+        .try_with(|ids| ids.borrow_mut().id(bytes))
+        // A thread being torn down: an id no cached entry has.
+        .unwrap_or(u64::MAX)
+}
+
+/// This thread's id for the exchanged metadata `value` (0 for none).
+fn exchanged_id(value: Option<&HeaderValue>) -> u64 {
+    value.map_or(0, |v| byte_id(v.as_bytes()))
+}
 
 /// The address of what `arc` holds (0 for none), for [`ClientKey`].
 fn address<T: ?Sized>(arc: Option<&Arc<T>>) -> usize {
@@ -593,15 +680,59 @@ impl Telemetry {
             .clone()
     }
 
-    /// Records one request of `series` (its metrics created on its first request).
+    /// Records one request of `series` (its metrics created on its first request), found in
+    /// this thread's cache when it can be.
     fn record(&self, series: Series, end: &StreamEnd<'_>) {
-        self.handles(series).add(end);
+        let found = LOCAL_SERIES
+            .try_with(|m| m.borrow().get(&series).map(|h| h.add(end)).is_some())
+            .unwrap_or(false);
+        if found {
+            return;
+        }
+        let handles = self.handles(series.clone());
+        handles.add(end);
+        let _ = LOCAL_SERIES.try_with(|m| {
+            let mut m = m.borrow_mut();
+            if m.len() >= THREAD_CACHE_CAP {
+                m.clear();
+            }
+            m.insert(series, handles);
+        });
+    }
+
+    /// [`Self::server_peers`], found by this thread's ids for the strings when it can be
+    /// (hashing three strings instead of walking four maps under a lock every core takes).
+    fn server_peers_cached(&self, caller: &str, host: &str, exchanged: &str) -> Interned {
+        let key = [
+            self.id,
+            self.generation.load(Ordering::Relaxed),
+            byte_id(caller.as_bytes()),
+            byte_id(host.as_bytes()),
+            byte_id(exchanged.as_bytes()),
+        ];
+        if let Some(p) = SERVER_PEERS
+            .try_with(|m| m.borrow().get(&key).cloned())
+            .ok()
+            .flatten()
+        {
+            return p;
+        }
+        let peers = self.server_peers(caller, host, exchanged);
+        let _ = SERVER_PEERS.try_with(|m| {
+            let mut m = m.borrow_mut();
+            if m.len() >= THREAD_CACHE_CAP {
+                m.clear();
+            }
+            m.insert(key, peers.clone());
+        });
+        peers
     }
 
     /// The key of a client series named by `named_by` and what varies per request.
     pub(super) fn client_key(
         &self,
         named_by: &NamedBy,
+        exchanged: Option<&HeaderValue>,
         grpc: bool,
         code: u16,
         grpc_status: Option<u32>,
@@ -613,6 +744,7 @@ impl Telemetry {
             cluster: address(named_by.0.as_ref()),
             labels: address(named_by.1.as_ref()),
             peer: address(named_by.2.as_ref()),
+            exchanged: exchanged_id(exchanged),
             grpc,
             code,
             grpc_status,
@@ -637,7 +769,7 @@ impl Telemetry {
     fn remember_client(key: ClientKey, named_by: NamedBy, handles: Arc<Handles>) {
         let _ = CLIENT_SERIES.try_with(|cached| {
             let mut cached = cached.borrow_mut();
-            if cached.len() >= CLIENT_SERIES_CAP {
+            if cached.len() >= THREAD_CACHE_CAP {
                 cached.clear();
             }
             cached.insert(
@@ -735,5 +867,27 @@ mod tests {
         assert_eq!(odd.as_bytes(), "pod-é".as_bytes());
         assert_eq!(static_header_value(""), None);
         assert_eq!(static_header_value("line\nbreak"), None);
+    }
+
+    #[test]
+    fn string_ids_are_stable_and_never_mean_two_strings() {
+        let mut ids = ByteIds::default();
+        let a = ids.id(b"spiffe://cluster.local/ns/a/sa/a");
+        // More distinct strings than the recent ones and than the map keeps.
+        let mut seen = std::collections::HashMap::new();
+        for i in 0..THREAD_CACHE_CAP + RECENT_IDS + 10 {
+            let s = format!("host-{i}");
+            let id = ids.id(s.as_bytes());
+            assert_eq!(ids.id(s.as_bytes()), id, "{s} asked twice in a row");
+            assert!(
+                seen.insert(id, s.clone()).is_none(),
+                "id {id} given to two strings"
+            );
+        }
+        // Asked again after the map started over: an id, perhaps a new one, never another
+        // string's.
+        let again = ids.id(b"spiffe://cluster.local/ns/a/sa/a");
+        assert!(again == a || !seen.contains_key(&again));
+        assert_ne!(a, 0);
     }
 }

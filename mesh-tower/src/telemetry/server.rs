@@ -189,7 +189,7 @@ where
             .unwrap_or_default();
         // Everything the labels need is known now: the peers are looked up before the
         // request goes on, and nothing of the request is kept for its end.
-        let peers = telemetry.server_peers(
+        let peers = telemetry.server_peers_cached(
             caller,
             requested_service(&req),
             exchanged
