@@ -774,3 +774,72 @@ async fn a_trace_continues_from_client_through_server_to_the_servers_own_calls()
     let spans = [0xb7ad6b7169203331, span_of(&app_header), span_of(onward)];
     assert!(spans[0] != spans[1] && spans[1] != spans[2] && spans[0] != spans[2]);
 }
+
+#[tokio::test]
+async fn each_request_is_counted_as_the_caller_it_says_it_is() {
+    // One plaintext connection whose requests carry different peer metadata in turn (what
+    // the server caches is keyed by what each request says, not by the connection).
+    use mesh_core::telemetry::{Workload, peer_metadata};
+    use mesh_tower::telemetry::Telemetry;
+    let named = |name: &'static str| {
+        Workload::from_node_metadata(
+            move |k| match k {
+                "WORKLOAD_NAME" => Some(name),
+                "NAMESPACE" => Some("shop"),
+                _ => None,
+            },
+            |_| None,
+        )
+    };
+    let t = Telemetry::new(named("ui"));
+    let tt = t.clone();
+    let w = world_with("PERMISSIVE", move |s| s.telemetry(tt)).await;
+    let tcp = tokio::net::TcpStream::connect(w.addr).await.unwrap();
+    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let callers = [
+        Some("cart"),
+        Some("cart"),
+        Some("pay"),
+        None,
+        Some("pay"),
+        Some("pay"),
+    ];
+    for caller in callers {
+        let mut req = Request::get("/orders").header("host", HOST);
+        if let Some(name) = caller {
+            req = req.header(
+                "x-envoy-peer-metadata",
+                peer_metadata::encode(&named(name), "pod"),
+            );
+        }
+        let resp = tx
+            .send_request(req.body(Full::new(Bytes::new())).unwrap())
+            .await
+            .unwrap();
+        resp.into_body().collect().await.unwrap();
+    }
+    let rows = || {
+        let mut rows: Vec<String> = t
+            .encode()
+            .lines()
+            .filter(|l| l.starts_with("istio_requests_total{"))
+            .map(|l| {
+                let start = l.find("source_workload=\"").unwrap() + 17;
+                let name = &l[start..start + l[start..].find('"').unwrap()];
+                format!("{name}{}", &l[l.rfind(' ').unwrap()..])
+            })
+            .collect();
+        rows.sort();
+        rows
+    };
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while rows() != ["cart 2", "pay 3", "unknown 1"] {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("rows: {:?}", rows()));
+}
