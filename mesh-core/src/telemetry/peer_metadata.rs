@@ -6,7 +6,8 @@
 use std::collections::BTreeMap;
 
 use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
+use base64::engine::DecodePaddingMode;
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
 use prost::Message;
 
 use super::Workload;
@@ -15,6 +16,13 @@ use super::Workload;
 pub const METADATA_HEADER: &str = "x-envoy-peer-metadata";
 /// The header with the node id.
 pub const METADATA_ID_HEADER: &str = "x-envoy-peer-metadata-id";
+
+/// The standard alphabet, padding optional: what Istio's sidecars read (they decode without
+/// requiring padding, though they write it).
+const READ: GeneralPurpose = GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
 
 /// The longest header value read: metadata is a few hundred bytes; anything far larger is
 /// not a peer's.
@@ -102,7 +110,7 @@ pub fn decode(header: &[u8]) -> Option<Workload> {
     if header.len() > MAX_HEADER_BYTES {
         return None;
     }
-    let bytes = STANDARD.decode(header).ok()?;
+    let bytes = READ.decode(header).ok()?;
     let s = PbStruct::decode(&*bytes).ok()?;
     let top = |k: &str| match s.fields.get(k).and_then(|v| v.kind.as_ref()) {
         Some(Kind::String(v)) => Some(v.as_str()),
@@ -142,6 +150,14 @@ mod tests {
         assert_eq!(decode(header.as_bytes()), Some(w.clone()));
         // Deterministic: the same workload always encodes the same.
         assert_eq!(encode(&w, "reviews-v2-5d8f-abcde"), header);
+        // Read without its padding too, as sidecars read it.
+        let unpadded = header.trim_end_matches('=');
+        assert_ne!(
+            unpadded.len(),
+            header.len(),
+            "this encoding has padding to drop"
+        );
+        assert_eq!(decode(unpadded.as_bytes()), Some(w.clone()));
     }
 
     #[test]
