@@ -392,6 +392,22 @@ impl ByteIds {
     }
 }
 
+/// Puts `key` in this thread's `cache`, which starts over when full (nothing, while the
+/// thread is being torn down).
+fn keep<K: Eq + Hash, V>(
+    cache: &'static std::thread::LocalKey<std::cell::RefCell<FxHashMap<K, V>>>,
+    key: K,
+    value: V,
+) {
+    let _ = cache.try_with(|m| {
+        let mut m = m.borrow_mut();
+        if m.len() >= THREAD_CACHE_CAP {
+            m.clear();
+        }
+        m.insert(key, value);
+    });
+}
+
 /// This thread's id for `bytes`, assigned on first sight.
 fn byte_id(bytes: &[u8]) -> u64 {
     BYTE_IDS
@@ -691,13 +707,7 @@ impl Telemetry {
         }
         let handles = self.handles(series.clone());
         handles.add(end);
-        let _ = LOCAL_SERIES.try_with(|m| {
-            let mut m = m.borrow_mut();
-            if m.len() >= THREAD_CACHE_CAP {
-                m.clear();
-            }
-            m.insert(series, handles);
-        });
+        keep(&LOCAL_SERIES, series, handles);
     }
 
     /// [`Self::server_peers`], found by this thread's ids for the strings when it can be
@@ -718,13 +728,7 @@ impl Telemetry {
             return p;
         }
         let peers = self.server_peers(caller, host, exchanged);
-        let _ = SERVER_PEERS.try_with(|m| {
-            let mut m = m.borrow_mut();
-            if m.len() >= THREAD_CACHE_CAP {
-                m.clear();
-            }
-            m.insert(key, peers.clone());
-        });
+        keep(&SERVER_PEERS, key, peers.clone());
         peers
     }
 
@@ -767,19 +771,14 @@ impl Telemetry {
 
     /// Remembers on this thread that `key`, named by `named_by`, is `handles`' series.
     fn remember_client(key: ClientKey, named_by: NamedBy, handles: Arc<Handles>) {
-        let _ = CLIENT_SERIES.try_with(|cached| {
-            let mut cached = cached.borrow_mut();
-            if cached.len() >= THREAD_CACHE_CAP {
-                cached.clear();
-            }
-            cached.insert(
-                key,
-                ClientEntry {
-                    _named_by: named_by,
-                    handles,
-                },
-            );
-        });
+        keep(
+            &CLIENT_SERIES,
+            key,
+            ClientEntry {
+                _named_by: named_by,
+                handles,
+            },
+        );
     }
 
     /// The interned peers for a request to `cluster` answered by an endpoint whose `workload`
